@@ -1,0 +1,31 @@
+//! Subcommands, one module each; [`dispatch`] runs one and returns the process exit code.
+
+use clap::{Parser, Subcommand};
+
+pub mod check_config;
+
+/// Exit code for bad configuration or usage (`EX_USAGE`/`EX_CONFIG` family: 64).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// omsgate: a fast, observable gateway in front of a legacy Order/Invoice Management System.
+#[derive(Debug, Parser)]
+#[command(name = "omsgate", version, about)]
+pub struct Cli {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a config file: exit 0, or list every problem and exit 64.
+    CheckConfig(check_config::Args),
+}
+
+/// Runs the chosen subcommand and returns the exit code.
+pub fn dispatch(cli: Cli) -> i32 {
+    match cli.command {
+        Command::CheckConfig(a) => check_config::main(a),
+    }
+}

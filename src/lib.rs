@@ -1,0 +1,15 @@
+//! omsgate: a Pingora gateway in front of a slow legacy multi-tenant Order/Invoice Management
+//! System. See `README.md` for the product and `src/proxy.rs` for the request pipeline.
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod cache;
+pub mod cli;
+pub mod compress;
+pub mod config;
+pub mod db;
+pub mod identity;
+pub mod limit;
+pub mod routes;
+pub mod units;
+pub mod upstream;

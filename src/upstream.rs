@@ -1,0 +1,242 @@
+//! Upstreams (DESIGN.md capability 1): the legacy OMS instances, load balancing, health checks,
+//! timeouts, keepalive and retry of idempotent requests.
+//!
+//! Built on `pingora-load-balancing`: a [`LoadBalancer`] holds the servers and runs the active
+//! HTTP health check as a background service; `round_robin` uses its selector, `least_conn` picks
+//! the healthy server with the fewest requests in flight (counted here).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Problems;
+
+/// `[upstream]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct UpstreamFile {
+    /// The OMS instances as `host:port`. Default `["127.0.0.1:8000"]`.
+    pub servers: Vec<String>,
+    /// `"round_robin"` or `"least_conn"`. Default `"round_robin"`.
+    pub selection: String,
+    /// Active health check. Default `{ path = "/health", interval = "5s" }`.
+    pub health_check: HealthCheckFile,
+    /// TCP connect timeout. Default `"1s"`.
+    pub connect_timeout: String,
+    /// Time to wait for each read from the upstream (headers or a body chunk). Default `"30s"`.
+    pub read_timeout: String,
+    /// Time to wait for each write to the upstream. Default `"30s"`.
+    pub write_timeout: String,
+    /// How long an idle keepalive connection to the upstream is kept. Default `"60s"`.
+    pub idle_timeout: String,
+    /// Idle keepalive connections kept per worker thread. Default 128.
+    pub keepalive_pool: usize,
+    /// Retries on another server when connecting fails (idempotent methods only). Default 1.
+    pub retries: usize,
+}
+
+impl Default for UpstreamFile {
+    fn default() -> Self {
+        Self {
+            servers: vec!["127.0.0.1:8000".into()],
+            selection: "round_robin".into(),
+            health_check: HealthCheckFile::default(),
+            connect_timeout: "1s".into(),
+            read_timeout: "30s".into(),
+            write_timeout: "30s".into(),
+            idle_timeout: "60s".into(),
+            keepalive_pool: 128,
+            retries: 1,
+        }
+    }
+}
+
+/// `[upstream.health_check]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct HealthCheckFile {
+    /// Path requested with GET; any 2xx is healthy. Default `"/health"`.
+    pub path: String,
+    /// Time between checks. Default `"5s"`.
+    pub interval: String,
+    /// Timeout of one check. Default `"1s"`.
+    pub timeout: String,
+    /// Consecutive failures that mark a server down. Default 1.
+    pub failures: usize,
+    /// Consecutive successes that mark a server up again. Default 1.
+    pub successes: usize,
+}
+
+impl Default for HealthCheckFile {
+    fn default() -> Self {
+        Self {
+            path: "/health".into(),
+            interval: "5s".into(),
+            timeout: "1s".into(),
+            failures: 1,
+            successes: 1,
+        }
+    }
+}
+
+/// Load-balancing algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    /// Round robin over healthy servers.
+    RoundRobin,
+    /// The healthy server with the fewest requests in flight.
+    LeastConn,
+}
+
+/// Typed `[upstream]`.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Server addresses.
+    pub servers: Vec<SocketAddr>,
+    /// Algorithm.
+    pub selection: Selection,
+    /// Health-check path.
+    pub health_path: String,
+    /// Health-check interval.
+    pub health_interval: Duration,
+    /// Health-check timeout.
+    pub health_timeout: Duration,
+    /// Failures to mark down.
+    pub health_failures: usize,
+    /// Successes to mark up.
+    pub health_successes: usize,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Read timeout.
+    pub read_timeout: Duration,
+    /// Write timeout.
+    pub write_timeout: Duration,
+    /// Idle keepalive timeout.
+    pub idle_timeout: Duration,
+    /// Keepalive pool size per thread.
+    pub keepalive_pool: usize,
+    /// Retries on connect failure.
+    pub retries: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        let mut p = Problems::default();
+        UpstreamConfig::from_file(&UpstreamFile::default(), &mut p)
+    }
+}
+
+impl UpstreamConfig {
+    /// Converts the file layer.
+    pub fn from_file(f: &UpstreamFile, p: &mut Problems) -> UpstreamConfig {
+        let mut servers = Vec::new();
+        if f.servers.is_empty() {
+            p.push("upstream.servers", "at least one server is needed");
+        }
+        for (i, s) in f.servers.iter().enumerate() {
+            use std::net::ToSocketAddrs;
+            match s.to_socket_addrs().map(|mut a| a.next()) {
+                Ok(Some(a)) => servers.push(a),
+                _ => p.push(
+                    format!("upstream.servers[{i}]"),
+                    format!("`{s}` is not a resolvable `host:port`"),
+                ),
+            }
+        }
+        let selection = match f.selection.as_str() {
+            "round_robin" => Selection::RoundRobin,
+            "least_conn" => Selection::LeastConn,
+            other => {
+                p.push(
+                    "upstream.selection",
+                    format!("`{other}` is not one of \"round_robin\", \"least_conn\""),
+                );
+                Selection::RoundRobin
+            }
+        };
+        let hc = &f.health_check;
+        if !hc.path.starts_with('/') {
+            p.push("upstream.health_check.path", format!("`{}` must start with `/`", hc.path));
+        }
+        let health_interval =
+            p.duration_or("upstream.health_check.interval", &hc.interval, Duration::from_secs(5));
+        if health_interval.is_zero() {
+            p.push("upstream.health_check.interval", "must be greater than 0");
+        }
+        let cfg = UpstreamConfig {
+            servers,
+            selection,
+            health_path: hc.path.clone(),
+            health_interval,
+            health_timeout: p.duration_or(
+                "upstream.health_check.timeout",
+                &hc.timeout,
+                Duration::from_secs(1),
+            ),
+            health_failures: hc.failures.max(1),
+            health_successes: hc.successes.max(1),
+            connect_timeout: p.duration_or(
+                "upstream.connect_timeout",
+                &f.connect_timeout,
+                Duration::from_secs(1),
+            ),
+            read_timeout: p.duration_or("upstream.read_timeout", &f.read_timeout, Duration::from_secs(30)),
+            write_timeout: p.duration_or(
+                "upstream.write_timeout",
+                &f.write_timeout,
+                Duration::from_secs(30),
+            ),
+            idle_timeout: p.duration_or("upstream.idle_timeout", &f.idle_timeout, Duration::from_secs(60)),
+            keepalive_pool: f.keepalive_pool,
+            retries: f.retries,
+        };
+        for (key, d) in [
+            ("upstream.connect_timeout", cfg.connect_timeout),
+            ("upstream.read_timeout", cfg.read_timeout),
+        ] {
+            if d.is_zero() {
+                p.push(key, "must be greater than 0");
+            }
+        }
+        cfg
+    }
+}
+
+/// Counts requests in flight per server, for `least_conn` and metrics.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    counts: Vec<(SocketAddr, AtomicUsize)>,
+}
+
+impl InFlight {
+    /// One counter per server.
+    pub fn new(servers: &[SocketAddr]) -> Arc<InFlight> {
+        Arc::new(InFlight { counts: servers.iter().map(|s| (*s, AtomicUsize::new(0))).collect() })
+    }
+
+    /// Requests in flight to `addr`.
+    pub fn get(&self, addr: &SocketAddr) -> usize {
+        self.counts
+            .iter()
+            .find(|(a, _)| a == addr)
+            .map(|(_, c)| c.load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
+    /// Marks a request to `addr` as started.
+    pub fn start(&self, addr: &SocketAddr) {
+        if let Some((_, c)) = self.counts.iter().find(|(a, _)| a == addr) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Marks a request to `addr` as finished.
+    pub fn finish(&self, addr: &SocketAddr) {
+        if let Some((_, c)) = self.counts.iter().find(|(a, _)| a == addr) {
+            let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+        }
+    }
+}
