@@ -12,6 +12,7 @@ pub mod db;
 pub mod identity;
 pub mod lifecycle;
 pub mod limit;
+pub mod loadgen;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
