@@ -11,5 +11,6 @@ pub mod db;
 pub mod identity;
 pub mod limit;
 pub mod routes;
+pub mod sim;
 pub mod units;
 pub mod upstream;
