@@ -19,5 +19,6 @@ pub mod proxy;
 pub mod respond;
 pub mod routes;
 pub mod server;
+pub mod sim;
 pub mod units;
 pub mod upstream;
