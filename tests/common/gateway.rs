@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// How long [`Gateway::start`] waits for `/health` to answer 200.
@@ -24,6 +25,8 @@ pub struct Gateway {
     log_path: PathBuf,
     pid: u32,
     child: Mutex<Option<Child>>,
+    /// Set once a panic message carried the log tail, so drop does not print it again.
+    log_shown: AtomicBool,
     // Last, so it is removed after the process is gone.
     dir: TestDir,
 }
@@ -80,6 +83,7 @@ impl Gateway {
             log_path,
             pid: child.id(),
             child: Mutex::new(Some(child)),
+            log_shown: AtomicBool::new(false),
             dir,
         };
         gateway.wait_healthy();
@@ -193,12 +197,14 @@ impl Gateway {
             )
         });
         if let Some(status) = self.try_wait() {
+            self.log_shown.store(true, Ordering::Relaxed);
             panic!(
                 "omsgate exited during start ({status})\nlog tail:\n{}",
                 tail(&self.log(), 40)
             );
         }
         if !healthy {
+            self.log_shown.store(true, Ordering::Relaxed);
             panic!(
                 "omsgate did not answer 200 on {} within {START_TIMEOUT:?}\nlog tail:\n{}",
                 self.admin_url("/health"),
@@ -210,7 +216,7 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() && !self.log_shown.load(Ordering::Relaxed) {
             eprintln!(
                 "omsgate log tail (pid {}):\n{}",
                 self.pid,
