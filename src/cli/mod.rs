@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 pub mod check_config;
+pub mod run;
 
 /// Exit code for bad configuration or usage (`EX_USAGE`/`EX_CONFIG` family: 64).
 pub const EXIT_CONFIG: i32 = 64;
@@ -19,6 +20,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the gateway.
+    Run(run::Args),
     /// Validate a config file: exit 0, or list every problem and exit 64.
     CheckConfig(check_config::Args),
 }
@@ -26,6 +29,7 @@ pub enum Command {
 /// Runs the chosen subcommand and returns the exit code.
 pub fn dispatch(cli: Cli) -> i32 {
     match cli.command {
+        Command::Run(a) => run::main(a),
         Command::CheckConfig(a) => check_config::main(a),
     }
 }
