@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 pub mod check_config;
+pub mod migrate;
 
 /// Exit code for bad configuration or usage (`EX_USAGE`/`EX_CONFIG` family: 64).
 pub const EXIT_CONFIG: i32 = 64;
@@ -21,11 +22,15 @@ pub struct Cli {
 pub enum Command {
     /// Validate a config file: exit 0, or list every problem and exit 64.
     CheckConfig(check_config::Args),
+    /// Apply the bundled migrations (indexes, query functions) to the OMS database, or show
+    /// their `status`.
+    Migrate(migrate::Args),
 }
 
 /// Runs the chosen subcommand and returns the exit code.
 pub fn dispatch(cli: Cli) -> i32 {
     match cli.command {
         Command::CheckConfig(a) => check_config::main(a),
+        Command::Migrate(a) => migrate::main(a),
     }
 }
