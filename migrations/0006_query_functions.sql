@@ -69,36 +69,39 @@ END
 $$;
 
 -- `GET /api/v1/invoices?status=&limit=&offset=`: a page of the tenant's invoices with their lines,
--- newest first: `{"items": [...], "total": N, "limit": L, "offset": O}`. A NULL status lists
--- every status.
-CREATE OR REPLACE FUNCTION omsgate_invoice_page(p_tenant text, p_status text, p_limit int, p_offset int)
+-- newest first (`invoice_date DESC, invoice_number DESC`):
+-- `{"items": [...], "total": N, "limit": L, "offset": O}`. A NULL status lists every status.
+CREATE OR REPLACE FUNCTION omsgate_invoice_page(p_tenant text, p_status text, p_limit int, p_offset bigint)
 RETURNS json
 LANGUAGE plpgsql STABLE
 SET search_path FROM CURRENT
 AS $$
 DECLARE
     lim int := GREATEST(COALESCE(p_limit, 0), 0);
-    off int := GREATEST(COALESCE(p_offset, 0), 0);
+    off bigint := GREATEST(COALESCE(p_offset, 0), 0);
     items json;
     total bigint;
 BEGIN
     -- Two statements rather than `p_status IS NULL OR ...`, so that each gets a plan that uses
-    -- idx_invoices_tenant_status_date where it can.
+    -- idx_invoices_tenant_status_date where it can. Invoice numbers compare bytewise, as the
+    -- OMS sorts them, whatever the database's collation.
     IF p_status IS NULL THEN
         SELECT count(*) INTO total FROM invoices WHERE tenant_id = p_tenant;
-        SELECT json_agg(d.doc ORDER BY pg.invoice_date DESC, pg.invoice_number DESC) INTO items
+        SELECT json_agg(d.doc ORDER BY pg.invoice_date DESC, pg.invoice_number COLLATE "C" DESC)
+          INTO items
           FROM (SELECT id, invoice_date, invoice_number FROM invoices
                  WHERE tenant_id = p_tenant
-                 ORDER BY invoice_date DESC, invoice_number DESC
+                 ORDER BY invoice_date DESC, invoice_number COLLATE "C" DESC
                  LIMIT lim OFFSET off) pg
           JOIN omsgate_invoice_docs d ON d.id = pg.id AND d.tenant_id = p_tenant;
     ELSE
         SELECT count(*) INTO total FROM invoices
          WHERE tenant_id = p_tenant AND invoice_status = p_status;
-        SELECT json_agg(d.doc ORDER BY pg.invoice_date DESC, pg.invoice_number DESC) INTO items
+        SELECT json_agg(d.doc ORDER BY pg.invoice_date DESC, pg.invoice_number COLLATE "C" DESC)
+          INTO items
           FROM (SELECT id, invoice_date, invoice_number FROM invoices
                  WHERE tenant_id = p_tenant AND invoice_status = p_status
-                 ORDER BY invoice_date DESC, invoice_number DESC
+                 ORDER BY invoice_date DESC, invoice_number COLLATE "C" DESC
                  LIMIT lim OFFSET off) pg
           JOIN omsgate_invoice_docs d ON d.id = pg.id AND d.tenant_id = p_tenant;
     END IF;
@@ -126,8 +129,8 @@ BEGIN
 END
 $$;
 
--- The payments of one of the tenant's invoices, oldest first; an empty array when the tenant has
--- no such invoice or it has no payments.
+-- The payments of one of the tenant's invoices as a JSON array, newest first
+-- (`payment_date DESC, id`); empty when the tenant has no such invoice or it has no payments.
 CREATE OR REPLACE FUNCTION omsgate_invoice_payments(p_tenant text, p_invoice_id uuid)
 RETURNS json
 LANGUAGE plpgsql STABLE
@@ -135,9 +138,47 @@ SET search_path FROM CURRENT
 AS $$
 BEGIN
     RETURN COALESCE(
-        (SELECT json_agg(d.doc ORDER BY d.payment_date, d.id)
+        (SELECT json_agg(d.doc ORDER BY d.payment_date DESC, d.id)
            FROM omsgate_payment_docs d
           WHERE d.tenant_id = p_tenant AND d.invoice_id = p_invoice_id),
         '[]'::json);
+END
+$$;
+
+-- `GET /api/v1/payments?invoice_id=&limit=&offset=`: a page of the tenant's payments, of one
+-- invoice when `p_invoice_id` is not NULL, newest first (`payment_date DESC, id`):
+-- `{"items": [...], "total": N, "limit": L, "offset": O}`.
+CREATE OR REPLACE FUNCTION omsgate_payment_page(p_tenant text, p_invoice_id uuid, p_limit int, p_offset bigint)
+RETURNS json
+LANGUAGE plpgsql STABLE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    lim int := GREATEST(COALESCE(p_limit, 0), 0);
+    off bigint := GREATEST(COALESCE(p_offset, 0), 0);
+    items json;
+    total bigint;
+BEGIN
+    IF p_invoice_id IS NULL THEN
+        SELECT count(*) INTO total FROM payments WHERE tenant_id = p_tenant;
+        SELECT json_agg(pg.doc ORDER BY pg.payment_date DESC, pg.id) INTO items
+          FROM (SELECT d.doc, d.payment_date, d.id FROM omsgate_payment_docs d
+                 WHERE d.tenant_id = p_tenant
+                 ORDER BY d.payment_date DESC, d.id
+                 LIMIT lim OFFSET off) pg;
+    ELSE
+        SELECT count(*) INTO total FROM payments
+         WHERE tenant_id = p_tenant AND invoice_id = p_invoice_id;
+        SELECT json_agg(pg.doc ORDER BY pg.payment_date DESC, pg.id) INTO items
+          FROM (SELECT d.doc, d.payment_date, d.id FROM omsgate_payment_docs d
+                 WHERE d.tenant_id = p_tenant AND d.invoice_id = p_invoice_id
+                 ORDER BY d.payment_date DESC, d.id
+                 LIMIT lim OFFSET off) pg;
+    END IF;
+    RETURN json_build_object(
+        'items', COALESCE(items, '[]'::json),
+        'total', total,
+        'limit', lim,
+        'offset', off);
 END
 $$;

@@ -6,6 +6,7 @@ pub mod check_config;
 pub mod demo;
 pub mod migrate;
 pub mod run;
+pub mod seed_db;
 pub mod sim;
 
 /// Exit code for bad configuration or usage (`EX_USAGE`/`EX_CONFIG` family: 64).
@@ -34,6 +35,8 @@ pub enum Command {
     /// Apply the bundled migrations (indexes, query functions) to the OMS database, or show
     /// their `status`.
     Migrate(migrate::Args),
+    /// Fill a PostgreSQL database with the simulated OMS's data (reference schema included).
+    SeedDb(seed_db::Args),
 }
 
 /// Runs the chosen subcommand and returns the exit code.
@@ -44,5 +47,6 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Sim(a) => sim::main(a),
         Command::CheckConfig(a) => check_config::main(a),
         Command::Migrate(a) => migrate::main(a),
+        Command::SeedDb(a) => seed_db::main(a),
     }
 }

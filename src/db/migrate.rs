@@ -36,25 +36,39 @@ pub struct Migration<'a> {
     pub sql: &'a str,
 }
 
+/// `migrations/{version}_{name}.sql`, embedded, for each `"version" "name"` pair.
 macro_rules! bundled {
     ($($version:literal $name:literal),* $(,)?) => {
         &[$(Migration {
-            version: $version,
+            version: parse_version($version),
             name: $name,
-            sql: include_str!(concat!("../../migrations/", stringify!($version), "_", $name, ".sql")),
+            sql: include_str!(concat!("../../migrations/", $version, "_", $name, ".sql")),
         }),*]
     };
+}
+
+/// `"0001"` → 1, at compile time.
+const fn parse_version(digits: &str) -> u32 {
+    let bytes = digits.as_bytes();
+    let mut value = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        assert!(bytes[i].is_ascii_digit(), "a migration version is decimal digits");
+        value = value * 10 + (bytes[i] - b'0') as u32;
+        i += 1;
+    }
+    value
 }
 
 /// The migrations embedded in the binary, in order. Keep in sync with `migrations/` (a unit test
 /// checks it).
 pub static MIGRATIONS: &[Migration<'static>] = bundled![
-    0001 "idx_invoices_tenant_status_date",
-    0002 "idx_payments_tenant_date",
-    0003 "idx_audit_events_tenant_timestamp",
-    0004 "idx_invoice_lines_invoice",
-    0005 "idx_payments_invoice",
-    0006 "query_functions",
+    "0001" "idx_invoices_tenant_status_date",
+    "0002" "idx_payments_tenant_date",
+    "0003" "idx_audit_events_tenant_timestamp",
+    "0004" "idx_invoice_lines_invoice",
+    "0005" "idx_payments_invoice",
+    "0006" "query_functions",
 ];
 
 impl Migration<'_> {
@@ -489,8 +503,8 @@ impl<'m> Migrator<'m> {
         if options.dry_run {
             return self.dry_run(client, out).await;
         }
-        let mut report = RunReport::default();
-        report.waited_for_lock = self.lock(client, out).await?;
+        let mut report =
+            RunReport { waited_for_lock: self.lock(client, out).await?, ..RunReport::default() };
         let result = self.run_locked(client, out, &mut report).await;
         let unlocked = client
             .batch_execute(&format!("SELECT pg_advisory_unlock({})", self.lock_key()))

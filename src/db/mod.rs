@@ -19,7 +19,7 @@ use crate::routes::PathPattern;
 pub mod metrics;
 pub mod migrate;
 pub mod query;
-// pub mod seed; (added with the seed generator)
+pub mod seed;
 
 pub use query::{PooledResponse, QueryPaths};
 
@@ -280,8 +280,9 @@ pub enum QueryName {
     /// A page of the tenant's invoices with their lines (`omsgate_invoice_page`); query string
     /// `status`, `limit`, `offset`.
     InvoicePage,
-    /// The payments of one invoice (`omsgate_invoice_payments`); path parameter `id`.
-    InvoicePayments,
+    /// A page of the tenant's payments, optionally of one invoice (`omsgate_payment_page`);
+    /// query string `invoice_id`, `limit`, `offset`.
+    PaymentPage,
 }
 
 impl QueryName {
@@ -289,7 +290,7 @@ impl QueryName {
     pub const ALL: [QueryName; 3] = [
         QueryName::InvoiceWithLines,
         QueryName::InvoicePage,
-        QueryName::InvoicePayments,
+        QueryName::PaymentPage,
     ];
 
     /// The name used in config and as the metric label.
@@ -297,7 +298,7 @@ impl QueryName {
         match self {
             QueryName::InvoiceWithLines => "invoice_with_lines",
             QueryName::InvoicePage => "invoice_page",
-            QueryName::InvoicePayments => "invoice_payments",
+            QueryName::PaymentPage => "payment_page",
         }
     }
 
@@ -309,8 +310,8 @@ impl QueryName {
     /// Path parameters the query needs from the route pattern.
     pub fn path_params(self) -> &'static [&'static str] {
         match self {
-            QueryName::InvoiceWithLines | QueryName::InvoicePayments => &["id"],
-            QueryName::InvoicePage => &[],
+            QueryName::InvoiceWithLines => &["id"],
+            QueryName::InvoicePage | QueryName::PaymentPage => &[],
         }
     }
 }

@@ -23,18 +23,16 @@ use parking_lot::Mutex;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::NoTls;
 
-use super::metrics::{count_fallback, FallbackReason, METRICS};
+use super::metrics::{count_error, count_fallback, observe_query, set_pool, FallbackReason};
 use super::{quote_ident, redact_url, DatabaseConfig, DbError, QueryName};
 use crate::routes::Params;
 
 /// The body of the legacy API's 404 for an invoice it does not have (or not for this tenant).
 pub const INVOICE_NOT_FOUND: &str = r#"{"detail":"Invoice not found"}"#;
-/// Page size of the invoice listing when the request gives none (as the legacy API).
-pub const DEFAULT_PAGE_LIMIT: i32 = 50;
+/// Page size of the listings when the request gives none (as the legacy API).
+pub const DEFAULT_PAGE_LIMIT: i32 = 20;
 /// Largest page size the legacy API accepts.
 pub const MAX_PAGE_LIMIT: i32 = 100;
-/// Invoice statuses the legacy API knows (`crate::sim::data::STATUSES`).
-const INVOICE_STATUSES: [&str; 4] = ["draft", "open", "paid", "void"];
 /// How long the path stays off after a failed connect before it tries the database again.
 const DOWN_BACKOFF: Duration = Duration::from_secs(1);
 /// Extra time the client gives the server to report its own `statement_timeout`.
@@ -62,7 +60,7 @@ impl PooledResponse {
 struct Statements {
     invoice_with_lines: String,
     invoice_page: String,
-    invoice_payments: String,
+    payment_page: String,
     invoices_by_ids: String,
 }
 
@@ -74,7 +72,7 @@ impl Statements {
                 "SELECT {s}.omsgate_invoice_with_lines($1, $2::uuid)::text"
             ),
             invoice_page: format!("SELECT {s}.omsgate_invoice_page($1, $2, $3, $4)::text"),
-            invoice_payments: format!("SELECT {s}.omsgate_invoice_payments($1, $2::uuid)::text"),
+            payment_page: format!("SELECT {s}.omsgate_payment_page($1, $2::uuid, $3, $4)::text"),
             invoices_by_ids: format!("SELECT {s}.omsgate_invoices_by_ids($1, $2::uuid[])::text"),
         }
     }
@@ -187,12 +185,9 @@ impl QueryPaths {
         let result = match name {
             QueryName::InvoiceWithLines => self.invoice_with_lines(tenant, params).await,
             QueryName::InvoicePage => self.invoice_page(tenant, query_string).await,
-            QueryName::InvoicePayments => self.invoice_payments(tenant, params).await,
+            QueryName::PaymentPage => self.payment_page(tenant, query_string).await,
         };
-        METRICS
-            .query_duration
-            .with_label_values(&[name.as_str()])
-            .observe(started.elapsed().as_secs_f64());
+        observe_query(name, started.elapsed().as_secs_f64());
         self.update_pool_gauges();
         match &result {
             Ok(Some(_)) => {}
@@ -230,7 +225,7 @@ impl QueryPaths {
             return Ok(None);
         };
         // The legacy API answers 404 for an id that is not a UUID; no need to ask the database.
-        let Some(id) = canonical_uuid(id) else {
+        let Ok(id) = uuid::Uuid::try_parse(id).map(|u| u.hyphenated().to_string()) else {
             return Ok(Some(PooledResponse::json(404, INVOICE_NOT_FOUND)));
         };
         let json = self
@@ -250,38 +245,62 @@ impl QueryPaths {
         tenant: &str,
         query_string: Option<&str>,
     ) -> Result<Option<PooledResponse>, DbError> {
-        let Some(page) = PageQuery::parse(query_string) else {
-            return Ok(None);
+        let q = QueryString::parse(query_string.unwrap_or(""));
+        let page = match q.page() {
+            Ok(Some(page)) => page,
+            Ok(None) => return Ok(None),
+            Err(rejected) => return Ok(Some(rejected)),
+        };
+        let status = match q.get("status") {
+            None | Some("") => None,
+            Some(s) if INVOICE_STATUSES.contains(&s) => Some(s),
+            Some(_) => {
+                return Ok(Some(unprocessable(
+                    "status must be one of draft, open, paid, void",
+                )))
+            }
         };
         let json = self
             .query_json(
                 &self.statements.invoice_page,
                 &[
                     (&tenant, Type::TEXT),
-                    (&page.status.as_deref(), Type::TEXT),
+                    (&status, Type::TEXT),
                     (&page.limit, Type::INT4),
-                    (&page.offset, Type::INT4),
+                    (&page.offset, Type::INT8),
                 ],
             )
             .await?;
         Ok(json.map(|j| PooledResponse::json(200, compact_json(&j))))
     }
 
-    async fn invoice_payments(
+    async fn payment_page(
         &self,
         tenant: &str,
-        params: &Params,
+        query_string: Option<&str>,
     ) -> Result<Option<PooledResponse>, DbError> {
-        let Some(id) = params.get("id") else {
-            return Ok(None);
+        let q = QueryString::parse(query_string.unwrap_or(""));
+        let page = match q.page() {
+            Ok(Some(page)) => page,
+            Ok(None) => return Ok(None),
+            Err(rejected) => return Ok(Some(rejected)),
         };
-        let Some(id) = canonical_uuid(id) else {
-            return Ok(Some(PooledResponse::json(404, INVOICE_NOT_FOUND)));
+        let invoice_id = match q.get("invoice_id") {
+            None | Some("") => None,
+            Some(id) => match uuid::Uuid::try_parse(id) {
+                Ok(u) => Some(u.hyphenated().to_string()),
+                Err(_) => return Ok(Some(unprocessable("invoice_id must be a UUID"))),
+            },
         };
         let json = self
             .query_json(
-                &self.statements.invoice_payments,
-                &[(&tenant, Type::TEXT), (&id.as_str(), Type::TEXT)],
+                &self.statements.payment_page,
+                &[
+                    (&tenant, Type::TEXT),
+                    (&invoice_id, Type::TEXT),
+                    (&page.limit, Type::INT4),
+                    (&page.offset, Type::INT8),
+                ],
             )
             .await?;
         Ok(json.map(|j| PooledResponse::json(200, compact_json(&j))))
@@ -373,7 +392,7 @@ impl QueryPaths {
 
     fn count_error(&self, name: QueryName, e: &DbError) {
         let reason = match e {
-            DbError::PoolExhausted => FallbackReason::PoolExhausted,
+            DbError::PoolExhausted => FallbackReason::PoolTimeout,
             DbError::Unavailable | DbError::Connect(_) => FallbackReason::Unavailable,
             DbError::Timeout => FallbackReason::Timeout,
             _ => FallbackReason::Error,
@@ -381,19 +400,17 @@ impl QueryPaths {
         count_fallback(reason);
         match e {
             DbError::PoolExhausted | DbError::Unavailable => {}
-            DbError::Connect(_) => METRICS.errors.inc(),
+            DbError::Connect(_) => count_error(),
             _ => {
-                METRICS.errors.inc();
+                count_error();
                 tracing::warn!(query = name.as_str(), error = %e, "Pooled query failed; falling back to the OMS.");
             }
         }
     }
 
-    fn update_pool_gauges(&self) {
-        let s = self.pool.status();
-        METRICS.pool_size.set(s.size as i64);
-        METRICS.pool_idle.set(s.available as i64);
-        METRICS.pool_waiting.set(s.waiting as i64);
+    /// Sets the pool gauges (`omsgate_db_pool_connections{state}`); also call it at scrape time.
+    pub fn update_pool_gauges(&self) {
+        set_pool(&self.pool.status());
     }
 }
 
@@ -401,80 +418,95 @@ fn is_statement_timeout(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
 }
 
-/// The lowercase hyphenated form of a UUID in any form the `uuid` crate accepts, or `None`.
-fn canonical_uuid(text: &str) -> Option<String> {
-    // Only the hyphenated 36-character form: the legacy API's path parameter is a plain UUID.
-    if text.len() != 36 {
-        return None;
-    }
-    uuid::Uuid::parse_str(text)
-        .ok()
-        .map(|u| u.hyphenated().to_string())
+// === Request parsing, exactly as the legacy API reads it ===
+
+/// Invoice statuses the legacy API knows (`crate::sim::data::STATUSES`).
+const INVOICE_STATUSES: [&str; 4] = crate::sim::data::STATUSES;
+
+/// The legacy API's 422: `{"detail": "..."}`.
+fn unprocessable(message: &str) -> PooledResponse {
+    PooledResponse::json(422, serde_json::json!({ "detail": message }).to_string())
 }
 
-/// The invoice listing's query string, as the legacy API reads it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct PageQuery {
-    status: Option<String>,
+/// `limit` and `offset` of a listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Page {
     limit: i32,
-    offset: i32,
+    offset: i64,
 }
 
-impl PageQuery {
-    /// Parses `status`, `limit` and `offset`. `None` for anything the legacy API would reject or
-    /// read differently (bad numbers, duplicates, escapes): the OMS answers those itself, so its
-    /// error bodies stay the reference.
-    fn parse(query_string: Option<&str>) -> Option<PageQuery> {
-        let mut page = PageQuery {
-            status: None,
-            limit: DEFAULT_PAGE_LIMIT,
-            offset: 0,
+/// Decoded query parameters; a repeated name's last value wins (as the legacy API).
+struct QueryString(Vec<(String, String)>);
+
+impl QueryString {
+    fn parse(query: &str) -> QueryString {
+        QueryString(
+            query
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    (percent_decode(k), percent_decode(v))
+                })
+                .collect(),
+        )
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `limit` (1..=100, default 20) and `offset` (>= 0, default 0), or the legacy API's 422.
+    /// `Ok(None)` for an offset beyond what PostgreSQL takes (the OMS answers that one).
+    fn page(&self) -> Result<Option<Page>, PooledResponse> {
+        let limit = match self.get("limit") {
+            None | Some("") => DEFAULT_PAGE_LIMIT as usize,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_PAGE_LIMIT as usize).contains(n))
+                .ok_or_else(|| unprocessable("limit must be an integer from 1 to 100"))?,
         };
-        let mut seen = [false; 3];
-        for pair in query_string
-            .unwrap_or("")
-            .split('&')
-            .filter(|p| !p.is_empty())
-        {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            if key.contains(['%', '+']) {
-                return None;
-            }
-            let slot = match key {
-                "status" => 0,
-                "limit" => 1,
-                "offset" => 2,
-                _ => continue,
-            };
-            if std::mem::replace(&mut seen[slot], true) {
-                return None;
-            }
-            match slot {
-                0 => {
-                    if !INVOICE_STATUSES.contains(&value) {
-                        return None;
-                    }
-                    page.status = Some(value.to_string());
-                }
-                1 => {
-                    page.limit = parse_plain_int(value)?;
-                    if !(1..=MAX_PAGE_LIMIT).contains(&page.limit) {
-                        return None;
-                    }
-                }
-                _ => page.offset = parse_plain_int(value)?,
-            }
+        let offset = match self.get("offset") {
+            None | Some("") => 0,
+            Some(v) => v
+                .parse::<usize>()
+                .map_err(|_| unprocessable("offset must be a non-negative integer"))?,
+        };
+        match (i32::try_from(limit), i64::try_from(offset)) {
+            (Ok(limit), Ok(offset)) => Ok(Some(Page { limit, offset })),
+            _ => Ok(None),
         }
-        Some(page)
     }
 }
 
-/// A non-negative decimal integer without sign or leading garbage.
-fn parse_plain_int(text: &str) -> Option<i32> {
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
     }
-    text.parse().ok()
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
 }
 
 /// Removes the whitespace PostgreSQL's `json` output puts between tokens (`{"a" : 1, "b" : 2}`),
@@ -517,38 +549,62 @@ mod tests {
     }
 
     #[test]
-    fn page_query_follows_the_legacy_rules() {
-        let p = PageQuery::parse(None).unwrap();
-        assert_eq!((p.status, p.limit, p.offset), (None, DEFAULT_PAGE_LIMIT, 0));
-        let p = PageQuery::parse(Some("status=paid&limit=10&offset=20&x=1")).unwrap();
+    fn listing_parameters_follow_the_legacy_rules() {
+        let page = |q: &str| QueryString::parse(q).page();
         assert_eq!(
-            (p.status.as_deref(), p.limit, p.offset),
-            (Some("paid"), 10, 20)
+            page(""),
+            Ok(Some(Page {
+                limit: 20,
+                offset: 0
+            }))
         );
-        for odd in [
-            "limit=0",
-            "limit=101",
-            "limit=-1",
-            "offset=x",
-            "limit=1&limit=2",
-            "status=%70aid",
-            "status=unknown",
-        ] {
-            assert!(PageQuery::parse(Some(odd)).is_none(), "{odd}");
+        assert_eq!(
+            page("limit=&offset="),
+            Ok(Some(Page {
+                limit: 20,
+                offset: 0
+            }))
+        );
+        assert_eq!(
+            page("limit=100&offset=7&x=1"),
+            Ok(Some(Page {
+                limit: 100,
+                offset: 7
+            }))
+        );
+        assert_eq!(
+            page("limit=1&limit=5"),
+            Ok(Some(Page {
+                limit: 5,
+                offset: 0
+            }))
+        );
+        assert_eq!(
+            page("lim%69t=%35"),
+            Ok(Some(Page {
+                limit: 5,
+                offset: 0
+            }))
+        );
+        for bad in ["limit=0", "limit=101", "limit=x", "limit=-1", "limit=+5"] {
+            let r = page(bad).unwrap_err();
+            assert_eq!(r.status, 422, "{bad}");
+            assert_eq!(
+                &r.body[..],
+                br#"{"detail":"limit must be an integer from 1 to 100"}"#
+            );
         }
-    }
-
-    #[test]
-    fn uuids_are_canonical() {
+        for bad in ["offset=-1", "offset=1.5"] {
+            let r = page(bad).unwrap_err();
+            assert_eq!(
+                &r.body[..],
+                br#"{"detail":"offset must be a non-negative integer"}"#
+            );
+        }
+        assert_eq!(page("offset=18446744073709551615"), Ok(None));
         assert_eq!(
-            canonical_uuid("0123456789AB4DEF8123456789ABCDEF"),
-            None,
-            "only the hyphenated form"
+            QueryString::parse("status=p%61id").get("status"),
+            Some("paid")
         );
-        assert_eq!(
-            canonical_uuid("01234567-89AB-4DEF-8123-456789ABCDEF").as_deref(),
-            Some("01234567-89ab-4def-8123-456789abcdef")
-        );
-        assert_eq!(canonical_uuid("42"), None);
     }
 }
