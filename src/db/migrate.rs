@@ -53,7 +53,10 @@ const fn parse_version(digits: &str) -> u32 {
     let mut value = 0;
     let mut i = 0;
     while i < bytes.len() {
-        assert!(bytes[i].is_ascii_digit(), "a migration version is decimal digits");
+        assert!(
+            bytes[i].is_ascii_digit(),
+            "a migration version is decimal digits"
+        );
         value = value * 10 + (bytes[i] - b'0') as u32;
         i += 1;
     }
@@ -503,8 +506,10 @@ impl<'m> Migrator<'m> {
         if options.dry_run {
             return self.dry_run(client, out).await;
         }
-        let mut report =
-            RunReport { waited_for_lock: self.lock(client, out).await?, ..RunReport::default() };
+        let mut report = RunReport {
+            waited_for_lock: self.lock(client, out).await?,
+            ..RunReport::default()
+        };
         let result = self.run_locked(client, out, &mut report).await;
         let unlocked = client
             .batch_execute(&format!("SELECT pg_advisory_unlock({})", self.lock_key()))

@@ -149,7 +149,7 @@ impl DatabaseConfig {
         if f.max_connections == 0 {
             p.push("database.max_connections", "must be at least 1");
         }
-        if f.min_idle > f.max_connections {
+        if f.max_connections > 0 && f.min_idle > f.max_connections {
             p.push(
                 "database.min_idle",
                 format!(
