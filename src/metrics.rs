@@ -240,7 +240,8 @@ pub static DB_QUERY_DURATION: Lazy<HistogramVec> = histogram_vec!(
     "Pooled query path duration by query.",
     &["query"]
 );
-/// Requests that fell back to the OMS, by reason (`pool_timeout`, `db_error`, `no_tenant`).
+/// Requests that fell back to the OMS, by reason (`crate::db::metrics::FallbackReason`:
+/// `pool_timeout`, `db_unavailable`, `db_timeout`, `db_error`, `no_tenant`, `unsupported`).
 pub static DB_FALLBACKS: Lazy<IntCounterVec> = counter_vec!(
     "omsgate_db_fallbacks_total",
     "Pooled-path requests that fell back to the OMS, by reason.",

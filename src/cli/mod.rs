@@ -4,7 +4,9 @@ use clap::{Parser, Subcommand};
 
 pub mod check_config;
 pub mod demo;
+pub mod migrate;
 pub mod run;
+pub mod seed_db;
 pub mod sim;
 
 /// Exit code for bad configuration or usage (`EX_USAGE`/`EX_CONFIG` family: 64).
@@ -30,6 +32,11 @@ pub enum Command {
     Sim(sim::Args),
     /// Validate a config file: exit 0, or list every problem and exit 64.
     CheckConfig(check_config::Args),
+    /// Apply the bundled migrations (indexes, query functions) to the OMS database, or show
+    /// their `status`.
+    Migrate(migrate::Args),
+    /// Fill a PostgreSQL database with the simulated OMS's data (reference schema included).
+    SeedDb(seed_db::Args),
 }
 
 /// Runs the chosen subcommand and returns the exit code.
@@ -39,5 +46,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Demo(a) => demo::main(a),
         Command::Sim(a) => sim::main(a),
         Command::CheckConfig(a) => check_config::main(a),
+        Command::Migrate(a) => migrate::main(a),
+        Command::SeedDb(a) => seed_db::main(a),
     }
 }
