@@ -46,7 +46,10 @@ pub struct Problems {
 impl Problems {
     /// Records a problem with `key`.
     pub fn push(&mut self, key: impl Into<String>, reason: impl Into<String>) {
-        self.list.push(Problem { key: key.into(), reason: reason.into() });
+        self.list.push(Problem {
+            key: key.into(),
+            reason: reason.into(),
+        });
     }
 
     /// Whether no problem was recorded.
@@ -175,7 +178,11 @@ pub struct ServerFile {
 
 impl Default for ServerFile {
     fn default() -> Self {
-        Self { listen: "0.0.0.0:8080".into(), threads: 2, shutdown_grace: "30s".into() }
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            threads: 2,
+            shutdown_grace: "30s".into(),
+        }
     }
 }
 
@@ -190,7 +197,9 @@ pub struct AdminFile {
 
 impl Default for AdminFile {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:9091".into() }
+        Self {
+            listen: "127.0.0.1:9091".into(),
+        }
     }
 }
 
@@ -209,7 +218,11 @@ pub struct LogFile {
 
 impl Default for LogFile {
     fn default() -> Self {
-        Self { format: "text".into(), level: "info".into(), access_log: false }
+        Self {
+            format: "text".into(),
+            level: "info".into(),
+            access_log: false,
+        }
     }
 }
 
@@ -285,8 +298,10 @@ pub struct LogConfig {
 impl Config {
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Config::parse(&text)
     }
 
@@ -310,9 +325,13 @@ impl Config {
     pub fn from_file(file: &FileConfig, text: &str, p: &mut Problems) -> Config {
         let fallback: SocketAddr = ([127, 0, 0, 1], 0).into();
         let server = ServerConfig {
-            listen: p.socket_addr("server.listen", &file.server.listen).unwrap_or(fallback),
+            listen: p
+                .socket_addr("server.listen", &file.server.listen)
+                .unwrap_or(fallback),
             threads: if file.server.threads == 0 {
-                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
             } else {
                 file.server.threads
             },
@@ -323,7 +342,9 @@ impl Config {
             ),
         };
         let admin = AdminConfig {
-            listen: p.socket_addr("admin.listen", &file.admin.listen).unwrap_or(fallback),
+            listen: p
+                .socket_addr("admin.listen", &file.admin.listen)
+                .unwrap_or(fallback),
         };
         if server.listen == admin.listen && server.listen.port() != 0 {
             p.push("admin.listen", "must differ from server.listen: admin endpoints are never served on the public listener");
@@ -333,7 +354,10 @@ impl Config {
                 "text" => LogFormat::Text,
                 "json" => LogFormat::Json,
                 other => {
-                    p.push("log.format", format!("`{other}` is not one of \"text\", \"json\""));
+                    p.push(
+                        "log.format",
+                        format!("`{other}` is not one of \"text\", \"json\""),
+                    );
                     LogFormat::Text
                 }
             },
@@ -341,7 +365,10 @@ impl Config {
             access_log: file.log.access_log,
         };
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&file.log.level) {
-            p.push("log.level", format!("`{}` is not a level or directive: {e}", file.log.level));
+            p.push(
+                "log.level",
+                format!("`{}` is not a level or directive: {e}", file.log.level),
+            );
         }
         let upstream = crate::upstream::UpstreamConfig::from_file(&file.upstream, p);
         let identity = crate::identity::IdentityConfig::from_file(&file.identity, p);

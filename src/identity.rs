@@ -110,7 +110,11 @@ pub struct IdentityConfig {
 impl IdentityConfig {
     /// Converts the file layer; reads the secret's env var and the PEM file.
     pub fn from_file(f: &IdentityFile, p: &mut Problems) -> IdentityConfig {
-        let leeway = p.duration_or("identity.leeway", &f.leeway, std::time::Duration::from_secs(30));
+        let leeway = p.duration_or(
+            "identity.leeway",
+            &f.leeway,
+            std::time::Duration::from_secs(30),
+        );
         let mode = match f.mode.as_str() {
             "none" => IdentityMode::None,
             "header" => {
@@ -132,12 +136,19 @@ impl IdentityConfig {
                     } else {
                         validation.set_audience(&[f.audience.clone()]);
                     }
-                    IdentityMode::Jwt(JwtVerifier { key, validation, description })
+                    IdentityMode::Jwt(JwtVerifier {
+                        key,
+                        validation,
+                        description,
+                    })
                 }
                 None => IdentityMode::None,
             },
             other => {
-                p.push("identity.mode", format!("`{other}` is not one of \"jwt\", \"header\", \"none\""));
+                p.push(
+                    "identity.mode",
+                    format!("`{other}` is not one of \"jwt\", \"header\", \"none\""),
+                );
                 IdentityMode::None
             }
         };
@@ -170,19 +181,33 @@ fn jwt_key(f: &IdentityFile, p: &mut Problems) -> Option<(DecodingKey, Algorithm
         let pem = match std::fs::read(&f.jwt_public_key) {
             Ok(pem) => pem,
             Err(e) => {
-                p.push("identity.jwt_public_key", format!("cannot read `{}`: {e}", f.jwt_public_key));
+                p.push(
+                    "identity.jwt_public_key",
+                    format!("cannot read `{}`: {e}", f.jwt_public_key),
+                );
                 return None;
             }
         };
         if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
-            return Some((k, Algorithm::RS256, format!("RS256 key {}", f.jwt_public_key)));
+            return Some((
+                k,
+                Algorithm::RS256,
+                format!("RS256 key {}", f.jwt_public_key),
+            ));
         }
         if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
-            return Some((k, Algorithm::ES256, format!("ES256 key {}", f.jwt_public_key)));
+            return Some((
+                k,
+                Algorithm::ES256,
+                format!("ES256 key {}", f.jwt_public_key),
+            ));
         }
         p.push(
             "identity.jwt_public_key",
-            format!("`{}` holds no RSA or EC (P-256) public key in PEM form", f.jwt_public_key),
+            format!(
+                "`{}` holds no RSA or EC (P-256) public key in PEM form",
+                f.jwt_public_key
+            ),
         );
         return None;
     }
@@ -204,7 +229,11 @@ fn jwt_key(f: &IdentityFile, p: &mut Problems) -> Option<(DecodingKey, Algorithm
             }
         }
     };
-    Some((DecodingKey::from_secret(secret.as_bytes()), Algorithm::HS256, "HS256 secret".into()))
+    Some((
+        DecodingKey::from_secret(secret.as_bytes()),
+        Algorithm::HS256,
+        "HS256 secret".into(),
+    ))
 }
 
 /// The verified identity of a request. Both fields are `None` when unverified.
@@ -256,7 +285,10 @@ impl IdentityConfig {
                 if t.is_none() {
                     return Err(Rejection::Missing);
                 }
-                Ok(Identity { tenant: t, subject: get(subject) })
+                Ok(Identity {
+                    tenant: t,
+                    subject: get(subject),
+                })
             }
             IdentityMode::Jwt(v) => {
                 let auth = headers
@@ -280,7 +312,10 @@ impl IdentityConfig {
                     _ => None,
                 };
                 let tenant = claim(&self.tenant_claim).ok_or(Rejection::NoTenant)?;
-                Ok(Identity { tenant: Some(tenant), subject: claim(&self.subject_claim) })
+                Ok(Identity {
+                    tenant: Some(tenant),
+                    subject: claim(&self.subject_claim),
+                })
             }
         }
     }
@@ -318,7 +353,11 @@ mod tests {
     use super::*;
 
     fn jwt_config(secret: &str) -> IdentityConfig {
-        let f = IdentityFile { mode: "jwt".into(), jwt_secret: secret.into(), ..Default::default() };
+        let f = IdentityFile {
+            mode: "jwt".into(),
+            jwt_secret: secret.into(),
+            ..Default::default()
+        };
         let mut p = Problems::default();
         let c = IdentityConfig::from_file(&f, &mut p);
         assert!(p.is_empty(), "{p:?}");
@@ -334,7 +373,13 @@ mod tests {
     #[test]
     fn valid_token_gives_identity() {
         let c = jwt_config("s3cret");
-        let t = issue_hs256("s3cret", "tenant_id", "acme", "alice", std::time::Duration::from_secs(60));
+        let t = issue_hs256(
+            "s3cret",
+            "tenant_id",
+            "acme",
+            "alice",
+            std::time::Duration::from_secs(60),
+        );
         let id = c.identify(&bearer(&t)).unwrap();
         assert_eq!(id.tenant.as_deref(), Some("acme"));
         assert_eq!(id.subject.as_deref(), Some("alice"));
@@ -343,7 +388,13 @@ mod tests {
     #[test]
     fn forged_and_expired_tokens_are_rejected() {
         let c = jwt_config("s3cret");
-        let forged = issue_hs256("other", "tenant_id", "acme", "alice", std::time::Duration::from_secs(60));
+        let forged = issue_hs256(
+            "other",
+            "tenant_id",
+            "acme",
+            "alice",
+            std::time::Duration::from_secs(60),
+        );
         assert_eq!(c.identify(&bearer(&forged)), Err(Rejection::Invalid));
         let mut claims = serde_json::Map::new();
         claims.insert("tenant_id".into(), "acme".into());

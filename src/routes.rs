@@ -84,12 +84,17 @@ impl PathPattern {
                     segments.push(Segment::Param(inner.to_string()));
                 }
             } else if part.contains('{') || part.contains('}') {
-                return Err(format!("`{text}`: a parameter must be a whole segment, like `{{id}}`"));
+                return Err(format!(
+                    "`{text}`: a parameter must be a whole segment, like `{{id}}`"
+                ));
             } else {
                 segments.push(Segment::Literal(part.to_string()));
             }
         }
-        Ok(PathPattern { text: text.to_string(), segments })
+        Ok(PathPattern {
+            text: text.to_string(),
+            segments,
+        })
     }
 
     /// The pattern as written in config.
@@ -144,7 +149,10 @@ pub struct Params(pub Vec<(String, String)>);
 impl Params {
     /// The value of parameter `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -178,7 +186,9 @@ impl Template {
             }
             rest = &rest[start + end + 1..];
         }
-        Ok(Template { text: text.to_string() })
+        Ok(Template {
+            text: text.to_string(),
+        })
     }
 
     /// Fills the template with `params`.
@@ -232,7 +242,10 @@ impl Route {
         Route {
             id,
             name: OTHER.to_string(),
-            pattern: PathPattern { text: "/{*rest}".into(), segments: vec![] },
+            pattern: PathPattern {
+                text: "/{*rest}".into(),
+                segments: vec![],
+            },
             methods: vec![],
             cache: None,
             invalidates: vec![],
@@ -255,7 +268,10 @@ pub struct Router {
 
 impl Default for Router {
     fn default() -> Self {
-        Router { routes: vec![], other: Route::other(0) }
+        Router {
+            routes: vec![],
+            other: Route::other(0),
+        }
     }
 }
 
@@ -272,10 +288,20 @@ impl Router {
             let key = format!("route[{i}]");
             if f.name.is_empty() {
                 p.push(format!("{key}.name"), "missing; every route needs a name");
-            } else if !f.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
-                p.push(format!("{key}.name"), format!("`{}` must be [a-z0-9_]+", f.name));
+            } else if !f
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                p.push(
+                    format!("{key}.name"),
+                    format!("`{}` must be [a-z0-9_]+", f.name),
+                );
             } else if f.name == OTHER {
-                p.push(format!("{key}.name"), "`other` is reserved for unmatched requests");
+                p.push(
+                    format!("{key}.name"),
+                    "`other` is reserved for unmatched requests",
+                );
             }
             // Several entries may share a name only if they are the same path (e.g. split by method).
             names.insert(f.name.clone());
@@ -290,11 +316,20 @@ impl Router {
             for (j, m) in f.methods.iter().enumerate() {
                 match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
                     Ok(m) => methods.push(m),
-                    Err(_) => p.push(format!("{key}.methods[{j}]"), format!("`{m}` is not an HTTP method")),
+                    Err(_) => p.push(
+                        format!("{key}.methods[{j}]"),
+                        format!("`{m}` is not an HTTP method"),
+                    ),
                 }
             }
             let cache = f.cache.as_ref().and_then(|c| {
-                crate::cache::RoutePolicy::from_file(c, pattern.as_ref(), &methods, &format!("{key}.cache"), p)
+                crate::cache::RoutePolicy::from_file(
+                    c,
+                    pattern.as_ref(),
+                    &methods,
+                    &format!("{key}.cache"),
+                    p,
+                )
             });
             let mut invalidates = Vec::new();
             for (j, t) in f.invalidates.iter().enumerate() {
@@ -316,11 +351,15 @@ impl Router {
                     p.push(format!("{key}.query"), e);
                 }
             }
-            let audit = crate::audit::RouteAudit::from_file(f.audit.as_ref(), &format!("{key}.audit"), p);
+            let audit =
+                crate::audit::RouteAudit::from_file(f.audit.as_ref(), &format!("{key}.audit"), p);
             routes.push(Route {
                 id: i,
                 name: f.name.clone(),
-                pattern: pattern.unwrap_or_else(|| PathPattern { text: f.path.clone(), segments: vec![] }),
+                pattern: pattern.unwrap_or_else(|| PathPattern {
+                    text: f.path.clone(),
+                    segments: vec![],
+                }),
                 methods,
                 cache,
                 invalidates,
@@ -363,7 +402,10 @@ mod tests {
     #[test]
     fn patterns_match() {
         let p = PathPattern::parse("/api/v1/invoices/{id}").unwrap();
-        assert_eq!(p.matches("/api/v1/invoices/42").unwrap().get("id"), Some("42"));
+        assert_eq!(
+            p.matches("/api/v1/invoices/42").unwrap().get("id"),
+            Some("42")
+        );
         assert!(p.matches("/api/v1/invoices").is_none());
         assert!(p.matches("/api/v1/invoices/42/lines").is_none());
         assert!(p.matches("/api/v1/invoices/").is_none());
@@ -371,7 +413,10 @@ mod tests {
         assert!(l.matches("/api/v1/invoices").is_some());
         assert!(l.matches("/api/v1/invoices/1").is_none());
         let r = PathPattern::parse("/static/{*rest}").unwrap();
-        assert_eq!(r.matches("/static/a/b.css").unwrap().get("rest"), Some("a/b.css"));
+        assert_eq!(
+            r.matches("/static/a/b.css").unwrap().get("rest"),
+            Some("a/b.css")
+        );
         assert!(PathPattern::parse("api").is_err());
         assert!(PathPattern::parse("/a/{x").is_err());
         assert!(PathPattern::parse("/a/{*x}/b").is_err());
@@ -381,7 +426,10 @@ mod tests {
     fn templates_render() {
         let p = PathPattern::parse("/api/v1/invoices/{id}").unwrap();
         let t = Template::parse("invoice:{id}", Some(&p)).unwrap();
-        assert_eq!(t.render(&p.matches("/api/v1/invoices/7").unwrap()), "invoice:7");
+        assert_eq!(
+            t.render(&p.matches("/api/v1/invoices/7").unwrap()),
+            "invoice:7"
+        );
         assert!(Template::parse("invoice:{nope}", Some(&p)).is_err());
     }
 }

@@ -17,15 +17,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
     let mut rest = s;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("`{text}` is not a duration; write e.g. \"500ms\", \"5s\" or \"1m\""));
+            return Err(format!(
+                "`{text}` is not a duration; write e.g. \"500ms\", \"5s\" or \"1m\""
+            ));
         }
         let n: u64 = rest[..digits]
             .parse()
             .map_err(|_| format!("`{text}`: number too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let d = match unit {
@@ -59,9 +65,13 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
     let s = text.trim();
     let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     if digits == 0 {
-        return Err(format!("`{text}` is not a size; write e.g. \"1000\", \"64KiB\" or \"256MiB\""));
+        return Err(format!(
+            "`{text}` is not a size; write e.g. \"1000\", \"64KiB\" or \"256MiB\""
+        ));
     }
-    let n: u64 = s[..digits].parse().map_err(|_| format!("`{text}`: number too large"))?;
+    let n: u64 = s[..digits]
+        .parse()
+        .map_err(|_| format!("`{text}`: number too large"))?;
     let mult: u64 = match s[digits..].trim() {
         "" | "B" => 1,
         "KiB" => 1 << 10,
@@ -74,11 +84,12 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         "TB" => 1_000_000_000_000,
         other => {
             return Err(format!(
-                "`{text}` has an unknown unit `{other}` (units: B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
-            ))
+            "`{text}` has an unknown unit `{other}` (units: B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+        ))
         }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("`{text}` is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 /// A size in config: either a bare integer (bytes) or a string with a unit.

@@ -159,10 +159,16 @@ impl UpstreamConfig {
         };
         let hc = &f.health_check;
         if !hc.path.starts_with('/') {
-            p.push("upstream.health_check.path", format!("`{}` must start with `/`", hc.path));
+            p.push(
+                "upstream.health_check.path",
+                format!("`{}` must start with `/`", hc.path),
+            );
         }
-        let health_interval =
-            p.duration_or("upstream.health_check.interval", &hc.interval, Duration::from_secs(5));
+        let health_interval = p.duration_or(
+            "upstream.health_check.interval",
+            &hc.interval,
+            Duration::from_secs(5),
+        );
         if health_interval.is_zero() {
             p.push("upstream.health_check.interval", "must be greater than 0");
         }
@@ -183,13 +189,21 @@ impl UpstreamConfig {
                 &f.connect_timeout,
                 Duration::from_secs(1),
             ),
-            read_timeout: p.duration_or("upstream.read_timeout", &f.read_timeout, Duration::from_secs(30)),
+            read_timeout: p.duration_or(
+                "upstream.read_timeout",
+                &f.read_timeout,
+                Duration::from_secs(30),
+            ),
             write_timeout: p.duration_or(
                 "upstream.write_timeout",
                 &f.write_timeout,
                 Duration::from_secs(30),
             ),
-            idle_timeout: p.duration_or("upstream.idle_timeout", &f.idle_timeout, Duration::from_secs(60)),
+            idle_timeout: p.duration_or(
+                "upstream.idle_timeout",
+                &f.idle_timeout,
+                Duration::from_secs(60),
+            ),
             keepalive_pool: f.keepalive_pool,
             retries: f.retries,
         };
@@ -214,7 +228,9 @@ pub struct InFlight {
 impl InFlight {
     /// One counter per server.
     pub fn new(servers: &[SocketAddr]) -> Arc<InFlight> {
-        Arc::new(InFlight { counts: servers.iter().map(|s| (*s, AtomicUsize::new(0))).collect() })
+        Arc::new(InFlight {
+            counts: servers.iter().map(|s| (*s, AtomicUsize::new(0))).collect(),
+        })
     }
 
     /// Requests in flight to `addr`.

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod audit_sink;
 pub mod check_config;
 
 /// Exit code for bad configuration or usage (`EX_USAGE`/`EX_CONFIG` family: 64).
@@ -21,11 +22,15 @@ pub struct Cli {
 pub enum Command {
     /// Validate a config file: exit 0, or list every problem and exit 64.
     CheckConfig(check_config::Args),
+    /// Load the audit topic into the OMS's `audit_events` table (consumer group, batches,
+    /// offsets committed after the database transaction).
+    AuditSink(audit_sink::Args),
 }
 
 /// Runs the chosen subcommand and returns the exit code.
 pub fn dispatch(cli: Cli) -> i32 {
     match cli.command {
         Command::CheckConfig(a) => check_config::main(a),
+        Command::AuditSink(a) => audit_sink::main(a),
     }
 }
