@@ -47,7 +47,7 @@ fn ten_thousand_records_arrive_exactly_once() {
         &dups[..dups.len().min(5)]
     );
     let want: BTreeSet<String> = (0..n).map(|i| format!("{topic}-{i}")).collect();
-    assert_eq!(ids, want);
+    assert!(ids == want, "{} missing", want.difference(&ids).count());
     for r in &got {
         let i: usize = r.id().rsplit('-').next().unwrap().parse().unwrap();
         assert_eq!(r.key, TENANTS[i % TENANTS.len()], "key is the tenant");
@@ -97,11 +97,12 @@ fn file_audit_without_brokers_keeps_every_record_in_the_spool() {
     assert_eq!(s.stats.dropped, 0);
     assert_eq!(s.stats.spooled, 3100);
     assert!(!s.kafka_connected);
+    // All of them, once each (when the queue overflows, the request path's records can land
+    // before older queued ones: order holds only while the queue has room).
     let ids = spooled_ids(&dir.0);
-    assert_eq!(
-        ids,
-        (0..3100).map(|i| format!("file-{i}")).collect::<Vec<_>>()
-    );
+    assert_eq!(ids.len(), 3100);
+    let set: BTreeSet<String> = ids.into_iter().collect();
+    assert!(set == (0..3100).map(|i| format!("file-{i}")).collect(), "ids differ");
 }
 
 #[test]
@@ -203,7 +204,7 @@ fn a_torn_last_record_is_skipped_and_counted_and_the_rest_replayed() {
     let (dups, ids) = duplicates(&got);
     assert!(dups.is_empty());
     let want: BTreeSet<String> = (0..99).map(|i| format!("{topic}-{i}")).collect();
-    assert_eq!(ids, want);
+    assert!(ids == want, "{} missing", want.difference(&ids).count());
 }
 
 #[test]
