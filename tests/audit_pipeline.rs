@@ -102,7 +102,10 @@ fn file_audit_without_brokers_keeps_every_record_in_the_spool() {
     let ids = spooled_ids(&dir.0);
     assert_eq!(ids.len(), 3100);
     let set: BTreeSet<String> = ids.into_iter().collect();
-    assert!(set == (0..3100).map(|i| format!("file-{i}")).collect(), "ids differ");
+    assert!(
+        set == (0..3100).map(|i| format!("file-{i}")).collect(),
+        "ids differ"
+    );
 }
 
 #[test]
