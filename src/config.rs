@@ -400,10 +400,28 @@ pub fn parse_file(text: &str) -> Result<(FileConfig, Vec<String>), ConfigError> 
     let de = toml::Deserializer::new(text);
     let mut unknown = Vec::new();
     let file: FileConfig = serde_ignored::deserialize(de, |path| {
-        unknown.push(path.to_string().replace("route.", "route"));
+        unknown.push(index_path(&path.to_string()));
     })
     .map_err(|e| ConfigError::Syntax(format!("config is not valid: {e}")))?;
     Ok((file, unknown))
+}
+
+/// Turns serde_ignored's `route.0.foo` into `route[0].foo`.
+fn index_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len() + 4);
+    for (i, part) in path.split('.').enumerate() {
+        if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
+            out.push('[');
+            out.push_str(part);
+            out.push(']');
+        } else {
+            if i > 0 {
+                out.push('.');
+            }
+            out.push_str(part);
+        }
+    }
+    out
 }
 
 fn text_hash(text: &str) -> String {

@@ -2,6 +2,7 @@
 //! System. See `README.md` for the product and `src/proxy.rs` for the request pipeline.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod audit;
 pub mod cache;
 pub mod cli;
@@ -9,7 +10,15 @@ pub mod compress;
 pub mod config;
 pub mod db;
 pub mod identity;
+pub mod lifecycle;
 pub mod limit;
+pub mod loadgen;
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
+pub mod respond;
 pub mod routes;
+pub mod server;
+pub mod sim;
 pub mod units;
 pub mod upstream;

@@ -256,3 +256,132 @@ impl InFlight {
         }
     }
 }
+
+// === impl Upstreams ===
+
+use pingora::lb::health_check::HttpHealthCheck;
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::LoadBalancer;
+use pingora::services::background::{background_service, GenBackgroundService};
+use pingora::upstreams::peer::HttpPeer;
+
+/// The upstream pool: servers, health state, selection and peer settings.
+pub struct Upstreams {
+    lb: Arc<LoadBalancer<RoundRobin>>,
+    cfg: UpstreamConfig,
+    in_flight: Arc<InFlight>,
+}
+
+impl std::fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstreams")
+            .field("servers", &self.cfg.servers)
+            .finish()
+    }
+}
+
+impl Upstreams {
+    /// Builds the pool and the background service that runs its health checks.
+    pub fn new(
+        cfg: &UpstreamConfig,
+    ) -> std::io::Result<(
+        Arc<Upstreams>,
+        GenBackgroundService<LoadBalancer<RoundRobin>>,
+    )> {
+        let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(cfg.servers.iter().copied())?;
+        let mut hc = HttpHealthCheck::new("localhost", false);
+        if let Ok(mut req) =
+            pingora::http::RequestHeader::build("GET", cfg.health_path.as_bytes(), None)
+        {
+            let _ = req.append_header("Host", "localhost");
+            let _ = req.append_header("User-Agent", "omsgate-health-check");
+            hc.req = req;
+        }
+        hc.peer_template.options.connection_timeout = Some(cfg.health_timeout);
+        hc.peer_template.options.read_timeout = Some(cfg.health_timeout);
+        hc.consecutive_failure = cfg.health_failures;
+        hc.consecutive_success = cfg.health_successes;
+        hc.validator = Some(Box::new(|resp| {
+            if resp.status.is_success() {
+                Ok(())
+            } else {
+                pingora::Error::e_explain(
+                    pingora::ErrorType::HTTPStatus(resp.status.as_u16()),
+                    "health check status",
+                )
+            }
+        }));
+        lb.set_health_check(Box::new(hc));
+        lb.health_check_frequency = Some(cfg.health_interval);
+        lb.parallel_health_check = true;
+        let service = background_service("upstream health check", lb);
+        let ups = Arc::new(Upstreams {
+            lb: service.task(),
+            cfg: cfg.clone(),
+            in_flight: InFlight::new(&cfg.servers),
+        });
+        Ok((ups, service))
+    }
+
+    /// Picks a healthy server not in `exclude`, by the configured algorithm.
+    pub fn select(&self, exclude: &[SocketAddr]) -> Option<SocketAddr> {
+        match self.cfg.selection {
+            Selection::RoundRobin => self
+                .lb
+                .select_with(b"", 256, |b, healthy| {
+                    healthy && b.addr.as_inet().is_some_and(|a| !exclude.contains(a))
+                })
+                .and_then(|b| b.addr.as_inet().copied()),
+            Selection::LeastConn => {
+                let backends = self.lb.backends().get_backend();
+                backends
+                    .iter()
+                    .filter(|b| self.lb.backends().ready(b))
+                    .filter_map(|b| b.addr.as_inet().copied())
+                    .filter(|a| !exclude.contains(a))
+                    .min_by_key(|a| self.in_flight.get(a))
+            }
+        }
+    }
+
+    /// Whether another healthy server than those in `exclude` exists.
+    pub fn has_alternative(&self, exclude: &[SocketAddr]) -> bool {
+        self.select(exclude).is_some()
+    }
+
+    /// The peer for `addr` with the configured timeouts and keepalive.
+    pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(self.cfg.connect_timeout);
+        peer.options.read_timeout = Some(self.cfg.read_timeout);
+        peer.options.write_timeout = Some(self.cfg.write_timeout);
+        peer.options.idle_timeout = Some(self.cfg.idle_timeout);
+        peer
+    }
+
+    /// Health of every server, in config order.
+    pub fn health(&self) -> Vec<(SocketAddr, bool)> {
+        let backends = self.lb.backends().get_backend();
+        self.cfg
+            .servers
+            .iter()
+            .map(|s| {
+                let healthy = backends
+                    .iter()
+                    .find(|b| b.addr.as_inet() == Some(s))
+                    .is_some_and(|b| self.lb.backends().ready(b));
+                (*s, healthy)
+            })
+            .collect()
+    }
+
+    /// Requests in flight per server (for least_conn).
+    pub fn in_flight(&self) -> &InFlight {
+        &self.in_flight
+    }
+
+    /// The configuration the pool was built from.
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.cfg
+    }
+}

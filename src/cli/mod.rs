@@ -4,6 +4,9 @@ use clap::{Parser, Subcommand};
 
 pub mod audit_sink;
 pub mod check_config;
+pub mod demo;
+pub mod run;
+pub mod sim;
 
 /// Exit code for bad configuration or usage (`EX_USAGE`/`EX_CONFIG` family: 64).
 pub const EXIT_CONFIG: i32 = 64;
@@ -20,6 +23,12 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the gateway.
+    Run(run::Args),
+    /// Run the gateway in front of the built-in simulated legacy OMS (one process).
+    Demo(demo::Args),
+    /// Run the simulated legacy OMS alone.
+    Sim(sim::Args),
     /// Validate a config file: exit 0, or list every problem and exit 64.
     CheckConfig(check_config::Args),
     /// Load the audit topic into the OMS's `audit_events` table (consumer group, batches,
@@ -30,6 +39,9 @@ pub enum Command {
 /// Runs the chosen subcommand and returns the exit code.
 pub fn dispatch(cli: Cli) -> i32 {
     match cli.command {
+        Command::Run(a) => run::main(a),
+        Command::Demo(a) => demo::main(a),
+        Command::Sim(a) => sim::main(a),
         Command::CheckConfig(a) => check_config::main(a),
         Command::AuditSink(a) => audit_sink::main(a),
     }

@@ -1,0 +1,111 @@
+//! The admin listener (DESIGN.md capability 7): `/metrics`, `/health`, `/ready`.
+//!
+//! Served by its own Pingora service on `admin.listen` (loopback by default), never on the
+//! public listener. `/health` is liveness (200 while the process serves); `/ready` reports each
+//! dependency, uptime and RSS as JSON, and answers 503 when no upstream server is healthy.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::json;
+
+use crate::metrics;
+use crate::proxy::Shared;
+
+/// The admin HTTP application.
+pub struct Admin {
+    shared: Arc<Shared>,
+}
+
+impl Admin {
+    /// An admin app over the shared state.
+    pub fn new(shared: Arc<Shared>) -> Admin {
+        Admin { shared }
+    }
+
+    fn ready(&self) -> (u16, serde_json::Value) {
+        let health = self.shared.upstreams.health();
+        let healthy = health.iter().filter(|(_, h)| *h).count();
+        let servers: Vec<_> = health
+            .iter()
+            .map(|(a, h)| json!({ "server": a.to_string(), "healthy": h }))
+            .collect();
+        let ready = healthy > 0;
+        let body = json!({
+            "ready": ready,
+            "uptime_seconds": self.shared.started.elapsed().as_secs(),
+            "rss_bytes": rss_bytes(),
+            "in_flight": crate::lifecycle::in_flight(),
+            "config_hash": self.shared.pipeline.load().config.hash,
+            "dependencies": {
+                "upstream": { "state": if ready { "up" } else { "down" }, "healthy": healthy, "servers": servers },
+            },
+        });
+        (if ready { 200 } else { 503 }, body)
+    }
+
+    fn refresh_gauges(&self) {
+        metrics::UPTIME.set(self.shared.started.elapsed().as_secs_f64());
+        for (addr, healthy) in self.shared.upstreams.health() {
+            metrics::UPSTREAM_HEALTHY
+                .with_label_values(&[&addr.to_string()])
+                .set(healthy as i64);
+        }
+    }
+}
+
+/// Resident set size of this process in bytes (Linux `/proc/self/statm`), 0 when unknown.
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .map(|pages| pages * 4096)
+        .unwrap_or(0)
+}
+
+fn response(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .unwrap_or_default()
+}
+
+fn json_response(status: u16, v: serde_json::Value) -> Response<Vec<u8>> {
+    response(status, "application/json", v.to_string().into_bytes())
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/metrics") => {
+                self.refresh_gauges();
+                response(
+                    200,
+                    "text/plain; version=0.0.4",
+                    metrics::render().into_bytes(),
+                )
+            }
+            ("GET", "/health") => json_response(200, json!({ "status": "ok" })),
+            ("GET", "/ready") => {
+                let (status, body) = self.ready();
+                json_response(status, body)
+            }
+            (_, "/metrics" | "/health" | "/ready") => {
+                json_response(405, json!({ "error": "method not allowed" }))
+            }
+            _ => json_response(404, json!({ "error": format!("no admin endpoint {path}") })),
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! Every Prometheus metric of omsgate, registered once, in one place (DESIGN.md capability 7).
+//!
+//! Metrics live in the process-wide default registry so that every module, Pingora's own
+//! metrics and the admin `/metrics` endpoint see one set. Labels come from bounded sets only:
+//! route names from config, status classes, fixed outcome words, server addresses from config
+//! — never raw paths, tenant ids or error strings.
+//!
+//! Sections follow the pipeline: core HTTP, upstream, identity, cache, compression, rate limit,
+//! audit, database, config.
+
+use once_cell::sync::Lazy;
+use prometheus::{
+    register_gauge, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    register_int_gauge, register_int_gauge_vec, Gauge, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec,
+};
+
+/// Histogram buckets for request latencies, in seconds: 100 µs to 30 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+macro_rules! counter_vec {
+    ($name:literal, $help:literal, $labels:expr) => {
+        Lazy::new(|| {
+            register_int_counter_vec!($name, $help, $labels).expect(concat!("register ", $name))
+        })
+    };
+}
+macro_rules! histogram_vec {
+    ($name:literal, $help:literal, $labels:expr) => {
+        Lazy::new(|| {
+            register_histogram_vec!($name, $help, $labels, LATENCY_BUCKETS.to_vec())
+                .expect(concat!("register ", $name))
+        })
+    };
+}
+macro_rules! gauge {
+    ($name:literal, $help:literal) => {
+        Lazy::new(|| register_int_gauge!($name, $help).expect(concat!("register ", $name)))
+    };
+}
+macro_rules! gauge_vec {
+    ($name:literal, $help:literal, $labels:expr) => {
+        Lazy::new(|| {
+            register_int_gauge_vec!($name, $help, $labels).expect(concat!("register ", $name))
+        })
+    };
+}
+
+// === core HTTP ===
+
+/// Requests by route, method and status class (`2xx`, `4xx`, ...).
+pub static HTTP_REQUESTS: Lazy<IntCounterVec> = counter_vec!(
+    "omsgate_http_requests_total",
+    "HTTP requests served, by route, method and status class.",
+    &["route", "method", "status"]
+);
+/// Request duration by route, from request start to the last byte sent.
+pub static HTTP_DURATION: Lazy<HistogramVec> = histogram_vec!(
+    "omsgate_http_request_duration_seconds",
+    "Time from request start to the end of the response, by route.",
+    &["route"]
+);
+/// Requests in flight.
+pub static IN_FLIGHT: Lazy<IntGauge> = gauge!(
+    "omsgate_in_flight_requests",
+    "Requests currently being served."
+);
+/// Build information.
+pub static BUILD_INFO: Lazy<IntGaugeVec> = gauge_vec!(
+    "omsgate_build_info",
+    "Build information; the value is always 1.",
+    &["version"]
+);
+/// Process uptime in seconds, set at scrape time.
+pub static UPTIME: Lazy<Gauge> = Lazy::new(|| {
+    register_gauge!(
+        "omsgate_uptime_seconds",
+        "Seconds since the process started."
+    )
+    .expect("register omsgate_uptime_seconds")
+});
+
+// === upstream ===
+
+/// Upstream response time by route (time to the response header).
+pub static UPSTREAM_DURATION: Lazy<HistogramVec> = histogram_vec!(
+    "omsgate_upstream_duration_seconds",
+    "Time from sending the request upstream to receiving the response header, by route.",
+    &["route"]
+);
+/// Health of each upstream server (1 healthy, 0 down), set at scrape time.
+pub static UPSTREAM_HEALTHY: Lazy<IntGaugeVec> = gauge_vec!(
+    "omsgate_upstream_healthy",
+    "Whether the active health check considers the upstream server healthy (1) or not (0).",
+    &["server"]
+);
+/// Upstream failures by kind (`connect`, `timeout`, `no_healthy`, `other`).
+pub static UPSTREAM_ERRORS: Lazy<IntCounterVec> = counter_vec!(
+    "omsgate_upstream_errors_total",
+    "Upstream failures by kind: connect, timeout, no_healthy, other.",
+    &["kind"]
+);
+/// Retries on another server after a connect failure.
+pub static UPSTREAM_RETRIES: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "omsgate_upstream_retries_total",
+        "Idempotent requests retried on another server after a connect failure."
+    )
+    .expect("register omsgate_upstream_retries_total")
+});
+
+// === identity ===
+
+/// Identity resolution results: `verified`, `missing`, `invalid`, `no_tenant`, `none`.
+pub static IDENTITY: Lazy<IntCounterVec> = counter_vec!(
+    "omsgate_identity_total",
+    "Identity resolution per request: verified, missing, invalid, no_tenant, none (mode none).",
+    &["result"]
+);
+
+// === cache ===
+
+/// Cache lookups by route and result (`hit`, `miss`, `stale`, `bypass`, `expired`).
+pub static CACHE_REQUESTS: Lazy<IntCounterVec> = counter_vec!(
+    "omsgate_cache_requests_total",
+    "Cache lookups by route and result: hit, miss, stale, bypass, expired.",
+    &["route", "result"]
+);
+/// Responses stored in the cache, by route.
+pub static CACHE_STORES: Lazy<IntCounterVec> = counter_vec!(
+    "omsgate_cache_store_total",
+    "Responses stored in the cache, by route.",
+    &["route"]
+);
+/// Invalidations by source (`write`, `purge`, `remote`).
+pub static CACHE_INVALIDATIONS: Lazy<IntCounterVec> = counter_vec!(
+    "omsgate_cache_invalidations_total",
+    "Cache invalidations by source: write (a write through the gateway), purge (admin), remote (another instance).",
+    &["source"]
+);
+/// Cache backend errors and timeouts by backend (`redis`, `memory`).
+pub static CACHE_BACKEND_ERRORS: Lazy<IntCounterVec> = counter_vec!(
+    "omsgate_cache_backend_errors_total",
+    "Cache backend errors or timeouts (each one a bypass, never a client error), by backend.",
+    &["backend"]
+);
+/// Bytes held by the in-process L1 cache.
+pub static CACHE_L1_BYTES: Lazy<IntGauge> = gauge!(
+    "omsgate_cache_l1_bytes",
+    "Bytes held by the in-process L1 cache."
+);
+/// Entries held by the in-process L1 cache.
+pub static CACHE_L1_ENTRIES: Lazy<IntGauge> = gauge!(
+    "omsgate_cache_l1_entries",
+    "Entries held by the in-process L1 cache."
+);
+
+// === compression ===
+
+/// Bytes before (`in`) and after (`out`) compression, by algorithm.
+pub static COMPRESSION_BYTES: Lazy<IntCounterVec> = counter_vec!(
+    "omsgate_compression_bytes_total",
+    "Response bytes before (direction=in) and after (direction=out) compression, by algorithm.",
+    &["algorithm", "direction"]
+);
+
+// === rate limit ===
+
+/// Rejected requests by route and policy.
+pub static RATE_LIMITED: Lazy<IntCounterVec> = counter_vec!(
+    "omsgate_rate_limited_total",
+    "Requests rejected with 429, by route and policy.",
+    &["route", "policy"]
+);
+/// Limiter checks by result (`allowed`, `limited`, `exempt`, `error_allowed`, `error_denied`).
+pub static RATE_LIMIT_CHECKS: Lazy<IntCounterVec> = counter_vec!(
+    "omsgate_rate_limit_checks_total",
+    "Rate-limit checks by result: allowed, limited, exempt, error_allowed, error_denied.",
+    &["result"]
+);
+/// Keys held by the local limiters.
+pub static RATE_LIMIT_KEYS: Lazy<IntGauge> = gauge!(
+    "omsgate_rate_limit_keys",
+    "Keys currently held by the local rate limiters."
+);
+/// Distributed limiter backend errors or timeouts.
+pub static RATE_LIMIT_BACKEND_ERRORS: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "omsgate_rate_limit_backend_errors_total",
+        "Redis errors or timeouts of the distributed rate limiter (on_backend_error applied)."
+    )
+    .expect("register omsgate_rate_limit_backend_errors_total")
+});
+
+// === audit ===
+
+/// Audit records by outcome (`queued`, `delivered`, `spooled`, `replayed`, `dropped`).
+pub static AUDIT_RECORDS: Lazy<IntCounterVec> = counter_vec!(
+    "omsgate_audit_records_total",
+    "Audit records by outcome: queued, delivered, spooled, replayed, dropped.",
+    &["outcome"]
+);
+/// Records waiting in the in-memory audit queue.
+pub static AUDIT_QUEUE_DEPTH: Lazy<IntGauge> = gauge!(
+    "omsgate_audit_queue_depth",
+    "Audit records waiting in the in-memory queue."
+);
+/// Bytes held in the audit spool.
+pub static AUDIT_SPOOL_BYTES: Lazy<IntGauge> = gauge!(
+    "omsgate_audit_spool_bytes",
+    "Bytes of audit records held in the disk spool."
+);
+/// Time from enqueue to Kafka acknowledgement.
+pub static AUDIT_DELIVERY: Lazy<HistogramVec> = histogram_vec!(
+    "omsgate_audit_delivery_seconds",
+    "Time from enqueueing an audit record to its acknowledgement by Kafka.",
+    &["path"]
+);
+/// Kafka errors by librdkafka error code name.
+pub static AUDIT_KAFKA_ERRORS: Lazy<IntCounterVec> = counter_vec!(
+    "omsgate_audit_kafka_errors_total",
+    "Kafka producer errors by librdkafka error code.",
+    &["code"]
+);
+
+// === database ===
+
+/// Pool connections by state (`size`, `idle`, `waiting`), set at scrape time.
+pub static DB_POOL: Lazy<IntGaugeVec> = gauge_vec!(
+    "omsgate_db_pool_connections",
+    "Pooled query path connections by state: size, idle, waiting.",
+    &["state"]
+);
+/// Pooled query duration by query.
+pub static DB_QUERY_DURATION: Lazy<HistogramVec> = histogram_vec!(
+    "omsgate_db_query_duration_seconds",
+    "Pooled query path duration by query.",
+    &["query"]
+);
+/// Requests that fell back to the OMS, by reason (`pool_timeout`, `db_error`, `no_tenant`).
+pub static DB_FALLBACKS: Lazy<IntCounterVec> = counter_vec!(
+    "omsgate_db_fallbacks_total",
+    "Pooled-path requests that fell back to the OMS, by reason.",
+    &["reason"]
+);
+/// Database errors.
+pub static DB_ERRORS: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "omsgate_db_errors_total",
+        "Database errors on the pooled query path."
+    )
+    .expect("register omsgate_db_errors_total")
+});
+
+// === config ===
+
+/// Config reloads by result (`ok`, `rejected`).
+pub static CONFIG_RELOADS: Lazy<IntCounterVec> = counter_vec!(
+    "omsgate_config_reloads_total",
+    "Configuration reloads by result: ok, rejected.",
+    &["result"]
+);
+/// The hash of the config in force; the value is always 1.
+pub static CONFIG_INFO: Lazy<IntGaugeVec> = gauge_vec!(
+    "omsgate_config_info",
+    "The configuration in force, by hash of its text; the value is always 1.",
+    &["hash"]
+);
+
+/// Status class label (`1xx` .. `5xx`) for a status code; `0xx` when no response was sent.
+pub fn status_class(status: u16) -> &'static str {
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        5 => "5xx",
+        _ => "0xx",
+    }
+}
+
+/// Registers every metric and sets the static ones, so `/metrics` lists them from the start.
+pub fn init(config_hash: &str, routes: &[&str]) {
+    BUILD_INFO
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+    CONFIG_INFO.reset();
+    CONFIG_INFO.with_label_values(&[config_hash]).set(1);
+    Lazy::force(&HTTP_REQUESTS);
+    for r in routes {
+        HTTP_DURATION.with_label_values(&[r]);
+    }
+    Lazy::force(&IN_FLIGHT);
+    Lazy::force(&UPTIME);
+    Lazy::force(&UPSTREAM_DURATION);
+    Lazy::force(&UPSTREAM_HEALTHY);
+    Lazy::force(&UPSTREAM_ERRORS);
+    Lazy::force(&UPSTREAM_RETRIES);
+    Lazy::force(&IDENTITY);
+    Lazy::force(&CACHE_REQUESTS);
+    Lazy::force(&CACHE_STORES);
+    Lazy::force(&CACHE_INVALIDATIONS);
+    Lazy::force(&CACHE_BACKEND_ERRORS);
+    Lazy::force(&CACHE_L1_BYTES);
+    Lazy::force(&CACHE_L1_ENTRIES);
+    Lazy::force(&COMPRESSION_BYTES);
+    Lazy::force(&RATE_LIMITED);
+    Lazy::force(&RATE_LIMIT_CHECKS);
+    Lazy::force(&RATE_LIMIT_KEYS);
+    Lazy::force(&RATE_LIMIT_BACKEND_ERRORS);
+    Lazy::force(&AUDIT_RECORDS);
+    Lazy::force(&AUDIT_QUEUE_DEPTH);
+    Lazy::force(&AUDIT_SPOOL_BYTES);
+    Lazy::force(&AUDIT_DELIVERY);
+    Lazy::force(&AUDIT_KAFKA_ERRORS);
+    Lazy::force(&DB_POOL);
+    Lazy::force(&DB_QUERY_DURATION);
+    Lazy::force(&DB_FALLBACKS);
+    Lazy::force(&DB_ERRORS);
+    Lazy::force(&CONFIG_RELOADS);
+}
+
+/// Renders the default registry in the Prometheus text format.
+pub fn render() -> String {
+    use prometheus::Encoder;
+    let mut buf = Vec::new();
+    let enc = prometheus::TextEncoder::new();
+    if let Err(e) = enc.encode(&prometheus::gather(), &mut buf) {
+        tracing::warn!(error = %e, "Encoding metrics failed.");
+    }
+    String::from_utf8(buf).unwrap_or_default()
+}

@@ -1,0 +1,374 @@
+//! The request pipeline: the [`ProxyHttp`] implementation and the per-request [`Ctx`].
+//!
+//! This file only sequences the concerns; each lives in its own module. Phase chart:
+//!
+//! | Pingora phase              | concern(s)                                                       |
+//! |----------------------------|------------------------------------------------------------------|
+//! | `new_ctx`                  | request guard (in-flight count), config snapshot                 |
+//! | `request_filter`           | request id, route match, identity (`identity`), rate limit       |
+//! |                            | (`limit`), pooled query path (`db`), compression decision        |
+//! | `upstream_peer`            | server selection, timeouts, keepalive (`upstream`)               |
+//! | `fail_to_connect`          | retry of idempotent requests on another server (`upstream`)      |
+//! | `upstream_request_filter`  | forward request id and verified identity headers                 |
+//! | `upstream_response_filter` | upstream latency                                                 |
+//! | `response_filter`          | `x-request-id`, cache status headers                             |
+//! | `fail_to_proxy`            | JSON error body on 502/504                                       |
+//! | `logging`                  | metrics (`metrics`), audit record (`audit`)                      |
+//!
+//! Each request takes a snapshot of the [`Pipeline`] in `new_ctx`; a reload swaps the pipeline
+//! for new requests while in-flight ones finish on the snapshot they started with.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::ErrorType;
+
+use crate::config::Config;
+use crate::identity::{Identity, SUBJECT_HEADER, TENANT_HEADER};
+use crate::lifecycle::RequestGuard;
+use crate::metrics;
+use crate::routes::{Params, Route};
+use crate::upstream::Upstreams;
+
+/// Request-id header.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Everything that changes on reload, swapped atomically.
+#[derive(Debug)]
+pub struct Pipeline {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+}
+
+impl Pipeline {
+    /// Builds the per-concern runtime state from a validated config.
+    pub fn new(config: Arc<Config>) -> Pipeline {
+        Pipeline { config }
+    }
+}
+
+/// State shared by all requests and the admin service.
+pub struct Shared {
+    /// The current pipeline.
+    pub pipeline: ArcSwap<Pipeline>,
+    /// The upstream pool.
+    pub upstreams: Arc<Upstreams>,
+    /// Process start.
+    pub started: Instant,
+}
+
+/// The gateway's [`ProxyHttp`] implementation.
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl Gateway {
+    /// A gateway over the shared state.
+    pub fn new(shared: Arc<Shared>) -> Gateway {
+        Gateway { shared }
+    }
+}
+
+/// Per-request state shared by the phases.
+pub struct Ctx {
+    _guard: RequestGuard,
+    /// The pipeline this request runs on.
+    pub pipeline: Arc<Pipeline>,
+    /// Request start.
+    pub started: Instant,
+    /// `x-request-id`, taken from the request or generated.
+    pub request_id: String,
+    /// Index of the matched route (`routes.len()` for `other`).
+    pub route_id: usize,
+    /// Path parameters of the matched route.
+    pub params: Params,
+    /// Verified identity (empty when unverified).
+    pub identity: Identity,
+    /// Client IP (socket peer).
+    pub client_ip: Option<IpAddr>,
+    /// Servers tried for this request.
+    pub tried: Vec<SocketAddr>,
+    /// When the request was sent upstream.
+    pub upstream_started: Option<Instant>,
+    /// Time to the upstream response header.
+    pub upstream_elapsed: Option<std::time::Duration>,
+    /// Cache status for `x-cache` and audit (`HIT`, `MISS`, `STALE`, `BYPASS`, `EXPIRED`).
+    pub cache_status: Option<&'static str>,
+    /// Whether the request was rejected by the rate limiter.
+    pub rate_limited: bool,
+    /// Status of a response the gateway wrote itself (429, pooled path, errors).
+    pub local_status: Option<u16>,
+}
+
+impl Ctx {
+    /// The matched route.
+    pub fn route(&self) -> &Route {
+        let routes = &self.pipeline.config.routes;
+        routes.routes.get(self.route_id).unwrap_or(&routes.other)
+    }
+}
+
+fn valid_request_id(v: &[u8]) -> bool {
+    !v.is_empty() && v.len() <= 200 && v.iter().all(|b| b.is_ascii_graphic())
+}
+
+/// Whether an error means the upstream timed out (504) rather than failed (502).
+fn is_timeout(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+    )
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            _guard: RequestGuard::new(),
+            pipeline: self.shared.pipeline.load_full(),
+            started: Instant::now(),
+            request_id: String::new(),
+            route_id: usize::MAX,
+            params: Params::default(),
+            identity: Identity::default(),
+            client_ip: None,
+            tried: Vec::new(),
+            upstream_started: None,
+            upstream_elapsed: None,
+            cache_status: None,
+            rate_limited: false,
+            local_status: None,
+        }
+    }
+
+    /// Names the request (id, route), establishes who is asking, and answers it locally when a
+    /// concern says so (429, pooled query path).
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header_mut();
+        ctx.request_id = match req.headers.get(REQUEST_ID) {
+            Some(v) if valid_request_id(v.as_bytes()) => {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            }
+            _ => uuid::Uuid::now_v7().to_string(),
+        };
+        // A client can never claim an identity: these are set only from verified credentials.
+        req.remove_header(TENANT_HEADER);
+        req.remove_header(SUBJECT_HEADER);
+
+        let config = ctx.pipeline.config.clone();
+        let (route, params) = config.routes.find(&req.method, req.uri.path());
+        ctx.route_id = route.id;
+        ctx.params = params;
+
+        ctx.identity = match config.identity.identify(&req.headers) {
+            Ok(id) => {
+                let label = if id.tenant.is_some() {
+                    "verified"
+                } else {
+                    "none"
+                };
+                metrics::IDENTITY.with_label_values(&[label]).inc();
+                id
+            }
+            Err(r) => {
+                metrics::IDENTITY.with_label_values(&[r.as_str()]).inc();
+                Identity::default()
+            }
+        };
+        ctx.client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        Ok(false)
+    }
+
+    /// Selects a healthy server (excluding ones already tried) with the configured timeouts.
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let ups = &self.shared.upstreams;
+        let addr = match ups.select(&ctx.tried) {
+            Some(a) => a,
+            // Every server was tried already: go back to the first healthy one rather than fail.
+            None => match ups.select(&[]) {
+                Some(a) if ctx.tried.is_empty() => a,
+                _ => {
+                    metrics::UPSTREAM_ERRORS
+                        .with_label_values(&["no_healthy"])
+                        .inc();
+                    return Error::e_explain(
+                        ErrorType::HTTPStatus(502),
+                        "no healthy upstream server",
+                    );
+                }
+            },
+        };
+        ctx.tried.push(addr);
+        Ok(Box::new(ups.peer(addr)))
+    }
+
+    /// Retries idempotent requests on another healthy server when connecting fails.
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        metrics::UPSTREAM_ERRORS
+            .with_label_values(&[if is_timeout(&e) { "timeout" } else { "connect" }])
+            .inc();
+        let retries_left = ctx.tried.len() <= self.shared.upstreams.config().retries;
+        if session.req_header().method.is_idempotent()
+            && retries_left
+            && self.shared.upstreams.has_alternative(&ctx.tried)
+        {
+            metrics::UPSTREAM_RETRIES.inc();
+            e.set_retry(true);
+        }
+        e
+    }
+
+    /// Forwards the request id and the verified identity.
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        upstream_request.insert_header(REQUEST_ID, &ctx.request_id)?;
+        if let Some(t) = &ctx.identity.tenant {
+            upstream_request.insert_header(TENANT_HEADER, t)?;
+        }
+        if let Some(s) = &ctx.identity.subject {
+            upstream_request.insert_header(SUBJECT_HEADER, s)?;
+        }
+        if let Some(addr) = ctx.tried.last() {
+            self.shared.upstreams.in_flight().start(addr);
+        }
+        ctx.upstream_started = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Records the upstream latency.
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(t) = ctx.upstream_started {
+            let elapsed = t.elapsed();
+            ctx.upstream_elapsed = Some(elapsed);
+            metrics::UPSTREAM_DURATION
+                .with_label_values(&[&ctx.route().name])
+                .observe(elapsed.as_secs_f64());
+        }
+        Ok(())
+    }
+
+    /// Adds the gateway's response headers.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        upstream_response.insert_header(REQUEST_ID, &ctx.request_id)?;
+        if let Some(c) = ctx.cache_status {
+            upstream_response.insert_header("x-cache", c)?;
+        }
+        Ok(())
+    }
+
+    /// Answers failures with a JSON body: 504 for timeouts, 502 otherwise.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy
+    where
+        Self::CTX: Send + Sync,
+    {
+        let (code, message) = match e.etype() {
+            ErrorType::HTTPStatus(c) if *c == 502 => (502, "no healthy upstream server"),
+            ErrorType::HTTPStatus(c) => (*c, "request failed"),
+            _ if is_timeout(e) => (504, "upstream timed out"),
+            _ => match e.esource() {
+                pingora::ErrorSource::Upstream => (502, "upstream failed"),
+                pingora::ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
+                        (0, "")
+                    }
+                    _ => (400, "bad request"),
+                },
+                _ => (500, "internal error"),
+            },
+        };
+        if matches!(e.esource(), pingora::ErrorSource::Upstream) && code >= 500 {
+            let kind = if is_timeout(e) { "timeout" } else { "other" };
+            if !matches!(e.etype(), ErrorType::HTTPStatus(_)) {
+                metrics::UPSTREAM_ERRORS.with_label_values(&[kind]).inc();
+            }
+        }
+        if code > 0 {
+            if session.response_written().is_none() {
+                if let Err(we) =
+                    crate::respond::send_error(session, code, message, &ctx.request_id).await
+                {
+                    tracing::debug!(error = %we, "Writing the error response failed.");
+                }
+            }
+            ctx.local_status = Some(code);
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Counts the request in the metrics and emits its audit record.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx)
+    where
+        Self::CTX: Send + Sync,
+    {
+        if ctx.upstream_started.is_some() {
+            if let Some(addr) = ctx.tried.last() {
+                self.shared.upstreams.in_flight().finish(addr);
+            }
+        }
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or(ctx.local_status)
+            .unwrap_or(0);
+        let route = ctx.route().name.as_str();
+        let method = session.req_header().method.as_str();
+        let method = match method {
+            "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" => method,
+            _ => "OTHER",
+        };
+        metrics::HTTP_REQUESTS
+            .with_label_values(&[route, method, metrics::status_class(status)])
+            .inc();
+        metrics::HTTP_DURATION
+            .with_label_values(&[route])
+            .observe(ctx.started.elapsed().as_secs_f64());
+        if let Some(e) = e {
+            tracing::debug!(request_id = %ctx.request_id, route, error = %e, "Request failed.");
+        }
+        if ctx.pipeline.config.log.access_log {
+            tracing::info!(
+                request_id = %ctx.request_id,
+                route,
+                method,
+                path = session.req_header().uri.path(),
+                status,
+                duration_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
+                "Request served."
+            );
+        }
+    }
+}

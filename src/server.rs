@@ -1,0 +1,110 @@
+//! Assembles the Pingora server: the proxy service on `server.listen`, the admin service on
+//! `admin.listen`, and the background services (upstream health checks, ...).
+//!
+//! Nothing here opens client connections or spawns threads: Redis, Kafka and database clients
+//! are created inside the services once Pingora's runtimes run.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{RunArgs, Server};
+use pingora::services::listening::Service;
+
+use crate::config::Config;
+use crate::proxy::{Gateway, Pipeline, Shared};
+use crate::upstream::Upstreams;
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The upstream pool could not be built.
+    #[error("cannot set up upstream servers: {0}")]
+    Upstream(std::io::Error),
+}
+
+/// Options of the process that are not in `config.toml`.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessOptions {
+    /// Take over the listening sockets of a running instance (graceful upgrade).
+    pub upgrade: bool,
+    /// Path of the config file, for reloads.
+    pub config_path: Option<std::path::PathBuf>,
+    /// Socket used to hand listeners over during an upgrade.
+    pub upgrade_sock: Option<String>,
+}
+
+/// Builds and runs the server until shutdown; returns only on a fast shutdown.
+pub fn run(config: Config, opts: ProcessOptions) -> Result<(), ServerError> {
+    run_with(config, opts, Vec::new())
+}
+
+/// [`run`] with extra services hosted by the same server (the demo's simulated OMS).
+pub fn run_with(
+    config: Config,
+    opts: ProcessOptions,
+    extra: Vec<Box<dyn pingora::services::ServiceWithDependents>>,
+) -> Result<(), ServerError> {
+    let config = Arc::new(config);
+    crate::metrics::init(&config.hash, &config.routes.names());
+
+    let mut conf = ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(config.server.shutdown_grace.as_secs().max(1)),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upstream_keepalive_pool_size: config.upstream.keepalive_pool.max(1),
+        ..ServerConf::default()
+    };
+    if let Some(sock) = &opts.upgrade_sock {
+        conf.upgrade_sock = sock.clone();
+    }
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let (upstreams, health_service) =
+        Upstreams::new(&config.upstream).map_err(ServerError::Upstream)?;
+    let shared = Arc::new(Shared {
+        pipeline: ArcSwap::from_pointee(Pipeline::new(config.clone())),
+        upstreams,
+        started: Instant::now(),
+    });
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(shared.clone()),
+        "omsgate proxy",
+    );
+    proxy.add_tcp(&config.server.listen.to_string());
+
+    let mut admin = Service::new(
+        "omsgate admin".to_string(),
+        crate::admin::Admin::new(shared),
+    );
+    admin.add_tcp(&config.admin.listen.to_string());
+    admin.threads = Some(1);
+
+    for service in extra {
+        server.add_boxed_service(service);
+    }
+    server.add_service(health_service);
+    server.add_service(proxy);
+    server.add_service(admin);
+
+    tracing::info!(
+        listen = %config.server.listen,
+        admin = %config.admin.listen,
+        upstreams = ?config.upstream.servers,
+        "omsgate starting."
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(crate::lifecycle::DrainingSignals {
+            grace: config.server.shutdown_grace,
+        }),
+    });
+    Ok(())
+}
