@@ -37,7 +37,6 @@
 //! segment files, which a later run with `brokers` set replays.
 
 mod config;
-pub mod metrics;
 mod record;
 mod service;
 pub mod spool;
@@ -53,7 +52,6 @@ pub use config::{
     AuditConfig, AuditFile, FieldPath, Fsync, RouteAudit, RouteAuditFile, SinkConfig, SinkFile,
     NEVER_RECORDED, REFUSED_KAFKA_OPTIONS,
 };
-pub use metrics::Outcome;
 pub use record::{
     format_rfc3339_micros, redact_body, redact_query, AuditRecord, REDACTED, SCHEMA_VERSION,
 };
@@ -155,6 +153,37 @@ impl Health {
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+}
+
+/// Outcomes of `omsgate_audit_records_total` (see [`crate::metrics::AUDIT_RECORDS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Pushed into the in-memory queue.
+    Queued,
+    /// Acknowledged by Kafka straight from the queue.
+    Delivered,
+    /// Written to the spool.
+    Spooled,
+    /// Acknowledged by Kafka from the spool.
+    Replayed,
+    /// Lost: the spool was full or could not be written. Always logged.
+    Dropped,
+    /// Refused by Kafka for good (e.g. too large); kept in `rejected.jsonl`. Always logged.
+    Rejected,
+}
+
+impl Outcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Queued => "queued",
+            Outcome::Delivered => "delivered",
+            Outcome::Spooled => "spooled",
+            Outcome::Replayed => "replayed",
+            Outcome::Dropped => "dropped",
+            Outcome::Rejected => "rejected",
+        }
     }
 }
 
@@ -343,7 +372,7 @@ impl Inner {
             Outcome::Rejected => &s.rejected,
         };
         a.fetch_add(n, Ordering::Relaxed);
-        metrics::count(outcome, n);
+        crate::metrics::AUDIT_RECORDS.with_label_values(&[outcome.as_str()]).inc_by(n);
     }
 
     /// Appends a record to the spool, counting it as spooled, or as dropped when the spool is
@@ -408,7 +437,7 @@ impl Inner {
 
     fn torn(&self, segment: u64, offset: u64, skipped: u64, resumable: bool) {
         self.stats.torn.fetch_add(1, Ordering::Relaxed);
-        metrics::METRICS.spool_torn.inc();
+        crate::metrics::AUDIT_SPOOL_TORN.inc();
         tracing::warn!(
             segment,
             offset,

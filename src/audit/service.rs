@@ -19,9 +19,9 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
-use super::metrics::{Outcome, METRICS};
 use super::spool::{Flush, Frame, Next, SegmentReader};
-use super::{Inner, Queued};
+use super::{Inner, Outcome, Queued};
+use crate::metrics::{AUDIT_DELIVERY, AUDIT_KAFKA_ERRORS, AUDIT_QUEUE_DEPTH, AUDIT_SPOOL_BYTES};
 
 /// How often the service looks after the producer, the replayer and the spool.
 const TICK: Duration = Duration::from_millis(50);
@@ -69,6 +69,8 @@ impl BackgroundService for AuditService {
             return;
         }
         self.inner.health.started.store(true, Ordering::Relaxed);
+        // The process waits for this service's shutdown flush (up to `server.shutdown_grace`).
+        let _flushing = crate::lifecycle::FlushGuard::new();
         let mut shipper = Shipper::new(self.inner.clone());
         shipper.run(rx, shutdown).await;
         self.inner.health.stopped.store(true, Ordering::Relaxed);
@@ -122,8 +124,7 @@ impl ClientContext for ShipperContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         let code = error.rdkafka_error_code();
-        METRICS
-            .kafka_errors
+        AUDIT_KAFKA_ERRORS
             .with_label_values(&[&code_label(code)])
             .inc();
         if code == Some(RDKafkaErrorCode::Fatal) {
@@ -151,7 +152,7 @@ impl ProducerContext for ShipperContext {
                 match *origin {
                     Origin::Live(at) => {
                         inner.count(Outcome::Delivered, 1);
-                        METRICS.delivery_seconds.observe(at.elapsed().as_secs_f64());
+                        AUDIT_DELIVERY.with_label_values(&["direct"]).observe(at.elapsed().as_secs_f64());
                     }
                     Origin::Replay(seg) => {
                         inner.count(Outcome::Replayed, 1);
@@ -161,8 +162,7 @@ impl ProducerContext for ShipperContext {
             }
             Err((error, msg)) => {
                 let code = error.rdkafka_error_code();
-                METRICS
-                    .kafka_errors
+                AUDIT_KAFKA_ERRORS
                     .with_label_values(&[&code_label(code)])
                     .inc();
                 let key = msg.key().unwrap_or_default();
@@ -312,8 +312,7 @@ impl Shipper {
                 return;
             }
             if code != Some(RDKafkaErrorCode::QueueFull) {
-                METRICS
-                    .kafka_errors
+                AUDIT_KAFKA_ERRORS
                     .with_label_values(&[&code_label(code)])
                     .inc();
             }
@@ -345,7 +344,7 @@ impl Shipper {
     /// Periodic upkeep: producer health, replay, segment deletion, fsync, gauges.
     fn maintain(&mut self) {
         let inner = self.inner.clone();
-        METRICS.queue_depth.set(inner.queue_depth() as i64);
+        AUDIT_QUEUE_DEPTH.set(inner.queue_depth() as i64);
         if self.kafka() {
             if inner.health.fatal.load(Ordering::Relaxed) {
                 self.recreate_producer();
@@ -367,8 +366,7 @@ impl Shipper {
                 }
             }
         }
-        METRICS
-            .spool_bytes
+        AUDIT_SPOOL_BYTES
             .set(inner.spool.as_ref().map_or(0, |s| s.bytes()) as i64);
     }
 
@@ -563,8 +561,7 @@ impl Shipper {
                         continue;
                     }
                     if code != Some(RDKafkaErrorCode::QueueFull) {
-                        METRICS
-                            .kafka_errors
+                        AUDIT_KAFKA_ERRORS
                             .with_label_values(&[&code_label(code)])
                             .inc();
                     }
@@ -595,6 +592,17 @@ impl Shipper {
 
     async fn shutdown(&mut self, mut rx: mpsc::Receiver<Queued>) {
         let started = Instant::now();
+        // Requests still being served record as usual while they finish (for at most
+        // `shutdown_timeout`); only then is the queue closed.
+        while crate::lifecycle::in_flight() > 0
+            && started.elapsed() < self.inner.config.shutdown_timeout
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            while let Ok(q) = rx.try_recv() {
+                self.route(q);
+            }
+            self.maintain();
+        }
         // From here on `Audit::record` finds the queue closed and spools records itself.
         rx.close();
         let mut drained = 0u64;
