@@ -710,6 +710,21 @@ mod tests {
     }
 
     #[test]
+    fn librdkafka_accepts_the_producer_settings() {
+        let f: AuditFile = toml::from_str(
+            r#"brokers = "127.0.0.1:1"
+               [kafka_options]
+               "socket.keepalive.enable" = "true""#,
+        )
+        .unwrap();
+        let mut p = Problems::default();
+        let c = AuditConfig::from_file(&f, &mut p);
+        assert!(p.is_empty());
+        let producer: Result<rdkafka::producer::BaseProducer, _> = c.producer_config().create();
+        assert!(producer.is_ok(), "{:?}", producer.err());
+    }
+
+    #[test]
     fn route_refuses_credential_headers() {
         let f = RouteAuditFile {
             headers: vec![

@@ -372,7 +372,9 @@ impl Inner {
             Outcome::Rejected => &s.rejected,
         };
         a.fetch_add(n, Ordering::Relaxed);
-        crate::metrics::AUDIT_RECORDS.with_label_values(&[outcome.as_str()]).inc_by(n);
+        crate::metrics::AUDIT_RECORDS
+            .with_label_values(&[outcome.as_str()])
+            .inc_by(n);
     }
 
     /// Appends a record to the spool, counting it as spooled, or as dropped when the spool is

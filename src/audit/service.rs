@@ -142,7 +142,10 @@ impl ProducerContext for ShipperContext {
     fn delivery(&self, result: &DeliveryResult<'_>, origin: Box<Origin>) {
         let inner = &*self.inner;
         let h = &inner.health;
-        h.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // Saturating: a recreated producer resets the count while late reports may still come.
+        let _ = h
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         match result {
             Ok(_) => {
                 h.last_progress_ms.store(h.now_ms(), Ordering::Relaxed);
@@ -152,7 +155,9 @@ impl ProducerContext for ShipperContext {
                 match *origin {
                     Origin::Live(at) => {
                         inner.count(Outcome::Delivered, 1);
-                        AUDIT_DELIVERY.with_label_values(&["direct"]).observe(at.elapsed().as_secs_f64());
+                        AUDIT_DELIVERY
+                            .with_label_values(&["direct"])
+                            .observe(at.elapsed().as_secs_f64());
                     }
                     Origin::Replay(seg) => {
                         inner.count(Outcome::Replayed, 1);
@@ -366,8 +371,7 @@ impl Shipper {
                 }
             }
         }
-        AUDIT_SPOOL_BYTES
-            .set(inner.spool.as_ref().map_or(0, |s| s.bytes()) as i64);
+        AUDIT_SPOOL_BYTES.set(inner.spool.as_ref().map_or(0, |s| s.bytes()) as i64);
     }
 
     fn ensure_producer(&mut self) {
