@@ -236,6 +236,27 @@ pub struct AuditState {
     pub stats: AuditStats,
 }
 
+impl AuditState {
+    /// The `/ready` entry: `state` is `connected`, `away` (Kafka not acknowledging: records are
+    /// spooled), `file` (no brokers), `stopped` or `disabled`.
+    pub fn ready_json(&self) -> serde_json::Value {
+        let state = match self.mode {
+            AuditMode::Disabled => "disabled",
+            _ if !self.running => "stopped",
+            AuditMode::File => "file",
+            AuditMode::Kafka if self.kafka_connected => "connected",
+            AuditMode::Kafka => "away",
+        };
+        serde_json::json!({
+            "state": state,
+            "queue_depth": self.queue_depth,
+            "in_flight": self.in_flight,
+            "spool_bytes": self.spool_bytes,
+            "dropped": self.stats.dropped,
+        })
+    }
+}
+
 impl Audit {
     /// Sets the pipeline up: the queue and the spool directory (opened and locked, its segments
     /// listed). Creates no thread and no Kafka client; [`Audit::background`] does that once
