@@ -3,6 +3,7 @@
 //! One task owns everything but the producer's delivery callback, which runs on the producer's
 //! polling thread and only counts, spools failed records and updates [`Health`].
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -101,7 +102,12 @@ struct SegTrack {
 
 struct ShipperContext {
     inner: Arc<Inner>,
+    /// When each error code was last logged: librdkafka repeats connection errors on every
+    /// reconnect attempt, so each code is logged at most every [`ERROR_LOG_EVERY`].
+    logged: Mutex<HashMap<String, Instant>>,
 }
+
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
 fn code_label(code: Option<RDKafkaErrorCode>) -> String {
     code.map_or_else(|| "other".to_string(), |c| format!("{c:?}"))
@@ -131,7 +137,16 @@ impl ClientContext for ShipperContext {
             self.inner.health.fatal.store(true, Ordering::Relaxed);
             error!(%error, reason, "Kafka audit producer hit a fatal error; it will be recreated.");
         } else {
-            warn!(%error, reason, "Kafka audit producer error.");
+            let label = code_label(code);
+            let mut logged = self.logged.lock();
+            if logged
+                .get(&label)
+                .is_none_or(|t| t.elapsed() >= ERROR_LOG_EVERY)
+            {
+                logged.insert(label, Instant::now());
+                drop(logged);
+                warn!(%error, reason, "Kafka audit producer error (repeats of this code are counted, logged every 10s).");
+            }
         }
     }
 }
