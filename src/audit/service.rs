@@ -399,6 +399,7 @@ impl Shipper {
         self.last_create = Some(Instant::now());
         let ctx = ShipperContext {
             inner: self.inner.clone(),
+            logged: Mutex::new(HashMap::new()),
         };
         match self.inner.config.producer_config().create_with_context(ctx) {
             Ok(p) => {
