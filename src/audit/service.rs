@@ -134,6 +134,8 @@ impl ClientContext for ShipperContext {
             .with_label_values(&[&code_label(code)])
             .inc();
         if code == Some(RDKafkaErrorCode::Fatal) {
+            // (Fatal errors usually arrive with their underlying code; the shipper also polls
+            // `fatal_error()`.)
             self.inner.health.fatal.store(true, Ordering::Relaxed);
             error!(%error, reason, "Kafka audit producer hit a fatal error; it will be recreated.");
         } else {
@@ -366,7 +368,13 @@ impl Shipper {
         let inner = self.inner.clone();
         AUDIT_QUEUE_DEPTH.set(inner.queue_depth() as i64);
         if self.kafka() {
-            if inner.health.fatal.load(Ordering::Relaxed) {
+            // librdkafka reports a fatal error through the error callback with the underlying
+            // code (e.g. OutOfOrderSequenceNumber), so ask the client itself every tick.
+            let fatal = self
+                .producer
+                .as_ref()
+                .is_some_and(|p| p.client().fatal_error().is_some());
+            if fatal || inner.health.fatal.load(Ordering::Relaxed) {
                 self.recreate_producer();
             }
             if self.producer.is_none() {
