@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod audit_sink;
 pub mod check_config;
 pub mod demo;
 pub mod migrate;
@@ -37,6 +38,9 @@ pub enum Command {
     Migrate(migrate::Args),
     /// Fill a PostgreSQL database with the simulated OMS's data (reference schema included).
     SeedDb(seed_db::Args),
+    /// Load the audit topic into the OMS's `audit_events` table (consumer group, batches,
+    /// offsets committed after the database transaction).
+    AuditSink(audit_sink::Args),
 }
 
 /// Runs the chosen subcommand and returns the exit code.
@@ -48,5 +52,6 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::CheckConfig(a) => check_config::main(a),
         Command::Migrate(a) => migrate::main(a),
         Command::SeedDb(a) => seed_db::main(a),
+        Command::AuditSink(a) => audit_sink::main(a),
     }
 }
