@@ -68,6 +68,13 @@ use crate::proxy::Ctx;
 /// Response header with the cache status.
 pub const X_CACHE: &str = "x-cache";
 
+/// Raw zstd dictionary for stored response headers: the usual names and values of OMS answers.
+const HEADER_DICT: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: \r\n\
+date: Mon, Tue, Wed, Thu, Fri, Sat, Sun, Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec 2026 GMT\r\n\
+server: uvicorn\r\ncache-control: max-age=, s-maxage=, public, stale-while-revalidate=\r\n\
+etag: \"W/\r\nlast-modified: \r\nvary: accept-encoding, accept-language, authorization\r\n\
+content-encoding: gzip\r\nx-request-id: \r\nx-omsgate-cache-scope: tenant:subject:public:\r\n";
+
 /// How long a failed write invalidation keeps being retried in the background.
 const INVALIDATION_RETRY_FOR: Duration = Duration::from_secs(30);
 
@@ -103,6 +110,10 @@ static GLOBAL: OnceCell<&'static Cache> = OnceCell::new();
 impl Cache {
     /// Builds a cache and leaks it (once per process; tests and benches may build more).
     pub fn leak(config: &CacheConfig) -> &'static Cache {
+        // Stored headers are zstd-compressed with this raw-content dictionary. It is part of the
+        // stored format: changing it makes older entries undecodable (misses), so bump the key
+        // version in `key.rs` with it. Setting it twice is a no-op.
+        pingora::cache::set_compression_dict_content(std::borrow::Cow::Borrowed(HEADER_DICT));
         let redis = config.redis_url.as_deref().and_then(|url| {
             match Redis::new(url, config.redis_timeout) {
                 Ok(r) => Some(&*Box::leak(Box::new(r))),
