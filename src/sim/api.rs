@@ -331,6 +331,7 @@ impl Shared {
                 detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
             }
             _ if path == "/__echo" || path.starts_with("/__echo/") => self.echo(req).await,
+            _ if path.starts_with("/__blob/") && get => blob(&path["/__blob/".len()..]),
             _ => self.api(req).await,
         }
     }
@@ -783,6 +784,27 @@ fn line(i: usize, v: &Value) -> Result<InvoiceLine, String> {
 }
 
 // === Responses ===
+
+/// `/__blob/{n}`: `n` bytes (at most 8 MiB) of deterministic JSON, without latency or worker
+/// slot: the fixed-size response the benches proxy.
+fn blob(size: &str) -> Response<Full<Bytes>> {
+    let Ok(n) = size.parse::<usize>() else {
+        return detail(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "size must be a number of bytes",
+        );
+    };
+    let n = n.clamp(16, 8 << 20);
+    let mut body = Vec::with_capacity(n);
+    body.extend_from_slice(b"{\"data\":\"");
+    let mut i = 0u32;
+    while body.len() < n - 2 {
+        body.push(b'a' + (i % 26) as u8);
+        i = i.wrapping_mul(31).wrapping_add(7);
+    }
+    body.extend_from_slice(b"\"}");
+    json_response(StatusCode::OK, body)
+}
 
 fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(body.into()));
