@@ -264,7 +264,7 @@ async fn randomized_requests_never_get_another_scopes_answer() {
     for _ in 0..900 {
         let route = ["tenant", "subject", "public"][rng.random_range(0..3)];
         let path = format!("/{route}/p{}", rng.random_range(0..4));
-        let mut q = vec![format!("a={}", rng.random_range(0..2)), "b=1".to_string()];
+        let mut q = [format!("a={}", rng.random_range(0..2)), "b=1".to_string()];
         q.shuffle(&mut rng);
         let t = rng.random_range(0..tenants.len());
         let s = rng.random_range(0..subjects.len());
