@@ -6,14 +6,21 @@
 //! |----------------------------|------------------------------------------------------------------|
 //! | `new_ctx`                  | request guard (in-flight count), config snapshot                 |
 //! | `request_filter`           | request id, route match, identity (`identity`), rate limit       |
-//! |                            | (`limit`), pooled query path (`db`), compression decision        |
+//! |                            | (`limit`), pooled query path (`db`), compression decision,       |
+//! |                            | cache scope and key with generations (`cache::prepare`)          |
+//! | `request_cache_filter`     | enable Pingora's cache for cached routes (`cache`)               |
+//! | `cache_key_callback`       | the scoped cache key (`cache`)                                   |
+//! | `cache_hit_filter`         | scope check of the stored entry (`cache`)                        |
 //! | `upstream_peer`            | server selection, timeouts, keepalive (`upstream`)               |
 //! | `fail_to_connect`          | retry of idempotent requests on another server (`upstream`)      |
 //! | `upstream_request_filter`  | forward request id and verified identity headers                 |
 //! | `upstream_response_filter` | upstream latency                                                 |
-//! | `response_filter`          | `x-request-id`, cache status headers                             |
+//! | `response_cache_filter`    | store or not, TTL, stale windows (`cache`)                       |
+//! | `cache_vary_filter`        | `Vary` variants (`cache`)                                        |
+//! | `should_serve_stale`       | stale-if-error / stale-while-revalidate (`cache`)                |
+//! | `response_filter`          | `x-request-id`, `x-cache`/`Age`, invalidation by writes (`cache`)|
 //! | `fail_to_proxy`            | JSON error body on 502/504                                       |
-//! | `logging`                  | metrics (`metrics`), audit record (`audit`)                      |
+//! | `logging`                  | metrics (`metrics`, `cache`), audit record (`audit`)             |
 //!
 //! Each request takes a snapshot of the [`Pipeline`] in `new_ctx`; a reload swaps the pipeline
 //! for new requests while in-flight ones finish on the snapshot they started with.
@@ -24,6 +31,8 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -44,12 +53,15 @@ pub const REQUEST_ID: &str = "x-request-id";
 pub struct Pipeline {
     /// The validated configuration.
     pub config: Arc<Config>,
+    /// The process-wide response cache (kept across reloads).
+    pub cache: &'static crate::cache::Cache,
 }
 
 impl Pipeline {
     /// Builds the per-concern runtime state from a validated config.
     pub fn new(config: Arc<Config>) -> Pipeline {
-        Pipeline { config }
+        let cache = crate::cache::Cache::global(&config.cache);
+        Pipeline { config, cache }
     }
 }
 
@@ -104,6 +116,8 @@ pub struct Ctx {
     pub rate_limited: bool,
     /// Status of a response the gateway wrote itself (429, pooled path, errors).
     pub local_status: Option<u16>,
+    /// The cache's per-request state.
+    pub cache: crate::cache::RequestCache,
 }
 
 impl Ctx {
@@ -146,6 +160,7 @@ impl ProxyHttp for Gateway {
             cache_status: None,
             rate_limited: false,
             local_status: None,
+            cache: crate::cache::RequestCache::default(),
         }
     }
 
@@ -187,7 +202,61 @@ impl ProxyHttp for Gateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        crate::cache::prepare(session, ctx).await;
         Ok(false)
+    }
+
+    /// Turns Pingora's cache on for requests of cached routes that may use it.
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        crate::cache::request_cache_filter(session, ctx);
+        Ok(())
+    }
+
+    /// The scoped cache key built in `request_filter`.
+    fn cache_key_callback(&self, _session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        crate::cache::cache_key(ctx)
+    }
+
+    /// Refuses stored entries whose scope differs from the request's.
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        _is_fresh: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<ForcedFreshness>> {
+        Ok(crate::cache::cache_hit_filter(meta, ctx))
+    }
+
+    /// Whether the origin response is stored, and for how long.
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<RespCacheable> {
+        Ok(crate::cache::response_cache_filter(resp, ctx))
+    }
+
+    /// The `Vary` variance of a stored response for this request.
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut Ctx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        crate::cache::cache_vary_filter(meta, req)
+    }
+
+    /// Serves stale copies while revalidating and when the upstream fails.
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Ctx,
+        error: Option<&Error>,
+    ) -> bool {
+        crate::cache::should_serve_stale(ctx, error)
     }
 
     /// Selects a healthy server (excluding ones already tried) with the configured timeouts.
@@ -276,13 +345,14 @@ impl ProxyHttp for Gateway {
     /// Adds the gateway's response headers.
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        crate::cache::response_filter(session, upstream_response, ctx).await;
         upstream_response.insert_header(REQUEST_ID, &ctx.request_id)?;
         if let Some(c) = ctx.cache_status {
-            upstream_response.insert_header("x-cache", c)?;
+            upstream_response.insert_header(crate::cache::X_CACHE, c)?;
         }
         Ok(())
     }
@@ -339,6 +409,7 @@ impl ProxyHttp for Gateway {
                 self.shared.upstreams.in_flight().finish(addr);
             }
         }
+        crate::cache::logging(ctx);
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())

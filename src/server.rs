@@ -1,5 +1,6 @@
 //! Assembles the Pingora server: the proxy service on `server.listen`, the admin service on
-//! `admin.listen`, and the background services (upstream health checks, ...).
+//! `admin.listen`, and the background services (upstream health checks, cache invalidation
+//! subscription, ...).
 //!
 //! Nothing here opens client connections or spawns threads: Redis, Kafka and database clients
 //! are created inside the services once Pingora's runtimes run.
@@ -83,11 +84,14 @@ pub fn run_with(
 
     let mut admin = Service::new(
         "omsgate admin".to_string(),
-        crate::admin::Admin::new(shared),
+        crate::admin::Admin::new(shared.clone()),
     );
     admin.add_tcp(&config.admin.listen.to_string());
     admin.threads = Some(1);
 
+    if let Some(listener) = shared.pipeline.load().cache.listener() {
+        server.add_service(listener);
+    }
     for service in extra {
         server.add_boxed_service(service);
     }
