@@ -5,13 +5,13 @@
 //! | Pingora phase              | concern(s)                                                       |
 //! |----------------------------|------------------------------------------------------------------|
 //! | `new_ctx`                  | request guard (in-flight count), config snapshot                 |
-//! | `request_filter`           | request id, route match, identity (`identity`), rate limit       |
-//! |                            | (`limit`), pooled query path (`db`), compression decision        |
+//! | `request_filter`           | request id, route match, identity (`identity`), client IP and    |
+//! |                            | rate limit, 429 (`limit`), pooled query path (`db`), compression |
 //! | `upstream_peer`            | server selection, timeouts, keepalive (`upstream`)               |
 //! | `fail_to_connect`          | retry of idempotent requests on another server (`upstream`)      |
 //! | `upstream_request_filter`  | forward request id and verified identity headers                 |
 //! | `upstream_response_filter` | upstream latency                                                 |
-//! | `response_filter`          | `x-request-id`, cache status headers                             |
+//! | `response_filter`          | `x-request-id`, cache status, `RateLimit` headers (`limit`)      |
 //! | `fail_to_proxy`            | JSON error body on 502/504                                       |
 //! | `logging`                  | metrics (`metrics`), audit record (`audit`)                      |
 //!
@@ -44,12 +44,18 @@ pub const REQUEST_ID: &str = "x-request-id";
 pub struct Pipeline {
     /// The validated configuration.
     pub config: Arc<Config>,
+    /// Rate-limit policies and their state.
+    pub limiter: Arc<crate::limit::Limiter>,
 }
 
 impl Pipeline {
     /// Builds the per-concern runtime state from a validated config.
     pub fn new(config: Arc<Config>) -> Pipeline {
-        Pipeline { config }
+        let limiter = Arc::new(crate::limit::Limiter::new(
+            &config.rate_limit,
+            &config.routes,
+        ));
+        Pipeline { config, limiter }
     }
 }
 
@@ -90,7 +96,8 @@ pub struct Ctx {
     pub params: Params,
     /// Verified identity (empty when unverified).
     pub identity: Identity,
-    /// Client IP (socket peer).
+    /// Client IP: the socket peer, or the forwarded client when the peer is a trusted proxy
+    /// (`crate::limit::client_ip`).
     pub client_ip: Option<IpAddr>,
     /// Servers tried for this request.
     pub tried: Vec<SocketAddr>,
@@ -102,6 +109,8 @@ pub struct Ctx {
     pub cache_status: Option<&'static str>,
     /// Whether the request was rejected by the rate limiter.
     pub rate_limited: bool,
+    /// `RateLimit` headers for the response of an admitted request.
+    pub rate_limit_headers: Option<crate::limit::Headers>,
     /// Status of a response the gateway wrote itself (429, pooled path, errors).
     pub local_status: Option<u16>,
 }
@@ -145,6 +154,7 @@ impl ProxyHttp for Gateway {
             upstream_elapsed: None,
             cache_status: None,
             rate_limited: false,
+            rate_limit_headers: None,
             local_status: None,
         }
     }
@@ -183,10 +193,15 @@ impl ProxyHttp for Gateway {
                 Identity::default()
             }
         };
-        ctx.client_ip = session
+        let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        let trusted = &config.rate_limit.trusted_proxies;
+        ctx.client_ip = crate::limit::client_ip(peer, &session.req_header().headers, trusted);
+        if crate::limit::check(session, ctx).await? {
+            return Ok(true);
+        }
         Ok(false)
     }
 
@@ -284,6 +299,7 @@ impl ProxyHttp for Gateway {
         if let Some(c) = ctx.cache_status {
             upstream_response.insert_header("x-cache", c)?;
         }
+        crate::limit::response_headers(upstream_response, ctx)?;
         Ok(())
     }
 
