@@ -423,7 +423,7 @@ fn policy(name: &str, f: &PolicyFile, p: &mut Problems) -> Option<Policy> {
             "subject" => KeyPart::Subject,
             "route" => KeyPart::Route,
             h if h.starts_with("header:") => {
-                match http::HeaderName::from_bytes(h["header:".len()..].as_bytes()) {
+                match http::HeaderName::from_bytes(&h.as_bytes()["header:".len()..]) {
                     Ok(name) => KeyPart::Header(name),
                     Err(_) => {
                         p.push(

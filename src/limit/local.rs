@@ -96,7 +96,11 @@ impl LocalPolicy {
 
     /// Checks (and, if admitted, takes) one request for the bucket `key`.
     pub fn check(&self, key: &str) -> Verdict {
-        if self.checks.fetch_add(1, Ordering::Relaxed) % self.check_every == 0 {
+        if self
+            .checks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(self.check_every)
+        {
             self.enforce_cap();
         }
         let hash = self.seed.hash_one(key);
