@@ -14,6 +14,11 @@ use std::time::{Duration, Instant};
 use common::{client, redis_url, unique, Gateway, PrivateRedis, TestUpstream};
 
 fn base_config(upstream: &TestUpstream, rate_limit: &str) -> String {
+    routes_config(upstream, "[]", rate_limit)
+}
+
+/// The config with `list_policies` as the `rate_limit` of `GET /api/v1/invoices`.
+fn routes_config(upstream: &TestUpstream, list_policies: &str, rate_limit: &str) -> String {
     format!(
         r#"
 [server]
@@ -40,6 +45,7 @@ rate_limit = ["tenant_writes"]
 name = "invoice_list"
 path = "/api/v1/invoices"
 methods = ["GET"]
+rate_limit = {list_policies}
 
 {rate_limit}
 "#,
@@ -224,8 +230,9 @@ async fn per_ip_default_believes_forwarded_for_only_from_trusted_peers() {
 }
 
 fn distributed_config(upstream: &TestUpstream, redis: &str, prefix: &str, extra: &str) -> String {
-    base_config(
+    routes_config(
         upstream,
+        "[\"tenant_hourly\"]",
         &format!(
             r#"
 [rate_limit]
@@ -236,9 +243,49 @@ key_prefix = "{prefix}:"
 [rate_limit.policies.tenant_writes]
 key = ["tenant", "route"]
 quota = "100/minute"
+[rate_limit.policies.tenant_hourly]
+key = "tenant"
+quota = "100/hour"
 "#
         ),
     )
+}
+
+/// Sends 300 requests for `tenant`, alternating between the gateways, 10 at a time; returns
+/// how many were admitted.
+async fn split_between(gateways: &Arc<[Gateway; 2]>, method: reqwest::Method, tenant: &str) -> u64 {
+    let mut tasks = Vec::new();
+    for worker in 0..10 {
+        let gateways = gateways.clone();
+        let tenant = tenant.to_string();
+        let method = method.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            let mut statuses = Vec::new();
+            for i in 0..30 {
+                let gw = &gateways[(worker + i) % 2];
+                let r = c
+                    .request(method.clone(), gw.url("/api/v1/invoices"))
+                    .header("x-tenant-id", &tenant)
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| panic!("request failed: {e}"));
+                statuses.push(r.status().as_u16());
+            }
+            statuses
+        }));
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        for s in t.await.unwrap() {
+            match s {
+                200 => admitted += 1,
+                429 => {}
+                other => panic!("unexpected status {other}"),
+            }
+        }
+    }
+    admitted
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -248,44 +295,21 @@ async fn two_gateways_share_one_quota_through_redis() {
     // A generous deadline: this test is about exactness, not about Redis being slow.
     let config = distributed_config(&upstream, &redis_url(), &prefix, "redis_timeout = \"2s\"");
     let gateways = Arc::new([Gateway::start(&config), Gateway::start(&config)]);
-    let tenant = unique("tenant");
 
+    // 100/minute, burst 100: exactly the burst, plus one per 600 ms the run took.
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    // 300 requests, alternating between the gateways, 10 at a time.
-    for worker in 0..10 {
-        let gateways = gateways.clone();
-        let tenant = tenant.clone();
-        tasks.push(tokio::spawn(async move {
-            let c = client();
-            let mut statuses = Vec::new();
-            for i in 0..30 {
-                let gw = &gateways[(worker + i) % 2];
-                statuses.push(post(&c, gw, &tenant).await.status().as_u16());
-            }
-            statuses
-        }));
-    }
-    let mut admitted = 0u64;
-    let mut limited = 0u64;
-    for t in tasks {
-        for s in t.await.unwrap() {
-            match s {
-                200 => admitted += 1,
-                429 => limited += 1,
-                other => panic!("unexpected status {other}"),
-            }
-        }
-    }
+    let per_minute = split_between(&gateways, reqwest::Method::POST, &unique("tenant")).await;
     let elapsed = started.elapsed();
-    assert_eq!(admitted + limited, 300);
-    // Exactly the burst (100), plus one per 600 ms the run took.
     assert!(
-        admitted >= 100 && admitted <= gcra_bound(100, elapsed, Duration::from_millis(600)),
-        "{admitted} admitted in {elapsed:?}"
+        per_minute >= 100 && per_minute <= gcra_bound(100, elapsed, Duration::from_millis(600)),
+        "{per_minute} of 300 admitted in {elapsed:?}"
     );
-    assert_eq!(upstream.hits(), admitted);
-    // Both instances admitted some of them, and no check fell back.
+    // 100/hour, burst 100: nothing comes back within the run (36 s per request), so exactly 100.
+    let per_hour = split_between(&gateways, reqwest::Method::GET, &unique("tenant")).await;
+    assert_eq!(per_hour, 100);
+
+    assert_eq!(upstream.hits(), per_minute + per_hour);
+    // Both instances admitted some, and no check fell back to on_backend_error.
     let per_gateway: Vec<f64> = gateways
         .iter()
         .map(|g| {
@@ -294,7 +318,10 @@ async fn two_gateways_share_one_quota_through_redis() {
         })
         .collect();
     assert!(per_gateway.iter().all(|n| *n > 0.0), "{per_gateway:?}");
-    assert_eq!(per_gateway.iter().sum::<f64>(), admitted as f64);
+    assert_eq!(
+        per_gateway.iter().sum::<f64>(),
+        (per_minute + per_hour) as f64
+    );
     for g in gateways.iter() {
         assert_eq!(
             g.metric_value("omsgate_rate_limit_backend_errors_total", &[]),
