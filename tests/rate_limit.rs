@@ -5,7 +5,6 @@
 //! `burst + elapsed / interval` (documented in README "Rate limiting"); on an idle machine that
 //! is exactly `burst`.
 
-#[path = "limit_support/mod.rs"]
 mod common;
 
 use std::sync::Arc;
