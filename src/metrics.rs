@@ -194,6 +194,15 @@ pub static RATE_LIMIT_BACKEND_ERRORS: Lazy<IntCounter> = Lazy::new(|| {
     )
     .expect("register omsgate_rate_limit_backend_errors_total")
 });
+/// Local limiter resets: a policy held more than `rate_limit.max_keys` active keys (added by the
+/// rate-limit concern).
+pub static RATE_LIMIT_KEY_RESETS: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "omsgate_rate_limit_key_resets_total",
+        "Local rate-limit policies reset because they held more than rate_limit.max_keys active keys."
+    )
+    .expect("register omsgate_rate_limit_key_resets_total")
+});
 
 // === audit ===
 
@@ -324,6 +333,7 @@ pub fn init(config_hash: &str, routes: &[&str]) {
     Lazy::force(&RATE_LIMIT_CHECKS);
     Lazy::force(&RATE_LIMIT_KEYS);
     Lazy::force(&RATE_LIMIT_BACKEND_ERRORS);
+    Lazy::force(&RATE_LIMIT_KEY_RESETS);
     Lazy::force(&AUDIT_RECORDS);
     Lazy::force(&AUDIT_QUEUE_DEPTH);
     Lazy::force(&AUDIT_SPOOL_BYTES);

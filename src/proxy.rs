@@ -5,9 +5,9 @@
 //! | Pingora phase              | concern(s)                                                       |
 //! |----------------------------|------------------------------------------------------------------|
 //! | `new_ctx`                  | request guard (in-flight count), config snapshot                 |
-//! | `request_filter`           | request id, route match, identity (`identity`), rate limit       |
-//! |                            | (`limit`), pooled query path (`db`), compression decision,       |
-//! |                            | cache scope and key with generations (`cache::prepare`)          |
+//! | `request_filter`           | request id, route match, identity (`identity`), client IP and    |
+//! |                            | rate limit, 429 (`limit`), pooled query path (`db`), compression |
+//! |                            | decision, cache scope and key with generations (`cache::prepare`)|
 //! | `request_cache_filter`     | enable Pingora's cache for cached routes (`cache`)               |
 //! | `cache_key_callback`       | the scoped cache key (`cache`)                                   |
 //! | `cache_hit_filter`         | scope check of the stored entry (`cache`)                        |
@@ -19,6 +19,7 @@
 //! | `cache_vary_filter`        | `Vary` variants (`cache`)                                        |
 //! | `should_serve_stale`       | stale-if-error / stale-while-revalidate (`cache`)                |
 //! | `response_filter`          | `x-request-id`, `x-cache`/`Age`, invalidation by writes (`cache`)|
+//! |                            | `RateLimit` headers (`limit`)                                    |
 //! | `fail_to_proxy`            | JSON error body on 502/504                                       |
 //! | `logging`                  | metrics (`metrics`, `cache`), audit record (`audit`)             |
 //!
@@ -55,13 +56,16 @@ pub struct Pipeline {
     pub config: Arc<Config>,
     /// The process-wide response cache (kept across reloads).
     pub cache: &'static crate::cache::Cache,
+    /// Rate-limit policies and their state.
+    pub limiter: Arc<crate::limit::Limiter>,
 }
 
 impl Pipeline {
     /// Builds the per-concern runtime state from a validated config.
     pub fn new(config: Arc<Config>) -> Pipeline {
         let cache = crate::cache::Cache::global(&config.cache);
-        Pipeline { config, cache }
+        let limiter = Arc::new(crate::limit::Limiter::new(&config.rate_limit, &config.routes));
+        Pipeline { config, cache, limiter }
     }
 }
 
@@ -102,7 +106,8 @@ pub struct Ctx {
     pub params: Params,
     /// Verified identity (empty when unverified).
     pub identity: Identity,
-    /// Client IP (socket peer).
+    /// Client IP: the socket peer, or the forwarded client when the peer is a trusted proxy
+    /// (`crate::limit::client_ip`).
     pub client_ip: Option<IpAddr>,
     /// Servers tried for this request.
     pub tried: Vec<SocketAddr>,
@@ -114,6 +119,8 @@ pub struct Ctx {
     pub cache_status: Option<&'static str>,
     /// Whether the request was rejected by the rate limiter.
     pub rate_limited: bool,
+    /// `RateLimit` headers for the response of an admitted request.
+    pub rate_limit_headers: Option<crate::limit::Headers>,
     /// Status of a response the gateway wrote itself (429, pooled path, errors).
     pub local_status: Option<u16>,
     /// The cache's per-request state.
@@ -159,6 +166,7 @@ impl ProxyHttp for Gateway {
             upstream_elapsed: None,
             cache_status: None,
             rate_limited: false,
+            rate_limit_headers: None,
             local_status: None,
             cache: crate::cache::RequestCache::default(),
         }
@@ -198,10 +206,15 @@ impl ProxyHttp for Gateway {
                 Identity::default()
             }
         };
-        ctx.client_ip = session
+        let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        let trusted = &config.rate_limit.trusted_proxies;
+        ctx.client_ip = crate::limit::client_ip(peer, &session.req_header().headers, trusted);
+        if crate::limit::check(session, ctx).await? {
+            return Ok(true);
+        }
         crate::cache::prepare(session, ctx).await;
         Ok(false)
     }
@@ -354,6 +367,7 @@ impl ProxyHttp for Gateway {
         if let Some(c) = ctx.cache_status {
             upstream_response.insert_header(crate::cache::X_CACHE, c)?;
         }
+        crate::limit::response_headers(upstream_response, ctx)?;
         Ok(())
     }
 
