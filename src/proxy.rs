@@ -12,6 +12,8 @@
 //! | `upstream_request_filter`  | forward request id and verified identity headers                 |
 //! | `upstream_response_filter` | upstream latency                                                 |
 //! | `response_filter`          | `x-request-id`, cache status headers                             |
+//! | downstream modules         | compression (`compress::Compression`): per response, after       |
+//! |                            | `response_filter`, on proxied, cached and local responses alike  |
 //! | `fail_to_proxy`            | JSON error body on 502/504                                       |
 //! | `logging`                  | metrics (`metrics`), audit record (`audit`)                      |
 //!
@@ -25,10 +27,12 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::ErrorType;
 
+use crate::compress;
 use crate::config::Config;
 use crate::identity::{Identity, SUBJECT_HEADER, TENANT_HEADER};
 use crate::lifecycle::RequestGuard;
@@ -149,6 +153,11 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// Registers the compression module in place of Pingora's default one (see `compress`).
+    fn init_downstream_modules(&self, modules: &mut HttpModules) {
+        modules.add_module(compress::module());
+    }
+
     /// Names the request (id, route), establishes who is asking, and answers it locally when a
     /// concern says so (429, pooled query path).
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -187,6 +196,9 @@ impl ProxyHttp for Gateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        // Before any concern answers locally, so that local answers (pooled query path) are
+        // compressed too.
+        compress::request_filter(session, &config, ctx.route());
         Ok(false)
     }
 
