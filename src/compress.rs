@@ -1,16 +1,20 @@
 //! Response compression (DESIGN.md capability 4): `Accept-Encoding` negotiated per request,
-//! bodies encoded chunk by chunk as they stream, codings a client did not ask for decoded.
+//! bodies encoded chunk by chunk as they stream, codings a client did not ask for decoded, and
+//! cacheable responses stored compressed once.
 //!
-//! Two places in the pipeline:
+//! | phase                           | hook                              | what                  |
+//! |---------------------------------|-----------------------------------|-----------------------|
+//! | `request_filter`                | [`request_filter`]                | negotiate, [`Plan`]   |
+//! | `upstream_request_filter`       | [`upstream_request_filter`]       | `If-None-Match`; one `Accept-Encoding` when the cache may store |
+//! | `upstream_response_filter`      | [`upstream_response_filter`]      | gzip before the cache stores |
+//! | `upstream_response_body_filter` | [`upstream_response_body_filter`] | gzip before the cache stores |
+//! | downstream module               | [`Compression`]                   | per response: encode, decode or leave; headers |
 //!
-//! - `request_filter` calls [`request_filter`]: it negotiates `Accept-Encoding` (with q-values)
-//!   against `[compression] algorithms`, applies the route's `compression` switch, and hands the
-//!   resulting [`Plan`] to the downstream module of this request.
-//! - [`Compression`], a Pingora downstream [`HttpModule`] registered in place of Pingora's own
-//!   `ResponseCompression`, sees every response written to the client (proxied, served from the
-//!   cache, or written by the gateway itself) after `response_filter`. It decides per response
-//!   ([`decide`]), fixes the headers (`Content-Encoding`, `Content-Length`, `Vary`, `ETag`),
-//!   and transforms the body chunk by chunk.
+//! [`Compression`] is a Pingora downstream [`HttpModule`] registered in place of Pingora's own
+//! `ResponseCompression`. It sees every response written to the client (proxied, served from
+//! the cache, or written by the gateway itself) after `response_filter`, decides per response
+//! ([`decide`]), fixes the headers (`Content-Encoding`, `Content-Length`, `Vary`, `ETag`) and
+//! transforms the body chunk by chunk.
 //!
 //! Why a module of our own rather than Pingora 0.9.1's `ResponseCompression`: its encoders only
 //! flush at the end of the body, so a slowly streamed response reaches the client in one piece
@@ -20,10 +24,12 @@
 //! `Content-Range` responses. Its decoder is fine, and [`Compression`] uses it (wrapped) to
 //! decode gzip/br bodies for clients that do not accept them.
 //!
-//! Decoding is what makes a compressed cache safe: an entry is stored gzip-compressed once,
-//! clients that accept gzip get the stored bytes as they are, and a client that does not
-//! (no `Accept-Encoding` at all, `identity`, `gzip;q=0`) gets them decoded. The module decodes
-//! any gzip or br body for a client that did not accept that coding, whoever encoded it.
+//! Decoding is what makes a compressed cache safe: an entry is stored gzip-compressed once
+//! (the upstream hooks), clients that accept gzip get the stored bytes as they are, and a client
+//! that does not (no `Accept-Encoding` at all, `identity`, `gzip;q=0`) gets them decoded. The
+//! module decodes any gzip or br body for a client that did not accept that coding, whoever
+//! encoded it. The cache must not vary its entries on `Accept-Encoding` (see
+//! [`upstream_request_filter`]).
 //!
 //! Memory per compressed response is the encoder's state (gzip ~270 KiB at level 6, br with a
 //! 512 KiB window, zstd by level) plus the chunk in flight; no body is buffered whole.
@@ -331,6 +337,20 @@ impl Accepts {
         a
     }
 
+    /// A client that accepts `algorithm` only.
+    pub fn only(algorithm: Algorithm) -> Accepts {
+        let mut a = Accepts {
+            present: true,
+            ..Accepts::default()
+        };
+        *match algorithm {
+            Algorithm::Gzip => &mut a.gzip,
+            Algorithm::Brotli => &mut a.br,
+            Algorithm::Zstd => &mut a.zstd,
+        } = Some(1000);
+        a
+    }
+
     /// The q-value of `algorithm`: listed explicitly, else through `*`, else 0.
     pub fn q(&self, algorithm: Algorithm) -> u16 {
         let explicit = match algorithm {
@@ -394,8 +414,8 @@ pub struct Plan {
     pub accepts: Accepts,
     /// A `HEAD` request: the response is left alone.
     pub head: bool,
-    /// Strong tags the client sent in weakened form in `If-None-Match` (`W/"x"` → `"x"`): a 304
-    /// carrying one of them gets it weakened back, so it matches what the client holds.
+    /// Strong forms added to the upstream `If-None-Match` for weak tags (`W/"x"` → `"x"`): a
+    /// 304 carrying one of them gets it weakened back, so it matches what the client holds.
     pub weak_validators: Vec<String>,
 }
 
@@ -755,6 +775,10 @@ enum Body {
 pub struct Compression {
     plan: Option<Plan>,
     body: Body,
+    /// The gzip level to store with, when the cache may store this response.
+    store_level: Option<u32>,
+    /// The encoder of a response being stored compressed.
+    store: Option<Box<Encoder>>,
 }
 
 impl Compression {
@@ -857,8 +881,7 @@ impl HttpModule for Compression {
                 let out = e.encode(input, end_of_stream).map_err(|err| {
                     Error::because(ErrorType::InternalError, "encoding the response body", err)
                 })?;
-                // An empty chunk that is not the end is skipped by Pingora.
-                *body = Some(out);
+                *body = (!out.is_empty() || end_of_stream).then_some(out);
             }
             Body::Decode(ctx) => {
                 if let Some(out) = ctx.response_body_filter(body.as_ref(), end_of_stream) {
@@ -900,6 +923,8 @@ impl HttpModuleBuilder for CompressionBuilder {
         Box::new(Compression {
             plan: None,
             body: Body::Undecided,
+            store_level: None,
+            store: None,
         })
     }
 
@@ -917,12 +942,10 @@ pub fn module() -> ModuleBuilder {
 // === Phase hooks ===
 
 /// `request_filter`: negotiates the coding for this request and gives the plan to the module.
-/// Also adds the strong form of weak tags to `If-None-Match` (see [`Plan::weak_validators`]).
 pub fn request_filter(session: &mut Session, config: &Arc<Config>, route: &Route) {
-    let req = session.req_header_mut();
+    let req = session.req_header();
     let accepts = Accepts::parse(req.headers.get_all(ACCEPT_ENCODING));
     let head = req.method == http::Method::HEAD;
-    let weak_validators = normalize_if_none_match(req);
     let settings = &config.compression;
     let enabled = route.compression.unwrap_or(settings.enabled);
     let encode = if enabled {
@@ -936,11 +959,105 @@ pub fn request_filter(session: &mut Session, config: &Arc<Config>, route: &Route
         encode,
         accepts,
         head,
-        weak_validators,
+        weak_validators: Vec::new(),
     };
     if let Some(module) = session.downstream_modules_ctx.get_mut::<Compression>() {
         module.set_plan(plan);
     }
+}
+
+/// `upstream_request_filter`: appends the strong form of weak tags to `If-None-Match` (whether
+/// the client or the cache revalidating an entry sent them; see [`Plan::weak_validators`]).
+///
+/// For a request whose response the cache may store, the origin is asked for the same coding
+/// whatever this client accepts: `Accept-Encoding: gzip` when compression is on for the route
+/// and gzip is configured (the response is then stored gzip-compressed once, see
+/// [`upstream_response_filter`]), none otherwise. The cache must therefore not vary its entries
+/// on `Accept-Encoding`: the module adapts every stored entry to each client.
+pub fn upstream_request_filter(session: &mut Session, upstream_request: &mut RequestHeader) {
+    let weak_validators = normalize_if_none_match(upstream_request);
+    let cacheable = session.cache.enabled();
+    let Some(module) = session.downstream_modules_ctx.get_mut::<Compression>() else {
+        return;
+    };
+    let Some(plan) = module.plan.as_mut() else {
+        return;
+    };
+    plan.weak_validators = weak_validators;
+    if !cacheable {
+        return;
+    }
+    let gzip = plan
+        .config
+        .compression
+        .algorithms
+        .iter()
+        .find(|(a, _)| *a == Algorithm::Gzip);
+    match gzip {
+        Some(&(_, level)) if plan.enabled && !plan.head => {
+            let _ = upstream_request.insert_header(ACCEPT_ENCODING, "gzip");
+            module.store_level = Some(level);
+        }
+        _ => {
+            upstream_request.remove_header(&ACCEPT_ENCODING);
+        }
+    }
+}
+
+/// `upstream_response_filter`: a response the cache may store is gzip-encoded here, before the
+/// cache sees it, when it qualifies by the same rules as for a client ([`decide`]); a 304 that
+/// revalidates a stored entry gets its `ETag` weakened like the entry's.
+pub fn upstream_response_filter(session: &mut Session, resp: &mut ResponseHeader) {
+    let Some(module) = session.downstream_modules_ctx.get_mut::<Compression>() else {
+        return;
+    };
+    let (Some(level), Some(plan)) = (module.store_level, module.plan.as_ref()) else {
+        return;
+    };
+    if resp.status.is_informational() {
+        return;
+    }
+    if resp.status.as_u16() == 304 {
+        weaken_etag(resp);
+        return;
+    }
+    let store_plan = Plan {
+        accepts: Accepts::only(Algorithm::Gzip),
+        encode: Some((Algorithm::Gzip, level)),
+        ..plan.clone()
+    };
+    if decide(&store_plan, resp, false).action != Action::Encode(Algorithm::Gzip, level) {
+        return;
+    }
+    match Encoder::new(Algorithm::Gzip, level) {
+        Ok(e) => {
+            encode_headers(resp, Algorithm::Gzip);
+            module.store = Some(Box::new(e));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "Creating the encoder failed; storing the body as it is.")
+        }
+    }
+}
+
+/// `upstream_response_body_filter`: encodes the body of a response being stored compressed.
+pub fn upstream_response_body_filter(
+    session: &mut Session,
+    body: &mut Option<Bytes>,
+    end_of_stream: bool,
+) -> pingora::Result<()> {
+    let Some(encoder) = session
+        .downstream_modules_ctx
+        .get_mut::<Compression>()
+        .and_then(|m| m.store.as_mut())
+    else {
+        return Ok(());
+    };
+    let out = encoder
+        .encode(body.as_deref().unwrap_or(&[]), end_of_stream)
+        .map_err(|e| Error::because(ErrorType::InternalError, "encoding the response body", e))?;
+    *body = (!out.is_empty() || end_of_stream).then_some(out);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1356,6 +1473,8 @@ mod tests {
         let mut m = Compression {
             plan: Some(plan(&c, Some("gzip"))),
             body: Body::Undecided,
+            store_level: None,
+            store: None,
         };
         let mut r = resp(
             200,
@@ -1388,6 +1507,8 @@ mod tests {
         let mut m = Compression {
             plan: Some(plan(&c, None)),
             body: Body::Undecided,
+            store_level: None,
+            store: None,
         };
         let original = b"{\"hello\":\"world\"}".repeat(100);
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));

@@ -9,8 +9,11 @@
 //! |                            | (`limit`), pooled query path (`db`), compression decision        |
 //! | `upstream_peer`            | server selection, timeouts, keepalive (`upstream`)               |
 //! | `fail_to_connect`          | retry of idempotent requests on another server (`upstream`)      |
-//! | `upstream_request_filter`  | forward request id and verified identity headers                 |
-//! | `upstream_response_filter` | upstream latency                                                 |
+//! | `upstream_request_filter`  | forward request id and verified identity headers; strong forms   |
+//! |                            | in `If-None-Match`, one `Accept-Encoding` for cacheable requests |
+//! |                            | (`compress`)                                                     |
+//! | `upstream_response_filter` | upstream latency; gzip before storing in the cache (`compress`)  |
+//! | `upstream_response_body_filter` | gzip before storing in the cache (`compress`)               |
 //! | `response_filter`          | `x-request-id`, cache status headers                             |
 //! | downstream modules         | compression (`compress::Compression`): per response, after       |
 //! |                            | `response_filter`, on proxied, cached and local responses alike  |
@@ -26,6 +29,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
@@ -250,10 +254,11 @@ impl ProxyHttp for Gateway {
     /// Forwards the request id and the verified identity.
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        compress::upstream_request_filter(session, upstream_request);
         upstream_request.insert_header(REQUEST_ID, &ctx.request_id)?;
         if let Some(t) = &ctx.identity.tenant {
             upstream_request.insert_header(TENANT_HEADER, t)?;
@@ -271,10 +276,11 @@ impl ProxyHttp for Gateway {
     /// Records the upstream latency.
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        compress::upstream_response_filter(session, upstream_response);
         if let Some(t) = ctx.upstream_started {
             let elapsed = t.elapsed();
             ctx.upstream_elapsed = Some(elapsed);
@@ -283,6 +289,18 @@ impl ProxyHttp for Gateway {
                 .observe(elapsed.as_secs_f64());
         }
         Ok(())
+    }
+
+    /// Encodes the body of a response being stored compressed (`compress`).
+    fn upstream_response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        _ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        compress::upstream_response_body_filter(session, body, end_of_stream)?;
+        Ok(None)
     }
 
     /// Adds the gateway's response headers.
