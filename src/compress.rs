@@ -115,10 +115,13 @@ pub enum Algorithm {
     Zstd,
 }
 
-impl Algorithm {
-    /// Every algorithm, in the default order of preference.
-    pub const ALL: [Algorithm; 3] = [Algorithm::Gzip, Algorithm::Brotli, Algorithm::Zstd];
+impl std::fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
+impl Algorithm {
     /// The `Content-Encoding` token, also the `algorithm` metric label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -212,20 +215,15 @@ impl CompressionConfig {
                 }
                 Some(a) if name.eq_ignore_ascii_case(a.as_str()) => {
                     let level = f.levels.get(a.as_str()).copied().unwrap_or(f.level);
-                    if !a.levels().contains(&level) {
-                        let (range, source) = match f.levels.get(a.as_str()) {
-                            Some(_) => (a.levels(), format!("compression.levels.{}", a.as_str())),
-                            None => (a.levels(), "compression.level".to_string()),
+                    let range = a.levels();
+                    if !range.contains(&level) {
+                        let key = match f.levels.contains_key(a.as_str()) {
+                            true => format!("compression.levels.{}", a.as_str()),
+                            false => "compression.level".to_string(),
                         };
-                        p.push(
-                            source,
-                            format!(
-                                "level {level} is out of range for {}: {}–{}",
-                                a.as_str(),
-                                range.start(),
-                                range.end()
-                            ),
-                        );
+                        let (lo, hi) = (range.start(), range.end());
+                        let reason = format!("level {level} is out of range for {a}: {lo}–{hi}");
+                        p.push(key, reason);
                     }
                     algorithms.push((a, level));
                 }
@@ -785,14 +783,6 @@ impl Compression {
     /// Sets the plan; called from `request_filter`.
     pub fn set_plan(&mut self, plan: Plan) {
         self.plan = Some(plan);
-    }
-
-    /// The algorithm of the encoder of this response, once decided.
-    pub fn encoding(&self) -> Option<Algorithm> {
-        match &self.body {
-            Body::Encode(e) => Some(e.algorithm()),
-            _ => None,
-        }
     }
 
     fn header(&mut self, resp: &mut ResponseHeader, end: bool) {
