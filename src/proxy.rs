@@ -13,13 +13,18 @@
 //! | `cache_hit_filter`         | scope check of the stored entry (`cache`)                        |
 //! | `upstream_peer`            | server selection, timeouts, keepalive (`upstream`)               |
 //! | `fail_to_connect`          | retry of idempotent requests on another server (`upstream`)      |
-//! | `upstream_request_filter`  | forward request id and verified identity headers                 |
-//! | `upstream_response_filter` | upstream latency                                                 |
+//! | `upstream_request_filter`  | forward request id and verified identity headers; strong forms   |
+//! |                            | in `If-None-Match`, one `Accept-Encoding` for cacheable requests |
+//! |                            | (`compress`)                                                     |
+//! | `upstream_response_filter` | upstream latency; gzip before storing in the cache (`compress`)  |
+//! | `upstream_response_body_filter` | gzip before storing in the cache (`compress`)               |
 //! | `response_cache_filter`    | store or not, TTL, stale windows (`cache`)                       |
 //! | `cache_vary_filter`        | `Vary` variants (`cache`)                                        |
 //! | `should_serve_stale`       | stale-if-error / stale-while-revalidate (`cache`)                |
 //! | `response_filter`          | `x-request-id`, `x-cache`/`Age`, invalidation by writes (`cache`)|
 //! |                            | `RateLimit` headers (`limit`)                                    |
+//! | downstream modules         | compression (`compress::Compression`): per response, after       |
+//! |                            | `response_filter`, on proxied, cached and local responses alike  |
 //! | `fail_to_proxy`            | JSON error body on 502/504                                       |
 //! | `logging`                  | metrics (`metrics`, `cache`), audit record (`audit`)             |
 //!
@@ -32,13 +37,16 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora::cache::key::HashBinary;
 use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::ErrorType;
 
+use crate::compress;
 use crate::config::Config;
 use crate::identity::{Identity, SUBJECT_HEADER, TENANT_HEADER};
 use crate::lifecycle::RequestGuard;
@@ -172,6 +180,11 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// Registers the compression module in place of Pingora's default one (see `compress`).
+    fn init_downstream_modules(&self, modules: &mut HttpModules) {
+        modules.add_module(compress::module());
+    }
+
     /// Names the request (id, route), establishes who is asking, and answers it locally when a
     /// concern says so (429, pooled query path).
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -212,6 +225,9 @@ impl ProxyHttp for Gateway {
             .map(|a| a.ip());
         let trusted = &config.rate_limit.trusted_proxies;
         ctx.client_ip = crate::limit::client_ip(peer, &session.req_header().headers, trusted);
+        // Before any concern answers locally, so that local answers (pooled query path) are
+        // compressed too.
+        compress::request_filter(session, &config, ctx.route());
         if crate::limit::check(session, ctx).await? {
             return Ok(true);
         }
@@ -320,10 +336,11 @@ impl ProxyHttp for Gateway {
     /// Forwards the request id and the verified identity.
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        compress::upstream_request_filter(session, upstream_request);
         upstream_request.insert_header(REQUEST_ID, &ctx.request_id)?;
         if let Some(t) = &ctx.identity.tenant {
             upstream_request.insert_header(TENANT_HEADER, t)?;
@@ -341,10 +358,11 @@ impl ProxyHttp for Gateway {
     /// Records the upstream latency.
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        compress::upstream_response_filter(session, upstream_response);
         if let Some(t) = ctx.upstream_started {
             let elapsed = t.elapsed();
             ctx.upstream_elapsed = Some(elapsed);
@@ -353,6 +371,18 @@ impl ProxyHttp for Gateway {
                 .observe(elapsed.as_secs_f64());
         }
         Ok(())
+    }
+
+    /// Encodes the body of a response being stored compressed (`compress`).
+    fn upstream_response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        _ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        compress::upstream_response_body_filter(session, body, end_of_stream)?;
+        Ok(None)
     }
 
     /// Adds the gateway's response headers.
