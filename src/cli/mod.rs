@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 pub mod check_config;
+pub mod print_config;
 pub mod run;
 
 /// Exit code for bad configuration or usage (`EX_USAGE`/`EX_CONFIG` family: 64).
@@ -24,6 +25,8 @@ pub enum Command {
     Run(run::Args),
     /// Validate a config file: exit 0, or list every problem and exit 64.
     CheckConfig(check_config::Args),
+    /// Print the effective config (defaults filled in, secrets masked) as TOML.
+    PrintConfig(print_config::Args),
 }
 
 /// Runs the chosen subcommand and returns the exit code.
@@ -31,5 +34,6 @@ pub fn dispatch(cli: Cli) -> i32 {
     match cli.command {
         Command::Run(a) => run::main(a),
         Command::CheckConfig(a) => check_config::main(a),
+        Command::PrintConfig(a) => print_config::main(a),
     }
 }
