@@ -15,6 +15,7 @@ pub mod limit;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod respond;
 pub mod routes;
 pub mod server;

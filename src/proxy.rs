@@ -48,6 +48,10 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Builds the per-concern runtime state from a validated config.
+    ///
+    /// The single constructor: the server calls it at start and [`crate::reload`] on every
+    /// reload, then stores the result in [`Shared::pipeline`]. A concern whose state must
+    /// survive a reload (counters, caches) keeps it outside the pipeline.
     pub fn new(config: Arc<Config>) -> Pipeline {
         Pipeline { config }
     }
