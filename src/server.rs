@@ -38,6 +38,15 @@ pub struct ProcessOptions {
 
 /// Builds and runs the server until shutdown; returns only on a fast shutdown.
 pub fn run(config: Config, opts: ProcessOptions) -> Result<(), ServerError> {
+    run_with(config, opts, Vec::new())
+}
+
+/// [`run`] with extra services hosted by the same server (the demo's simulated OMS).
+pub fn run_with(
+    config: Config,
+    opts: ProcessOptions,
+    extra: Vec<Box<dyn pingora::services::ServiceWithDependents>>,
+) -> Result<(), ServerError> {
     let config = Arc::new(config);
     crate::metrics::init(&config.hash, &config.routes.names());
 
@@ -86,6 +95,9 @@ pub fn run(config: Config, opts: ProcessOptions) -> Result<(), ServerError> {
     admin.add_tcp(&config.admin.listen.to_string());
     admin.threads = Some(1);
 
+    for service in extra {
+        server.add_boxed_service(service);
+    }
     server.add_service(health_service);
     server.add_service(proxy);
     server.add_service(admin);

@@ -3,8 +3,10 @@
 use clap::{Parser, Subcommand};
 
 pub mod check_config;
+pub mod demo;
 pub mod print_config;
 pub mod run;
+pub mod sim;
 
 /// Exit code for bad configuration or usage (`EX_USAGE`/`EX_CONFIG` family: 64).
 pub const EXIT_CONFIG: i32 = 64;
@@ -23,6 +25,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway.
     Run(run::Args),
+    /// Run the gateway in front of the built-in simulated legacy OMS (one process).
+    Demo(demo::Args),
+    /// Run the simulated legacy OMS alone.
+    Sim(sim::Args),
     /// Validate a config file: exit 0, or list every problem and exit 64.
     CheckConfig(check_config::Args),
     /// Print the effective config (defaults filled in, secrets masked) as TOML.
@@ -33,6 +39,8 @@ pub enum Command {
 pub fn dispatch(cli: Cli) -> i32 {
     match cli.command {
         Command::Run(a) => run::main(a),
+        Command::Demo(a) => demo::main(a),
+        Command::Sim(a) => sim::main(a),
         Command::CheckConfig(a) => check_config::main(a),
         Command::PrintConfig(a) => print_config::main(a),
     }

@@ -1,0 +1,261 @@
+//! `cargo bench --bench proxy`: pass-through throughput and latency, direct vs through omsgate
+//! (vs nginx as a reverse proxy when `nginx` is on PATH).
+//!
+//! Starts the simulated OMS (`omsgate sim`, latency 0) and the gateway as child processes,
+//! drives a closed-loop keepalive load over loopback for a fixed time, prints a table and writes
+//! `target/bench-proxy.json`. Environment: `OMSGATE_BENCH_SECS` (default 8),
+//! `OMSGATE_BENCH_CONNECTIONS` (default 64), `OMSGATE_BENCH_BODY` (response bytes, default 20000).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use omsgate::loadgen::{self, LoadReport, LoadSpec};
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr")
+}
+
+fn wait_port(addr: SocketAddr) {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{addr} did not open");
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn bench_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-proxy");
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+fn start_sim(addr: SocketAddr) -> Proc {
+    let child = Command::new(env!("CARGO_BIN_EXE_omsgate"))
+        .args([
+            "sim",
+            "--listen",
+            &addr.to_string(),
+            "--latency-ms",
+            "0",
+            "--workers",
+            "100000",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start omsgate sim");
+    wait_port(addr);
+    Proc(child)
+}
+
+fn start_gateway(upstream: SocketAddr, listen: SocketAddr, extra: &str) -> Proc {
+    let admin = free_addr();
+    let cfg = format!(
+        r#"
+[server]
+listen = "{listen}"
+threads = 1
+[admin]
+listen = "{admin}"
+[upstream]
+servers = ["{upstream}"]
+keepalive_pool = 256
+[log]
+level = "warn"
+[[route]]
+name = "blob"
+path = "/__blob/{{size}}"
+{extra}
+"#
+    );
+    let path = bench_dir().join(format!("gateway-{}.toml", listen.port()));
+    std::fs::write(&path, cfg).expect("write bench config");
+    let child = Command::new(env!("CARGO_BIN_EXE_omsgate"))
+        .args(["run", "--config", path.to_str().unwrap_or_default()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start omsgate run");
+    wait_port(listen);
+    wait_port(admin);
+    Proc(child)
+}
+
+fn start_nginx(upstream: SocketAddr, listen: SocketAddr) -> Option<Proc> {
+    let nginx = which("nginx")?;
+    let dir = bench_dir().join("nginx");
+    let _ = std::fs::create_dir_all(dir.join("logs"));
+    let conf = format!(
+        r#"
+worker_processes 1;
+error_log {dir}/logs/error.log warn;
+pid {dir}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  upstream oms {{ server {upstream}; keepalive 256; }}
+  server {{
+    listen {listen} reuseport;
+    location / {{
+      proxy_pass http://oms;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Request-Id $request_id;
+    }}
+  }}
+}}
+"#,
+        dir = dir.display()
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).ok()?;
+    let child = Command::new(nginx)
+        .args([
+            "-c",
+            path.to_str()?,
+            "-p",
+            dir.to_str()?,
+            "-g",
+            "daemon off;",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    wait_port(listen);
+    Some(Proc(child))
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| PathBuf::from(d).join(bin))
+        .chain([PathBuf::from("/usr/sbin").join(bin)])
+        .find(|p| p.is_file())
+}
+
+#[derive(serde::Serialize)]
+struct Row {
+    target: String,
+    report: LoadReport,
+    rss_bytes: u64,
+    cpu_us_per_request: f64,
+}
+
+fn measure(rt: &tokio::runtime::Runtime, name: &str, addr: SocketAddr, pid: Option<u32>) -> Row {
+    let secs = env_or("OMSGATE_BENCH_SECS", 8);
+    let conns = env_or("OMSGATE_BENCH_CONNECTIONS", 64) as usize;
+    let body = env_or("OMSGATE_BENCH_BODY", 20_000);
+    let spec = |d: u64| LoadSpec {
+        addr,
+        paths: vec![format!("/__blob/{body}")],
+        headers: vec![],
+        connections: conns,
+        duration: Duration::from_secs(d),
+    };
+    // Warm up keepalive pools and caches.
+    rt.block_on(loadgen::run(spec(1)));
+    let cpu0 = pid.map(loadgen::cpu_seconds_of).unwrap_or(0.0);
+    let report = rt.block_on(loadgen::run(spec(secs)));
+    let cpu1 = pid.map(loadgen::cpu_seconds_of).unwrap_or(0.0);
+    let rss = pid.map(loadgen::rss_of).unwrap_or(0);
+    let cpu_us = if report.requests > 0 {
+        (cpu1 - cpu0) * 1e6 / report.requests as f64
+    } else {
+        0.0
+    };
+    Row {
+        target: name.to_string(),
+        report,
+        rss_bytes: rss,
+        cpu_us_per_request: cpu_us,
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; any other argument selects nothing special yet.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let sim_addr = free_addr();
+    let sim = start_sim(sim_addr);
+    let mut rows = Vec::new();
+
+    rows.push(measure(
+        &rt,
+        "direct (simulated OMS)",
+        sim_addr,
+        Some(sim.0.id()),
+    ));
+
+    let gw_addr = free_addr();
+    let gw = start_gateway(sim_addr, gw_addr, "");
+    rows.push(measure(
+        &rt,
+        "omsgate pass-through",
+        gw_addr,
+        Some(gw.0.id()),
+    ));
+    drop(gw);
+
+    let ngx_addr = free_addr();
+    match start_nginx(sim_addr, ngx_addr) {
+        Some(ngx) => rows.push(measure(
+            &rt,
+            "nginx reverse proxy",
+            ngx_addr,
+            Some(ngx.0.id()),
+        )),
+        None => eprintln!("nginx not on PATH: skipping the nginx column (apt-get install nginx)"),
+    }
+
+    println!(
+        "\n{:<26} {:>10} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7}",
+        "target", "req/s", "p50 µs", "p99 µs", "p999 µs", "CPU µs/req", "RSS MiB", "errors"
+    );
+    for r in &rows {
+        println!(
+            "{:<26} {:>10.0} {:>9} {:>9} {:>9} {:>10.1} {:>10.1} {:>7}",
+            r.target,
+            r.report.rps,
+            r.report.p50_us,
+            r.report.p99_us,
+            r.report.p999_us,
+            r.cpu_us_per_request,
+            r.rss_bytes as f64 / (1024.0 * 1024.0),
+            r.report.errors + r.report.non_success
+        );
+    }
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .map(|p| p.join("bench-proxy.json"))
+        .unwrap_or_else(|| PathBuf::from("bench-proxy.json"));
+    if let Ok(json) = serde_json::to_string_pretty(&rows) {
+        let _ = std::fs::write(&out, json);
+        println!("\nwrote {}", out.display());
+    }
+    drop(sim);
+}
