@@ -13,6 +13,7 @@
 //! | `upstream_response_filter` | upstream latency                                                 |
 //! | `response_filter`          | `x-request-id`, cache status headers                             |
 //! | `fail_to_proxy`            | JSON error body on 502/504                                       |
+//! | `request_summary`          | Pingora's error lines: path without query, request id            |
 //! | `logging`                  | metrics (`metrics`), audit record (`audit`)                      |
 //!
 //! Each request takes a snapshot of the [`Pipeline`] in `new_ctx`; a reload swaps the pipeline
@@ -289,6 +290,24 @@ impl ProxyHttp for Gateway {
             upstream_response.insert_header("x-cache", c)?;
         }
         Ok(())
+    }
+
+    /// What Pingora's own error lines say about the request: method, path without the query
+    /// (which could carry a token), route and request id, so they can be matched with the
+    /// access log and audit records.
+    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
+        let req = session.req_header();
+        let route = if ctx.route_id == usize::MAX {
+            "-"
+        } else {
+            ctx.route().name.as_str()
+        };
+        format!(
+            "{} {}, route: {route}, request_id: {}",
+            req.method,
+            req.uri.path(),
+            ctx.request_id
+        )
     }
 
     /// Answers failures with a JSON body: 504 for timeouts, 502 otherwise.
