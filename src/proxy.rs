@@ -11,7 +11,7 @@
 //! | `fail_to_connect`          | retry of idempotent requests on another server (`upstream`)      |
 //! | `upstream_request_filter`  | forward request id and verified identity headers                 |
 //! | `upstream_response_filter` | upstream latency                                                 |
-//! | `response_filter`          | `x-request-id`, cache status headers                             |
+//! | `response_filter`          | `x-request-id`, cache status headers, no keepalive when draining |
 //! | `fail_to_proxy`            | JSON error body on 502/504                                       |
 //! | `request_summary`          | Pingora's error lines: path without query, request id            |
 //! | `logging`                  | metrics (`metrics`), audit record (`audit`)                      |
@@ -278,14 +278,18 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// Adds the gateway's response headers.
+    /// Adds the gateway's response headers; while draining, closes the client connection after
+    /// the response (see [`crate::lifecycle::draining`]).
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         upstream_response.insert_header(REQUEST_ID, &ctx.request_id)?;
+        if crate::lifecycle::draining() {
+            session.set_keepalive(None);
+        }
         if let Some(c) = ctx.cache_status {
             upstream_response.insert_header("x-cache", c)?;
         }
