@@ -215,6 +215,26 @@ fn keep_restart_only(old: &Config, mut new: Config) -> Config {
 
 // === impl ReloadOnHangup ===
 
+/// Installs the process's SIGHUP handler before the server starts, so that a SIGHUP arriving
+/// before [`ReloadOnHangup`] listens (e.g. `systemctl reload` right after start) is ignored
+/// instead of terminating the process (the default action). tokio keeps the handler installed
+/// for the life of the process; the temporary runtime starts no thread.
+pub fn install_hangup_handler() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build();
+    let installed = runtime.map_err(|e| e.to_string()).and_then(|rt| {
+        rt.block_on(async {
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+    });
+    if let Err(e) = installed {
+        tracing::warn!(error = %e, "Installing the SIGHUP handler early failed; a SIGHUP during start would stop the process.");
+    }
+}
+
 /// Background service: SIGHUP reloads the configuration.
 pub struct ReloadOnHangup {
     reloader: Arc<Reloader>,
@@ -238,6 +258,14 @@ impl BackgroundService for ReloadOnHangup {
                 return;
             }
         };
+        // A SIGHUP that came during start was swallowed by the early handler: catch up if the
+        // file changed since it was loaded.
+        let running = self.reloader.shared.pipeline.load().config.hash.clone();
+        if let Ok(on_disk) = Config::load(&self.reloader.path) {
+            if on_disk.hash != running {
+                self.reloader.reload("start").await;
+            }
+        }
         loop {
             tokio::select! {
                 biased;
