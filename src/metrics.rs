@@ -197,10 +197,13 @@ pub static RATE_LIMIT_BACKEND_ERRORS: Lazy<IntCounter> = Lazy::new(|| {
 
 // === audit ===
 
-/// Audit records by outcome (`queued`, `delivered`, `spooled`, `replayed`, `dropped`).
+/// Audit records by outcome (`queued`, `delivered`, `spooled`, `replayed`, `dropped`,
+/// `rejected`). Outcomes are events, not exclusive states: a record can be queued, spooled and
+/// replayed. `dropped` (spool full or unwritable) is the only loss; `rejected` (refused by Kafka
+/// for good, e.g. too large) is kept in the spool directory's `rejected.jsonl`.
 pub static AUDIT_RECORDS: Lazy<IntCounterVec> = counter_vec!(
     "omsgate_audit_records_total",
-    "Audit records by outcome: queued, delivered, spooled, replayed, dropped.",
+    "Audit records by outcome: queued, delivered, spooled, replayed, dropped, rejected.",
     &["outcome"]
 );
 /// Records waiting in the in-memory audit queue.
@@ -213,7 +216,8 @@ pub static AUDIT_SPOOL_BYTES: Lazy<IntGauge> = gauge!(
     "omsgate_audit_spool_bytes",
     "Bytes of audit records held in the disk spool."
 );
-/// Time from enqueue to Kafka acknowledgement.
+/// Time from enqueue to Kafka acknowledgement; `path` is `direct` (queue → Kafka; replayed
+/// records are not timed).
 pub static AUDIT_DELIVERY: Lazy<HistogramVec> = histogram_vec!(
     "omsgate_audit_delivery_seconds",
     "Time from enqueueing an audit record to its acknowledgement by Kafka.",
@@ -225,6 +229,14 @@ pub static AUDIT_KAFKA_ERRORS: Lazy<IntCounterVec> = counter_vec!(
     "Kafka producer errors by librdkafka error code.",
     &["code"]
 );
+/// Damaged spool records (torn by a crash mid-write, or a bad checksum) skipped on replay.
+pub static AUDIT_SPOOL_TORN: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "omsgate_audit_spool_torn_records_total",
+        "Damaged or truncated audit spool records skipped on replay."
+    )
+    .expect("register omsgate_audit_spool_torn_records_total")
+});
 
 // === database ===
 
@@ -240,7 +252,8 @@ pub static DB_QUERY_DURATION: Lazy<HistogramVec> = histogram_vec!(
     "Pooled query path duration by query.",
     &["query"]
 );
-/// Requests that fell back to the OMS, by reason (`pool_timeout`, `db_error`, `no_tenant`).
+/// Requests that fell back to the OMS, by reason (`crate::db::metrics::FallbackReason`:
+/// `pool_timeout`, `db_unavailable`, `db_timeout`, `db_error`, `no_tenant`, `unsupported`).
 pub static DB_FALLBACKS: Lazy<IntCounterVec> = counter_vec!(
     "omsgate_db_fallbacks_total",
     "Pooled-path requests that fell back to the OMS, by reason.",
@@ -316,6 +329,7 @@ pub fn init(config_hash: &str, routes: &[&str]) {
     Lazy::force(&AUDIT_SPOOL_BYTES);
     Lazy::force(&AUDIT_DELIVERY);
     Lazy::force(&AUDIT_KAFKA_ERRORS);
+    Lazy::force(&AUDIT_SPOOL_TORN);
     Lazy::force(&DB_POOL);
     Lazy::force(&DB_QUERY_DURATION);
     Lazy::force(&DB_FALLBACKS);

@@ -7,7 +7,10 @@ use common::Gateway;
 #[test]
 fn shipped_sample_config_passes() {
     let out = std::process::Command::new(Gateway::bin())
-        .args(["check-config", concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")])
+        .args([
+            "check-config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"),
+        ])
         .output()
         .unwrap();
     assert!(

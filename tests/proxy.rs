@@ -8,7 +8,10 @@ use std::time::Duration;
 use common::{client, wait_for, Gateway, TestUpstream};
 
 fn config(upstreams: &[&TestUpstream], extra: &str) -> String {
-    let servers: Vec<String> = upstreams.iter().map(|u| format!("\"{}\"", u.addr)).collect();
+    let servers: Vec<String> = upstreams
+        .iter()
+        .map(|u| format!("\"{}\"", u.addr))
+        .collect();
     format!(
         r#"
 [server]
@@ -58,17 +61,43 @@ async fn passes_methods_statuses_headers_and_bodies_through() {
     }
 
     for code in [201u16, 204, 301, 404, 418, 500, 503] {
-        let resp = c.get(gw.url(&format!("/status/{code}"))).send().await.unwrap();
-        assert_eq!(resp.status().as_u16(), code, "status {code} passes through unchanged");
+        let resp = c
+            .get(gw.url(&format!("/status/{code}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status().as_u16(),
+            code,
+            "status {code} passes through unchanged"
+        );
     }
 
-    let resp = c.get(gw.url("/headers?x-origin=abc&cache-control=max-age%3D5")).send().await.unwrap();
+    let resp = c
+        .get(gw.url("/headers?x-origin=abc&cache-control=max-age%3D5"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.headers()["x-origin"], "abc");
     assert_eq!(resp.headers()["cache-control"], "max-age=5");
 
     // A large body and a streamed (chunked) one arrive whole.
-    let big = c.get(gw.url("/bytes/3000000")).send().await.unwrap().bytes().await.unwrap();
-    let direct = c.get(up.url("/bytes/3000000")).send().await.unwrap().bytes().await.unwrap();
+    let big = c
+        .get(gw.url("/bytes/3000000"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let direct = c
+        .get(up.url("/bytes/3000000"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(big.len(), 3_000_000);
     assert_eq!(big, direct);
     let chunked = c
@@ -83,8 +112,15 @@ async fn passes_methods_statuses_headers_and_bodies_through() {
 
     // A large request body streams to the upstream.
     let upload = vec![b'a'; 2_000_000];
-    let v: serde_json::Value =
-        c.post(gw.url("/echo")).body(upload).send().await.unwrap().json().await.unwrap();
+    let v: serde_json::Value = c
+        .post(gw.url("/echo"))
+        .body(upload)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["body_len"], 2_000_000);
 }
 
@@ -96,9 +132,16 @@ async fn request_id_is_generated_or_propagated_and_traceparent_untouched() {
 
     let resp = c.get(gw.url("/echo")).send().await.unwrap();
     let rid = resp.headers()["x-request-id"].to_str().unwrap().to_string();
-    assert!(uuid::Uuid::parse_str(&rid).is_ok(), "generated id is a UUID: {rid}");
+    assert!(
+        uuid::Uuid::parse_str(&rid).is_ok(),
+        "generated id is a UUID: {rid}"
+    );
     let v: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(v["headers"]["x-request-id"], rid.as_str(), "the upstream got the same id");
+    assert_eq!(
+        v["headers"]["x-request-id"],
+        rid.as_str(),
+        "the upstream got the same id"
+    );
 
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let resp = c
@@ -121,15 +164,20 @@ async fn request_id_is_generated_or_propagated_and_traceparent_untouched() {
 
 #[tokio::test]
 async fn spreads_load_fails_over_and_answers_502_json_when_all_are_down() {
-    let mut a = TestUpstream::start();
-    let mut b = TestUpstream::start();
+    let a = TestUpstream::start();
+    let b = TestUpstream::start();
     let gw = Gateway::start(&config(&[&a, &b], ""));
     let c = client();
 
     for _ in 0..20 {
         assert_eq!(c.get(gw.url("/echo")).send().await.unwrap().status(), 200);
     }
-    assert!(a.hits() >= 5 && b.hits() >= 5, "both served: a={} b={}", a.hits(), b.hits());
+    assert!(
+        a.hits() >= 5 && b.hits() >= 5,
+        "both served: a={} b={}",
+        a.hits(),
+        b.hits()
+    );
 
     a.kill();
     // Until the health check notices, idempotent requests are retried on the other server; after
@@ -139,15 +187,19 @@ async fn spreads_load_fails_over_and_answers_502_json_when_all_are_down() {
         assert_eq!(resp.status(), 200);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(wait_for(Duration::from_secs(5), || gw
-        .metric_value("omsgate_upstream_healthy", &[("server", &a.addr.to_string())])
-        == Some(0.0)));
+    assert!(wait_for(Duration::from_secs(5), || gw.metric_value(
+        "omsgate_upstream_healthy",
+        &[("server", &a.addr.to_string())]
+    ) == Some(0.0)));
 
     b.kill();
     let started = std::time::Instant::now();
     let resp = c.get(gw.url("/echo")).send().await.unwrap();
     assert_eq!(resp.status(), 502);
-    assert!(started.elapsed() < Duration::from_secs(5), "answered within the timeouts");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered within the timeouts"
+    );
     let rid = resp.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(resp.headers()["content-type"], "application/json");
     let v: serde_json::Value = resp.json().await.unwrap();
@@ -156,10 +208,13 @@ async fn spreads_load_fails_over_and_answers_502_json_when_all_are_down() {
 
     // /ready turns 503 once the health check marks both down.
     let ready = gw.admin_url("/ready");
-    assert!(wait_for(Duration::from_secs(5), || {
-        common::http_get(gw.admin_addr(), "/ready", Duration::from_secs(1))
-            .is_some_and(|(s, _)| s == 503)
-    }), "{ready} did not turn 503");
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            common::http_get(gw.admin_addr(), "/ready", Duration::from_secs(1))
+                .is_some_and(|(s, _)| s == 503)
+        }),
+        "{ready} did not turn 503"
+    );
 }
 
 #[tokio::test]
@@ -182,10 +237,20 @@ async fn identity_headers_come_only_from_verified_tokens() {
         &format!("[identity]\nmode = \"jwt\"\njwt_secret = \"{secret}\"\n"),
     ));
     let c = client();
-    let valid =
-        omsgate::identity::issue_hs256(secret, "tenant_id", "acme", "alice", Duration::from_secs(60));
-    let forged =
-        omsgate::identity::issue_hs256("wrong", "tenant_id", "acme", "alice", Duration::from_secs(60));
+    let valid = omsgate::identity::issue_hs256(
+        secret,
+        "tenant_id",
+        "acme",
+        "alice",
+        Duration::from_secs(60),
+    );
+    let forged = omsgate::identity::issue_hs256(
+        "wrong",
+        "tenant_id",
+        "acme",
+        "alice",
+        Duration::from_secs(60),
+    );
     let expired = {
         let mut claims = serde_json::Map::new();
         claims.insert("tenant_id".into(), "acme".into());
@@ -201,8 +266,12 @@ async fn identity_headers_come_only_from_verified_tokens() {
 
     let seen = |v: &serde_json::Value| {
         (
-            v["headers"]["x-omsgate-tenant"].as_str().map(str::to_string),
-            v["headers"]["x-omsgate-subject"].as_str().map(str::to_string),
+            v["headers"]["x-omsgate-tenant"]
+                .as_str()
+                .map(str::to_string),
+            v["headers"]["x-omsgate-subject"]
+                .as_str()
+                .map(str::to_string),
         )
     };
     let get = |token: Option<String>, spoof: bool| {
@@ -211,19 +280,31 @@ async fn identity_headers_come_only_from_verified_tokens() {
             r = r.bearer_auth(t);
         }
         if spoof {
-            r = r.header("x-omsgate-tenant", "evil").header("x-omsgate-subject", "mallory");
+            r = r
+                .header("x-omsgate-tenant", "evil")
+                .header("x-omsgate-subject", "mallory");
         }
         r.send()
     };
 
-    let v: serde_json::Value = get(Some(valid.clone()), false).await.unwrap().json().await.unwrap();
+    let v: serde_json::Value = get(Some(valid.clone()), false)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(seen(&v), (Some("acme".into()), Some("alice".into())));
     // A spoofed header is replaced by the verified identity.
     let v: serde_json::Value = get(Some(valid), true).await.unwrap().json().await.unwrap();
     assert_eq!(seen(&v), (Some("acme".into()), Some("alice".into())));
 
     for token in [Some(forged), Some(expired), None] {
-        let v: serde_json::Value = get(token.clone(), true).await.unwrap().json().await.unwrap();
+        let v: serde_json::Value = get(token.clone(), true)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(seen(&v), (None, None), "no identity for {token:?}");
         // The request was still proxied with the client's Authorization (the OMS decides).
         if token.is_some() {
@@ -264,7 +345,12 @@ async fn metrics_count_requests_by_route() {
         .spawn()
     {
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
         assert!(
             out.status.success(),

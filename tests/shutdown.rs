@@ -26,12 +26,19 @@ read_timeout = "10s"
     let url = gw.url("/slow/1500");
     let request = tokio::spawn(async move { client().get(url).send().await });
     // Let the request reach the upstream before signalling.
-    assert!(common::wait_for(Duration::from_secs(5), || up.hits_for("/slow") == 1));
+    assert!(common::wait_for(Duration::from_secs(5), || up
+        .hits_for("/slow")
+        == 1));
     gw.signal("TERM");
-    let resp = request.await.unwrap().expect("the in-flight request completed");
+    let resp = request
+        .await
+        .unwrap()
+        .expect("the in-flight request completed");
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "slow");
-    let status = gw.wait_exit(Duration::from_secs(10)).expect("exited within the grace period");
+    let status = gw
+        .wait_exit(Duration::from_secs(10))
+        .expect("exited within the grace period");
     assert!(status.success(), "exit status {status:?}\n{}", gw.log());
     // New connections are refused once it has exited.
     assert!(!common::port_open(gw.listen_addr()));

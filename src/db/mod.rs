@@ -1,32 +1,479 @@
-//! The OMS database: migrations and pooled query paths (DESIGN.md capability 8).
-//! Placeholder: the migrations issue fills this in.
+//! The OMS database (DESIGN.md capability 8): the `[database]` section, the bundled migrations
+//! and their runner ([`migrate`]), the pooled query paths that answer allow-listed GET routes
+//! straight from PostgreSQL ([`query`]), and the seed generator for tests, benches and the demo
+//! ([`seed`]).
+//!
+//! The pooled path fails open: pool exhaustion, a slow or unreachable database or any query
+//! error sends the request to the OMS as usual, and every such fallback is counted
+//! (`omsgate_db_fallbacks_total{reason}`).
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::Problems;
 use crate::routes::PathPattern;
 
-/// `[database]`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub mod metrics;
+pub mod migrate;
+pub mod query;
+pub mod seed;
+
+pub use query::{PooledResponse, QueryPaths};
+
+/// The reference OMS schema (tables as the legacy FastAPI app created them, without the
+/// indexes it lacks). Applied by tests, benches and `demo --seed-db`; never by `omsgate migrate`.
+pub const REFERENCE_SCHEMA: &str =
+    include_str!("../../migrations/baseline/0000_reference_schema.sql");
+
+// === Config ===
+
+/// `[database]`: the OMS database used by `omsgate migrate` and the pooled query paths.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
-pub struct DatabaseFile {}
+pub struct DatabaseFile {
+    /// Connection URL, e.g. `"postgres://omsgate@db.internal:5432/oms"`. Default empty: read
+    /// from the environment variable named by `url_env`.
+    pub url: String,
+    /// Environment variable holding the URL when `url` is empty. Default `"DATABASE_URL"`.
+    pub url_env: String,
+    /// Most connections the pool opens. Default 16.
+    pub max_connections: usize,
+    /// Connections opened ahead of the first request, so that it does not pay for the connect.
+    /// Default 2.
+    pub min_idle: usize,
+    /// Longest a request waits for a free pooled connection before it falls back to the OMS.
+    /// Keep it short. Default `"50ms"`.
+    pub acquire_timeout: String,
+    /// Longest a new connection may take to establish. Default `"1s"`.
+    pub connect_timeout: String,
+    /// Longest one pooled query may run; beyond it the query is cancelled and the request falls
+    /// back to the OMS. Default `"2s"`.
+    pub statement_timeout: String,
+    /// Use named prepared statements (cached per connection). Set false behind a
+    /// transaction-mode pooler (PgBouncer `pool_mode = transaction`, Supavisor port 6543): the
+    /// pooled path then sends unnamed statements and no session settings. Default true.
+    pub prepared_statements: bool,
+    /// Schema holding the OMS tables; migrations and query functions go there too.
+    /// Default `"public"`.
+    pub schema: String,
+}
+
+impl Default for DatabaseFile {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            url_env: "DATABASE_URL".into(),
+            max_connections: 16,
+            min_idle: 2,
+            acquire_timeout: "50ms".into(),
+            connect_timeout: "1s".into(),
+            statement_timeout: "2s".into(),
+            prepared_statements: true,
+            schema: "public".into(),
+        }
+    }
+}
 
 /// Typed `[database]`.
-#[derive(Debug, Clone, Default)]
-pub struct DatabaseConfig {}
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    /// The connection URL (from `url` or the `url_env` variable), when one is configured.
+    pub url: Option<String>,
+    /// Where the URL came from, for messages (`database.url` or `$DATABASE_URL`).
+    pub url_source: String,
+    /// Pool size limit.
+    pub max_connections: usize,
+    /// Connections opened ahead of the first request.
+    pub min_idle: usize,
+    /// Wait limit for a pooled connection.
+    pub acquire_timeout: Duration,
+    /// Connect limit for a new connection.
+    pub connect_timeout: Duration,
+    /// Per-query limit.
+    pub statement_timeout: Duration,
+    /// Named prepared statements (false: transaction-mode pooler).
+    pub prepared_statements: bool,
+    /// Schema of the OMS tables (a plain identifier).
+    pub schema: String,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig::from_file(&DatabaseFile::default(), &mut Problems::default())
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("url_source", &self.url_source)
+            .field("max_connections", &self.max_connections)
+            .field("min_idle", &self.min_idle)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("prepared_statements", &self.prepared_statements)
+            .field("schema", &self.schema)
+            .finish()
+    }
+}
 
 impl DatabaseConfig {
-    /// Converts the file layer.
-    pub fn from_file(_f: &DatabaseFile, _p: &mut Problems) -> DatabaseConfig {
-        DatabaseConfig {}
+    /// Converts the file layer; reads the URL's environment variable when `url` is empty.
+    pub fn from_file(f: &DatabaseFile, p: &mut Problems) -> DatabaseConfig {
+        let (url, url_source) = if !f.url.is_empty() {
+            (Some(f.url.clone()), "database.url".to_string())
+        } else if f.url_env.is_empty() {
+            (None, "database.url".to_string())
+        } else {
+            let v = std::env::var(&f.url_env).ok().filter(|v| !v.is_empty());
+            (v, format!("${}", f.url_env))
+        };
+        if let Some(u) = &url {
+            if let Err(e) = tokio_postgres::Config::from_str(u) {
+                let key = if f.url.is_empty() {
+                    "database.url_env"
+                } else {
+                    "database.url"
+                };
+                p.push(
+                    key,
+                    format!("{url_source} is not a PostgreSQL connection URL: {e}"),
+                );
+            }
+        }
+        if f.max_connections == 0 {
+            p.push("database.max_connections", "must be at least 1");
+        }
+        if f.max_connections > 0 && f.min_idle > f.max_connections {
+            p.push(
+                "database.min_idle",
+                format!(
+                    "{} exceeds max_connections ({})",
+                    f.min_idle, f.max_connections
+                ),
+            );
+        }
+        let acquire_timeout = p.duration_or(
+            "database.acquire_timeout",
+            &f.acquire_timeout,
+            Duration::from_millis(50),
+        );
+        if acquire_timeout.is_zero() {
+            p.push(
+                "database.acquire_timeout",
+                "must be above 0 (e.g. \"50ms\")",
+            );
+        }
+        let connect_timeout = p.duration_or(
+            "database.connect_timeout",
+            &f.connect_timeout,
+            Duration::from_secs(1),
+        );
+        if connect_timeout.is_zero() {
+            p.push("database.connect_timeout", "must be above 0 (e.g. \"1s\")");
+        }
+        let statement_timeout = p.duration_or(
+            "database.statement_timeout",
+            &f.statement_timeout,
+            Duration::from_secs(2),
+        );
+        if statement_timeout.is_zero() {
+            p.push(
+                "database.statement_timeout",
+                "must be above 0 (e.g. \"2s\")",
+            );
+        }
+        if let Err(e) = check_identifier(&f.schema) {
+            p.push("database.schema", e);
+        }
+        DatabaseConfig {
+            url,
+            url_source,
+            max_connections: f.max_connections.max(1),
+            min_idle: f.min_idle.min(f.max_connections.max(1)),
+            acquire_timeout,
+            connect_timeout,
+            statement_timeout,
+            prepared_statements: f.prepared_statements,
+            schema: f.schema.clone(),
+        }
+    }
+
+    /// A copy pointing at `url` (used by the subcommands' `--database-url`).
+    pub fn with_url(&self, url: impl Into<String>, source: impl Into<String>) -> DatabaseConfig {
+        DatabaseConfig {
+            url: Some(url.into()),
+            url_source: source.into(),
+            ..self.clone()
+        }
+    }
+
+    /// The URL, or an error saying how to provide one.
+    pub fn require_url(&self) -> Result<&str, DbError> {
+        self.url.as_deref().ok_or_else(|| {
+            DbError::Config(format!(
+                "no database URL: set `[database] url` in the config, pass --database-url, or set \
+                 the environment variable ({})",
+                self.url_source
+            ))
+        })
+    }
+
+    /// The schema as a quoted SQL identifier.
+    pub fn schema_ident(&self) -> String {
+        quote_ident(&self.schema)
+    }
+}
+
+/// Checks that `name` is a plain SQL identifier (`[A-Za-z_][A-Za-z0-9_]*`, at most 63 bytes).
+pub fn check_identifier(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let ok_first = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if ok_first && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') && name.len() <= 63 {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a plain schema name ([A-Za-z_][A-Za-z0-9_]*, at most 63 bytes)"
+        ))
+    }
+}
+
+/// Quotes an identifier for SQL text.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The URL with its password replaced by `***`, for logs and messages.
+pub fn redact_url(url: &str) -> String {
+    // postgres://user:password@host/db → postgres://user:***@host/db
+    if let Some(scheme_end) = url.find("://") {
+        let rest = &url[scheme_end + 3..];
+        if let Some(at) = rest.find('@') {
+            let userinfo = &rest[..at];
+            if let Some(colon) = userinfo.find(':') {
+                return format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &rest[at..]
+                );
+            }
+        }
+    }
+    url.to_string()
+}
+
+// === Query bindings ===
+
+/// A pooled query path a route can be bound to with `query = "..."`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QueryName {
+    /// One invoice with its lines (`omsgate_invoice_with_lines`); path parameter `id`.
+    InvoiceWithLines,
+    /// A page of the tenant's invoices with their lines (`omsgate_invoice_page`); query string
+    /// `status`, `limit`, `offset`.
+    InvoicePage,
+    /// A page of the tenant's payments, optionally of one invoice (`omsgate_payment_page`);
+    /// query string `invoice_id`, `limit`, `offset`.
+    PaymentPage,
+}
+
+impl QueryName {
+    /// Every query, in a stable order (for pre-registering metrics).
+    pub const ALL: [QueryName; 3] = [
+        QueryName::InvoiceWithLines,
+        QueryName::InvoicePage,
+        QueryName::PaymentPage,
+    ];
+
+    /// The name used in config and as the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueryName::InvoiceWithLines => "invoice_with_lines",
+            QueryName::InvoicePage => "invoice_page",
+            QueryName::PaymentPage => "payment_page",
+        }
+    }
+
+    /// Parses a config name.
+    pub fn parse(name: &str) -> Option<QueryName> {
+        QueryName::ALL.into_iter().find(|q| q.as_str() == name)
+    }
+
+    /// Path parameters the query needs from the route pattern.
+    pub fn path_params(self) -> &'static [&'static str] {
+        match self {
+            QueryName::InvoiceWithLines => &["id"],
+            QueryName::InvoicePage | QueryName::PaymentPage => &[],
+        }
     }
 }
 
 /// Checks a route's `query = "..."` binding: a known query, a GET route, the parameters it needs.
 pub fn check_query_binding(
     name: &str,
-    _pattern: Option<&PathPattern>,
-    _methods: &[http::Method],
+    pattern: Option<&PathPattern>,
+    methods: &[http::Method],
 ) -> Result<(), String> {
-    Err(format!("unknown query `{name}`"))
+    let Some(query) = QueryName::parse(name) else {
+        let known: Vec<&str> = QueryName::ALL.iter().map(|q| q.as_str()).collect();
+        return Err(format!(
+            "unknown query `{name}` (known: {})",
+            known.join(", ")
+        ));
+    };
+    if methods.is_empty()
+        || methods
+            .iter()
+            .any(|m| m != http::Method::GET && m != http::Method::HEAD)
+    {
+        return Err(format!(
+            "query `{name}` answers reads only: set `methods = [\"GET\"]` on this route (writes \
+             always go to the OMS)"
+        ));
+    }
+    if let Some(pattern) = pattern {
+        for param in query.path_params() {
+            if !pattern.has_param(param) {
+                return Err(format!(
+                    "query `{name}` needs the path parameter `{{{param}}}`, which `{}` lacks",
+                    pattern.as_str()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+// === Errors ===
+
+/// Why a database operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The configuration does not allow the operation (e.g. no URL).
+    #[error("{0}")]
+    Config(String),
+    /// No pooled connection became free within `acquire_timeout`.
+    #[error("no pooled database connection free within the acquire timeout")]
+    PoolExhausted,
+    /// A connection could not be established.
+    #[error("cannot connect to the database: {0}")]
+    Connect(String),
+    /// The database is marked unreachable after a recent connect failure.
+    #[error("database marked unavailable after a recent connect failure")]
+    Unavailable,
+    /// A query ran past `statement_timeout`.
+    #[error("query exceeded the statement timeout")]
+    Timeout,
+    /// The database returned an error.
+    #[error("database error: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    /// A migration cannot be applied safely; the message says why and what to do.
+    #[error("{0}")]
+    Refused(String),
+    /// Writing progress output failed.
+    #[error("cannot write output: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Connects one client (outside any pool) and drives its connection on a Tokio task.
+pub async fn connect(url: &str) -> Result<tokio_postgres::Client, DbError> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| DbError::Connect(format!("{} ({})", e, redact_url(url))))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "Database connection closed with an error.");
+        }
+    });
+    Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(toml_text: &str) -> (DatabaseConfig, Vec<String>) {
+        let f: DatabaseFile = toml::from_str(toml_text).unwrap();
+        let mut p = Problems::default();
+        let c = DatabaseConfig::from_file(&f, &mut p);
+        (c, p.list().iter().map(|p| p.key.clone()).collect())
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let (c, problems) = conf("url_env = \"OMSGATE_TEST_SURELY_UNSET_VAR\"");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(c.max_connections, 16);
+        assert_eq!(c.min_idle, 2);
+        assert_eq!(c.acquire_timeout, Duration::from_millis(50));
+        assert_eq!(c.statement_timeout, Duration::from_secs(2));
+        assert!(c.prepared_statements);
+        assert_eq!(c.schema, "public");
+        assert!(c.url.is_none());
+        assert!(c
+            .require_url()
+            .unwrap_err()
+            .to_string()
+            .contains("OMSGATE_TEST_SURELY_UNSET_VAR"));
+    }
+
+    #[test]
+    fn every_problem_has_its_key() {
+        let (_, problems) = conf(
+            "url = \"mysql://x\"\nmax_connections = 2\nmin_idle = 3\nacquire_timeout = \"fast\"\n\
+             statement_timeout = \"0\"\nschema = \"bad;name\"",
+        );
+        for key in [
+            "database.url",
+            "database.min_idle",
+            "database.acquire_timeout",
+            "database.statement_timeout",
+            "database.schema",
+        ] {
+            assert!(
+                problems.iter().any(|k| k == key),
+                "{key} missing in {problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn url_is_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        let (c, _) = conf("url = \"postgres://u:secret@h/db\"");
+        assert!(!format!("{c:?}").contains("secret"));
+    }
+
+    #[test]
+    fn query_bindings_are_checked() {
+        let get = [http::Method::GET];
+        let one = PathPattern::parse("/api/v1/invoices/{id}").unwrap();
+        let list = PathPattern::parse("/api/v1/invoices").unwrap();
+        assert!(check_query_binding("invoice_with_lines", Some(&one), &get).is_ok());
+        assert!(check_query_binding("invoice_page", Some(&list), &get).is_ok());
+        assert!(check_query_binding("invoice_with_lines", Some(&list), &get)
+            .unwrap_err()
+            .contains("{id}"));
+        assert!(
+            check_query_binding("invoice_with_lines", Some(&one), &[http::Method::POST])
+                .unwrap_err()
+                .contains("GET")
+        );
+        assert!(check_query_binding("invoice_with_lines", Some(&one), &[]).is_err());
+        assert!(check_query_binding("nope", Some(&one), &get)
+            .unwrap_err()
+            .contains("unknown"));
+    }
 }

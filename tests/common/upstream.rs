@@ -59,7 +59,7 @@ pub struct TestUpstream {
     pub addr: SocketAddr,
     state: Arc<State>,
     shutdown: tokio::sync::watch::Sender<bool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 struct State {
@@ -119,7 +119,7 @@ impl TestUpstream {
             addr,
             state,
             shutdown,
-            thread: Some(thread),
+            thread: Mutex::new(Some(thread)),
         }
     }
 
@@ -191,9 +191,10 @@ impl TestUpstream {
 
     /// Stops abruptly: the listener is closed (new connections are refused) and every open
     /// connection is dropped mid-flight. Returns once both have happened.
-    pub fn kill(&mut self) {
+    pub fn kill(&self) {
         let _ = self.shutdown.send(true);
-        if let Some(thread) = self.thread.take() {
+        let thread = self.thread.lock().take();
+        if let Some(thread) = thread {
             let _ = thread.join();
         }
     }

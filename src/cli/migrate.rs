@@ -1,0 +1,142 @@
+//! `omsgate migrate [--database-url URL] [--config PATH] [--dry-run] [status]`: applies the
+//! bundled migrations to the OMS database, or shows their status.
+//!
+//! The URL comes from `--database-url`, else `[database] url` (or its `url_env`) in the config
+//! file when one is given or `config.toml` exists, else `DATABASE_URL`.
+
+use std::path::PathBuf;
+
+use crate::db::migrate::{print_migration, Migrator, RunOptions, MIGRATIONS};
+use crate::db::{DatabaseConfig, DbError};
+
+/// Exit code when the database refuses or fails a migration.
+pub const EXIT_FAILED: i32 = 1;
+
+/// Options of `migrate`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// PostgreSQL URL of the OMS database (overrides the config file and DATABASE_URL).
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Config file whose `[database]` section gives the URL and schema. Default `config.toml`
+    /// when it exists.
+    #[arg(long, short = 'c', value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Schema holding the OMS tables (overrides `[database] schema`).
+    #[arg(long, value_name = "NAME")]
+    pub schema: Option<String>,
+    /// Print the SQL that would run, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// `status`: list each migration as applied, pending or changed-checksum.
+    #[arg(value_parser = ["status"])]
+    pub action: Option<String>,
+}
+
+/// Runs `migrate`; returns the exit code.
+pub fn main(args: Args) -> i32 {
+    let config = match database_config(&args) {
+        Ok(c) => c,
+        Err(message) => {
+            eprintln!("{message}");
+            return super::EXIT_CONFIG;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    match runtime.block_on(run(&args, &config)) {
+        Ok(code) => code,
+        Err(DbError::Config(message)) => {
+            eprintln!("{message}");
+            super::EXIT_CONFIG
+        }
+        Err(e) => {
+            eprintln!("omsgate migrate: {e}");
+            EXIT_FAILED
+        }
+    }
+}
+
+/// The `[database]` settings: from the config file when given (or `config.toml` when present),
+/// then the command-line overrides.
+fn database_config(args: &Args) -> Result<DatabaseConfig, String> {
+    let path = args.config.clone().or_else(|| {
+        let default = PathBuf::from("config.toml");
+        default.exists().then_some(default)
+    });
+    let mut config = match &path {
+        Some(path) => {
+            crate::config::Config::load(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+                .database
+        }
+        None => DatabaseConfig::default(),
+    };
+    if let Some(url) = &args.database_url {
+        config = config.with_url(url.clone(), "--database-url");
+    }
+    if let Some(schema) = &args.schema {
+        crate::db::check_identifier(schema).map_err(|e| format!("--schema: {e}"))?;
+        config.schema = schema.clone();
+    }
+    Ok(config)
+}
+
+async fn run(args: &Args, config: &DatabaseConfig) -> Result<i32, DbError> {
+    let migrator = Migrator::new(&config.schema)?;
+    let mut out = std::io::stdout();
+    let url = match config.require_url() {
+        Ok(url) => url,
+        Err(e) if args.dry_run && args.action.is_none() => {
+            // Without a database every migration is shown, so the SQL can be reviewed offline.
+            println!("-- No database given ({e}); showing every bundled migration.\n");
+            for m in MIGRATIONS {
+                print_migration(&mut out, m)?;
+            }
+            return Ok(0);
+        }
+        Err(e) => return Err(e),
+    };
+    let client = crate::db::connect(url).await?;
+    if args.action.as_deref() == Some("status") {
+        let status = migrator.status(&client).await?;
+        println!("Migrations in schema `{}`:", config.schema);
+        for m in &status.migrations {
+            println!("  {m}");
+        }
+        for (version, name) in &status.unknown {
+            println!("  {version:04}_{name:<37} applied by a newer omsgate (not bundled here)");
+        }
+        let changed = status
+            .migrations
+            .iter()
+            .filter(|m| matches!(m.state, crate::db::migrate::State::Changed { .. }))
+            .count();
+        println!(
+            "{} applied, {} pending, {} changed-checksum.",
+            status.migrations.len() - status.pending() - changed,
+            status.pending(),
+            changed
+        );
+        // Exit 0 only when up to date, so scripts and readiness checks can rely on it.
+        return Ok(if status.up_to_date() { 0 } else { 2 });
+    }
+    migrator
+        .run(
+            &client,
+            RunOptions {
+                dry_run: args.dry_run,
+            },
+            &mut out,
+        )
+        .await?;
+    Ok(0)
+}
