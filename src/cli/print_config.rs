@@ -220,6 +220,13 @@ mod tests {
 mode = "jwt"
 jwt_secret = "do-not-print-me"
 
+[database]
+url = "postgres://oms:db-pass-do-not-print@db:5432/oms"
+
+[audit.kafka_options]
+"sasl.username" = "gateway"
+"sasl.password" = "kafka-pass-do-not-print"
+
 [[route]]
 name = "invoice"
 path = "/api/v1/invoices/{id}"
@@ -227,7 +234,10 @@ path = "/api/v1/invoices/{id}"
         let (file, unknown) = crate::config::parse_file(text).unwrap_or_else(|e| panic!("{e}"));
         assert!(unknown.is_empty());
         let out = effective_toml(&file).unwrap_or_else(|e| panic!("render: {e}"));
-        assert!(!out.contains("do-not-print-me"), "{out}");
+        assert!(!out.contains("do-not-print"), "{out}");
+        assert!(out.contains("postgres://oms:********@db:5432/oms"), "{out}");
+        assert!(out.contains("\"sasl.password\" = \"********\""), "{out}");
+        assert!(out.contains("\"sasl.username\" = \"gateway\""), "{out}");
         assert!(out.contains(&format!("jwt_secret = \"{MASK}\"")), "{out}");
         // Defaults are filled in.
         assert!(out.contains("shutdown_grace = \"30s\""), "{out}");
