@@ -1,4 +1,5 @@
-//! The admin listener (DESIGN.md capability 7): `/metrics`, `/health`, `/ready`, `/purge`.
+//! The admin listener (DESIGN.md capability 7): `/metrics`, `/health`, `/ready`, `/purge`, and
+//! `POST /reload` (capability 9, see [`crate::reload`]).
 //!
 //! Served by its own Pingora service on `admin.listen` (loopback by default), never on the
 //! public listener. `/health` is liveness (200 while the process serves); `/ready` reports each
@@ -20,12 +21,34 @@ use crate::proxy::Shared;
 /// The admin HTTP application.
 pub struct Admin {
     shared: Arc<Shared>,
+    reloader: Option<Arc<crate::reload::Reloader>>,
 }
 
 impl Admin {
     /// An admin app over the shared state.
     pub fn new(shared: Arc<Shared>) -> Admin {
-        Admin { shared }
+        Admin {
+            shared,
+            reloader: None,
+        }
+    }
+
+    /// Serves `POST /reload` with `reloader`.
+    pub fn with_reloader(mut self, reloader: Arc<crate::reload::Reloader>) -> Admin {
+        self.reloader = Some(reloader);
+        self
+    }
+
+    async fn reload(&self) -> Response<Vec<u8>> {
+        let Some(reloader) = &self.reloader else {
+            return json_response(
+                404,
+                json!({ "error": "reload is not available: no config file" }),
+            );
+        };
+        let outcome = reloader.reload("admin").await;
+        let status = if outcome.result == "ok" { 200 } else { 422 };
+        json_response(status, json!(outcome))
     }
 
     fn ready(&self) -> (u16, serde_json::Value) {
@@ -154,7 +177,8 @@ impl ServeHttp for Admin {
                 json_response(status, body)
             }
             ("POST", "/purge") => self.purge(session).await,
-            (_, "/metrics" | "/health" | "/ready" | "/purge") => {
+            ("POST", "/reload") => self.reload().await,
+            (_, "/metrics" | "/health" | "/ready" | "/purge" | "/reload") => {
                 json_response(405, json!({ "error": "method not allowed" }))
             }
             _ => json_response(404, json!({ "error": format!("no admin endpoint {path}") })),

@@ -22,10 +22,11 @@
 //! | `cache_vary_filter`        | `Vary` variants (`cache`)                                        |
 //! | `should_serve_stale`       | stale-if-error / stale-while-revalidate (`cache`)                |
 //! | `response_filter`          | `x-request-id`, `x-cache`/`Age`, invalidation by writes (`cache`)|
-//! |                            | `RateLimit` headers (`limit`)                                    |
+//! |                            | `RateLimit` headers (`limit`), no keepalive when draining        |
 //! | downstream modules         | compression (`compress::Compression`): per response, after       |
 //! |                            | `response_filter`, on proxied, cached and local responses alike  |
 //! | `fail_to_proxy`            | JSON error body on 502/504                                       |
+//! | `request_summary`          | Pingora's error lines: path without query, request id            |
 //! | `logging`                  | metrics (`metrics`, `cache`), audit record (`audit`)             |
 //!
 //! Each request takes a snapshot of the [`Pipeline`] in `new_ctx`; a reload swaps the pipeline
@@ -70,6 +71,10 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Builds the per-concern runtime state from a validated config.
+    ///
+    /// The single constructor: the server calls it at start and [`crate::reload`] on every
+    /// reload, then stores the result in [`Shared::pipeline`]. A concern whose state must
+    /// survive a reload (counters, caches) keeps it outside the pipeline.
     pub fn new(config: Arc<Config>) -> Pipeline {
         let cache = crate::cache::Cache::global(&config.cache);
         let limiter = Arc::new(crate::limit::Limiter::new(&config.rate_limit, &config.routes));
@@ -385,7 +390,8 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
-    /// Adds the gateway's response headers.
+    /// Adds the gateway's response headers; while draining, closes the client connection after
+    /// the response (see [`crate::lifecycle::draining`]).
     async fn response_filter(
         &self,
         session: &mut Session,
@@ -394,11 +400,32 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         crate::cache::response_filter(session, upstream_response, ctx).await;
         upstream_response.insert_header(REQUEST_ID, &ctx.request_id)?;
+        if crate::lifecycle::draining() {
+            session.set_keepalive(None);
+        }
         if let Some(c) = ctx.cache_status {
             upstream_response.insert_header(crate::cache::X_CACHE, c)?;
         }
         crate::limit::response_headers(upstream_response, ctx)?;
         Ok(())
+    }
+
+    /// What Pingora's own error lines say about the request: method, path without the query
+    /// (which could carry a token), route and request id, so they can be matched with the
+    /// access log and audit records.
+    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
+        let req = session.req_header();
+        let route = if ctx.route_id == usize::MAX {
+            "-"
+        } else {
+            ctx.route().name.as_str()
+        };
+        format!(
+            "{} {}, route: {route}, request_id: {}",
+            req.method,
+            req.uri.path(),
+            ctx.request_id
+        )
     }
 
     /// Answers failures with a JSON body: 504 for timeouts, 502 otherwise.

@@ -1,6 +1,6 @@
 //! Assembles the Pingora server: the proxy service on `server.listen`, the admin service on
 //! `admin.listen`, and the background services (upstream health checks, cache invalidation
-//! subscription, ...).
+//! subscription, reload on SIGHUP, ...).
 //!
 //! Nothing here opens client connections or spawns threads: Redis, Kafka and database clients
 //! are created inside the services once Pingora's runtimes run.
@@ -11,6 +11,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::config::Config;
@@ -82,10 +83,16 @@ pub fn run_with(
     );
     proxy.add_tcp(&config.server.listen.to_string());
 
-    let mut admin = Service::new(
-        "omsgate admin".to_string(),
-        crate::admin::Admin::new(shared.clone()),
-    );
+    let mut admin_app = crate::admin::Admin::new(shared.clone());
+    if let Some(path) = &opts.config_path {
+        let reloader = crate::reload::Reloader::new(shared.clone(), path.clone());
+        admin_app = admin_app.with_reloader(reloader.clone());
+        server.add_service(background_service(
+            "config reload on SIGHUP",
+            crate::reload::ReloadOnHangup::new(reloader),
+        ));
+    }
+    let mut admin = Service::new("omsgate admin".to_string(), admin_app);
     admin.add_tcp(&config.admin.listen.to_string());
     admin.threads = Some(1);
 

@@ -6,6 +6,7 @@ pub mod audit_sink;
 pub mod check_config;
 pub mod demo;
 pub mod migrate;
+pub mod print_config;
 pub mod run;
 pub mod seed_db;
 pub mod sim;
@@ -33,6 +34,8 @@ pub enum Command {
     Sim(sim::Args),
     /// Validate a config file: exit 0, or list every problem and exit 64.
     CheckConfig(check_config::Args),
+    /// Print the effective config (defaults filled in, secrets masked) as TOML.
+    PrintConfig(print_config::Args),
     /// Apply the bundled migrations (indexes, query functions) to the OMS database, or show
     /// their `status`.
     Migrate(migrate::Args),
@@ -50,6 +53,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Demo(a) => demo::main(a),
         Command::Sim(a) => sim::main(a),
         Command::CheckConfig(a) => check_config::main(a),
+        Command::PrintConfig(a) => print_config::main(a),
         Command::Migrate(a) => migrate::main(a),
         Command::SeedDb(a) => seed_db::main(a),
         Command::AuditSink(a) => audit_sink::main(a),
