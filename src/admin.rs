@@ -73,6 +73,7 @@ impl Admin {
             "dependencies": {
                 "upstream": { "state": if ready { "up" } else { "down" }, "healthy": healthy, "servers": servers },
                 "cache_redis": { "state": cache_redis },
+                "audit": self.shared.audit.state().ready_json(),
             },
         });
         (if ready { 200 } else { 503 }, body)

@@ -88,6 +88,8 @@ pub struct Shared {
     pub pipeline: ArcSwap<Pipeline>,
     /// The upstream pool.
     pub upstreams: Arc<Upstreams>,
+    /// The audit pipeline (process-wide: its queue and spool outlive reloads).
+    pub audit: crate::audit::Audit,
     /// Process start.
     pub started: Instant,
 }
@@ -138,6 +140,8 @@ pub struct Ctx {
     pub local_status: Option<u16>,
     /// The cache's per-request state.
     pub cache: crate::cache::RequestCache,
+    /// Request body captured for the audit record (routes that record write bodies).
+    pub audit_body: Option<Vec<u8>>,
 }
 
 impl Ctx {
@@ -166,6 +170,7 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
+            audit_body: None,
             _guard: RequestGuard::new(),
             pipeline: self.shared.pipeline.load_full(),
             started: Instant::now(),
@@ -512,5 +517,73 @@ impl ProxyHttp for Gateway {
                 "Request served."
             );
         }
+        self.audit_record(session, status, ctx);
+    }
+
+    /// Captures the body of writes on routes that record it, capped at `audit.body_max_bytes`.
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()>
+    where
+        Self::CTX: Send + Sync,
+    {
+        let Some(chunk) = body else { return Ok(()) };
+        if !ctx.route().audit.wants_body(&session.req_header().method) {
+            return Ok(());
+        }
+        let cap = self.shared.audit.config().body_max_bytes;
+        let buf = ctx.audit_body.get_or_insert_with(Vec::new);
+        // One byte over the cap tells the redactor the body was cut.
+        let room = (cap + 1).saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        Ok(())
+    }
+}
+
+// === impl Gateway (audit) ===
+
+impl Gateway {
+    /// Builds the request's audit record and hands it to the audit queue (never waits).
+    fn audit_record(&self, session: &Session, status: u16, ctx: &mut Ctx) {
+        let audit = &self.shared.audit;
+        let cfg = audit.config();
+        if !cfg.enabled {
+            return;
+        }
+        let req = session.req_header();
+        let captured = ctx.audit_body.take();
+        let route = ctx.route();
+        let header = |name: http::header::HeaderName| {
+            req.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+        };
+        let body = captured.and_then(|b| crate::audit::redact_body(&b, &route.audit, cfg));
+        let elapsed = ctx.started.elapsed();
+        let record = crate::audit::AuditRecord {
+            ts: std::time::SystemTime::now() - elapsed,
+            request_id: ctx.request_id.clone(),
+            tenant: ctx.identity.tenant.clone(),
+            subject: ctx.identity.subject.clone(),
+            client_ip: ctx.client_ip,
+            method: req.method.to_string(),
+            route: route.name.clone(),
+            path: req.uri.path().to_string(),
+            query: req.uri.query().and_then(|q| crate::audit::redact_query(q, cfg)),
+            status,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            upstream_ms: ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
+            bytes_in: session.as_downstream().body_bytes_read() as u64,
+            bytes_out: session.as_downstream().body_bytes_sent() as u64,
+            cache: ctx.cache_status.map(str::to_string),
+            rate_limited: ctx.rate_limited,
+            user_agent: header(http::header::USER_AGENT),
+            headers: route.audit.capture_headers(&req.headers, cfg),
+            body,
+            ..Default::default()
+        };
+        audit.record(record);
     }
 }

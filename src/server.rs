@@ -24,6 +24,9 @@ pub enum ServerError {
     /// The upstream pool could not be built.
     #[error("cannot set up upstream servers: {0}")]
     Upstream(std::io::Error),
+    /// The audit pipeline could not be set up (spool directory).
+    #[error("cannot set up the audit pipeline: {0}")]
+    Audit(crate::audit::AuditError),
 }
 
 /// Options of the process that are not in `config.toml`.
@@ -70,9 +73,11 @@ pub fn run_with(
 
     let (upstreams, health_service) =
         Upstreams::new(&config.upstream).map_err(ServerError::Upstream)?;
+    let audit = crate::audit::Audit::new(&config.audit).map_err(ServerError::Audit)?;
     let shared = Arc::new(Shared {
         pipeline: ArcSwap::from_pointee(Pipeline::new(config.clone())),
         upstreams,
+        audit: audit.clone(),
         started: Instant::now(),
     });
 
@@ -102,6 +107,7 @@ pub fn run_with(
     for service in extra {
         server.add_boxed_service(service);
     }
+    server.add_service(background_service("audit shipper", audit.background()));
     server.add_service(health_service);
     server.add_service(proxy);
     server.add_service(admin);
