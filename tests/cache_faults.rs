@@ -37,7 +37,7 @@ invalidates = ["thing:{x}"]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_upstream_is_covered_by_stale_copies_within_stale_if_error_then_502() {
-    let mut upstream = TestUpstream::start();
+    let upstream = TestUpstream::start();
     let gw = Gateway::start(&config(upstream.addr, &shared_redis(), ROUTES));
     let http = fresh_client();
     let tok = token("acme", "u1");
