@@ -279,7 +279,14 @@ impl Audit {
             None
         };
         // Register the audit metrics now, not on the first request.
-        for outcome in ["queued", "delivered", "spooled", "replayed", "dropped", "rejected"] {
+        for outcome in [
+            "queued",
+            "delivered",
+            "spooled",
+            "replayed",
+            "dropped",
+            "rejected",
+        ] {
             crate::metrics::AUDIT_RECORDS.with_label_values(&[outcome]);
         }
         once_cell::sync::Lazy::force(&crate::metrics::AUDIT_SPOOL_TORN);
