@@ -75,7 +75,12 @@ fn broker_restarted_empty_gets_every_unacknowledged_record_again() {
     let topic = unique("audit_restart");
     create_topic(&brokers, &topic, 1);
     let dir = TempDir::new("spool");
-    let cfg = config(Some(&brokers), &topic, &dir.0, "");
+    // tansu answers the old producer id with UNKNOWN_PRODUCER_ID, which librdkafka retries
+    // forever: the stall watchdog recreates the producer.
+    let mut cfg = config(Some(&brokers), &topic, &dir.0, "stall_timeout = \"6s\"");
+    if let Ok(d) = std::env::var("AUDIT_TEST_RDKAFKA_DEBUG") {
+        cfg.kafka_options.insert("debug".into(), d);
+    }
     let audit = Audit::new(&cfg).unwrap();
     let running = Running::start(&audit);
     for i in 0..500 {
@@ -126,12 +131,8 @@ fn queue_of_ten_spills_to_the_spool_and_a_restart_replays_it() {
     let topic = unique("audit_spill");
     create_topic(&brokers, &topic, 2);
     let dir = TempDir::new("spool");
-    let cfg = config(
-        Some(&brokers),
-        &topic,
-        &dir.0,
-        "queue_capacity = 10\nshutdown_timeout = \"1s\"",
-    );
+    let mut cfg = config(Some(&brokers), &topic, &dir.0, "queue_capacity = 10");
+    cfg.shutdown_timeout = Duration::from_secs(1);
     let n = 3000;
     {
         let audit = Audit::new(&cfg).unwrap();

@@ -45,6 +45,12 @@ pub struct AuditFile {
     /// the producer stay there and are retried by it (idempotently) until acknowledged or until
     /// shutdown, when they are spooled. Default `"10s"`.
     pub delivery_timeout: String,
+    /// How long the producer may hold unacknowledged records without a single acknowledgement
+    /// before it is recreated: its records are spooled and re-sent by a new producer (a new
+    /// producer id). This recovers from a broker that answers but refuses the producer (e.g. a
+    /// restarted broker that lost its producer ids); records such a broker stored without
+    /// acknowledging may arrive twice. Longer than `delivery_timeout`. Default `"60s"`.
+    pub stall_timeout: String,
     /// How long the producer waits to fill a batch (`linger.ms`). Default `"5ms"`.
     pub linger: String,
     /// Batch compression: `"none"`, `"gzip"`, `"snappy"` or `"lz4"`. Default `"lz4"`.
@@ -93,6 +99,7 @@ impl Default for AuditFile {
             fsync: "interval".into(),
             fsync_interval: "1s".into(),
             delivery_timeout: "10s".into(),
+            stall_timeout: "60s".into(),
             linger: "5ms".into(),
             compression: "lz4".into(),
             shutdown_timeout: "5s".into(),
@@ -213,6 +220,8 @@ pub struct AuditConfig {
     pub fsync: Fsync,
     /// Unacknowledged time after which Kafka counts as away.
     pub delivery_timeout: Duration,
+    /// Unacknowledged time after which the producer is recreated.
+    pub stall_timeout: Duration,
     /// Producer `linger.ms`.
     pub linger: Duration,
     /// Producer `compression.type`.
@@ -367,6 +376,17 @@ impl AuditConfig {
         if delivery_timeout < Duration::from_millis(100) {
             p.push("audit.delivery_timeout", "must be at least 100ms");
         }
+        let stall_timeout = p.duration_or(
+            "audit.stall_timeout",
+            &f.stall_timeout,
+            Duration::from_secs(60),
+        );
+        if stall_timeout <= delivery_timeout {
+            p.push(
+                "audit.stall_timeout",
+                "must be longer than `audit.delivery_timeout`",
+            );
+        }
         let linger = p.duration_or("audit.linger", &f.linger, Duration::from_millis(5));
         if linger > Duration::from_secs(900) {
             p.push("audit.linger", "must be at most 15m");
@@ -429,6 +449,7 @@ impl AuditConfig {
             spool_segment_bytes: spool_segment_bytes.max(4096),
             fsync,
             delivery_timeout,
+            stall_timeout,
             linger,
             compression,
             shutdown_timeout,

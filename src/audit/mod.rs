@@ -278,6 +278,18 @@ impl Audit {
         } else {
             None
         };
+        // Register the audit metrics now, not on the first request.
+        for outcome in [
+            "queued",
+            "delivered",
+            "spooled",
+            "replayed",
+            "dropped",
+            "rejected",
+        ] {
+            crate::metrics::AUDIT_RECORDS.with_label_values(&[outcome]);
+        }
+        once_cell::sync::Lazy::force(&crate::metrics::AUDIT_SPOOL_TORN);
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         Ok(Audit {
             inner: Arc::new(Inner {

@@ -375,7 +375,9 @@ impl Shipper {
                 .as_ref()
                 .is_some_and(|p| p.client().fatal_error().is_some());
             if fatal || inner.health.fatal.load(Ordering::Relaxed) {
-                self.recreate_producer();
+                self.recreate_producer("fatal producer error");
+            } else if self.producer.is_some() && self.stalled() > inner.config.stall_timeout {
+                self.recreate_producer("no acknowledgement within audit.stall_timeout");
             }
             if self.producer.is_none() {
                 self.ensure_producer();
@@ -420,13 +422,14 @@ impl Shipper {
         }
     }
 
-    /// Replaces a producer that hit a fatal error. Dropping it purges its records; their
-    /// delivery reports spool them again, and the new producer replays them.
-    fn recreate_producer(&mut self) {
+    /// Replaces a producer that hit a fatal error or stalled. Purging it fails its records;
+    /// their delivery reports spool them again, and the new producer replays them.
+    fn recreate_producer(&mut self, reason: &str) {
         let h = &self.inner.health;
         if let Some(p) = self.producer.take() {
             let fatal = p.client().fatal_error();
             error!(
+                reason,
                 fatal = ?fatal,
                 unacknowledged = p.in_flight_count(),
                 "Recreating the Kafka audit producer; its unacknowledged records are spooled and \
@@ -445,14 +448,23 @@ impl Shipper {
         self.ensure_producer();
     }
 
+    /// How long records have waited in the producer without any acknowledgement (zero when
+    /// none is waiting).
+    fn stalled(&self) -> Duration {
+        let h = &self.inner.health;
+        if h.in_flight.load(Ordering::Relaxed) == 0 {
+            return Duration::ZERO;
+        }
+        let ms = h
+            .now_ms()
+            .saturating_sub(h.last_progress_ms.load(Ordering::Relaxed));
+        Duration::from_millis(ms)
+    }
+
     /// Marks Kafka away when it left records unacknowledged for `delivery_timeout`.
     fn check_away(&self) {
         let h = &self.inner.health;
-        let stalled = h
-            .now_ms()
-            .saturating_sub(h.last_progress_ms.load(Ordering::Relaxed));
-        if h.in_flight.load(Ordering::Relaxed) > 0
-            && stalled > self.inner.config.delivery_timeout.as_millis() as u64
+        if self.stalled() > self.inner.config.delivery_timeout
             && !h.away.swap(true, Ordering::Relaxed)
         {
             warn!(

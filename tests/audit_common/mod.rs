@@ -375,6 +375,13 @@ pub struct Running {
 
 impl Running {
     pub fn start(audit: &Audit) -> Running {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_test_writer()
+            .try_init();
         let svc = audit.background();
         let (stop, rx) = tokio::sync::watch::channel(false);
         let handle = std::thread::spawn(move || {
