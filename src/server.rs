@@ -73,7 +73,7 @@ pub fn run_with(
 
     let (upstreams, health_service) =
         Upstreams::new(&config.upstream).map_err(ServerError::Upstream)?;
-    let audit = crate::audit::Audit::new(&config.audit).map_err(ServerError::Audit)?;
+    let audit = open_audit(&config, opts.upgrade)?;
     let shared = Arc::new(Shared {
         pipeline: ArcSwap::from_pointee(Pipeline::new(config.clone())),
         upstreams,
@@ -124,4 +124,39 @@ pub fn run_with(
         }),
     });
     Ok(())
+}
+
+/// Opens the audit pipeline. During a graceful upgrade the old process still holds the spool
+/// directory's lock until it has drained and flushed; the new one (which already owns the
+/// listening sockets, so connections wait in the backlog rather than being refused) waits for
+/// it, at most the shutdown grace period plus the old process's close window.
+fn open_audit(config: &Config, upgrade: bool) -> Result<crate::audit::Audit, ServerError> {
+    let deadline = std::time::Instant::now()
+        + config.server.shutdown_grace
+        + std::time::Duration::from_secs(7);
+    let mut waited = false;
+    loop {
+        match crate::audit::Audit::new(&config.audit) {
+            Ok(a) => {
+                if waited {
+                    tracing::info!("Upgrade: took over the audit spool from the old process.");
+                }
+                return Ok(a);
+            }
+            Err(crate::audit::AuditError::Spool { ref source, .. })
+                if upgrade
+                    && source.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                if !waited {
+                    tracing::info!(
+                        "Upgrade: waiting for the old process to release the audit spool."
+                    );
+                    waited = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => return Err(ServerError::Audit(e)),
+        }
+    }
 }
