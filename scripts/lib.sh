@@ -307,10 +307,11 @@ start_tansu() {
     port=$(free_port 9092)
     log=/tmp/omsgate-tansu-$port.log
     say "Starting tansu on 127.0.0.1:$port (log $log)"
-    "$OMSGATE_TANSU_BIN" broker \
+    # From /tmp: tansu reads a `.env` file in its working directory.
+    (cd /tmp && exec "$OMSGATE_TANSU_BIN" broker \
         --listener-url "tcp://127.0.0.1:$port" \
         --advertised-listener-url "tcp://127.0.0.1:$port" \
-        --storage-engine memory://tansu/ >"$log" 2>&1 &
+        --storage-engine memory://tansu/) >"$log" 2>&1 &
     OMSGATE_TANSU_PID=$!
     if ! wait_until 30 "tansu" port_open 127.0.0.1 "$port"; then
         tail -n 20 "$log" >&2 || true

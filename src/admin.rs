@@ -1,8 +1,11 @@
-//! The admin listener (DESIGN.md capability 7): `/metrics`, `/health`, `/ready`.
+//! The admin listener (DESIGN.md capability 7): `/metrics`, `/health`, `/ready`, `/purge`, and
+//! `POST /reload` (capability 9, see [`crate::reload`]).
 //!
 //! Served by its own Pingora service on `admin.listen` (loopback by default), never on the
 //! public listener. `/health` is liveness (200 while the process serves); `/ready` reports each
 //! dependency, uptime and RSS as JSON, and answers 503 when no upstream server is healthy.
+//! `POST /purge` invalidates cache entries (see `cache::PurgeRequest`): by tenant and
+//! resources/tags, a whole tenant, or everything.
 
 use std::sync::Arc;
 
@@ -18,12 +21,34 @@ use crate::proxy::Shared;
 /// The admin HTTP application.
 pub struct Admin {
     shared: Arc<Shared>,
+    reloader: Option<Arc<crate::reload::Reloader>>,
 }
 
 impl Admin {
     /// An admin app over the shared state.
     pub fn new(shared: Arc<Shared>) -> Admin {
-        Admin { shared }
+        Admin {
+            shared,
+            reloader: None,
+        }
+    }
+
+    /// Serves `POST /reload` with `reloader`.
+    pub fn with_reloader(mut self, reloader: Arc<crate::reload::Reloader>) -> Admin {
+        self.reloader = Some(reloader);
+        self
+    }
+
+    async fn reload(&self) -> Response<Vec<u8>> {
+        let Some(reloader) = &self.reloader else {
+            return json_response(
+                404,
+                json!({ "error": "reload is not available: no config file" }),
+            );
+        };
+        let outcome = reloader.reload("admin").await;
+        let status = if outcome.result == "ok" { 200 } else { 422 };
+        json_response(status, json!(outcome))
     }
 
     fn ready(&self) -> (u16, serde_json::Value) {
@@ -34,6 +59,11 @@ impl Admin {
             .map(|(a, h)| json!({ "server": a.to_string(), "healthy": h }))
             .collect();
         let ready = healthy > 0;
+        let cache_redis = match self.shared.pipeline.load().cache.redis_connected() {
+            None => "none",
+            Some(true) => "up",
+            Some(false) => "down",
+        };
         let body = json!({
             "ready": ready,
             "uptime_seconds": self.shared.started.elapsed().as_secs(),
@@ -42,6 +72,8 @@ impl Admin {
             "config_hash": self.shared.pipeline.load().config.hash,
             "dependencies": {
                 "upstream": { "state": if ready { "up" } else { "down" }, "healthy": healthy, "servers": servers },
+                "cache_redis": { "state": cache_redis },
+                "audit": self.shared.audit.state().ready_json(),
             },
         });
         (if ready { 200 } else { 503 }, body)
@@ -49,6 +81,7 @@ impl Admin {
 
     fn refresh_gauges(&self) {
         metrics::UPTIME.set(self.shared.started.elapsed().as_secs_f64());
+        self.shared.pipeline.load().cache.refresh_gauges();
         for (addr, healthy) in self.shared.upstreams.health() {
             metrics::UPSTREAM_HEALTHY
                 .with_label_values(&[&addr.to_string()])
@@ -68,6 +101,48 @@ pub fn rss_bytes() -> u64 {
         })
         .map(|pages| pages * 4096)
         .unwrap_or(0)
+}
+
+/// Largest `POST /purge` body accepted.
+const MAX_PURGE_BODY: usize = 64 * 1024;
+
+impl Admin {
+    async fn purge(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    body.extend_from_slice(&chunk);
+                    if body.len() > MAX_PURGE_BODY {
+                        return json_response(413, json!({ "error": "purge body too large" }));
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return json_response(400, json!({ "error": format!("cannot read body: {e}") }))
+                }
+            }
+        }
+        let req: crate::cache::PurgeRequest = match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return json_response(
+                    400,
+                    json!({ "error": format!("body is not a purge request ({e}); send {{\"tenant\": \"t1\", \"resources\": [\"invoice:42\"]}} or {{\"all\": true}}") }),
+                )
+            }
+        };
+        let cache = self.shared.pipeline.load().cache;
+        match cache.purge(&req).await {
+            Ok(n) => json_response(200, json!({ "purged": n })),
+            Err(e @ crate::cache::PurgeError::Invalid(_)) => {
+                json_response(400, json!({ "error": e.to_string() }))
+            }
+            Err(e @ crate::cache::PurgeError::Backend) => {
+                json_response(503, json!({ "error": e.to_string() }))
+            }
+        }
+    }
 }
 
 fn response(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -102,7 +177,9 @@ impl ServeHttp for Admin {
                 let (status, body) = self.ready();
                 json_response(status, body)
             }
-            (_, "/metrics" | "/health" | "/ready") => {
+            ("POST", "/purge") => self.purge(session).await,
+            ("POST", "/reload") => self.reload().await,
+            (_, "/metrics" | "/health" | "/ready" | "/purge" | "/reload") => {
                 json_response(405, json!({ "error": "method not allowed" }))
             }
             _ => json_response(404, json!({ "error": format!("no admin endpoint {path}") })),

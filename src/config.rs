@@ -409,7 +409,8 @@ pub fn parse_file(text: &str) -> Result<(FileConfig, Vec<String>), ConfigError> 
 /// Turns serde_ignored's `route.0.foo` into `route[0].foo`.
 fn index_path(path: &str) -> String {
     let mut out = String::with_capacity(path.len() + 4);
-    for (i, part) in path.split('.').enumerate() {
+    // serde_ignored writes `?` for the inside of an `Option` (`route.0.cache.?.ttl`).
+    for (i, part) in path.split('.').filter(|p| *p != "?").enumerate() {
         if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
             out.push('[');
             out.push_str(part);

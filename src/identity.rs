@@ -86,7 +86,7 @@ pub enum IdentityMode {
     #[default]
     None,
     /// Verified JWT bearer tokens.
-    Jwt(JwtVerifier),
+    Jwt(Box<JwtVerifier>),
     /// Trusted headers.
     Header {
         /// Tenant header name (lowercase).
@@ -134,13 +134,13 @@ impl IdentityConfig {
                     if f.audience.is_empty() {
                         validation.validate_aud = false;
                     } else {
-                        validation.set_audience(&[f.audience.clone()]);
+                        validation.set_audience(std::slice::from_ref(&f.audience));
                     }
-                    IdentityMode::Jwt(JwtVerifier {
+                    IdentityMode::Jwt(Box::new(JwtVerifier {
                         key,
                         validation,
                         description,
-                    })
+                    }))
                 }
                 None => IdentityMode::None,
             },

@@ -16,6 +16,7 @@ pub mod loadgen;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod respond;
 pub mod routes;
 pub mod server;

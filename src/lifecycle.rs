@@ -7,7 +7,7 @@
 //! has released it. If the deadline (`server.shutdown_grace`) passes first, a warning says what
 //! was still pending and the process exits anyway.
 
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -15,6 +15,7 @@ use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
 use tokio::signal::unix::{signal, SignalKind};
 
 static IN_FLIGHT: AtomicI64 = AtomicI64::new(0);
+static DRAINING: AtomicBool = AtomicBool::new(false);
 static PENDING_FLUSHES: AtomicUsize = AtomicUsize::new(0);
 
 /// Marks a request as in flight until dropped.
@@ -68,10 +69,22 @@ impl Drop for FlushGuard {
     }
 }
 
+/// Whether a graceful shutdown or upgrade has begun. Responses then close their keepalive
+/// connection, so busy clients move to a fresh connection (the new process, after an upgrade)
+/// instead of having an idle connection closed under them when the listeners stop.
+pub fn draining() -> bool {
+    DRAINING.load(Ordering::Relaxed)
+}
+
 /// Requests currently in flight.
 pub fn in_flight() -> i64 {
     IN_FLIGHT.load(Ordering::Relaxed)
 }
+
+/// How long the old process of a graceful upgrade keeps serving after SIGQUIT before it may
+/// exit: Pingora's own close timeout (5 s, `CLOSE_TIMEOUT` in pingora-core, during which both
+/// processes accept on the shared sockets) plus a margin for its listeners to stop.
+pub const UPGRADE_CLOSE_WAIT: Duration = Duration::from_secs(6);
 
 /// Pingora's signal watch with an early exit once draining is done.
 ///
@@ -96,13 +109,17 @@ impl ShutdownSignalWatch for DrainingSignals {
         };
         tokio::select! {
             _ = term.recv() => {
+                DRAINING.store(true, Ordering::Relaxed);
                 spawn_drain_watch(self.grace, Duration::from_millis(100));
                 ShutdownSignal::GracefulTerminate
             }
             _ = int.recv() => ShutdownSignal::FastShutdown,
             _ = quit.recv() => {
-                // The listeners are handed over right after this returns; give that time.
-                spawn_drain_watch(self.grace, Duration::from_secs(1));
+                DRAINING.store(true, Ordering::Relaxed);
+                // After handing the listeners over, Pingora keeps accepting on them for
+                // UPGRADE_CLOSE_WAIT before it stops; exiting earlier would drop connections
+                // this process has accepted but not read a request from yet.
+                spawn_drain_watch(self.grace, UPGRADE_CLOSE_WAIT);
                 ShutdownSignal::GracefulUpgrade
             }
         }

@@ -194,13 +194,25 @@ pub static RATE_LIMIT_BACKEND_ERRORS: Lazy<IntCounter> = Lazy::new(|| {
     )
     .expect("register omsgate_rate_limit_backend_errors_total")
 });
+/// Local limiter resets: a policy held more than `rate_limit.max_keys` active keys (added by the
+/// rate-limit concern).
+pub static RATE_LIMIT_KEY_RESETS: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "omsgate_rate_limit_key_resets_total",
+        "Local rate-limit policies reset because they held more than rate_limit.max_keys active keys."
+    )
+    .expect("register omsgate_rate_limit_key_resets_total")
+});
 
 // === audit ===
 
-/// Audit records by outcome (`queued`, `delivered`, `spooled`, `replayed`, `dropped`).
+/// Audit records by outcome (`queued`, `delivered`, `spooled`, `replayed`, `dropped`,
+/// `rejected`). Outcomes are events, not exclusive states: a record can be queued, spooled and
+/// replayed. `dropped` (spool full or unwritable) is the only loss; `rejected` (refused by Kafka
+/// for good, e.g. too large) is kept in the spool directory's `rejected.jsonl`.
 pub static AUDIT_RECORDS: Lazy<IntCounterVec> = counter_vec!(
     "omsgate_audit_records_total",
-    "Audit records by outcome: queued, delivered, spooled, replayed, dropped.",
+    "Audit records by outcome: queued, delivered, spooled, replayed, dropped, rejected.",
     &["outcome"]
 );
 /// Records waiting in the in-memory audit queue.
@@ -213,7 +225,8 @@ pub static AUDIT_SPOOL_BYTES: Lazy<IntGauge> = gauge!(
     "omsgate_audit_spool_bytes",
     "Bytes of audit records held in the disk spool."
 );
-/// Time from enqueue to Kafka acknowledgement.
+/// Time from enqueue to Kafka acknowledgement; `path` is `direct` (queue → Kafka; replayed
+/// records are not timed).
 pub static AUDIT_DELIVERY: Lazy<HistogramVec> = histogram_vec!(
     "omsgate_audit_delivery_seconds",
     "Time from enqueueing an audit record to its acknowledgement by Kafka.",
@@ -225,6 +238,14 @@ pub static AUDIT_KAFKA_ERRORS: Lazy<IntCounterVec> = counter_vec!(
     "Kafka producer errors by librdkafka error code.",
     &["code"]
 );
+/// Damaged spool records (torn by a crash mid-write, or a bad checksum) skipped on replay.
+pub static AUDIT_SPOOL_TORN: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "omsgate_audit_spool_torn_records_total",
+        "Damaged or truncated audit spool records skipped on replay."
+    )
+    .expect("register omsgate_audit_spool_torn_records_total")
+});
 
 // === database ===
 
@@ -312,11 +333,13 @@ pub fn init(config_hash: &str, routes: &[&str]) {
     Lazy::force(&RATE_LIMIT_CHECKS);
     Lazy::force(&RATE_LIMIT_KEYS);
     Lazy::force(&RATE_LIMIT_BACKEND_ERRORS);
+    Lazy::force(&RATE_LIMIT_KEY_RESETS);
     Lazy::force(&AUDIT_RECORDS);
     Lazy::force(&AUDIT_QUEUE_DEPTH);
     Lazy::force(&AUDIT_SPOOL_BYTES);
     Lazy::force(&AUDIT_DELIVERY);
     Lazy::force(&AUDIT_KAFKA_ERRORS);
+    Lazy::force(&AUDIT_SPOOL_TORN);
     Lazy::force(&DB_POOL);
     Lazy::force(&DB_QUERY_DURATION);
     Lazy::force(&DB_FALLBACKS);

@@ -5,15 +5,29 @@
 //! | Pingora phase              | concern(s)                                                       |
 //! |----------------------------|------------------------------------------------------------------|
 //! | `new_ctx`                  | request guard (in-flight count), config snapshot                 |
-//! | `request_filter`           | request id, route match, identity (`identity`), rate limit       |
-//! |                            | (`limit`), pooled query path (`db`), compression decision        |
+//! | `request_filter`           | request id, route match, identity (`identity`), client IP and    |
+//! |                            | rate limit, 429 (`limit`), pooled query path (`db`), compression |
+//! |                            | decision, cache scope and key with generations (`cache::prepare`)|
+//! | `request_cache_filter`     | enable Pingora's cache for cached routes (`cache`)               |
+//! | `cache_key_callback`       | the scoped cache key (`cache`)                                   |
+//! | `cache_hit_filter`         | scope check of the stored entry (`cache`)                        |
 //! | `upstream_peer`            | server selection, timeouts, keepalive (`upstream`)               |
 //! | `fail_to_connect`          | retry of idempotent requests on another server (`upstream`)      |
-//! | `upstream_request_filter`  | forward request id and verified identity headers                 |
-//! | `upstream_response_filter` | upstream latency                                                 |
-//! | `response_filter`          | `x-request-id`, cache status headers                             |
+//! | `upstream_request_filter`  | forward request id and verified identity headers; strong forms   |
+//! |                            | in `If-None-Match`, one `Accept-Encoding` for cacheable requests |
+//! |                            | (`compress`)                                                     |
+//! | `upstream_response_filter` | upstream latency; gzip before storing in the cache (`compress`)  |
+//! | `upstream_response_body_filter` | gzip before storing in the cache (`compress`)               |
+//! | `response_cache_filter`    | store or not, TTL, stale windows (`cache`)                       |
+//! | `cache_vary_filter`        | `Vary` variants (`cache`)                                        |
+//! | `should_serve_stale`       | stale-if-error / stale-while-revalidate (`cache`)                |
+//! | `response_filter`          | `x-request-id`, `x-cache`/`Age`, invalidation by writes (`cache`)|
+//! |                            | `RateLimit` headers (`limit`), no keepalive when draining        |
+//! | downstream modules         | compression (`compress::Compression`): per response, after       |
+//! |                            | `response_filter`, on proxied, cached and local responses alike  |
 //! | `fail_to_proxy`            | JSON error body on 502/504                                       |
-//! | `logging`                  | metrics (`metrics`), audit record (`audit`)                      |
+//! | `request_summary`          | Pingora's error lines: path without query, request id            |
+//! | `logging`                  | metrics (`metrics`, `cache`), audit record (`audit`)             |
 //!
 //! Each request takes a snapshot of the [`Pipeline`] in `new_ctx`; a reload swaps the pipeline
 //! for new requests while in-flight ones finish on the snapshot they started with.
@@ -24,11 +38,16 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::ErrorType;
 
+use crate::compress;
 use crate::config::Config;
 use crate::identity::{Identity, SUBJECT_HEADER, TENANT_HEADER};
 use crate::lifecycle::RequestGuard;
@@ -44,12 +63,22 @@ pub const REQUEST_ID: &str = "x-request-id";
 pub struct Pipeline {
     /// The validated configuration.
     pub config: Arc<Config>,
+    /// The process-wide response cache (kept across reloads).
+    pub cache: &'static crate::cache::Cache,
+    /// Rate-limit policies and their state.
+    pub limiter: Arc<crate::limit::Limiter>,
 }
 
 impl Pipeline {
     /// Builds the per-concern runtime state from a validated config.
+    ///
+    /// The single constructor: the server calls it at start and [`crate::reload`] on every
+    /// reload, then stores the result in [`Shared::pipeline`]. A concern whose state must
+    /// survive a reload (counters, caches) keeps it outside the pipeline.
     pub fn new(config: Arc<Config>) -> Pipeline {
-        Pipeline { config }
+        let cache = crate::cache::Cache::global(&config.cache);
+        let limiter = Arc::new(crate::limit::Limiter::new(&config.rate_limit, &config.routes));
+        Pipeline { config, cache, limiter }
     }
 }
 
@@ -59,6 +88,8 @@ pub struct Shared {
     pub pipeline: ArcSwap<Pipeline>,
     /// The upstream pool.
     pub upstreams: Arc<Upstreams>,
+    /// The audit pipeline (process-wide: its queue and spool outlive reloads).
+    pub audit: crate::audit::Audit,
     /// Process start.
     pub started: Instant,
 }
@@ -90,7 +121,8 @@ pub struct Ctx {
     pub params: Params,
     /// Verified identity (empty when unverified).
     pub identity: Identity,
-    /// Client IP (socket peer).
+    /// Client IP: the socket peer, or the forwarded client when the peer is a trusted proxy
+    /// (`crate::limit::client_ip`).
     pub client_ip: Option<IpAddr>,
     /// Servers tried for this request.
     pub tried: Vec<SocketAddr>,
@@ -102,8 +134,14 @@ pub struct Ctx {
     pub cache_status: Option<&'static str>,
     /// Whether the request was rejected by the rate limiter.
     pub rate_limited: bool,
+    /// `RateLimit` headers for the response of an admitted request.
+    pub rate_limit_headers: Option<crate::limit::Headers>,
     /// Status of a response the gateway wrote itself (429, pooled path, errors).
     pub local_status: Option<u16>,
+    /// The cache's per-request state.
+    pub cache: crate::cache::RequestCache,
+    /// Request body captured for the audit record (routes that record write bodies).
+    pub audit_body: Option<Vec<u8>>,
 }
 
 impl Ctx {
@@ -132,6 +170,7 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
+            audit_body: None,
             _guard: RequestGuard::new(),
             pipeline: self.shared.pipeline.load_full(),
             started: Instant::now(),
@@ -145,8 +184,15 @@ impl ProxyHttp for Gateway {
             upstream_elapsed: None,
             cache_status: None,
             rate_limited: false,
+            rate_limit_headers: None,
             local_status: None,
+            cache: crate::cache::RequestCache::default(),
         }
+    }
+
+    /// Registers the compression module in place of Pingora's default one (see `compress`).
+    fn init_downstream_modules(&self, modules: &mut HttpModules) {
+        modules.add_module(compress::module());
     }
 
     /// Names the request (id, route), establishes who is asking, and answers it locally when a
@@ -183,11 +229,73 @@ impl ProxyHttp for Gateway {
                 Identity::default()
             }
         };
-        ctx.client_ip = session
+        let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        let trusted = &config.rate_limit.trusted_proxies;
+        ctx.client_ip = crate::limit::client_ip(peer, &session.req_header().headers, trusted);
+        // Before any concern answers locally, so that local answers (pooled query path) are
+        // compressed too.
+        compress::request_filter(session, &config, ctx.route());
+        if crate::limit::check(session, ctx).await? {
+            return Ok(true);
+        }
+        crate::cache::prepare(session, ctx).await;
         Ok(false)
+    }
+
+    /// Turns Pingora's cache on for requests of cached routes that may use it.
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        crate::cache::request_cache_filter(session, ctx);
+        Ok(())
+    }
+
+    /// The scoped cache key built in `request_filter`.
+    fn cache_key_callback(&self, _session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        crate::cache::cache_key(ctx)
+    }
+
+    /// Refuses stored entries whose scope differs from the request's.
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        _is_fresh: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<ForcedFreshness>> {
+        Ok(crate::cache::cache_hit_filter(meta, ctx))
+    }
+
+    /// Whether the origin response is stored, and for how long.
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<RespCacheable> {
+        Ok(crate::cache::response_cache_filter(resp, ctx))
+    }
+
+    /// The `Vary` variance of a stored response for this request.
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut Ctx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        crate::cache::cache_vary_filter(meta, req)
+    }
+
+    /// Serves stale copies while revalidating and when the upstream fails.
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Ctx,
+        error: Option<&Error>,
+    ) -> bool {
+        crate::cache::should_serve_stale(ctx, error)
     }
 
     /// Selects a healthy server (excluding ones already tried) with the configured timeouts.
@@ -238,10 +346,11 @@ impl ProxyHttp for Gateway {
     /// Forwards the request id and the verified identity.
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        compress::upstream_request_filter(session, upstream_request);
         upstream_request.insert_header(REQUEST_ID, &ctx.request_id)?;
         if let Some(t) = &ctx.identity.tenant {
             upstream_request.insert_header(TENANT_HEADER, t)?;
@@ -259,10 +368,11 @@ impl ProxyHttp for Gateway {
     /// Records the upstream latency.
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        compress::upstream_response_filter(session, upstream_response);
         if let Some(t) = ctx.upstream_started {
             let elapsed = t.elapsed();
             ctx.upstream_elapsed = Some(elapsed);
@@ -273,18 +383,54 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// Adds the gateway's response headers.
+    /// Encodes the body of a response being stored compressed (`compress`).
+    fn upstream_response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        _ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        compress::upstream_response_body_filter(session, body, end_of_stream)?;
+        Ok(None)
+    }
+
+    /// Adds the gateway's response headers; while draining, closes the client connection after
+    /// the response (see [`crate::lifecycle::draining`]).
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        crate::cache::response_filter(session, upstream_response, ctx).await;
         upstream_response.insert_header(REQUEST_ID, &ctx.request_id)?;
-        if let Some(c) = ctx.cache_status {
-            upstream_response.insert_header("x-cache", c)?;
+        if crate::lifecycle::draining() {
+            session.set_keepalive(None);
         }
+        if let Some(c) = ctx.cache_status {
+            upstream_response.insert_header(crate::cache::X_CACHE, c)?;
+        }
+        crate::limit::response_headers(upstream_response, ctx)?;
         Ok(())
+    }
+
+    /// What Pingora's own error lines say about the request: method, path without the query
+    /// (which could carry a token), route and request id, so they can be matched with the
+    /// access log and audit records.
+    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
+        let req = session.req_header();
+        let route = if ctx.route_id == usize::MAX {
+            "-"
+        } else {
+            ctx.route().name.as_str()
+        };
+        format!(
+            "{} {}, route: {route}, request_id: {}",
+            req.method,
+            req.uri.path(),
+            ctx.request_id
+        )
     }
 
     /// Answers failures with a JSON body: 504 for timeouts, 502 otherwise.
@@ -339,6 +485,7 @@ impl ProxyHttp for Gateway {
                 self.shared.upstreams.in_flight().finish(addr);
             }
         }
+        crate::cache::logging(ctx);
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
@@ -370,5 +517,73 @@ impl ProxyHttp for Gateway {
                 "Request served."
             );
         }
+        self.audit_record(session, status, ctx);
+    }
+
+    /// Captures the body of writes on routes that record it, capped at `audit.body_max_bytes`.
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()>
+    where
+        Self::CTX: Send + Sync,
+    {
+        let Some(chunk) = body else { return Ok(()) };
+        if !ctx.route().audit.wants_body(&session.req_header().method) {
+            return Ok(());
+        }
+        let cap = self.shared.audit.config().body_max_bytes;
+        let buf = ctx.audit_body.get_or_insert_with(Vec::new);
+        // One byte over the cap tells the redactor the body was cut.
+        let room = (cap + 1).saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        Ok(())
+    }
+}
+
+// === impl Gateway (audit) ===
+
+impl Gateway {
+    /// Builds the request's audit record and hands it to the audit queue (never waits).
+    fn audit_record(&self, session: &Session, status: u16, ctx: &mut Ctx) {
+        let audit = &self.shared.audit;
+        let cfg = audit.config();
+        if !cfg.enabled {
+            return;
+        }
+        let req = session.req_header();
+        let captured = ctx.audit_body.take();
+        let route = ctx.route();
+        let header = |name: http::header::HeaderName| {
+            req.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+        };
+        let body = captured.and_then(|b| crate::audit::redact_body(&b, &route.audit, cfg));
+        let elapsed = ctx.started.elapsed();
+        let record = crate::audit::AuditRecord {
+            ts: std::time::SystemTime::now() - elapsed,
+            request_id: ctx.request_id.clone(),
+            tenant: ctx.identity.tenant.clone(),
+            subject: ctx.identity.subject.clone(),
+            client_ip: ctx.client_ip,
+            method: req.method.to_string(),
+            route: route.name.clone(),
+            path: req.uri.path().to_string(),
+            query: req.uri.query().and_then(|q| crate::audit::redact_query(q, cfg)),
+            status,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            upstream_ms: ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
+            bytes_in: session.as_downstream().body_bytes_read() as u64,
+            bytes_out: session.as_downstream().body_bytes_sent() as u64,
+            cache: ctx.cache_status.map(str::to_string),
+            rate_limited: ctx.rate_limited,
+            user_agent: header(http::header::USER_AGENT),
+            headers: route.audit.capture_headers(&req.headers, cfg),
+            body,
+            ..Default::default()
+        };
+        audit.record(record);
     }
 }

@@ -1,5 +1,6 @@
 //! Assembles the Pingora server: the proxy service on `server.listen`, the admin service on
-//! `admin.listen`, and the background services (upstream health checks, ...).
+//! `admin.listen`, and the background services (upstream health checks, cache invalidation
+//! subscription, reload on SIGHUP, ...).
 //!
 //! Nothing here opens client connections or spawns threads: Redis, Kafka and database clients
 //! are created inside the services once Pingora's runtimes run.
@@ -10,6 +11,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::config::Config;
@@ -22,6 +24,9 @@ pub enum ServerError {
     /// The upstream pool could not be built.
     #[error("cannot set up upstream servers: {0}")]
     Upstream(std::io::Error),
+    /// The audit pipeline could not be set up (spool directory).
+    #[error("cannot set up the audit pipeline: {0}")]
+    Audit(crate::audit::AuditError),
 }
 
 /// Options of the process that are not in `config.toml`.
@@ -68,9 +73,11 @@ pub fn run_with(
 
     let (upstreams, health_service) =
         Upstreams::new(&config.upstream).map_err(ServerError::Upstream)?;
+    let audit = crate::audit::Audit::new(&config.audit).map_err(ServerError::Audit)?;
     let shared = Arc::new(Shared {
         pipeline: ArcSwap::from_pointee(Pipeline::new(config.clone())),
         upstreams,
+        audit: audit.clone(),
         started: Instant::now(),
     });
 
@@ -81,16 +88,26 @@ pub fn run_with(
     );
     proxy.add_tcp(&config.server.listen.to_string());
 
-    let mut admin = Service::new(
-        "omsgate admin".to_string(),
-        crate::admin::Admin::new(shared),
-    );
+    let mut admin_app = crate::admin::Admin::new(shared.clone());
+    if let Some(path) = &opts.config_path {
+        let reloader = crate::reload::Reloader::new(shared.clone(), path.clone());
+        admin_app = admin_app.with_reloader(reloader.clone());
+        server.add_service(background_service(
+            "config reload on SIGHUP",
+            crate::reload::ReloadOnHangup::new(reloader),
+        ));
+    }
+    let mut admin = Service::new("omsgate admin".to_string(), admin_app);
     admin.add_tcp(&config.admin.listen.to_string());
     admin.threads = Some(1);
 
+    if let Some(listener) = shared.pipeline.load().cache.listener() {
+        server.add_service(listener);
+    }
     for service in extra {
         server.add_boxed_service(service);
     }
+    server.add_service(background_service("audit shipper", audit.background()));
     server.add_service(health_service);
     server.add_service(proxy);
     server.add_service(admin);

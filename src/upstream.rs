@@ -1,9 +1,11 @@
 //! Upstreams (DESIGN.md capability 1): the legacy OMS instances, load balancing, health checks,
 //! timeouts, keepalive and retry of idempotent requests.
 //!
-//! Built on `pingora-load-balancing`: a [`LoadBalancer`] holds the servers and runs the active
-//! HTTP health check as a background service; `round_robin` uses its selector, `least_conn` picks
-//! the healthy server with the fewest requests in flight (counted here).
+//! Built on `pingora-load-balancing`: a [`LoadBalancer`] holds the servers, its health state lives
+//! in a shared [`HealthRegistry`] that the [`HealthChecks`] background service probes;
+//! `round_robin` uses the balancer's selector, `least_conn` picks the healthy server with the
+//! fewest requests in flight (counted here). The whole pool is reloadable
+//! ([`Upstreams::reload`]): a config reload swaps it for new requests.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -220,17 +222,37 @@ impl UpstreamConfig {
 }
 
 /// Counts requests in flight per server, for `least_conn` and metrics.
+///
+/// A reload that keeps a server keeps its counter (the new pool shares it), so requests that
+/// started before the reload are still counted when they finish after it.
 #[derive(Debug, Default)]
 pub struct InFlight {
-    counts: Vec<(SocketAddr, AtomicUsize)>,
+    counts: Vec<(SocketAddr, Arc<AtomicUsize>)>,
 }
 
 impl InFlight {
     /// One counter per server.
     pub fn new(servers: &[SocketAddr]) -> Arc<InFlight> {
-        Arc::new(InFlight {
-            counts: servers.iter().map(|s| (*s, AtomicUsize::new(0))).collect(),
-        })
+        InFlight::carry_over(servers, None)
+    }
+
+    /// One counter per server, sharing `previous`'s counter for servers it already had.
+    fn carry_over(servers: &[SocketAddr], previous: Option<&InFlight>) -> Arc<InFlight> {
+        let counts = servers
+            .iter()
+            .map(|s| {
+                let shared = previous.and_then(|p| p.counter(s));
+                (*s, shared.unwrap_or_default())
+            })
+            .collect();
+        Arc::new(InFlight { counts })
+    }
+
+    fn counter(&self, addr: &SocketAddr) -> Option<Arc<AtomicUsize>> {
+        self.counts
+            .iter()
+            .find(|(a, _)| a == addr)
+            .map(|(_, c)| c.clone())
     }
 
     /// Requests in flight to `addr`.
@@ -259,24 +281,110 @@ impl InFlight {
 
 // === impl Upstreams ===
 
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::lb::discovery::Static;
 use pingora::lb::health_check::HttpHealthCheck;
 use pingora::lb::selection::RoundRobin;
-use pingora::lb::LoadBalancer;
-use pingora::services::background::{background_service, GenBackgroundService};
+use pingora::lb::{Backend, Backends, HealthRegistry, LoadBalancer};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::{background_service, BackgroundService, GenBackgroundService};
 use pingora::upstreams::peer::HttpPeer;
+use tokio::sync::Notify;
+
+/// One generation of the pool: what a reload replaces as a whole.
+struct Pool {
+    lb: Arc<LoadBalancer<RoundRobin>>,
+    /// Health state shared by every generation with the same health-check settings, so a
+    /// reload keeps what is known about the servers it keeps.
+    registry: Arc<HealthRegistry>,
+    cfg: Arc<UpstreamConfig>,
+    in_flight: Arc<InFlight>,
+}
 
 /// The upstream pool: servers, health state, selection and peer settings.
+///
+/// Everything sits behind one [`ArcSwap`] so that [`Upstreams::reload`] can replace the server
+/// list, the selection algorithm, timeouts and health-check settings at once; a request sees
+/// either the old pool or the new one. Health checks run in [`HealthChecks`], over whatever
+/// pool is current.
 pub struct Upstreams {
-    lb: Arc<LoadBalancer<RoundRobin>>,
-    cfg: UpstreamConfig,
-    in_flight: Arc<InFlight>,
+    pool: ArcSwap<Pool>,
+    /// Wakes the health-check loop after a reload (new interval, new servers).
+    reloaded: Notify,
 }
 
 impl std::fmt::Debug for Upstreams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstreams")
-            .field("servers", &self.cfg.servers)
+            .field("servers", &self.pool.load().cfg.servers)
             .finish()
+    }
+}
+
+/// What a reload changed in the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolChange {
+    /// The server list changed.
+    pub servers: bool,
+    /// The health-check settings changed (health state starts over, then one check runs).
+    pub health_check: bool,
+}
+
+/// Whether two configs check health the same way (then the health state can be kept).
+fn same_health_check(a: &UpstreamConfig, b: &UpstreamConfig) -> bool {
+    a.health_path == b.health_path
+        && a.health_timeout == b.health_timeout
+        && a.health_failures == b.health_failures
+        && a.health_successes == b.health_successes
+}
+
+fn health_registry(cfg: &UpstreamConfig) -> Arc<HealthRegistry> {
+    let mut hc = HttpHealthCheck::new("localhost", false);
+    if let Ok(mut req) =
+        pingora::http::RequestHeader::build("GET", cfg.health_path.as_bytes(), None)
+    {
+        let _ = req.append_header("Host", "localhost");
+        let _ = req.append_header("User-Agent", "omsgate-health-check");
+        hc.req = req;
+    }
+    hc.peer_template.options.connection_timeout = Some(cfg.health_timeout);
+    hc.peer_template.options.read_timeout = Some(cfg.health_timeout);
+    hc.consecutive_failure = cfg.health_failures;
+    hc.consecutive_success = cfg.health_successes;
+    hc.validator = Some(Box::new(|resp| {
+        if resp.status.is_success() {
+            Ok(())
+        } else {
+            pingora::Error::e_explain(
+                pingora::ErrorType::HTTPStatus(resp.status.as_u16()),
+                "health check status",
+            )
+        }
+    }));
+    let registry = Arc::new(HealthRegistry::new());
+    registry.set_health_check(Box::new(hc));
+    registry
+}
+
+/// A load balancer over `cfg.servers` whose health lives in `registry`.
+fn load_balancer(
+    cfg: &UpstreamConfig,
+    registry: Arc<HealthRegistry>,
+) -> std::io::Result<Arc<LoadBalancer<RoundRobin>>> {
+    let backends: std::collections::BTreeSet<Backend> = cfg
+        .servers
+        .iter()
+        .map(|a| Backend::new(&a.to_string()))
+        .collect::<pingora::Result<_>>()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    let view = Backends::new_with_health_registry(Static::new(backends), registry);
+    let lb = LoadBalancer::<RoundRobin>::from_backends(view);
+    // Static discovery answers at once; this publishes the servers to the view and registry.
+    match futures::FutureExt::now_or_never(lb.update()) {
+        Some(Ok(())) => Ok(Arc::new(lb)),
+        Some(Err(e)) => Err(std::io::Error::other(e.to_string())),
+        None => Err(std::io::Error::other("static discovery did not answer")),
     }
 }
 
@@ -284,62 +392,88 @@ impl Upstreams {
     /// Builds the pool and the background service that runs its health checks.
     pub fn new(
         cfg: &UpstreamConfig,
-    ) -> std::io::Result<(
-        Arc<Upstreams>,
-        GenBackgroundService<LoadBalancer<RoundRobin>>,
-    )> {
-        let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(cfg.servers.iter().copied())?;
-        let mut hc = HttpHealthCheck::new("localhost", false);
-        if let Ok(mut req) =
-            pingora::http::RequestHeader::build("GET", cfg.health_path.as_bytes(), None)
-        {
-            let _ = req.append_header("Host", "localhost");
-            let _ = req.append_header("User-Agent", "omsgate-health-check");
-            hc.req = req;
-        }
-        hc.peer_template.options.connection_timeout = Some(cfg.health_timeout);
-        hc.peer_template.options.read_timeout = Some(cfg.health_timeout);
-        hc.consecutive_failure = cfg.health_failures;
-        hc.consecutive_success = cfg.health_successes;
-        hc.validator = Some(Box::new(|resp| {
-            if resp.status.is_success() {
-                Ok(())
-            } else {
-                pingora::Error::e_explain(
-                    pingora::ErrorType::HTTPStatus(resp.status.as_u16()),
-                    "health check status",
-                )
-            }
-        }));
-        lb.set_health_check(Box::new(hc));
-        lb.health_check_frequency = Some(cfg.health_interval);
-        lb.parallel_health_check = true;
-        let service = background_service("upstream health check", lb);
-        let ups = Arc::new(Upstreams {
-            lb: service.task(),
-            cfg: cfg.clone(),
+    ) -> std::io::Result<(Arc<Upstreams>, GenBackgroundService<HealthChecks>)> {
+        let registry = health_registry(cfg);
+        let pool = Pool {
+            lb: load_balancer(cfg, registry.clone())?,
+            registry,
+            cfg: Arc::new(cfg.clone()),
             in_flight: InFlight::new(&cfg.servers),
+        };
+        let ups = Arc::new(Upstreams {
+            pool: ArcSwap::from_pointee(pool),
+            reloaded: Notify::new(),
         });
+        let service = background_service(
+            "upstream health check",
+            HealthChecks {
+                upstreams: ups.clone(),
+            },
+        );
         Ok((ups, service))
+    }
+
+    /// Replaces the pool with one built from `cfg`, for requests that start from now on.
+    ///
+    /// When the servers or the health-check settings change, one health check of the new pool
+    /// runs before it goes live (bounded by the health-check timeout), so a server that is down
+    /// is not offered to requests in the meantime; servers kept from the old pool keep their
+    /// health state and in-flight counts.
+    pub async fn reload(&self, cfg: &UpstreamConfig) -> std::io::Result<PoolChange> {
+        let old = self.pool.load_full();
+        let change = PoolChange {
+            servers: old.cfg.servers != cfg.servers,
+            health_check: !same_health_check(&old.cfg, cfg),
+        };
+        let pool = if change == PoolChange::default() {
+            Pool {
+                lb: old.lb.clone(),
+                registry: old.registry.clone(),
+                cfg: Arc::new(cfg.clone()),
+                in_flight: old.in_flight.clone(),
+            }
+        } else {
+            let registry = if change.health_check {
+                health_registry(cfg)
+            } else {
+                old.registry.clone()
+            };
+            let lb = load_balancer(cfg, registry.clone())?;
+            registry.run_health_check(true).await;
+            Pool {
+                lb,
+                registry,
+                cfg: Arc::new(cfg.clone()),
+                in_flight: InFlight::carry_over(&cfg.servers, Some(&old.in_flight)),
+            }
+        };
+        self.pool.store(Arc::new(pool));
+        if change.servers {
+            // Servers that left must not linger in the health gauge.
+            crate::metrics::UPSTREAM_HEALTHY.reset();
+        }
+        self.reloaded.notify_one();
+        Ok(change)
     }
 
     /// Picks a healthy server not in `exclude`, by the configured algorithm.
     pub fn select(&self, exclude: &[SocketAddr]) -> Option<SocketAddr> {
-        match self.cfg.selection {
-            Selection::RoundRobin => self
+        let pool = self.pool.load();
+        match pool.cfg.selection {
+            Selection::RoundRobin => pool
                 .lb
                 .select_with(b"", 256, |b, healthy| {
                     healthy && b.addr.as_inet().is_some_and(|a| !exclude.contains(a))
                 })
                 .and_then(|b| b.addr.as_inet().copied()),
             Selection::LeastConn => {
-                let backends = self.lb.backends().get_backend();
+                let backends = pool.lb.backends().get_backend();
                 backends
                     .iter()
-                    .filter(|b| self.lb.backends().ready(b))
+                    .filter(|b| pool.lb.backends().ready(b))
                     .filter_map(|b| b.addr.as_inet().copied())
                     .filter(|a| !exclude.contains(a))
-                    .min_by_key(|a| self.in_flight.get(a))
+                    .min_by_key(|a| pool.in_flight.get(a))
             }
         }
     }
@@ -351,37 +485,69 @@ impl Upstreams {
 
     /// The peer for `addr` with the configured timeouts and keepalive.
     pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
+        let cfg = &self.pool.load().cfg;
         let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(self.cfg.connect_timeout);
-        peer.options.read_timeout = Some(self.cfg.read_timeout);
-        peer.options.write_timeout = Some(self.cfg.write_timeout);
-        peer.options.idle_timeout = Some(self.cfg.idle_timeout);
+        peer.options.connection_timeout = Some(cfg.connect_timeout);
+        peer.options.read_timeout = Some(cfg.read_timeout);
+        peer.options.write_timeout = Some(cfg.write_timeout);
+        peer.options.idle_timeout = Some(cfg.idle_timeout);
         peer
     }
 
     /// Health of every server, in config order.
     pub fn health(&self) -> Vec<(SocketAddr, bool)> {
-        let backends = self.lb.backends().get_backend();
-        self.cfg
+        let pool = self.pool.load();
+        let backends = pool.lb.backends().get_backend();
+        pool.cfg
             .servers
             .iter()
             .map(|s| {
                 let healthy = backends
                     .iter()
                     .find(|b| b.addr.as_inet() == Some(s))
-                    .is_some_and(|b| self.lb.backends().ready(b));
+                    .is_some_and(|b| pool.lb.backends().ready(b));
                 (*s, healthy)
             })
             .collect()
     }
 
     /// Requests in flight per server (for least_conn).
-    pub fn in_flight(&self) -> &InFlight {
-        &self.in_flight
+    pub fn in_flight(&self) -> Arc<InFlight> {
+        self.pool.load().in_flight.clone()
     }
 
-    /// The configuration the pool was built from.
-    pub fn config(&self) -> &UpstreamConfig {
-        &self.cfg
+    /// The configuration the current pool was built from.
+    pub fn config(&self) -> Arc<UpstreamConfig> {
+        self.pool.load().cfg.clone()
+    }
+}
+
+// === impl HealthChecks ===
+
+/// The active health check: every `upstream.health_check.interval`, one parallel pass over the
+/// servers of the current pool. A reload wakes it so a new interval applies at once.
+pub struct HealthChecks {
+    upstreams: Arc<Upstreams>,
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecks {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            let pool = self.upstreams.pool.load_full();
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return,
+                _ = pool.registry.run_health_check(true) => {}
+            }
+            let interval = pool.cfg.health_interval;
+            drop(pool);
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return,
+                _ = self.upstreams.reloaded.notified() => {}
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
     }
 }

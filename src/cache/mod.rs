@@ -1,44 +1,570 @@
-//! Response cache (DESIGN.md capability 3). Placeholder: the cache issue fills this in.
+//! Response cache (DESIGN.md capability 3), on Pingora's own HTTP cache.
+//!
+//! Pingora's cache state machine does the HTTP work: coalescing concurrent misses behind a cache
+//! lock, stale-while-revalidate with one background refresh, stale-if-error, `304` revalidation
+//! against the origin, `If-None-Match` answered from the cache, `Vary` variants, `Age`. This
+//! module supplies what is specific to omsgate:
+//!
+//! - the policy per route ([`config`]) and the storage decision per response ([`policy`]);
+//! - keys scoped to the verified identity ([`key`]): a response stored for one tenant or subject
+//!   is looked up only under that tenant's or subject's key, and each entry also records its
+//!   scope, compared on every hit;
+//! - invalidation by generations ([`generations`]): writes and `POST /purge` bump per-tenant,
+//!   per-resource counters that are part of every key, and other instances learn it over pub/sub;
+//! - two-tier storage ([`storage`]): a bounded in-process L1 in front of Redis;
+//! - failing open ([`backend`]): Redis errors or slowness are misses and bypasses, never client
+//!   errors.
+//!
+//! The phase hooks at the end are called by `proxy.rs`, one per Pingora phase:
+//!
+//! | phase                   | hook                       | what                                     |
+//! |-------------------------|----------------------------|------------------------------------------|
+//! | `request_filter` (end)  | [`prepare`]                | scope, generations (async), key          |
+//! | `request_cache_filter`  | [`request_cache_filter`]   | enable Pingora's cache for the request   |
+//! | `cache_key_callback`    | [`cache_key`]              | the prepared key                         |
+//! | `cache_hit_filter`      | [`cache_hit_filter`]       | scope check of the stored entry          |
+//! | `response_cache_filter` | [`response_cache_filter`]  | store or not, TTL, stale windows         |
+//! | `cache_vary_filter`     | [`cache_vary_filter`]      | `Vary` variance                          |
+//! | `should_serve_stale`    | [`should_serve_stale`]     | stale-if-error on upstream failures      |
+//! | `response_filter`       | [`response_filter`]        | `x-cache`, `Age`, invalidation by writes |
+//! | `logging`               | [`logging`]                | `omsgate_cache_requests_total`           |
 
-use serde::{Deserialize, Serialize};
+mod backend;
+mod config;
+mod generations;
+mod key;
+mod policy;
+mod storage;
 
-use crate::config::Problems;
-use crate::routes::PathPattern;
+use std::time::{Duration, SystemTime};
 
-/// `[cache]`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default)]
-pub struct CacheFile {}
+use once_cell::sync::OnceCell;
+use pingora::cache::key::HashBinary;
+use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora::cache::{
+    CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, NoCacheReason,
+    RespCacheable, VarianceBuilder,
+};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::{background_service, BackgroundService, GenBackgroundService};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use serde::Deserialize;
 
-/// Per-route `cache = { ... }`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default)]
-pub struct RouteCacheFile {}
+pub use self::config::{
+    CacheConfig, CacheFile, MemoryFile, RouteCacheFile, RoutePolicy, Scope, DEFAULT_STATUSES,
+};
+pub use self::generations::Bumped;
+pub use self::key::ScopeId;
+pub use self::policy::SCOPE_HEADER;
+pub use self::storage::TieredStorage;
 
-/// Typed `[cache]`.
-#[derive(Debug, Clone, Default)]
-pub struct CacheConfig {}
+use self::backend::Redis;
+use self::generations::{Generations, PURGE_TIMEOUT};
+use crate::metrics;
+use crate::proxy::Ctx;
 
-impl CacheConfig {
-    /// Converts the file layer.
-    pub fn from_file(_f: &CacheFile, _p: &mut Problems) -> CacheConfig {
-        CacheConfig {}
+/// Response header with the cache status.
+pub const X_CACHE: &str = "x-cache";
+
+/// Raw zstd dictionary for stored response headers: the usual names and values of OMS answers.
+const HEADER_DICT: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: \r\n\
+date: Mon, Tue, Wed, Thu, Fri, Sat, Sun, Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec 2026 GMT\r\n\
+server: uvicorn\r\ncache-control: max-age=, s-maxage=, public, stale-while-revalidate=\r\n\
+etag: \"W/\r\nlast-modified: \r\nvary: accept-encoding, accept-language, authorization\r\n\
+content-encoding: gzip\r\nx-request-id: \r\nx-omsgate-cache-scope: tenant:subject:public:\r\n";
+
+/// How long a failed write invalidation keeps being retried in the background.
+const INVALIDATION_RETRY_FOR: Duration = Duration::from_secs(30);
+
+// === Cache ===
+
+/// The process-wide cache: storage tiers, cache lock, generations, Redis handle.
+///
+/// Pingora wants its storage and lock as `&'static`, so there is one per process, created on
+/// first use ([`Cache::global`]) without connecting anywhere: the Redis connection is made inside
+/// the runtime when first needed. A reload keeps it; the settings that shape it (`redis_url`,
+/// `key_prefix`, `memory`, `redis_timeout`, `generation_cache_ttl`, `max_ttl`, `lock_timeout`)
+/// take effect on restart. Route policies and the other `[cache]` keys are read per request from
+/// the config snapshot of the request.
+pub struct Cache {
+    storage: TieredStorage,
+    lock: Box<CacheKeyLockImpl>,
+    generations: Generations,
+    redis: Option<&'static Redis>,
+    settings: CacheConfig,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("storage", &self.storage)
+            .field("generations", &self.generations)
+            .finish()
     }
 }
 
-/// Typed per-route cache policy.
-#[derive(Debug, Clone)]
-pub struct RoutePolicy {}
+static GLOBAL: OnceCell<&'static Cache> = OnceCell::new();
 
-impl RoutePolicy {
-    /// Converts a route's `cache` table.
-    pub fn from_file(
-        _f: &RouteCacheFile,
-        _pattern: Option<&PathPattern>,
-        _methods: &[http::Method],
-        _key: &str,
-        _p: &mut Problems,
-    ) -> Option<RoutePolicy> {
-        Some(RoutePolicy {})
+impl Cache {
+    /// Builds a cache and leaks it (once per process; tests and benches may build more).
+    pub fn leak(config: &CacheConfig) -> &'static Cache {
+        // Stored headers are zstd-compressed with this raw-content dictionary. It is part of the
+        // stored format: changing it makes older entries undecodable (misses), so bump the key
+        // version in `key.rs` with it. Setting it twice is a no-op.
+        pingora::cache::set_compression_dict_content(std::borrow::Cow::Borrowed(HEADER_DICT));
+        let redis = config.redis_url.as_deref().and_then(|url| {
+            match Redis::new(url, config.redis_timeout) {
+                Ok(r) => Some(&*Box::leak(Box::new(r))),
+                Err(e) => {
+                    tracing::error!(error = %e, "Cache Redis URL unusable; caching in memory only.");
+                    None
+                }
+            }
+        });
+        if redis.is_none() && config.l1_max_bytes == 0 {
+            tracing::warn!(
+                "cache.memory.max_bytes is 0 and there is no cache.redis_url: nothing will be cached."
+            );
+        }
+        // Generation keys outlive every entry keyed under them (see `generations`).
+        let retention = config.max_ttl + config.generation_cache_ttl + Duration::from_secs(3600);
+        let cache = Cache {
+            storage: TieredStorage::new(
+                config.l1_max_bytes,
+                redis,
+                &config.key_prefix,
+                config.max_ttl,
+            ),
+            lock: CacheLock::new_boxed(config.lock_timeout),
+            generations: Generations::new(
+                &config.key_prefix,
+                redis,
+                config.generation_cache_ttl,
+                retention,
+            ),
+            redis,
+            settings: config.clone(),
+        };
+        Box::leak(Box::new(cache))
     }
+
+    /// The process-wide cache, built from the first config it is asked for.
+    pub fn global(config: &CacheConfig) -> &'static Cache {
+        let cache = *GLOBAL.get_or_init(|| Cache::leak(config));
+        if cache.settings.backend_settings() != config.backend_settings()
+            || cache.settings.max_ttl != config.max_ttl
+            || cache.settings.lock_timeout != config.lock_timeout
+        {
+            tracing::warn!("Cache storage settings changed; they take effect on restart.");
+        }
+        cache
+    }
+
+    /// Whether anything can be stored (an L1, Redis, or both).
+    pub fn can_store(&self) -> bool {
+        self.redis.is_some() || self.settings.l1_max_bytes > 0
+    }
+
+    /// Redis state for `/ready`: `None` without Redis, else whether it is connected.
+    pub fn redis_connected(&self) -> Option<bool> {
+        self.redis.map(|r| r.connected())
+    }
+
+    /// Sets the L1 gauges.
+    pub fn refresh_gauges(&self) {
+        self.storage.refresh_gauges();
+    }
+
+    /// The background service keeping the invalidation subscription (with Redis only).
+    pub fn listener(&'static self) -> Option<GenBackgroundService<Listener>> {
+        self.redis?;
+        Some(background_service(
+            "cache invalidation",
+            Listener { cache: self },
+        ))
+    }
+
+    /// Serves `POST /purge`: bumps the generations named by `req` and tells other instances.
+    pub async fn purge(&'static self, req: &PurgeRequest) -> Result<usize, PurgeError> {
+        let prefix = self.generations.prefix();
+        let keys: Vec<String> = match (req.all, &req.tenant, req.resources.is_empty()) {
+            (true, None, true) => vec![self.generations.epoch_key().to_string()],
+            (true, _, _) => {
+                return Err(PurgeError::Invalid(
+                    "`all` cannot be combined with `tenant` or `resources`".into(),
+                ))
+            }
+            (false, None, true) => {
+                return Err(PurgeError::Invalid(
+                    "name a `tenant`, `resources`, or both; or send {\"all\": true}".into(),
+                ))
+            }
+            (false, Some(t), _) if t.is_empty() => {
+                return Err(PurgeError::Invalid("`tenant` is empty".into()))
+            }
+            (false, tenant, _) => {
+                let ns = tenant
+                    .as_deref()
+                    .map_or_else(|| key::PUBLIC_NAMESPACE.to_string(), key::escape);
+                if req.resources.is_empty() {
+                    vec![key::namespace_key(prefix, &ns)]
+                } else if let Some(r) = req.resources.iter().find(|r| r.is_empty()) {
+                    return Err(PurgeError::Invalid(format!("empty resource name {r:?}")));
+                } else {
+                    req.resources
+                        .iter()
+                        .map(|r| key::resource_key(prefix, &ns, r))
+                        .collect()
+                }
+            }
+        };
+        match self.generations.bump(&keys, req.all, PURGE_TIMEOUT).await {
+            Bumped::Done => {
+                if req.all {
+                    self.storage.clear_l1();
+                }
+                metrics::CACHE_INVALIDATIONS
+                    .with_label_values(&["purge"])
+                    .inc();
+                tracing::info!(tenant = ?req.tenant, resources = ?req.resources, all = req.all, "Cache purged.");
+                Ok(keys.len())
+            }
+            Bumped::Failed => Err(PurgeError::Backend),
+        }
+    }
+
+    /// Bumps the generations a successful write touched, retrying in the background if Redis
+    /// does not answer in time.
+    async fn invalidate(&'static self, keys: Vec<String>, route: &str) {
+        let deadline = self.settings.redis_timeout;
+        if self.generations.bump(&keys, false, deadline).await == Bumped::Done {
+            metrics::CACHE_INVALIDATIONS
+                .with_label_values(&["write"])
+                .inc();
+            return;
+        }
+        let route = route.to_string();
+        tracing::warn!(%route, "Write could not invalidate the cache in time; retrying in the background.");
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let mut wait = Duration::from_millis(100);
+            while started.elapsed() < INVALIDATION_RETRY_FOR {
+                tokio::time::sleep(wait).await;
+                if self.generations.bump(&keys, false, PURGE_TIMEOUT).await == Bumped::Done {
+                    metrics::CACHE_INVALIDATIONS
+                        .with_label_values(&["write"])
+                        .inc();
+                    tracing::info!(%route, "Delayed cache invalidation done.");
+                    return;
+                }
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            tracing::error!(%route, keys = ?keys, "Cache invalidation after a write failed; dependent entries stay until their TTL.");
+        });
+    }
+}
+
+/// Keeps the invalidation subscription running.
+pub struct Listener {
+    cache: &'static Cache,
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for Listener {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let cache = self.cache;
+        cache
+            .generations
+            .listen(move || cache.storage.clear_l1(), shutdown)
+            .await;
+    }
+}
+
+/// Body of `POST /purge`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeRequest {
+    /// The tenant whose entries to invalidate; absent means publicly scoped entries.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Resources/tags to invalidate (e.g. `"invoice:42"`, `"invoices"`); empty with a tenant
+    /// means everything of that tenant.
+    #[serde(default)]
+    pub resources: Vec<String>,
+    /// Invalidate everything, on every instance.
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// Why a purge failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PurgeError {
+    /// The request names nothing sensible.
+    #[error("invalid purge request: {0}")]
+    Invalid(String),
+    /// Redis did not take the invalidation.
+    #[error("the cache backend (Redis) did not answer; nothing was purged, try again")]
+    Backend,
+}
+
+// === Per request ===
+
+/// The cache's part of the per-request context.
+#[derive(Debug, Default)]
+pub struct RequestCache {
+    state: State,
+    /// A stale copy was served because the upstream failed.
+    served_stale: bool,
+}
+
+#[derive(Debug, Default)]
+enum State {
+    /// The route is not cached (or the cache is off).
+    #[default]
+    Off,
+    /// The route is cached but this request cannot use the cache.
+    Bypass,
+    /// The request uses the cache under this key; `tag` names its scope.
+    Ready { primary: Vec<u8>, tag: String },
+}
+
+impl RequestCache {
+    /// Whether the request goes through the cache.
+    pub fn is_ready(&self) -> bool {
+        matches!(self.state, State::Ready { .. })
+    }
+}
+
+// === Phase hooks ===
+
+/// `request_filter`, last: decides whether the request may use the cache and builds its key
+/// (reading generations, from memory or Redis under the deadline).
+pub async fn prepare(session: &Session, ctx: &mut Ctx) {
+    let state = {
+        let route = ctx.route();
+        let Some(policy) = &route.cache else { return };
+        let config = &ctx.pipeline.config.cache;
+        let cache = ctx.pipeline.cache;
+        let req = session.req_header();
+        if !config.enabled {
+            State::Off
+        } else if !(req.method == http::Method::GET || req.method == http::Method::HEAD)
+            || !cache.can_store()
+        {
+            State::Bypass
+        } else if let Some(scope) = ScopeId::of(policy.scope, &ctx.identity) {
+            let prefix = cache.generations.prefix();
+            let ns = scope.namespace();
+            let mut keys = Vec::with_capacity(2 + policy.resources.len());
+            keys.push(cache.generations.epoch_key().to_string());
+            keys.push(key::namespace_key(prefix, &ns));
+            for r in &policy.resources {
+                keys.push(key::resource_key(prefix, &ns, &r.render(&ctx.params)));
+            }
+            match cache.generations.current(&keys).await {
+                Some(gens) => State::Ready {
+                    primary: key::primary(
+                        &route.name,
+                        req.uri.path(),
+                        req.uri.query(),
+                        &scope,
+                        &gens,
+                    ),
+                    tag: scope.tag(),
+                },
+                None => State::Bypass,
+            }
+        } else {
+            State::Bypass
+        }
+    };
+    ctx.cache.state = state;
+}
+
+/// `request_cache_filter`: turns Pingora's cache on for requests [`prepare`] made ready.
+pub fn request_cache_filter(session: &mut Session, ctx: &mut Ctx) {
+    if !ctx.cache.is_ready() {
+        return;
+    }
+    let cache: &'static Cache = ctx.pipeline.cache;
+    let config = &ctx.pipeline.config.cache;
+    let mut overrides = CacheOptionOverrides::default();
+    overrides.wait_timeout = Some(config.lock_timeout);
+    session.cache.enable(
+        &cache.storage,
+        None,
+        None,
+        Some(cache.lock.as_ref()),
+        Some(overrides),
+    );
+    session.cache.set_max_file_size_bytes(config.max_body);
+}
+
+/// `cache_key_callback`: the key built by [`prepare`]; the route name tags it for metrics.
+pub fn cache_key(ctx: &Ctx) -> Result<CacheKey> {
+    match &ctx.cache.state {
+        State::Ready { primary, .. } => {
+            Ok(CacheKey::new(primary.clone(), ctx.route().name.clone()))
+        }
+        _ => Error::e_explain(
+            ErrorType::InternalError,
+            "cache key asked for an uncached request",
+        ),
+    }
+}
+
+/// `cache_hit_filter`: an entry whose recorded scope differs from the request's is never served
+/// (the key already prevents it; this is the second line of defence).
+pub fn cache_hit_filter(meta: &CacheMeta, ctx: &Ctx) -> Option<ForcedFreshness> {
+    let State::Ready { tag, .. } = &ctx.cache.state else {
+        return Some(ForcedFreshness::ForceMiss);
+    };
+    match meta.headers().get(SCOPE_HEADER) {
+        Some(v) if v.as_bytes() == tag.as_bytes() => None,
+        stored => {
+            tracing::error!(request_id = %ctx.request_id, expected = %tag, stored = ?stored, "Cache entry scope mismatch; not served.");
+            Some(ForcedFreshness::ForceMiss)
+        }
+    }
+}
+
+/// `response_cache_filter`: whether the origin response is stored (see [`policy`]).
+pub fn response_cache_filter(resp: &ResponseHeader, ctx: &Ctx) -> RespCacheable {
+    let (State::Ready { tag, .. }, Some(policy)) = (&ctx.cache.state, &ctx.route().cache) else {
+        return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
+    };
+    let config = &ctx.pipeline.config.cache;
+    let max_ttl = ctx.pipeline.cache.settings.max_ttl;
+    policy::decide(
+        resp,
+        policy,
+        &config.statuses,
+        max_ttl,
+        tag,
+        SystemTime::now(),
+    )
+}
+
+/// `cache_vary_filter`: the values of the request headers the origin named in `Vary`.
+pub fn cache_vary_filter(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+    let mut names: Vec<String> = meta
+        .headers()
+        .get_all(http::header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    names.sort();
+    names.dedup();
+    let mut variance = VarianceBuilder::new();
+    for name in &names {
+        let value = req
+            .headers
+            .get(name.as_str())
+            .map(|v| v.as_bytes())
+            .unwrap_or(b"");
+        variance.add_value(name, value);
+    }
+    variance.finalize()
+}
+
+/// `should_serve_stale`: within `stale_while_revalidate` (no error) always; within
+/// `stale_if_error` when the upstream failed, timed out, answered 5xx or had no healthy server.
+/// Pingora checks the windows themselves.
+pub fn should_serve_stale(ctx: &mut Ctx, error: Option<&Error>) -> bool {
+    let Some(e) = error else { return true };
+    let upstream_failed = !matches!(e.esource(), ErrorSource::Downstream)
+        && match e.etype() {
+            ErrorType::HTTPStatus(code) => *code >= 500,
+            _ => true,
+        };
+    if upstream_failed {
+        ctx.cache.served_stale = true;
+    }
+    upstream_failed
+}
+
+/// `response_filter`: sets the cache status (`x-cache` is added by the proxy from
+/// `ctx.cache_status`) and `Age` on stale answers, removes the internal scope header, and after a
+/// successful write bumps the generations the route `invalidates` — before the response is
+/// sent, so the client's next read cannot race it.
+pub async fn response_filter(session: &Session, resp: &mut ResponseHeader, ctx: &mut Ctx) {
+    resp.remove_header(SCOPE_HEADER);
+    let status = match &ctx.cache.state {
+        State::Off => None,
+        State::Bypass => Some("BYPASS"),
+        State::Ready { .. } => Some(if ctx.cache.served_stale {
+            "STALE"
+        } else {
+            match session.cache.phase() {
+                CachePhase::Hit => "HIT",
+                CachePhase::Stale | CachePhase::StaleUpdating => "STALE",
+                CachePhase::Expired
+                | CachePhase::Revalidated
+                | CachePhase::RevalidatedNoCache(_) => "EXPIRED",
+                _ => "MISS",
+            }
+        }),
+    };
+    if status == Some("STALE") && resp.headers.get(http::header::AGE).is_none() {
+        if let Some(meta) = session.cache.maybe_cache_meta() {
+            let _ = resp.insert_header(http::header::AGE, meta.age().as_secs().to_string());
+        }
+    }
+    if status.is_some() {
+        ctx.cache_status = status;
+    }
+
+    let method = &session.req_header().method;
+    let route = ctx.route();
+    if route.invalidates.is_empty() || method.is_safe() || !resp.status.is_success() {
+        return;
+    }
+    let cache: &'static Cache = ctx.pipeline.cache;
+    let prefix = cache.generations.prefix();
+    let resources: Vec<String> = route
+        .invalidates
+        .iter()
+        .map(|t| t.render(&ctx.params))
+        .collect();
+    let mut namespaces = vec![key::PUBLIC_NAMESPACE.to_string()];
+    if let Some(t) = ctx.identity.tenant.as_deref().filter(|t| !t.is_empty()) {
+        namespaces.push(key::escape(t));
+    }
+    let keys = namespaces
+        .iter()
+        .flat_map(|ns| {
+            resources
+                .iter()
+                .map(move |r| key::resource_key(prefix, ns, r))
+        })
+        .collect();
+    let route_name = route.name.clone();
+    cache.invalidate(keys, &route_name).await;
+}
+
+/// `logging`: counts the lookup in `omsgate_cache_requests_total{route,result}`.
+pub fn logging(ctx: &mut Ctx) {
+    if ctx.cache_status.is_none() && ctx.cache.is_ready() {
+        // Failed before a response (e.g. 502 with no stale copy): it was a miss.
+        ctx.cache_status = Some("MISS");
+    }
+    let result = match ctx.cache_status {
+        Some("HIT") => "hit",
+        Some("MISS") => "miss",
+        Some("STALE") => "stale",
+        Some("BYPASS") => "bypass",
+        Some("EXPIRED") => "expired",
+        _ => return,
+    };
+    metrics::CACHE_REQUESTS
+        .with_label_values(&[&ctx.route().name, result])
+        .inc();
 }

@@ -2,9 +2,11 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod audit_sink;
 pub mod check_config;
 pub mod demo;
 pub mod migrate;
+pub mod print_config;
 pub mod run;
 pub mod seed_db;
 pub mod sim;
@@ -32,11 +34,16 @@ pub enum Command {
     Sim(sim::Args),
     /// Validate a config file: exit 0, or list every problem and exit 64.
     CheckConfig(check_config::Args),
+    /// Print the effective config (defaults filled in, secrets masked) as TOML.
+    PrintConfig(print_config::Args),
     /// Apply the bundled migrations (indexes, query functions) to the OMS database, or show
     /// their `status`.
     Migrate(migrate::Args),
     /// Fill a PostgreSQL database with the simulated OMS's data (reference schema included).
     SeedDb(seed_db::Args),
+    /// Load the audit topic into the OMS's `audit_events` table (consumer group, batches,
+    /// offsets committed after the database transaction).
+    AuditSink(audit_sink::Args),
 }
 
 /// Runs the chosen subcommand and returns the exit code.
@@ -46,7 +53,9 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Demo(a) => demo::main(a),
         Command::Sim(a) => sim::main(a),
         Command::CheckConfig(a) => check_config::main(a),
+        Command::PrintConfig(a) => print_config::main(a),
         Command::Migrate(a) => migrate::main(a),
         Command::SeedDb(a) => seed_db::main(a),
+        Command::AuditSink(a) => audit_sink::main(a),
     }
 }

@@ -19,6 +19,8 @@ pub struct Args {
 
 /// Loads the config (exit 64 with every problem when invalid) and runs the server.
 pub fn main(args: Args) -> i32 {
+    // First of all: from here on a SIGHUP (a reload) can no longer terminate the process.
+    crate::reload::install_hangup_handler();
     let config = match crate::config::Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {

@@ -5,14 +5,17 @@
 //! can be compared byte for byte with the simulated legacy API. Each tenant has its own random
 //! stream, so a tenant's data does not depend on how many tenants are generated.
 //!
+//! The stream is SplitMix64 rather than `rand`'s `StdRng`: its output is fixed by the few lines
+//! here (`StdRng`'s may change between `rand` releases, and the data must not), and it stays fast
+//! in unoptimised test builds, where ChaCha costs microseconds per number.
+//!
 //! [`invoice_json`] and [`payment_json`] give the legacy API's JSON (key order included); the
 //! [`Serialize`] impls of [`Invoice`] and [`Payment`] write the same JSON without building a
 //! `serde_json::Value`.
 
 use std::fmt;
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Serialize, Serializer};
 use uuid::Uuid;
@@ -193,7 +196,7 @@ pub fn generate(seed: u64, tenants: usize, invoices_per_tenant: usize) -> Datase
     };
     for t in 0..tenants {
         let tenant = tenant_at(t);
-        let mut rng = StdRng::seed_from_u64(tenant_seed(seed, t));
+        let mut rng = SeedRng(tenant_seed(seed, t));
         generate_tenant(&mut rng, &tenant.id, invoices_per_tenant, &mut out);
         out.tenants.push(tenant);
     }
@@ -215,50 +218,58 @@ pub fn tenant_at(i: usize) -> Tenant {
 }
 
 fn tenant_seed(seed: u64, index: usize) -> u64 {
-    // Golden-ratio spreading keeps neighbouring tenants' streams unrelated.
-    seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    // SplitMix64 streams are one sequence entered at different points, so start states must be
+    // scattered (hashed), not evenly spaced, or neighbouring tenants would share their numbers.
+    mix64(mix64(seed) ^ index as u64)
 }
 
-fn generate_tenant(rng: &mut StdRng, tenant_id: &str, n: usize, out: &mut Dataset) {
+/// SplitMix64's output function: a bijective 64-bit hash.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn generate_tenant(rng: &mut SeedRng, tenant_id: &str, n: usize, out: &mut Dataset) {
     // Numbers ascend with dates, as in a real ledger: draw the dates first, then number them.
     let mut days: Vec<i64> = (0..n)
-        .map(|_| FIRST_DAY + rng.random_range(0..DAY_SPAN))
+        .map(|_| FIRST_DAY + rng.below_i64(DAY_SPAN))
         .collect();
     days.sort_unstable();
     for (i, day) in days.into_iter().enumerate() {
-        let id = random_uuid(rng);
-        let status = match rng.random_range(0..100) {
+        let id = rng.uuid();
+        let status = match rng.below(100) {
             0..10 => "draft",
             10..40 => "open",
             40..90 => "paid",
             _ => "void",
         };
-        let line_count = rng.random_range(1..=8);
+        let line_count = 1 + rng.pick(8);
         let mut lines = Vec::with_capacity(line_count);
         for line_no in 1..=line_count {
-            let p = rng.random_range(0..PRODUCTS.len());
+            let p = rng.pick(PRODUCTS.len());
             let (description, unit_price_cents) = PRODUCTS[p];
-            let quantity = rng.random_range(1..=20);
+            let quantity = 1 + rng.below_i64(20);
             lines.push(InvoiceLine {
-                id: random_uuid(rng),
+                id: rng.uuid(),
                 line_no: line_no as i32,
                 sku: format!("SKU-{}", 10_000 + p * 37),
                 description: description.into(),
-                quantity,
+                quantity: quantity as i32,
                 unit_price_cents,
-                amount_cents: i64::from(quantity) * unit_price_cents,
+                amount_cents: quantity * unit_price_cents,
             });
         }
         let total_cents = lines.iter().map(|l| l.amount_cents).sum();
-        let created = day * 86_400 + rng.random_range(8 * 3_600..18 * 3_600);
+        let created = day * 86_400 + 8 * 3_600 + rng.below_i64(10 * 3_600);
         let updated = match status {
             "draft" => created,
-            "open" => created + rng.random_range(0..2 * 86_400),
-            _ => created + rng.random_range(86_400..30 * 86_400),
+            "open" => created + rng.below_i64(2 * 86_400),
+            _ => created + 86_400 + rng.below_i64(29 * 86_400),
         };
-        let method = METHODS[rng.random_range(0..METHODS.len())];
-        let payment = |rng: &mut StdRng, amount_cents: i64, on: i64| Payment {
-            id: random_uuid(rng),
+        let method = METHODS[rng.pick(METHODS.len())];
+        let payment = |rng: &mut SeedRng, amount_cents: i64, on: i64| Payment {
+            id: rng.uuid(),
             tenant_id: tenant_id.into(),
             invoice_id: id,
             payment_date: date(on),
@@ -266,9 +277,9 @@ fn generate_tenant(rng: &mut StdRng, tenant_id: &str, n: usize, out: &mut Datase
             method: method.into(),
         };
         match status {
-            "paid" if rng.random_bool(0.15) && total_cents >= 2 => {
+            "paid" if rng.below(100) < 15 && total_cents >= 2 => {
                 let first = total_cents / 2;
-                let first_day = day + rng.random_range(0..15);
+                let first_day = day + rng.below_i64(15);
                 out.payments.push(payment(rng, first, first_day));
                 out.payments
                     .push(payment(rng, total_cents - first, updated / 86_400));
@@ -276,8 +287,8 @@ fn generate_tenant(rng: &mut StdRng, tenant_id: &str, n: usize, out: &mut Datase
             "paid" => out
                 .payments
                 .push(payment(rng, total_cents, updated / 86_400)),
-            "open" if rng.random_bool(0.25) => {
-                let share = rng.random_range(10..=90);
+            "open" if rng.below(100) < 25 => {
+                let share = 10 + rng.below_i64(81);
                 let amount = (total_cents * share / 100).max(1);
                 out.payments.push(payment(rng, amount, updated / 86_400));
             }
@@ -289,8 +300,8 @@ fn generate_tenant(rng: &mut StdRng, tenant_id: &str, n: usize, out: &mut Datase
             invoice_number: format!("INV-{:06}", i + 1),
             invoice_status: status.into(),
             invoice_date: date(day),
-            customer: CUSTOMERS[rng.random_range(0..CUSTOMERS.len())].into(),
-            currency: CURRENCIES[rng.random_range(0..CURRENCIES.len())].into(),
+            customer: CUSTOMERS[rng.pick(CUSTOMERS.len())].into(),
+            currency: CURRENCIES[rng.pick(CURRENCIES.len())].into(),
             total_cents,
             created_at: timestamp(created),
             updated_at: timestamp(updated),
@@ -299,7 +310,40 @@ fn generate_tenant(rng: &mut StdRng, tenant_id: &str, n: usize, out: &mut Datase
     }
 }
 
-/// A version 4 UUID from the generator's bytes.
+/// SplitMix64 (Steele, Lea and Flood, 2014): the seed data's random stream.
+struct SeedRng(u64);
+
+impl SeedRng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        mix64(self.0)
+    }
+
+    /// Uniform in `0..n` (multiply-shift; its bias, below n / 2^64, does not matter here).
+    fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+
+    /// Uniform in `0..n` for a positive `n`.
+    fn below_i64(&mut self, n: i64) -> i64 {
+        self.below(n.unsigned_abs()) as i64
+    }
+
+    /// A uniform index into a slice of `len` items.
+    fn pick(&mut self, len: usize) -> usize {
+        self.below(len as u64) as usize
+    }
+
+    /// A version 4 UUID from the next 16 bytes.
+    fn uuid(&mut self) -> Uuid {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&self.next_u64().to_le_bytes());
+        bytes[8..].copy_from_slice(&self.next_u64().to_le_bytes());
+        uuid::Builder::from_random_bytes(bytes).into_uuid()
+    }
+}
+
+/// A random version 4 UUID (for rows created at run time).
 pub fn random_uuid<R: Rng + ?Sized>(rng: &mut R) -> Uuid {
     uuid::Builder::from_random_bytes(rng.random::<[u8; 16]>()).into_uuid()
 }
@@ -533,6 +577,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_random_stream_is_splitmix64() {
+        // Reference output of SplitMix64 seeded with 1234567.
+        let mut r = SeedRng(1_234_567);
+        assert_eq!(r.next_u64(), 6_457_827_717_110_365_317);
+        assert_eq!(r.next_u64(), 3_203_168_211_198_807_973);
+        let mut r = SeedRng(5);
+        assert!((0..1_000).all(|_| r.below(6) < 6));
+        assert_eq!(r.uuid().get_version_num(), 4);
+    }
+
+    #[test]
     fn same_seed_same_data_other_seed_other_data() {
         let a = generate(7, 3, 50);
         assert_eq!(a, generate(7, 3, 50));
@@ -552,8 +607,8 @@ mod tests {
 
     #[test]
     fn invariants_hold() {
-        let d = generate(42, 5, 300);
-        assert_eq!(d.invoices.len(), 1_500);
+        let d = generate(42, 12, 300);
+        assert_eq!(d.invoices.len(), 3_600);
         let mut ids = std::collections::HashSet::new();
         for inv in &d.invoices {
             assert!(ids.insert(inv.id));

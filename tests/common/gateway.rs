@@ -191,10 +191,11 @@ impl Gateway {
             if self.try_wait().is_some() {
                 return true;
             }
+            // The public listener is bound by another service than the admin one: wait for both.
             matches!(
                 http_get(self.admin, "/health", Duration::from_secs(2)),
                 Some((200, _))
-            )
+            ) && super::port_open(self.listen)
         });
         if let Some(status) = self.try_wait() {
             self.log_shown.store(true, Ordering::Relaxed);

@@ -9,10 +9,12 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod gateway;
+pub mod load;
 pub mod services;
 pub mod upstream;
 
 pub use gateway::{metric_in, Gateway};
+pub use load::{Connections, Load};
 pub use services::{
     create_topic, database_url, kafka_brokers, redis_ping, redis_url, tansu_bin, unique,
     PrivateRedis, PrivateTansu,

@@ -9,9 +9,10 @@
 //! |---|---|
 //! | `/echo` (and any unknown path) | 200 JSON: `method`, `path`, `query`, `headers` (lowercased names), `body_len`, `seq`, `upstream` |
 //! | `/status/{code}` | that status, JSON body `{"status":code}` (empty for 1xx/204/304) |
-//! | `/bytes/{n}?type=T` | `n` bytes of deterministic JSON-like text, `Content-Type: T` (default `application/json`) |
+//! | `/bytes/{n}?type=T&encoding=E` | `n` bytes of deterministic JSON-like text, `Content-Type: T` (default `application/json`); with `encoding=gzip` or `br` those bytes encoded, with `Content-Encoding: E` |
 //! | `/slow/{ms}` | waits `ms` milliseconds, then 200 `slow` |
 //! | `/chunked?chunks=N&delay_ms=D&size=S&type=T` | `N` chunks (default 4) of `S` bytes (default 1024), `D` ms apart (default 0), no `Content-Length` |
+//! | `/etag/{tag}?body_len=N&type=T` | 200 with `ETag: "tag"` and `N` bytes (default 20000); 304 when `If-None-Match` lists `"tag"` exactly (string comparison, like many origins: `W/"tag"` does not match) |
 //! | `/headers?Name=Value&...` | 200 with those response headers; body `ok`, or `body_len` bytes; `status=` sets the status |
 //! | `/health` | 200 `ok`, or 503 after [`TestUpstream::set_healthy(false)`](TestUpstream::set_healthy) |
 //!
@@ -59,7 +60,7 @@ pub struct TestUpstream {
     pub addr: SocketAddr,
     state: Arc<State>,
     shutdown: tokio::sync::watch::Sender<bool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 struct State {
@@ -119,7 +120,7 @@ impl TestUpstream {
             addr,
             state,
             shutdown,
-            thread: Some(thread),
+            thread: Mutex::new(Some(thread)),
         }
     }
 
@@ -191,9 +192,10 @@ impl TestUpstream {
 
     /// Stops abruptly: the listener is closed (new connections are refused) and every open
     /// connection is dropped mid-flight. Returns once both have happened.
-    pub fn kill(&mut self) {
+    pub fn kill(&self) {
         let _ = self.shutdown.send(true);
-        if let Some(thread) = self.thread.take() {
+        let thread = self.thread.lock().take();
+        if let Some(thread) = thread {
             let _ = thread.join();
         }
     }
@@ -299,9 +301,18 @@ async fn route(
             Ok(code) => status_response(code),
             Err(_) => text(StatusCode::BAD_REQUEST, "bad status code"),
         },
-        ["bytes", n] => match n.parse::<usize>() {
-            Ok(n) => with_type(Response::new(full(deterministic_body(n))), &content_type),
-            Err(_) => text(StatusCode::BAD_REQUEST, "bad byte count"),
+        ["bytes", n] => match (n.parse::<usize>(), param("encoding")) {
+            (Ok(n), None) => with_type(Response::new(full(deterministic_body(n))), &content_type),
+            (Ok(n), Some(coding)) => match encode(coding, &deterministic_body(n)) {
+                Some(body) => {
+                    let mut r = with_type(Response::new(full(body)), &content_type);
+                    r.headers_mut()
+                        .insert(hyper::header::CONTENT_ENCODING, value(coding));
+                    r
+                }
+                None => text(StatusCode::BAD_REQUEST, "encoding is gzip or br"),
+            },
+            (Err(_), _) => text(StatusCode::BAD_REQUEST, "bad byte count"),
         },
         ["slow", ms] => match ms.parse() {
             Ok(ms) => {
@@ -330,6 +341,23 @@ async fn route(
                 Response::new(StreamBody::new(stream).boxed_unsync()),
                 &content_type,
             )
+        }
+        ["etag", tag] => {
+            let etag = value(&format!("\"{tag}\""));
+            let matched = seen
+                .headers
+                .get("if-none-match")
+                .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+            let mut response = if matched {
+                let mut r = Response::new(full(Vec::new()));
+                *r.status_mut() = StatusCode::NOT_MODIFIED;
+                r
+            } else {
+                let n = usize::try_from(number("body_len", 20_000)).unwrap_or(20_000);
+                with_type(Response::new(full(deterministic_body(n))), &content_type)
+            };
+            response.headers_mut().insert(hyper::header::ETAG, etag);
+            response
         }
         ["headers"] => {
             let body = match param("body_len").and_then(|n| n.parse().ok()) {
@@ -378,6 +406,26 @@ async fn route(
 }
 
 // === Helpers ===
+
+/// `body` encoded with `coding` (`gzip` or `br`).
+fn encode(coding: &str, body: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Write;
+    match coding {
+        "gzip" => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(body).ok()?;
+            e.finish().ok()
+        }
+        "br" => {
+            let mut out = Vec::new();
+            let mut e = brotli::CompressorWriter::new(&mut out, 4096, 5, 19);
+            e.write_all(body).ok()?;
+            drop(e);
+            Some(out)
+        }
+        _ => None,
+    }
+}
 
 fn full(body: impl Into<Bytes>) -> Body {
     Full::new(body.into()).boxed_unsync()

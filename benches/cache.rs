@@ -1,0 +1,568 @@
+//! `cargo bench --bench cache`: the response cache.
+//!
+//! 1. Throughput, side by side, on the simulated OMS with latency 0 (`/__blob/{n}` bodies):
+//!    pass-through (no cache), hits from the L1, hits from Redis only (L1 off), and the miss path
+//!    (every request a new key: lookup, fetch, store in L1 and Redis).
+//! 2. The seed scenario: the simulated OMS with 500 ms latency and 4 workers, 1000 invoices,
+//!    500 concurrent clients each looping over a Zipf-distributed (s = 1) mix of 90 % invoice
+//!    reads and 10 % writes (PATCH, invalidating the invoice), with and without omsgate's cache.
+//!    Prints mean/p99 latency and OMS requests per client request. Requests still running when
+//!    the run ends are cut off after a grace period and counted with the time they had waited
+//!    (so the no-cache mean is a lower bound).
+//!
+//! Prints a table and writes `target/bench-cache.json`. Needs Redis at
+//! `OMSGATE_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`) for the Redis rows.
+//! Environment: `OMSGATE_BENCH_SECS` (default 8), `OMSGATE_BENCH_CONNECTIONS` (default 64),
+//! `OMSGATE_BENCH_BODY` (default 20000), `OMSGATE_BENCH_SEED_SECS` (default 20),
+//! `OMSGATE_BENCH_SEED_CLIENTS` (default 500). Targets (issue 3): L1 hit ≥ 1.5× pass-through
+//! req/s, Redis-only hit ≥ 0.8×, seed scenario mean latency under 20 ms with the cache.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use omsgate::loadgen::{self, LoadReport, LoadSpec};
+use omsgate::sim::{SimOptions, DEMO_JWT_SECRET};
+use rand::{Rng, SeedableRng};
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn redis_url() -> String {
+    std::env::var("OMSGATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr")
+}
+
+fn wait_port(addr: SocketAddr) {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{addr} did not open");
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn bench_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-cache");
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+fn start_sim(addr: SocketAddr, latency_ms: u64, workers: usize, invoices: usize) -> Proc {
+    let child = Command::new(env!("CARGO_BIN_EXE_omsgate"))
+        .args([
+            "sim",
+            "--listen",
+            &addr.to_string(),
+            "--latency-ms",
+            &latency_ms.to_string(),
+            "--workers",
+            &workers.to_string(),
+            "--tenants",
+            "5",
+            "--invoices",
+            &invoices.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start omsgate sim");
+    wait_port(addr);
+    Proc(child)
+}
+
+fn start_gateway(upstream: SocketAddr, listen: SocketAddr, cache: &str, routes: &str) -> Proc {
+    let admin = free_addr();
+    let prefix = format!("bench_{}_{}:", std::process::id(), listen.port());
+    let cfg = format!(
+        r#"
+[server]
+listen = "{listen}"
+threads = 1
+[admin]
+listen = "{admin}"
+[upstream]
+servers = ["{upstream}"]
+keepalive_pool = 512
+read_timeout = "120s"
+[identity]
+mode = "jwt"
+jwt_secret = "{DEMO_JWT_SECRET}"
+[log]
+level = "warn"
+[cache]
+key_prefix = "{prefix}"
+{cache}
+{routes}
+"#
+    );
+    let path = bench_dir().join(format!("gateway-{}.toml", listen.port()));
+    std::fs::write(&path, cfg).expect("write bench config");
+    let child = Command::new(env!("CARGO_BIN_EXE_omsgate"))
+        .args(["run", "--config", path.to_str().unwrap_or_default()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start omsgate run");
+    wait_port(listen);
+    wait_port(admin);
+    std::thread::sleep(Duration::from_millis(200)); // let the Redis connection come up
+    Proc(child)
+}
+
+const BLOB_PLAIN: &str = r#"
+[[route]]
+name = "blob"
+path = "/__blob/{size}"
+"#;
+const BLOB_CACHED: &str = r#"
+[[route]]
+name = "blob"
+path = "/__blob/{size}"
+cache = { ttl = "1h", scope = "public" }
+"#;
+
+/// Misses store every body; a short TTL keeps the shared Redis from filling up.
+const BLOB_MISS: &str = r#"
+[[route]]
+name = "blob"
+path = "/__blob/{size}"
+cache = { ttl = "2s", scope = "public" }
+"#;
+
+// === Part 1: throughput ===
+
+/// The request paths of connection `c`.
+type PathsFor<'a> = dyn Fn(usize) -> Vec<String> + 'a;
+
+#[derive(serde::Serialize)]
+struct Row {
+    target: String,
+    report: LoadReport,
+    vs_pass_through: f64,
+    rss_bytes: u64,
+    cpu_us_per_request: f64,
+}
+
+/// Runs `connections` connections; each gets its own list of paths from `paths_for(c)`.
+fn drive(
+    rt: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    secs: u64,
+    connections: usize,
+    paths_for: &PathsFor,
+) -> LoadReport {
+    let specs: Vec<LoadSpec> = (0..connections)
+        .map(|c| LoadSpec {
+            addr,
+            paths: paths_for(c),
+            headers: vec![],
+            connections: 1,
+            duration: Duration::from_secs(secs),
+        })
+        .collect();
+    let reports = rt.block_on(async {
+        let tasks: Vec<_> = specs
+            .into_iter()
+            .map(|s| tokio::spawn(loadgen::run(s)))
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            if let Ok(r) = t.await {
+                out.push(r);
+            }
+        }
+        out
+    });
+    merge(&reports)
+}
+
+/// Sums per-connection reports; percentiles are the worst connection's (conservative).
+fn merge(reports: &[LoadReport]) -> LoadReport {
+    let mut m = LoadReport::default();
+    let mut weighted = 0u128;
+    for r in reports {
+        m.requests += r.requests;
+        m.non_success += r.non_success;
+        m.errors += r.errors;
+        m.body_bytes += r.body_bytes;
+        m.rps += r.rps;
+        m.seconds = m.seconds.max(r.seconds);
+        m.p50_us = m.p50_us.max(r.p50_us);
+        m.p99_us = m.p99_us.max(r.p99_us);
+        m.p999_us = m.p999_us.max(r.p999_us);
+        weighted += r.mean_us as u128 * r.requests as u128;
+    }
+    m.mean_us = (weighted / (m.requests.max(1) as u128)) as u64;
+    m
+}
+
+fn measure(
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    addr: SocketAddr,
+    pid: u32,
+    paths_for: &PathsFor,
+) -> Row {
+    let secs = env_or("OMSGATE_BENCH_SECS", 8);
+    let conns = env_or("OMSGATE_BENCH_CONNECTIONS", 64) as usize;
+    drive(rt, addr, 1, conns, paths_for); // warm-up: keepalive pools, caches
+    let cpu0 = loadgen::cpu_seconds_of(pid);
+    let report = drive(rt, addr, secs, conns, paths_for);
+    let cpu1 = loadgen::cpu_seconds_of(pid);
+    let cpu_us = if report.requests > 0 {
+        (cpu1 - cpu0) * 1e6 / report.requests as f64
+    } else {
+        0.0
+    };
+    Row {
+        target: name.to_string(),
+        report,
+        vs_pass_through: 0.0,
+        rss_bytes: loadgen::rss_of(pid),
+        cpu_us_per_request: cpu_us,
+    }
+}
+
+fn throughput(rt: &tokio::runtime::Runtime) -> Vec<Row> {
+    let body = env_or("OMSGATE_BENCH_BODY", 20_000);
+    let sim_addr = free_addr();
+    let _sim = start_sim(sim_addr, 0, 0, 10);
+    let same = |_: usize| vec![format!("/__blob/{body}")];
+    // Unique paths per connection and run, so that every request is a miss.
+    let run = std::sync::atomic::AtomicU64::new(0);
+    let unique = |c: usize| {
+        let r = run.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (0..5_000)
+            .map(|i| format!("/__blob/{body}?m={r}-{c}-{i}"))
+            .collect()
+    };
+    let redis = redis_url();
+    let mut rows = Vec::new();
+
+    let variants: [(&str, String, &str, &PathsFor); 4] = [
+        ("pass-through (no cache)", String::new(), BLOB_PLAIN, &same),
+        ("hit, L1", String::new(), BLOB_CACHED, &same),
+        (
+            "hit, Redis only (L1 off)",
+            format!("redis_url = \"{redis}\"\nmemory = {{ max_bytes = 0 }}"),
+            BLOB_CACHED,
+            &same,
+        ),
+        (
+            "miss (fetch + store L1 and Redis)",
+            format!("redis_url = \"{redis}\""),
+            BLOB_MISS,
+            &unique,
+        ),
+    ];
+    for (name, cache, routes, paths) in variants {
+        let addr = free_addr();
+        let gw = start_gateway(sim_addr, addr, &cache, routes);
+        rows.push(measure(rt, name, addr, gw.0.id(), paths));
+    }
+    let base = rows[0].report.rps.max(1e-9);
+    for r in &mut rows {
+        r.vs_pass_through = r.report.rps / base;
+    }
+    rows
+}
+
+// === Part 2: the seed scenario ===
+
+#[derive(Debug, Default, serde::Serialize)]
+struct SeedRow {
+    target: String,
+    clients: usize,
+    completed: u64,
+    cut_off: u64,
+    errors: u64,
+    reads: u64,
+    writes: u64,
+    mean_ms: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    read_mean_ms: f64,
+    backend_requests: u64,
+    backend_per_client_request: f64,
+    client_rps: f64,
+}
+
+/// Zipf (s = 1) over `n` ranks: the cumulative distribution for sampling.
+fn zipf_cdf(n: usize) -> Vec<f64> {
+    let mut acc = 0.0;
+    let mut cdf: Vec<f64> = (1..=n)
+        .map(|k| {
+            acc += 1.0 / k as f64;
+            acc
+        })
+        .collect();
+    for v in &mut cdf {
+        *v /= acc;
+    }
+    cdf
+}
+
+fn sim_requests(rt: &tokio::runtime::Runtime, sim: SocketAddr) -> u64 {
+    rt.block_on(async {
+        let body = reqwest::get(format!("http://{sim}/__stats"))
+            .await
+            .ok()?
+            .json::<serde_json::Value>()
+            .await
+            .ok()?;
+        body["requests"].as_u64()
+    })
+    .unwrap_or(0)
+}
+
+fn seed_scenario(rt: &tokio::runtime::Runtime, cached: bool) -> SeedRow {
+    let secs = env_or("OMSGATE_BENCH_SEED_SECS", 20);
+    let clients = env_or("OMSGATE_BENCH_SEED_CLIENTS", 500) as usize;
+    let opts = SimOptions {
+        tenants: 5,
+        invoices_per_tenant: 200,
+        ..SimOptions::default()
+    };
+    let dataset = opts.dataset();
+    let invoices: Arc<Vec<(String, String)>> = Arc::new(
+        dataset
+            .invoices
+            .iter()
+            .map(|i| (i.tenant_id.clone(), i.id.to_string()))
+            .collect(),
+    );
+    let tokens: Arc<std::collections::HashMap<String, String>> = Arc::new(
+        dataset
+            .tenants
+            .iter()
+            .map(|t| {
+                let tok = omsgate::identity::issue_hs256(
+                    DEMO_JWT_SECRET,
+                    "tenant_id",
+                    &t.id,
+                    &format!("{}-user", t.id),
+                    Duration::from_secs(3600),
+                );
+                (t.id.clone(), tok)
+            })
+            .collect(),
+    );
+    let sim_addr = free_addr();
+    let _sim = start_sim(sim_addr, 500, 4, 200);
+    let routes = if cached {
+        r#"
+[[route]]
+name = "invoice"
+path = "/api/v1/invoices/{id}"
+methods = ["GET", "HEAD"]
+cache = { ttl = "60s", scope = "tenant", stale_while_revalidate = "30s", stale_if_error = "10m", resource = "invoice:{id}" }
+[[route]]
+name = "invoice_write"
+path = "/api/v1/invoices/{id}"
+methods = ["PUT", "PATCH", "DELETE"]
+invalidates = ["invoice:{id}", "invoices"]
+"#
+    } else {
+        r#"
+[[route]]
+name = "invoice"
+path = "/api/v1/invoices/{id}"
+"#
+    };
+    let addr = free_addr();
+    let _gw = start_gateway(sim_addr, addr, "", routes);
+    let backend_before = sim_requests(rt, sim_addr);
+
+    let cdf = Arc::new(zipf_cdf(invoices.len()));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(secs);
+    let grace = Duration::from_secs(10);
+    let results = rt.block_on(async {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(clients)
+            .timeout(Duration::from_secs(secs) + grace)
+            .build()
+            .expect("client");
+        let mut tasks = Vec::new();
+        for c in 0..clients {
+            let (http, invoices, tokens, cdf) =
+                (http.clone(), invoices.clone(), tokens.clone(), cdf.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(c as u64);
+                // (latency µs, is_write, cut off, error)
+                let mut out: Vec<(u64, bool, bool, bool)> = Vec::new();
+                while Instant::now() < deadline {
+                    let u: f64 = rng.random();
+                    let rank = cdf.partition_point(|p| *p < u).min(invoices.len() - 1);
+                    let (tenant, id) = &invoices[rank];
+                    let url = format!("http://{addr}/api/v1/invoices/{id}");
+                    let write = rng.random_range(0..10) == 0;
+                    let req = if write {
+                        http.patch(&url).json(&serde_json::json!({
+                            "customer": format!("Customer {}", rng.random_range(0..1000))
+                        }))
+                    } else {
+                        http.get(&url)
+                    }
+                    .bearer_auth(&tokens[tenant]);
+                    let t = Instant::now();
+                    let cut = deadline + grace;
+                    match tokio::time::timeout_at(cut.into(), async {
+                        let r = req.send().await?;
+                        let ok = r.status().is_success();
+                        r.bytes().await.map(|_| ok)
+                    })
+                    .await
+                    {
+                        Ok(Ok(ok)) => out.push((t.elapsed().as_micros() as u64, write, false, !ok)),
+                        Ok(Err(_)) => {
+                            out.push((t.elapsed().as_micros() as u64, write, false, true))
+                        }
+                        Err(_) => {
+                            out.push((t.elapsed().as_micros() as u64, write, true, false));
+                            break;
+                        }
+                    }
+                }
+                out
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            if let Ok(v) = t.await {
+                all.extend(v);
+            }
+        }
+        all
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let backend = sim_requests(rt, sim_addr).saturating_sub(backend_before);
+
+    let mut lat: Vec<u64> = results.iter().map(|r| r.0).collect();
+    lat.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
+        lat[i] as f64 / 1000.0
+    };
+    let mean = |it: &mut dyn Iterator<Item = u64>| -> f64 {
+        let (n, s) = it.fold((0u64, 0u64), |(n, s), v| (n + 1, s + v));
+        if n == 0 {
+            0.0
+        } else {
+            s as f64 / n as f64 / 1000.0
+        }
+    };
+    let total = results.len() as u64;
+    SeedRow {
+        target: if cached {
+            "omsgate with cache".into()
+        } else {
+            "omsgate without cache".into()
+        },
+        clients,
+        completed: results.iter().filter(|r| !r.2).count() as u64,
+        cut_off: results.iter().filter(|r| r.2).count() as u64,
+        errors: results.iter().filter(|r| r.3).count() as u64,
+        reads: results.iter().filter(|r| !r.1).count() as u64,
+        writes: results.iter().filter(|r| r.1).count() as u64,
+        mean_ms: mean(&mut results.iter().map(|r| r.0)),
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+        read_mean_ms: mean(&mut results.iter().filter(|r| !r.1).map(|r| r.0)),
+        backend_requests: backend,
+        backend_per_client_request: backend as f64 / total.max(1) as f64,
+        client_rps: total as f64 / elapsed,
+    }
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+
+    let rows = throughput(&rt);
+    println!(
+        "\n{:<36} {:>10} {:>8} {:>9} {:>9} {:>10} {:>9} {:>7}",
+        "cache path", "req/s", "× pass", "p50 µs", "p99 µs", "CPU µs/req", "RSS MiB", "errors"
+    );
+    for r in &rows {
+        println!(
+            "{:<36} {:>10.0} {:>8.2} {:>9} {:>9} {:>10.1} {:>9.1} {:>7}",
+            r.target,
+            r.report.rps,
+            r.vs_pass_through,
+            r.report.p50_us,
+            r.report.p99_us,
+            r.cpu_us_per_request,
+            r.rss_bytes as f64 / (1024.0 * 1024.0),
+            r.report.errors + r.report.non_success
+        );
+    }
+
+    let seed = vec![seed_scenario(&rt, false), seed_scenario(&rt, true)];
+    println!(
+        "\nseed scenario: simulated OMS 500 ms x 4 workers, 1000 invoices, Zipf reads + 10% writes, {} clients",
+        seed[0].clients
+    );
+    println!(
+        "{:<24} {:>9} {:>8} {:>9} {:>9} {:>9} {:>10} {:>11} {:>9}",
+        "target",
+        "requests",
+        "cut off",
+        "mean ms",
+        "p50 ms",
+        "p99 ms",
+        "read mean",
+        "OMS/request",
+        "req/s"
+    );
+    for r in &seed {
+        println!(
+            "{:<24} {:>9} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>11.3} {:>9.0}",
+            r.target,
+            r.completed + r.cut_off,
+            r.cut_off,
+            r.mean_ms,
+            r.p50_ms,
+            r.p99_ms,
+            r.read_mean_ms,
+            r.backend_per_client_request,
+            r.client_rps
+        );
+    }
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .map(|p| p.join("bench-cache.json"))
+        .unwrap_or_else(|| PathBuf::from("bench-cache.json"));
+    let json = serde_json::json!({ "throughput": rows, "seed_scenario": seed });
+    if let Ok(text) = serde_json::to_string_pretty(&json) {
+        let _ = std::fs::write(&out, text);
+        println!("\nwrote {}", out.display());
+    }
+}

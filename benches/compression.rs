@@ -1,0 +1,282 @@
+//! `cargo bench --bench compression`: what compression costs and saves through omsgate.
+//!
+//! An in-process upstream answers every request with the same ~20 KB page of invoices in the
+//! legacy API's JSON (from the simulator's generator, so it compresses like the real thing).
+//! The gateway runs as a child process (one worker thread) with a config per row; a
+//! closed-loop keepalive load runs for a fixed time per row. Rows: compression off, a client
+//! without `Accept-Encoding` (identity through an enabled gateway), gzip at levels 1 and 6, br
+//! at 4, zstd at 3. Reported: req/s, latency, CPU µs per request of the gateway process,
+//! response bytes on the wire (body with chunk framing), and the throughput cost relative to
+//! pass-through. Prints a table and writes `target/bench-compression.json`.
+//!
+//! Environment: `OMSGATE_BENCH_SECS` (default 8), `OMSGATE_BENCH_CONNECTIONS` (default 64),
+//! `OMSGATE_BENCH_BODY` (body bytes, default 20000).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use omsgate::loadgen::{self, LoadReport, LoadSpec};
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr")
+}
+
+fn wait_port(addr: SocketAddr) {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{addr} did not open");
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn bench_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-compression");
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+/// A page of invoices as the legacy API writes them, cut to whole objects of about `n` bytes.
+fn invoice_page(n: usize) -> Bytes {
+    let data = omsgate::sim::data::generate(7, 1, 400);
+    let mut out = b"[".to_vec();
+    for inv in &data.invoices {
+        let json = omsgate::sim::data::invoice_json(inv).to_string();
+        if out.len() + json.len() + 1 > n && out.len() > 1 {
+            break;
+        }
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        out.extend_from_slice(json.as_bytes());
+    }
+    out.push(b']');
+    Bytes::from(out)
+}
+
+/// Serves `body` as `application/json` with a length on `addr`, on its own thread.
+fn start_upstream(addr: SocketAddr, body: Bytes) {
+    let listener = std::net::TcpListener::bind(addr).expect("bind the upstream");
+    listener.set_nonblocking(true).expect("non-blocking");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("upstream runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("upstream listener");
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_req: Request<_>| {
+                        let body = body.clone();
+                        async move {
+                            let mut resp = Response::new(Full::new(body));
+                            resp.headers_mut().insert(
+                                hyper::header::CONTENT_TYPE,
+                                hyper::header::HeaderValue::from_static("application/json"),
+                            );
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+    });
+    wait_port(addr);
+}
+
+fn start_gateway(upstream: SocketAddr, listen: SocketAddr, compression: &str) -> Proc {
+    let admin = free_addr();
+    let cfg = format!(
+        r#"
+[server]
+listen = "{listen}"
+threads = 1
+[admin]
+listen = "{admin}"
+[upstream]
+servers = ["{upstream}"]
+keepalive_pool = 256
+[log]
+level = "warn"
+[compression]
+{compression}
+"#
+    );
+    let path = bench_dir().join(format!("gateway-{}.toml", listen.port()));
+    std::fs::write(&path, cfg).expect("write bench config");
+    let child = Command::new(env!("CARGO_BIN_EXE_omsgate"))
+        .args(["run", "--config", path.to_str().unwrap_or_default()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start omsgate run");
+    wait_port(listen);
+    wait_port(admin);
+    Proc(child)
+}
+
+#[derive(serde::Serialize)]
+struct Row {
+    name: String,
+    accept_encoding: Option<String>,
+    report: LoadReport,
+    cpu_us_per_request: f64,
+    wire_bytes_per_response: f64,
+    /// Throughput lost against the pass-through row, in percent.
+    cost_vs_pass_through_pct: f64,
+}
+
+struct Case {
+    name: &'static str,
+    compression: &'static str,
+    accept_encoding: Option<&'static str>,
+}
+
+fn measure(rt: &tokio::runtime::Runtime, upstream: SocketAddr, case: &Case) -> Row {
+    let secs = env_or("OMSGATE_BENCH_SECS", 8);
+    let conns = env_or("OMSGATE_BENCH_CONNECTIONS", 64) as usize;
+    let addr = free_addr();
+    let gw = start_gateway(upstream, addr, case.compression);
+    let pid = gw.0.id();
+    let spec = |d: u64| LoadSpec {
+        addr,
+        paths: vec!["/api/v1/invoices".to_string()],
+        headers: case
+            .accept_encoding
+            .map(|ae| vec![("Accept-Encoding".to_string(), ae.to_string())])
+            .unwrap_or_default(),
+        connections: conns,
+        duration: Duration::from_secs(d),
+    };
+    rt.block_on(loadgen::run(spec(1)));
+    let cpu0 = loadgen::cpu_seconds_of(pid);
+    let report = rt.block_on(loadgen::run(spec(secs)));
+    let cpu1 = loadgen::cpu_seconds_of(pid);
+    drop(gw);
+    let per = |x: f64| {
+        if report.requests > 0 {
+            x / report.requests as f64
+        } else {
+            0.0
+        }
+    };
+    Row {
+        name: case.name.to_string(),
+        accept_encoding: case.accept_encoding.map(str::to_string),
+        cpu_us_per_request: per((cpu1 - cpu0) * 1e6),
+        wire_bytes_per_response: per(report.body_bytes as f64),
+        report,
+        cost_vs_pass_through_pct: 0.0,
+    }
+}
+
+fn main() {
+    let body = invoice_page(env_or("OMSGATE_BENCH_BODY", 20_000) as usize);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let upstream = free_addr();
+    start_upstream(upstream, body.clone());
+
+    let cases = [
+        Case {
+            name: "compression off",
+            compression: "enabled = false",
+            accept_encoding: Some("gzip"),
+        },
+        Case {
+            name: "no Accept-Encoding",
+            compression: "",
+            accept_encoding: None,
+        },
+        Case {
+            name: "gzip level 1",
+            compression: "level = 1",
+            accept_encoding: Some("gzip"),
+        },
+        Case {
+            name: "gzip level 6",
+            compression: "level = 6",
+            accept_encoding: Some("gzip"),
+        },
+        Case {
+            name: "br level 4",
+            compression: "algorithms = [\"br\"]\nlevel = 4",
+            accept_encoding: Some("br"),
+        },
+        Case {
+            name: "zstd level 3",
+            compression: "algorithms = [\"zstd\"]\nlevel = 3",
+            accept_encoding: Some("zstd"),
+        },
+    ];
+    let mut rows: Vec<Row> = cases.iter().map(|c| measure(&rt, upstream, c)).collect();
+    let base = rows.first().map(|r| r.report.rps).unwrap_or(0.0);
+    for r in &mut rows {
+        if base > 0.0 {
+            r.cost_vs_pass_through_pct = (1.0 - r.report.rps / base) * 100.0;
+        }
+    }
+
+    println!("\nbody: {} bytes of invoice JSON", body.len());
+    println!(
+        "{:<20} {:>9} {:>8} {:>8} {:>11} {:>11} {:>7} {:>7}",
+        "case", "req/s", "p50 µs", "p99 µs", "CPU µs/req", "wire B/resp", "cost %", "errors"
+    );
+    for r in &rows {
+        println!(
+            "{:<20} {:>9.0} {:>8} {:>8} {:>11.1} {:>11.0} {:>7.1} {:>7}",
+            r.name,
+            r.report.rps,
+            r.report.p50_us,
+            r.report.p99_us,
+            r.cpu_us_per_request,
+            r.wire_bytes_per_response,
+            r.cost_vs_pass_through_pct,
+            r.report.errors + r.report.non_success
+        );
+    }
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .map(|p| p.join("bench-compression.json"))
+        .unwrap_or_else(|| PathBuf::from("bench-compression.json"));
+    let json = serde_json::json!({ "body_bytes": body.len(), "rows": rows });
+    if let Ok(text) = serde_json::to_string_pretty(&json) {
+        let _ = std::fs::write(&out, text);
+        println!("\nwrote {}", out.display());
+    }
+}

@@ -1,0 +1,549 @@
+//! Pingora [`Storage`] over two tiers: a bounded in-process L1 (moka, weighed in bytes, each entry
+//! expiring when its stale windows close) in front of Redis (whole objects: one hash per entry
+//! with fields `i` internal meta, `h` header, `b` body, and a `PEXPIRE` at the same moment).
+//!
+//! Lookup goes L1 → Redis → miss; a Redis hit fills the L1. A finished miss is written to both.
+//! Redis failures are counted and behave as a miss or a skipped write (see [`super::backend`]).
+//! Objects are written whole when the response ends, so readers never see a partial body; the
+//! cache lock makes concurrent misses wait for that.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::cache::key::{CacheHashKey, CacheKey, HashBinary};
+use pingora::cache::storage::{
+    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
+    Storage,
+};
+use pingora::cache::trace::SpanHandle;
+use pingora::cache::{CacheMeta, PurgeType};
+use pingora::{Error, ErrorType, Result};
+
+use super::backend::Redis;
+use super::policy::storage_lifetime;
+use crate::metrics;
+
+/// A stored response: serialized meta (internal part and header) and the whole body.
+#[derive(Debug)]
+pub struct Object {
+    internal: Bytes,
+    header: Bytes,
+    body: Bytes,
+    /// How long the L1 keeps it, from insertion.
+    lifetime: Duration,
+}
+
+impl Object {
+    fn weight(&self) -> u32 {
+        // 16-byte key plus moka's own bookkeeping, roughly.
+        let n = self.internal.len() + self.header.len() + self.body.len() + 96;
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    fn hit(&self) -> Result<(CacheMeta, HitHandler)> {
+        let meta = CacheMeta::deserialize(&self.internal, &self.header)?;
+        let hit = Hit {
+            body: self.body.clone(),
+            done: false,
+            start: 0,
+            end: self.body.len(),
+        };
+        Ok((meta, Box::new(hit)))
+    }
+}
+
+struct ObjectExpiry;
+
+impl moka::Expiry<u128, Arc<Object>> for ObjectExpiry {
+    fn expire_after_create(&self, _k: &u128, v: &Arc<Object>, _at: Instant) -> Option<Duration> {
+        Some(v.lifetime)
+    }
+    fn expire_after_update(
+        &self,
+        _k: &u128,
+        v: &Arc<Object>,
+        _at: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(v.lifetime)
+    }
+}
+
+/// The two-tier storage. Leaked once per process: Pingora wants `&'static`.
+pub struct TieredStorage {
+    l1: Option<moka::sync::Cache<u128, Arc<Object>>>,
+    redis: Option<&'static Redis>,
+    prefix: String,
+    max_ttl: Duration,
+}
+
+impl std::fmt::Debug for TieredStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TieredStorage")
+            .field(
+                "l1_bytes",
+                &self.l1.as_ref().map(|c| c.policy().max_capacity()),
+            )
+            .field("redis", &self.redis.is_some())
+            .finish()
+    }
+}
+
+impl TieredStorage {
+    /// Storage with an L1 of `l1_max_bytes` (0: none) and optionally Redis.
+    pub fn new(
+        l1_max_bytes: u64,
+        redis: Option<&'static Redis>,
+        prefix: &str,
+        max_ttl: Duration,
+    ) -> TieredStorage {
+        let l1 = (l1_max_bytes > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(l1_max_bytes)
+                .weigher(|_k: &u128, v: &Arc<Object>| v.weight())
+                .expire_after(ObjectExpiry)
+                .build()
+        });
+        TieredStorage {
+            l1,
+            redis,
+            prefix: prefix.to_string(),
+            max_ttl,
+        }
+    }
+
+    /// Drops every L1 entry (after a purge of everything).
+    pub fn clear_l1(&self) {
+        if let Some(l1) = &self.l1 {
+            l1.invalidate_all();
+        }
+    }
+
+    /// Sets the L1 gauges (`omsgate_cache_l1_bytes`, `omsgate_cache_l1_entries`).
+    pub fn refresh_gauges(&self) {
+        if let Some(l1) = &self.l1 {
+            l1.run_pending_tasks();
+            metrics::CACHE_L1_BYTES.set(l1.weighted_size() as i64);
+            metrics::CACHE_L1_ENTRIES.set(l1.entry_count() as i64);
+        }
+    }
+
+    fn redis_key(&self, id: &HashBinary) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + 36);
+        k.push_str(&self.prefix);
+        k.push_str("obj:");
+        for b in id {
+            k.push_str(&format!("{b:02x}"));
+        }
+        k
+    }
+
+    fn l1_put(&self, id: HashBinary, obj: Arc<Object>) {
+        if let Some(l1) = &self.l1 {
+            l1.insert(u128::from_be_bytes(id), obj);
+        }
+    }
+
+    async fn redis_get(&'static self, redis: &'static Redis, id: &HashBinary) -> Option<Object> {
+        let key = self.redis_key(id);
+        let fields: Vec<Option<Vec<u8>>> = redis
+            .call("lookup", |mut c| async move {
+                redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg("i")
+                    .arg("h")
+                    .arg("b")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let mut it = fields.into_iter();
+        let (Some(Some(i)), Some(Some(h)), Some(Some(b))) = (it.next(), it.next(), it.next())
+        else {
+            return None;
+        };
+        Some(Object {
+            internal: Bytes::from(i),
+            header: Bytes::from(h),
+            body: Bytes::from(b),
+            lifetime: Duration::ZERO,
+        })
+    }
+
+    async fn redis_put(&'static self, id: &HashBinary, obj: &Object) {
+        let Some(redis) = self.redis else { return };
+        let key = self.redis_key(id);
+        let ms = obj.lifetime.as_millis().max(1) as u64;
+        let (i, h, b) = (obj.internal.clone(), obj.header.clone(), obj.body.clone());
+        let _: Option<()> = redis
+            .call("store", |mut c| async move {
+                redis::pipe()
+                    .atomic()
+                    .cmd("HSET")
+                    .arg(&key)
+                    .arg("i")
+                    .arg(&i[..])
+                    .arg("h")
+                    .arg(&h[..])
+                    .arg("b")
+                    .arg(&b[..])
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(&key)
+                    .arg(ms)
+                    .ignore()
+                    .query_async(&mut c)
+                    .await
+            })
+            .await;
+    }
+}
+
+#[async_trait]
+impl Storage for TieredStorage {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let id = key.combined_bin();
+        if let Some(l1) = &self.l1 {
+            if let Some(obj) = l1.get(&u128::from_be_bytes(id)) {
+                return obj.hit().map(Some);
+            }
+        }
+        let Some(redis) = self.redis else {
+            return Ok(None);
+        };
+        let Some(mut obj) = self.redis_get(redis, &id).await else {
+            return Ok(None);
+        };
+        let (meta, hit) = match obj.hit() {
+            Ok(h) => h,
+            Err(e) => {
+                // Written by another version or damaged: a miss, and the next store replaces it.
+                tracing::debug!(error = %e, "Cache entry from Redis does not decode; treating it as a miss.");
+                return Ok(None);
+            }
+        };
+        if let Some(life) = storage_lifetime(&meta, self.max_ttl, SystemTime::now()) {
+            obj.lifetime = life;
+            self.l1_put(id, Arc::new(obj));
+        }
+        Ok(Some((meta, hit)))
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        let (internal, header) = meta.serialize()?;
+        Ok(Box::new(Miss {
+            storage: self,
+            id: key.combined_bin(),
+            route: key.user_tag.clone(),
+            internal: Bytes::from(internal),
+            header: Bytes::from(header),
+            body: BytesMut::new(),
+            lifetime: storage_lifetime(meta, self.max_ttl, SystemTime::now()),
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _purge_type: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        let id = target.key().combined_bin();
+        let mut found = false;
+        if let Some(l1) = &self.l1 {
+            found |= l1.remove(&u128::from_be_bytes(id)).is_some();
+        }
+        if let Some(redis) = self.redis {
+            let key = self.redis_key(&id);
+            let n: Option<u64> = redis
+                .call("purge", |mut c| async move {
+                    redis::cmd("DEL").arg(&key).query_async(&mut c).await
+                })
+                .await;
+            found |= n.unwrap_or(0) > 0;
+        }
+        Ok(if found {
+            PurgeOutcome::Purged(None)
+        } else {
+            PurgeOutcome::NotFound
+        })
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<bool> {
+        let id = key.combined_bin();
+        let (internal, header) = meta.serialize()?;
+        let (internal, header) = (Bytes::from(internal), Bytes::from(header));
+        let Some(life) = storage_lifetime(meta, self.max_ttl, SystemTime::now()) else {
+            return Ok(false);
+        };
+        if let Some(l1) = &self.l1 {
+            if let Some(old) = l1.get(&u128::from_be_bytes(id)) {
+                self.l1_put(
+                    id,
+                    Arc::new(Object {
+                        internal: internal.clone(),
+                        header: header.clone(),
+                        body: old.body.clone(),
+                        lifetime: life,
+                    }),
+                );
+            }
+        }
+        if let Some(redis) = self.redis {
+            let rkey = self.redis_key(&id);
+            let ms = life.as_millis().max(1) as u64;
+            let _: Option<i64> = redis
+                .call("update_meta", |mut c| async move {
+                    UPDATE_META
+                        .key(&rkey)
+                        .arg(&internal[..])
+                        .arg(&header[..])
+                        .arg(ms)
+                        .invoke_async(&mut c)
+                        .await
+                })
+                .await;
+        }
+        Ok(true)
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+/// Rewrites the meta of an entry that still exists, keeping its body.
+static UPDATE_META: once_cell::sync::Lazy<redis::Script> = once_cell::sync::Lazy::new(|| {
+    redis::Script::new(
+        r"if redis.call('EXISTS', KEYS[1]) == 1 then
+            redis.call('HSET', KEYS[1], 'i', ARGV[1], 'h', ARGV[2])
+            redis.call('PEXPIRE', KEYS[1], ARGV[3])
+            return 1
+          end
+          return 0",
+    )
+});
+
+// === impl Hit ===
+
+/// Serves a stored body, with seeking for ranges.
+struct Hit {
+    body: Bytes,
+    done: bool,
+    start: usize,
+    end: usize,
+}
+
+#[async_trait]
+impl HandleHit for Hit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        if self.done {
+            return Ok(None);
+        }
+        self.done = true;
+        Ok(Some(self.body.slice(self.start..self.end)))
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        if start >= self.body.len() {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                format!("seek start out of range {start} >= {}", self.body.len()),
+            );
+        }
+        self.start = start;
+        self.end = end.map_or(self.body.len(), |e| e.min(self.body.len()));
+        self.done = false;
+        Ok(())
+    }
+
+    fn get_eviction_weight(&self) -> usize {
+        self.body.len()
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+// === impl Miss ===
+
+/// Buffers a response body and writes the whole object when it ends.
+struct Miss {
+    storage: &'static TieredStorage,
+    id: HashBinary,
+    route: String,
+    internal: Bytes,
+    header: Bytes,
+    body: BytesMut,
+    /// `None` when the response is already past its stale windows (nothing to store).
+    lifetime: Option<Duration>,
+}
+
+#[async_trait]
+impl HandleMiss for Miss {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        self.body.extend_from_slice(&data);
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+        let size = self.body.len();
+        let Some(lifetime) = self.lifetime else {
+            return Ok(MissFinishType::Created(0));
+        };
+        let obj = Arc::new(Object {
+            internal: self.internal,
+            header: self.header,
+            body: self.body.freeze(),
+            lifetime,
+        });
+        self.storage.l1_put(self.id, obj.clone());
+        self.storage.redis_put(&self.id, &obj).await;
+        metrics::CACHE_STORES
+            .with_label_values(&[&self.route])
+            .inc();
+        Ok(MissFinishType::Created(size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::http::ResponseHeader;
+
+    fn leak(s: TieredStorage) -> &'static TieredStorage {
+        Box::leak(Box::new(s))
+    }
+
+    fn meta(fresh: Duration) -> CacheMeta {
+        let now = SystemTime::now();
+        CacheMeta::new(
+            now + fresh,
+            now,
+            0,
+            0,
+            ResponseHeader::build(200, None).unwrap(),
+        )
+    }
+
+    async fn read_all(mut h: HitHandler) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(b) = h.read_body().await.unwrap() {
+            out.extend_from_slice(&b);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn memory_tier_stores_and_serves() {
+        let s = leak(TieredStorage::new(
+            1 << 20,
+            None,
+            "t:",
+            Duration::from_secs(60),
+        ));
+        let key = CacheKey::new("k1", "route");
+        let span = pingora::cache::trace::Span::inactive().handle();
+        assert!(s.lookup(&key, &span).await.unwrap().is_none());
+        let mut miss = s
+            .get_miss_handler(&key, &meta(Duration::from_secs(10)), &span)
+            .await
+            .unwrap();
+        miss.write_body(Bytes::from_static(b"hello "), false)
+            .await
+            .unwrap();
+        miss.write_body(Bytes::from_static(b"world"), true)
+            .await
+            .unwrap();
+        miss.finish().await.unwrap();
+        let (m, hit) = s.lookup(&key, &span).await.unwrap().unwrap();
+        assert_eq!(m.response_header().status, 200);
+        assert_eq!(read_all(hit).await, b"hello world");
+        // another key is not found
+        assert!(s
+            .lookup(&CacheKey::new("k2", "route"), &span)
+            .await
+            .unwrap()
+            .is_none());
+        // purge removes it
+        let compact = key.to_compact();
+        s.purge(
+            PurgeTarget::Active(&compact),
+            PurgeType::Invalidation,
+            &span,
+        )
+        .await
+        .unwrap();
+        assert!(s.lookup(&key, &span).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn hits_seek() {
+        let mut h = Hit {
+            body: Bytes::from_static(b"0123456789"),
+            done: false,
+            start: 0,
+            end: 10,
+        };
+        h.seek(2, Some(5)).unwrap();
+        assert_eq!(h.read_body().await.unwrap().unwrap(), "234");
+        assert!(h.read_body().await.unwrap().is_none());
+        assert!(h.seek(10, None).is_err());
+    }
+
+    #[test]
+    fn l1_is_bounded_in_bytes() {
+        let s = TieredStorage::new(64 * 1024, None, "t:", Duration::from_secs(60));
+        for i in 0..100u32 {
+            let obj = Object {
+                internal: Bytes::new(),
+                header: Bytes::new(),
+                body: Bytes::from(vec![0u8; 4096]),
+                lifetime: Duration::from_secs(60),
+            };
+            s.l1_put(
+                pingora::cache::key::hash_key(i.to_le_bytes()),
+                Arc::new(obj),
+            );
+        }
+        let l1 = s.l1.as_ref().unwrap();
+        l1.run_pending_tasks();
+        assert!(l1.weighted_size() <= 64 * 1024, "{}", l1.weighted_size());
+        assert!(l1.entry_count() < 100);
+    }
+}

@@ -1,0 +1,241 @@
+//! Distributed mode: the GCRA state of every bucket lives in Redis, and each check is one
+//! atomic Lua script ([`GCRA_SCRIPT`], sent with `EVALSHA`), so any number of gateway instances
+//! share one quota exactly: there is no read-then-write window between instances.
+//!
+//! All the policies of a request are checked in the same script call, all or nothing: a
+//! request rejected by one policy takes nothing from the others. The script reads the clock of
+//! Redis (`TIME`), so the instances' clocks do not matter. Each bucket key expires when its
+//! state would equal a fresh bucket, so Redis holds only active keys.
+//!
+//! The connection ([`ConnectionManager`], which reconnects by itself) is opened on first use,
+//! inside Pingora's runtime, by a background task that retries with backoff until it succeeds.
+//! A check never waits longer than `rate_limit.redis_timeout`; on a timeout or an error the
+//! caller applies `on_backend_error`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::watch;
+
+use super::config::Quota;
+use super::local::Verdict;
+
+/// GCRA over several buckets at once, all or nothing.
+///
+/// `KEYS[i]` is a bucket; `ARGV[2i-1]` its emission interval and `ARGV[2i]` its tolerance
+/// (`(burst - 1) * interval`), both in microseconds. A bucket stores its theoretical arrival
+/// time (TAT) in microseconds of Redis time. Returns
+/// `{admitted (1|0), index of the rejecting bucket (1-based, 0 if none), wait µs,
+///   then per bucket: remaining, µs until full}`.
+pub const GCRA_SCRIPT: &str = r#"
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local n = #KEYS
+local tats = {}
+local admitted = 1
+local rejecting = 0
+local longest = 0
+for i = 1, n do
+  local t = tonumber(ARGV[2 * i - 1])
+  local tau = tonumber(ARGV[2 * i])
+  local stored = redis.call('GET', KEYS[i])
+  local tat = now
+  if stored then tat = math.max(tonumber(stored), now) end
+  tats[i] = tat
+  if now < tat - tau then
+    admitted = 0
+    if tat - tau - now > longest then
+      longest = tat - tau - now
+      rejecting = i
+    end
+  end
+end
+local out = {admitted, rejecting, math.ceil(longest)}
+for i = 1, n do
+  local t = tonumber(ARGV[2 * i - 1])
+  local tau = tonumber(ARGV[2 * i])
+  local tat = tats[i]
+  if admitted == 1 then
+    tat = tat + t
+    redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000))
+  end
+  local remaining = math.floor(math.min(now + tau + t - tat, tau + t) / t)
+  if remaining < 0 then remaining = 0 end
+  out[#out + 1] = remaining
+  out[#out + 1] = math.ceil(tat - now)
+end
+return out
+"#;
+
+/// Why a distributed check did not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// No answer within `rate_limit.redis_timeout`.
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Redis answered with an error or the connection failed.
+    #[error("Redis failed: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The script's answer had an unexpected shape.
+    #[error("unexpected answer from the rate-limit script: {0:?}")]
+    Malformed(Vec<i64>),
+}
+
+/// The shared Redis state of every policy.
+pub struct Distributed {
+    client: redis::Client,
+    timeout: Duration,
+    prefix: String,
+    script: redis::Script,
+    conn: watch::Sender<Option<ConnectionManager>>,
+    connecting: AtomicBool,
+    last_warning: AtomicU64,
+    started: Instant,
+}
+
+impl Distributed {
+    /// A backend for `url`; opens nothing until the first check.
+    pub fn new(
+        url: &str,
+        timeout: Duration,
+        prefix: &str,
+    ) -> Result<Arc<Distributed>, BackendError> {
+        Ok(Arc::new(Distributed {
+            client: redis::Client::open(url)?,
+            timeout,
+            prefix: prefix.to_string(),
+            script: redis::Script::new(GCRA_SCRIPT),
+            conn: watch::Sender::new(None),
+            connecting: AtomicBool::new(false),
+            last_warning: AtomicU64::new(0),
+            started: Instant::now(),
+        }))
+    }
+
+    /// The Redis key of a bucket.
+    pub fn redis_key(&self, policy: &str, bucket: &str) -> String {
+        format!("{}{policy}:{bucket}", self.prefix)
+    }
+
+    /// Checks one request against every `(redis key, quota)` bucket, atomically; admitted only
+    /// if all admit, and then every bucket takes one request.
+    pub async fn check(
+        self: &Arc<Self>,
+        buckets: &[(String, Quota)],
+    ) -> Result<Vec<Verdict>, BackendError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let answer = tokio::time::timeout_at(deadline, async {
+            let mut conn = self.connection().await;
+            let mut call = self.script.prepare_invoke();
+            for (key, quota) in buckets {
+                let t = quota.interval().as_secs_f64() * 1e6;
+                let tau = t * f64::from(quota.burst.get() - 1);
+                call.key(key).arg(t).arg(tau);
+            }
+            call.invoke_async::<Vec<i64>>(&mut conn).await
+        })
+        .await
+        .map_err(|_| BackendError::Timeout(self.timeout))??;
+        if answer.len() != 3 + 2 * buckets.len() {
+            return Err(BackendError::Malformed(answer));
+        }
+        let micros = |v: i64| Duration::from_micros(v.max(0) as u64);
+        let admitted = answer[0] == 1;
+        let rejecting = answer[1] as usize;
+        Ok((0..buckets.len())
+            .map(|i| {
+                let remaining = answer[3 + 2 * i].clamp(0, u32::MAX as i64) as u32;
+                let reset = micros(answer[4 + 2 * i]);
+                if admitted {
+                    Verdict::Admit { remaining, reset }
+                } else if i + 1 == rejecting {
+                    Verdict::Reject {
+                        wait: micros(answer[2]),
+                        reset,
+                    }
+                } else {
+                    // Not charged: the request was rejected by another policy.
+                    Verdict::Admit { remaining, reset }
+                }
+            })
+            .collect())
+    }
+
+    /// The connection, waiting for the first one to be opened.
+    async fn connection(self: &Arc<Self>) -> ConnectionManager {
+        if let Some(c) = self.conn.borrow().as_ref() {
+            return c.clone();
+        }
+        self.start_connecting();
+        let mut rx = self.conn.subscribe();
+        loop {
+            if let Some(c) = rx.borrow_and_update().as_ref() {
+                return c.clone();
+            }
+            // The sender lives in `self`, so `changed` cannot fail while we hold `self`; the
+            // caller's deadline bounds the wait.
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Starts (once) the task that opens the connection, retrying with backoff; it ends when
+    /// connected or when the backend is dropped (a reload).
+    fn start_connecting(self: &Arc<Self>) {
+        if self.connecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak: Weak<Distributed> = Arc::downgrade(self);
+        let client = self.client.clone();
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(1))
+            .set_number_of_retries(1)
+            .set_max_delay(1000);
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
+                    Ok(conn) => {
+                        if let Some(this) = weak.upgrade() {
+                            tracing::info!(
+                                redis = %this.client.get_connection_info().addr,
+                                "Rate limiter connected to Redis."
+                            );
+                            this.conn.send_replace(Some(conn));
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        let Some(this) = weak.upgrade() else { return };
+                        this.warn(&BackendError::Redis(e));
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        });
+    }
+
+    /// Logs a backend error, at most once every 10 s (every one is counted in the metrics).
+    pub fn warn(&self, e: &BackendError) {
+        let now = self.started.elapsed().as_secs() + 10;
+        let last = self.last_warning.load(Ordering::Relaxed);
+        if now >= last + 10
+            && self
+                .last_warning
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                redis = %self.client.get_connection_info().addr,
+                error = %e,
+                "Distributed rate limiter cannot reach Redis; applying on_backend_error."
+            );
+        } else {
+            tracing::debug!(error = %e, "Distributed rate-limit check failed.");
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! `omsgate audit-sink` against the shared broker and PostgreSQL: every record lands in
+//! `audit_events` once, also when the sink is killed mid-batch and restarted, and when the topic
+//! holds duplicates.
+
+mod audit_common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use audit_common::*;
+use omsgate::audit::Audit;
+
+fn sink(config: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_omsgate"))
+        .args(["audit-sink", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("omsgate runs")
+}
+
+fn produce(
+    audit: &Audit,
+    cfg: &omsgate::audit::AuditConfig,
+    topic: &str,
+    range: std::ops::Range<usize>,
+) {
+    let before = audit.state().stats;
+    let n = range.len() as u64;
+    for i in range {
+        audit.record(record(&format!("{topic}-{i}"), i, cfg));
+    }
+    assert!(wait_until(Duration::from_secs(60), || {
+        let s = audit.state().stats;
+        s.delivered + s.replayed >= before.delivered + before.replayed + n
+    }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_writes_every_record_once_across_a_kill_mid_batch() {
+    let brokers = kafka_brokers();
+    let topic = unique("audit_sink");
+    create_topic(&brokers, &topic, 2);
+    let schema = unique("audit_sink");
+    let (db, conn) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    db.batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .unwrap();
+
+    let dir = TempDir::new("sink");
+    let cfg = config(Some(&brokers), &topic, &dir.0.join("spool"), "");
+    let audit = Audit::new(&cfg).unwrap();
+    let running = tokio::task::spawn_blocking({
+        let audit = audit.clone();
+        move || Running::start(&audit)
+    })
+    .await
+    .unwrap();
+    let (a, c, t) = (audit.clone(), cfg.clone(), topic.clone());
+    tokio::task::spawn_blocking(move || produce(&a, &c, &t, 0..3000))
+        .await
+        .unwrap();
+
+    let config_path = dir.0.join("sink.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            r#"
+            [audit]
+            brokers = "{brokers}"
+            topic = "{topic}"
+            spool_dir = "{}"
+            [audit.sink]
+            database_url = "{}"
+            group_id = "{}"
+            batch_size = 50
+            batch_timeout = "100ms"
+            table = "{schema}.audit_events"
+            "#,
+            dir.0.join("sink-spool").display(),
+            database_url(),
+            unique("sink_group"),
+        ),
+    )
+    .unwrap();
+    let count = |sql: String| {
+        let db = &db;
+        async move {
+            db.query_one(&sql, &[])
+                .await
+                .map(|r| r.get::<_, i64>(0))
+                .unwrap_or(0)
+        }
+    };
+    let rows = format!("SELECT count(*) FROM {schema}.audit_events");
+
+    // First run: killed (SIGKILL) as soon as part of the topic is in: mid-batch, offsets of the
+    // batch in hand uncommitted.
+    let mut first = sink(&config_path);
+    let mut seen = 0;
+    for _ in 0..600 {
+        seen = count(rows.clone()).await;
+        if seen > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(seen > 0, "the first sink wrote nothing");
+    let after_kill = count(rows.clone()).await;
+    println!("rows when killed: {after_kill} of 3000");
+
+    // Meanwhile more records, and a redelivery of 200 old ones (at-least-once upstream).
+    let (a, c, t) = (audit.clone(), cfg.clone(), topic.clone());
+    tokio::task::spawn_blocking(move || {
+        produce(&a, &c, &t, 3000..4000);
+        produce(&a, &c, &t, 0..200);
+    })
+    .await
+    .unwrap();
+    tokio::task::spawn_blocking(move || running.shutdown())
+        .await
+        .unwrap();
+
+    let mut second = sink(&config_path);
+    for _ in 0..1200 {
+        if count(rows.clone()).await >= 4000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Give late duplicates a chance to show.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status()
+        .unwrap();
+    let status = second.wait().unwrap();
+    assert!(status.success(), "audit-sink exits 0 on SIGTERM: {status}");
+
+    let total = count(rows.clone()).await;
+    let distinct = count(format!(
+        "SELECT count(DISTINCT request_id) FROM {schema}.audit_events"
+    ))
+    .await;
+    assert_eq!(total, 4000);
+    assert_eq!(distinct, 4000);
+    let wrong = count(format!(
+        "SELECT count(*) FROM {schema}.audit_events
+         WHERE tenant_id IS DISTINCT FROM payload->>'tenant'
+            OR payload->>'route' <> 'invoice'
+            OR created_at <> (payload->>'ts')::timestamptz
+            OR request_id NOT LIKE '{topic}-%'"
+    ))
+    .await;
+    assert_eq!(wrong, 0, "rows carry the record's tenant, time and payload");
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}
+
+#[test]
+fn sink_refuses_a_config_without_brokers_or_database() {
+    let dir = TempDir::new("sink_cfg");
+    let path = dir.0.join("c.toml");
+    std::fs::write(&path, "[audit]\ntopic = \"t\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_omsgate"))
+        .args(["audit-sink", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("audit.brokers") && err.contains("audit.sink.database_url"),
+        "{err}"
+    );
+}

@@ -1,0 +1,391 @@
+//! Response compression through a real gateway process in front of the real test upstream:
+//! negotiation, what is left alone, ETag/`If-None-Match`, streaming, the route switch, metrics
+//! and config validation (DESIGN.md capability 4, issue 4).
+
+mod common;
+
+use std::io::{Read, Write};
+
+use common::upstream::deterministic_body;
+use common::{client, Gateway, TestUpstream};
+use reqwest::header::HeaderMap;
+
+/// A gateway in front of `upstream` with `extra` appended (a `[compression]` section, routes).
+fn gateway(upstream: &TestUpstream, extra: &str) -> Gateway {
+    Gateway::start(&format!(
+        r#"
+[server]
+listen = "{{listen}}"
+[admin]
+listen = "{{admin}}"
+[upstream]
+servers = ["{}"]
+{extra}
+"#,
+        upstream.addr
+    ))
+}
+
+struct Reply {
+    status: u16,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn varies_by_accept_encoding(&self) -> bool {
+        self.headers.get_all("vary").iter().any(|v| {
+            v.to_str()
+                .unwrap_or("")
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("accept-encoding"))
+        })
+    }
+}
+
+async fn send(req: reqwest::RequestBuilder) -> Reply {
+    let resp = req.send().await.expect("the gateway answers");
+    Reply {
+        status: resp.status().as_u16(),
+        headers: resp.headers().clone(),
+        body: resp.bytes().await.expect("a whole body").to_vec(),
+    }
+}
+
+/// `GET path` through the gateway, with `Accept-Encoding: ae` when given (none otherwise).
+async fn get(gw: &Gateway, path: &str, ae: Option<&str>) -> Reply {
+    let mut req = client().get(gw.url(path));
+    if let Some(ae) = ae {
+        req = req.header("accept-encoding", ae);
+    }
+    send(req).await
+}
+
+fn gunzip(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .expect("a valid gzip stream");
+    out
+}
+
+fn unbrotli(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    brotli::Decompressor::new(bytes, 4096)
+        .read_to_end(&mut out)
+        .expect("a valid br stream");
+    out
+}
+
+#[tokio::test]
+async fn json_of_20kb_is_gzipped_with_vary_and_a_weak_etag_that_revalidates() {
+    let up = TestUpstream::start();
+    let gw = gateway(&up, "");
+    let original = deterministic_body(20_000);
+
+    let r = get(&gw, "/etag/v1?body_len=20000", Some("gzip")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    assert!(r.varies_by_accept_encoding(), "{:?}", r.headers);
+    assert_eq!(r.header("etag"), Some("W/\"v1\""), "weakened, not dropped");
+    assert!(r.header("content-length").is_none());
+    assert!(r.body.len() < original.len() / 3, "{} bytes", r.body.len());
+    assert_eq!(gunzip(&r.body), original);
+
+    // The client revalidates with the weak tag it got; the origin compares strings, so the
+    // gateway's strong form in If-None-Match is what makes it answer 304.
+    let r = send(
+        client()
+            .get(gw.url("/etag/v1?body_len=20000"))
+            .header("accept-encoding", "gzip")
+            .header("if-none-match", "W/\"v1\""),
+    )
+    .await;
+    assert_eq!(r.status, 304);
+    assert_eq!(r.header("etag"), Some("W/\"v1\""), "what the client holds");
+    assert!(r.body.is_empty());
+    let seen = up.last_seen("/etag/v1").expect("the upstream saw it");
+    assert_eq!(
+        seen.headers.get("if-none-match").map(String::as_str),
+        Some("W/\"v1\", \"v1\"")
+    );
+
+    // Bytes in and out are counted for gzip.
+    let bytes_in = gw
+        .metric_value(
+            "omsgate_compression_bytes_total",
+            &[("algorithm", "gzip"), ("direction", "in")],
+        )
+        .unwrap_or(0.0);
+    let bytes_out = gw
+        .metric_value(
+            "omsgate_compression_bytes_total",
+            &[("algorithm", "gzip"), ("direction", "out")],
+        )
+        .unwrap_or(0.0);
+    assert_eq!(bytes_in, 20_000.0);
+    assert!(bytes_out > 0.0 && bytes_out < bytes_in, "out {bytes_out}");
+}
+
+#[tokio::test]
+async fn small_binary_encoded_partial_no_transform_head_and_304_are_untouched() {
+    let up = TestUpstream::start();
+    let gw = gateway(&up, "");
+    let ae = Some("gzip, br;q=0.5");
+    let json_20k = deterministic_body(20_000);
+
+    // 500 bytes: under min_size.
+    let r = get(&gw, "/bytes/500", ae).await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-encoding").is_none());
+    assert_eq!(r.header("content-length"), Some("500"));
+    assert_eq!(r.body, deterministic_body(500));
+
+    // A type outside content_types.
+    let r = get(&gw, "/bytes/20000?type=image/png", ae).await;
+    assert!(r.header("content-encoding").is_none());
+    assert_eq!(r.body, json_20k);
+    assert!(!r.varies_by_accept_encoding());
+
+    // Already encoded by the origin in a coding the client accepts: passed as it is, not
+    // encoded again (the bytes are exactly the origin's).
+    let r = get(
+        &gw,
+        "/headers?Content-Encoding=br&Content-Type=application/json&body_len=20000",
+        ae,
+    )
+    .await;
+    assert_eq!(r.header("content-encoding"), Some("br"));
+    assert_eq!(r.body, json_20k);
+
+    // 206 with Content-Range.
+    let r = get(
+        &gw,
+        "/headers?status=206&Content-Range=bytes%200-19999/40000&Content-Type=application/json&body_len=20000",
+        ae,
+    )
+    .await;
+    assert_eq!(r.status, 206);
+    assert!(r.header("content-encoding").is_none());
+    assert_eq!(r.body, json_20k);
+
+    // Cache-Control: no-transform.
+    let r = get(
+        &gw,
+        "/headers?Cache-Control=no-transform&Content-Type=application/json&body_len=20000",
+        ae,
+    )
+    .await;
+    assert!(r.header("content-encoding").is_none());
+    assert_eq!(r.body, json_20k);
+
+    // HEAD: headers as the origin sent them.
+    let r = send(
+        client()
+            .head(gw.url("/bytes/20000"))
+            .header("accept-encoding", "gzip"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-encoding").is_none());
+    assert_eq!(r.header("content-length"), Some("20000"));
+
+    // 304.
+    let r = get(&gw, "/status/304", ae).await;
+    assert_eq!(r.status, 304);
+    assert!(r.header("content-encoding").is_none());
+    assert!(r.body.is_empty());
+}
+
+#[tokio::test]
+async fn identity_unless_the_client_accepts_a_configured_coding() {
+    let up = TestUpstream::start();
+    let gw = gateway(&up, "");
+    let original = deterministic_body(20_000);
+
+    for ae in [
+        Some("gzip;q=0"),
+        Some("identity"),
+        Some("br"),
+        Some("*;q=0, identity"),
+        None,
+    ] {
+        let r = get(&gw, "/bytes/20000", ae).await;
+        assert_eq!(r.status, 200);
+        assert!(r.header("content-encoding").is_none(), "{ae:?}");
+        assert_eq!(r.body, original, "{ae:?}");
+        assert!(r.varies_by_accept_encoding(), "{ae:?}");
+    }
+    // The request without the header really had none.
+    let seen = up.last_seen("/bytes/20000").expect("the upstream saw it");
+    assert!(!seen.headers.contains_key("accept-encoding"));
+
+    // `*` covers gzip.
+    let r = get(&gw, "/bytes/20000", Some("*")).await;
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    assert_eq!(gunzip(&r.body), original);
+}
+
+#[tokio::test]
+async fn br_and_zstd_when_enabled_and_preferred() {
+    let up = TestUpstream::start();
+    let gw = gateway(
+        &up,
+        r#"
+[compression]
+algorithms = ["gzip", "br", "zstd"]
+levels = { br = 5, zstd = 3 }
+"#,
+    );
+    let original = deterministic_body(20_000);
+
+    let r = get(&gw, "/bytes/20000", Some("gzip;q=0.5, br")).await;
+    assert_eq!(r.header("content-encoding"), Some("br"));
+    assert_eq!(unbrotli(&r.body), original);
+
+    let r = get(&gw, "/bytes/20000", Some("zstd, br;q=0.9")).await;
+    assert_eq!(r.header("content-encoding"), Some("zstd"));
+    assert_eq!(zstd::decode_all(&r.body[..]).expect("valid zstd"), original);
+
+    // Equal q-values: the configured order decides.
+    let r = get(&gw, "/bytes/20000", Some("br, zstd, gzip")).await;
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    assert_eq!(gunzip(&r.body), original);
+}
+
+#[tokio::test]
+async fn a_coding_the_client_did_not_accept_is_decoded() {
+    let up = TestUpstream::start();
+    let gw = gateway(&up, "");
+    let original = deterministic_body(20_000);
+
+    // Accepted: the origin's bytes as they are.
+    let r = get(&gw, "/bytes/20000?encoding=gzip", Some("gzip")).await;
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    assert_eq!(gunzip(&r.body), original);
+    assert!(r.varies_by_accept_encoding());
+
+    // Not accepted (no header, gzip;q=0, only br): decoded, never gzip bytes.
+    for ae in [None, Some("gzip;q=0"), Some("br")] {
+        let r = get(&gw, "/bytes/20000?encoding=gzip", ae).await;
+        assert_eq!(r.status, 200);
+        assert!(r.header("content-encoding").is_none(), "{ae:?}");
+        assert_eq!(r.body, original, "{ae:?}");
+        assert!(r.varies_by_accept_encoding(), "{ae:?}");
+    }
+    let r = get(&gw, "/bytes/20000?encoding=br", Some("gzip")).await;
+    assert!(r.header("content-encoding").is_none());
+    assert_eq!(r.body, original);
+}
+
+#[tokio::test]
+async fn a_slow_chunked_response_reaches_the_client_chunk_by_chunk() {
+    let up = TestUpstream::start();
+    let gw = gateway(&up, "");
+    let chunk = deterministic_body(2_000);
+    let chunks = 5;
+
+    let mut resp = client()
+        .get(gw.url("/chunked?chunks=5&delay_ms=300&size=2000"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .expect("the gateway answers");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()
+            .get("content-encoding")
+            .and_then(|v| v.to_str().ok()),
+        Some("gzip")
+    );
+    // Decode what has arrived after every piece read from the socket: with a flush per chunk
+    // each upstream chunk is decodable on its own, as soon as it arrives, so the decoded text
+    // grows step by step; a buffering encoder would deliver it in one piece at the end.
+    let mut decoder = flate2::write::GzDecoder::new(Vec::new());
+    let mut decoded_sizes = Vec::new();
+    while let Some(piece) = resp.chunk().await.expect("the body streams") {
+        decoder.write_all(&piece).expect("valid gzip so far");
+        decoder.flush().expect("valid gzip so far");
+        let n = decoder.get_ref().len();
+        if decoded_sizes.last() != Some(&n) {
+            decoded_sizes.push(n);
+        }
+    }
+    let decoded = decoder.finish().expect("a complete gzip stream");
+    assert_eq!(decoded, chunk.repeat(chunks));
+    assert_eq!(
+        decoded_sizes.first(),
+        Some(&chunk.len()),
+        "the first chunk arrives alone: {decoded_sizes:?}"
+    );
+    assert!(
+        decoded_sizes.len() >= chunks - 1,
+        "the body arrived in {} decodable steps: {decoded_sizes:?}",
+        decoded_sizes.len()
+    );
+}
+
+#[tokio::test]
+async fn the_route_switch_overrides_the_global_one() {
+    let up = TestUpstream::start();
+    let gw = gateway(
+        &up,
+        r#"
+[compression]
+enabled = false
+
+[[route]]
+name = "on"
+path = "/chunked"
+compression = true
+"#,
+    );
+    let r = get(&gw, "/bytes/20000", Some("gzip")).await;
+    assert!(r.header("content-encoding").is_none());
+    assert!(!r.varies_by_accept_encoding());
+    let r = get(&gw, "/chunked?chunks=2&size=4000", Some("gzip")).await;
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    assert_eq!(gunzip(&r.body), deterministic_body(4_000).repeat(2));
+    drop(gw);
+
+    let gw = gateway(
+        &up,
+        r#"
+[[route]]
+name = "off"
+path = "/bytes/{n}"
+compression = false
+"#,
+    );
+    let r = get(&gw, "/bytes/20000", Some("gzip")).await;
+    assert!(r.header("content-encoding").is_none());
+    assert_eq!(r.body, deterministic_body(20_000));
+    let r = get(&gw, "/etag/x", Some("gzip")).await;
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+}
+
+#[test]
+fn bad_compression_config_is_reported_by_key() {
+    let (code, stderr) = Gateway::check_config(
+        r#"
+[compression]
+algorithms = ["gzip", "lz4"]
+level = 12
+min_size = "lots"
+content_types = ["json"]
+"#,
+    );
+    assert_eq!(code, 64, "{stderr}");
+    for key in [
+        "compression.algorithms[1]",
+        "compression.level",
+        "compression.min_size",
+        "compression.content_types[0]",
+    ] {
+        assert!(stderr.contains(key), "{key} missing from: {stderr}");
+    }
+}
