@@ -331,6 +331,7 @@ async fn one_statement_per_request() {
         }
         let warm = paths.statements_sent();
         assert_eq!(warm, if prepared { 6 } else { 3 });
+        let server_before = server_calls(&s).await;
         for _ in 0..20 {
             for q in ["invoice_with_lines", "invoice_page", "payment_page"] {
                 let r = paths
@@ -345,6 +346,17 @@ async fn one_statement_per_request() {
             60,
             "prepared statements: {prepared}"
         );
+        // The server's own count, where pg_stat_statements is loaded (scripts/test loads it in
+        // the cluster it starts): 60 executions of the schema's function calls.
+        if let (Some(before), Some(after)) = (server_before, server_calls(&s).await) {
+            assert_eq!(
+                after - before,
+                60,
+                "pg_stat_statements (prepared statements: {prepared})"
+            );
+        } else {
+            eprintln!("pg_stat_statements not loaded; counted on the client side only");
+        }
         // A malformed id and a 422 need no database at all.
         let bad = Params(vec![("id".into(), "nope".into())]);
         paths
@@ -360,6 +372,25 @@ async fn one_statement_per_request() {
         assert_eq!(paths.statements_sent() - warm, 60);
     }
     s.drop_schema().await;
+}
+
+/// Executions of statements calling this schema's `omsgate_*` functions, per
+/// `pg_stat_statements`; `None` when the extension is not loaded.
+async fn server_calls(s: &TestSchema) -> Option<i64> {
+    let c = &s.client;
+    c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements SCHEMA public")
+        .await
+        .ok()?;
+    let pattern = format!("%\"{}\".omsgate_%", s.name);
+    let row = c
+        .query_one(
+            "SELECT coalesce(sum(calls), 0)::bigint FROM public.pg_stat_statements \
+             WHERE query LIKE $1",
+            &[&pattern],
+        )
+        .await
+        .ok()?;
+    Some(row.get(0))
 }
 
 fn fallbacks(reason: &str) -> u64 {

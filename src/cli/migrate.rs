@@ -54,6 +54,8 @@ pub fn main(args: Args) -> i32 {
     };
     match runtime.block_on(run(&args, &config)) {
         Ok(code) => code,
+        // `omsgate migrate --dry-run | head`: the reader left; nothing went wrong here.
+        Err(DbError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
         Err(DbError::Config(message)) => {
             eprintln!("{message}");
             super::EXIT_CONFIG

@@ -1,0 +1,383 @@
+//! `cargo bench --bench query_path`: one invoice with its lines, answered by the pooled query
+//! path (one statement through `omsgate_invoice_with_lines`) vs the legacy OMS's naive N+1
+//! pattern (one query for the invoice and its line ids, then one query per line, JSON built in
+//! the application) — requests/s and latency percentiles with N concurrent tasks for a fixed
+//! time.
+//!
+//! Uses the real PostgreSQL (`OMSGATE_TEST_DATABASE_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/test`) and a schema of its own, `bench_query_path`,
+//! seeded once with the simulated OMS's data (≥ 100k invoices, ≥ 500k lines) and reused by later
+//! runs. Prints a table and writes `target/bench-query_path.json`.
+//!
+//! Environment: `OMSGATE_BENCH_SECS` (per scenario, default 8), `OMSGATE_BENCH_CONCURRENCY`
+//! (tasks, default 16), `OMSGATE_BENCH_TENANTS` (default 24), `OMSGATE_BENCH_INVOICES` (per
+//! tenant, default 5000).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use omsgate::db::migrate::{Migrator, RunOptions};
+use omsgate::db::seed::{seed_with, SeedOptions};
+use omsgate::db::{DatabaseConfig, DatabaseFile, QueryPaths};
+use omsgate::routes::Params;
+use serde::Serialize;
+
+const SCHEMA: &str = "bench_query_path";
+const SAMPLE: usize = 20_000;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn database_url() -> String {
+    match std::env::var("OMSGATE_TEST_DATABASE_URL") {
+        Ok(v) if !v.trim().is_empty() => v,
+        _ => "postgres://postgres@127.0.0.1:5432/test".to_string(),
+    }
+}
+
+/// One row of the result table.
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    scenario: String,
+    concurrency: usize,
+    seconds: f64,
+    requests: u64,
+    errors: u64,
+    rps: f64,
+    p50_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    max_us: u64,
+    /// Database statements per request.
+    statements_per_request: f64,
+}
+
+/// Seeds the bench schema unless it already holds the wanted data set, then migrates it.
+async fn prepare(url: &str, tenants: usize, invoices: usize) -> Vec<(String, String)> {
+    let client = omsgate::db::connect(url)
+        .await
+        .expect("connect to PostgreSQL");
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {SCHEMA}; SET search_path TO {SCHEMA}"
+        ))
+        .await
+        .expect("create the bench schema");
+    client
+        .batch_execute(omsgate::db::REFERENCE_SCHEMA)
+        .await
+        .expect("reference schema");
+    let have: i64 = client
+        .query_one("SELECT count(*) FROM invoices", &[])
+        .await
+        .expect("count invoices")
+        .get(0);
+    if have as usize != tenants * invoices {
+        eprintln!("Seeding {SCHEMA}: {tenants} tenants x {invoices} invoices ...");
+        let options = SeedOptions {
+            schema: SCHEMA.into(),
+            apply_schema: false,
+            tenants,
+            invoices_per_tenant: invoices,
+            seed: 42,
+        };
+        let report = seed_with(&client, &options).await.expect("seed");
+        eprintln!("Seeded: {report}.");
+    } else {
+        eprintln!("Reusing {SCHEMA} ({have} invoices).");
+    }
+    Migrator::new(SCHEMA)
+        .expect("migrator")
+        .run(&client, RunOptions::default(), &mut std::io::stderr())
+        .await
+        .expect("migrate");
+    let lines: i64 = client
+        .query_one("SELECT count(*) FROM invoice_lines", &[])
+        .await
+        .expect("count lines")
+        .get(0);
+    eprintln!(
+        "Data set: {} invoices, {lines} invoice lines.",
+        tenants * invoices
+    );
+    // A random sample of (tenant, id) to request.
+    client
+        .query(
+            &format!("SELECT tenant_id, id::text FROM invoices ORDER BY random() LIMIT {SAMPLE}"),
+            &[],
+        )
+        .await
+        .expect("sample invoices")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// The legacy pattern: the invoice with its line ids, then each line on its own.
+async fn naive_invoice(pool: &Pool, tenant: &str, id: &str) -> Result<(Vec<u8>, u64), String> {
+    let client = pool.get().await.map_err(|e| e.to_string())?;
+    let head = client
+        .prepare_cached(
+            "SELECT i.id::text, i.tenant_id, i.invoice_number, i.invoice_status, \
+                    to_char(i.invoice_date, 'YYYY-MM-DD'), i.customer, i.currency, i.total::text, \
+                    to_char(i.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+                    to_char(i.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+                    l.id::text \
+               FROM invoices i LEFT JOIN invoice_lines l ON l.invoice_id = i.id \
+              WHERE i.id = $1::text::uuid AND i.tenant_id = $2",
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let line = client
+        .prepare_cached(
+            "SELECT id::text, line_no, sku, description, quantity, unit_price::text, amount::text \
+               FROM invoice_lines WHERE id = $1::text::uuid",
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let rows = client
+        .query(&head, &[&id, &tenant])
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(first) = rows.first() else {
+        return Ok((b"null".to_vec(), 1));
+    };
+    let mut statements = 1;
+    let mut lines = Vec::new();
+    for r in &rows {
+        let Some(line_id) = r.get::<_, Option<String>>(10) else {
+            continue;
+        };
+        let l = client
+            .query_one(&line, &[&line_id])
+            .await
+            .map_err(|e| e.to_string())?;
+        statements += 1;
+        lines.push((
+            l.get::<_, i32>(1),
+            serde_json::json!({
+                "id": l.get::<_, String>(0), "line_no": l.get::<_, i32>(1),
+                "sku": l.get::<_, String>(2), "description": l.get::<_, String>(3),
+                "quantity": l.get::<_, i32>(4), "unit_price": l.get::<_, String>(5),
+                "amount": l.get::<_, String>(6),
+            }),
+        ));
+    }
+    lines.sort_by_key(|(n, _)| *n);
+    let doc = serde_json::json!({
+        "id": first.get::<_, String>(0), "tenant_id": first.get::<_, String>(1),
+        "invoice_number": first.get::<_, String>(2), "invoice_status": first.get::<_, String>(3),
+        "invoice_date": first.get::<_, String>(4), "customer": first.get::<_, String>(5),
+        "currency": first.get::<_, String>(6), "total": first.get::<_, String>(7),
+        "created_at": first.get::<_, String>(8), "updated_at": first.get::<_, String>(9),
+        "lines": lines.into_iter().map(|(_, l)| l).collect::<Vec<_>>(),
+    });
+    Ok((
+        serde_json::to_vec(&doc).map_err(|e| e.to_string())?,
+        statements,
+    ))
+}
+
+#[derive(Clone, Copy)]
+enum Scenario {
+    Pooled { prepared: bool },
+    Naive,
+}
+
+/// Runs `concurrency` closed-loop tasks for `seconds`, each requesting random sample invoices.
+async fn measure(
+    name: &str,
+    scenario: Scenario,
+    url: &str,
+    sample: Arc<Vec<(String, String)>>,
+    concurrency: usize,
+    seconds: u64,
+) -> Row {
+    let file = DatabaseFile {
+        url: url.to_string(),
+        schema: SCHEMA.into(),
+        max_connections: concurrency,
+        min_idle: concurrency,
+        acquire_timeout: "5s".into(),
+        prepared_statements: matches!(scenario, Scenario::Pooled { prepared: true }),
+        ..DatabaseFile::default()
+    };
+    let config = DatabaseConfig::from_file(&file, &mut omsgate::config::Problems::default());
+    let paths = Arc::new(QueryPaths::new(&config).expect("pool"));
+    paths.warm().await;
+    let naive = {
+        let mut pg: tokio_postgres::Config = url.parse().expect("url");
+        pg.options(format!("-c search_path={SCHEMA}"));
+        let manager = Manager::from_config(
+            pg,
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        Pool::builder(manager)
+            .max_size(concurrency)
+            .runtime(Runtime::Tokio1)
+            .build()
+            .expect("pool")
+    };
+    let one = {
+        let (paths, naive, sample) = (paths.clone(), naive.clone(), sample.clone());
+        move |i: usize| {
+            let (paths, naive, sample) = (paths.clone(), naive.clone(), sample.clone());
+            async move {
+                let (tenant, id) = &sample[i % sample.len()];
+                match scenario {
+                    Scenario::Pooled { .. } => {
+                        let params = Params(vec![("id".into(), id.clone())]);
+                        match paths
+                            .answer("invoice_with_lines", tenant, &params, None)
+                            .await
+                        {
+                            Ok(Some(r)) if r.status == 200 => Ok(0),
+                            other => Err(format!("{other:?}")),
+                        }
+                    }
+                    Scenario::Naive => naive_invoice(&naive, tenant, id).await.map(|(_, n)| n),
+                }
+            }
+        }
+    };
+    // Warm up every connection's statements.
+    for i in 0..concurrency * 4 {
+        let _ = one(i).await;
+    }
+    let sent_before = paths.statements_sent();
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..concurrency {
+        let one = one.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(100_000);
+            let (mut errors, mut statements) = (0u64, 0u64);
+            let mut i = t * 7919;
+            while Instant::now() < deadline {
+                let start = Instant::now();
+                match one(i).await {
+                    Ok(n) => statements += n,
+                    Err(e) => {
+                        if errors == 0 {
+                            eprintln!("error: {e}");
+                        }
+                        errors += 1;
+                    }
+                }
+                latencies.push(start.elapsed().as_micros() as u64);
+                i += 1;
+            }
+            (latencies, errors, statements)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let (mut errors, mut statements) = (0, 0);
+    for t in tasks {
+        let (l, e, s) = t.await.expect("bench task");
+        latencies.extend(l);
+        errors += e;
+        statements += s;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    let requests = latencies.len() as u64;
+    if matches!(scenario, Scenario::Pooled { .. }) {
+        statements = paths.statements_sent() - sent_before;
+    }
+    Row {
+        scenario: name.to_string(),
+        concurrency,
+        seconds: elapsed,
+        requests,
+        errors,
+        rps: requests as f64 / elapsed,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        p999_us: pct(0.999),
+        max_us: latencies.last().copied().unwrap_or(0),
+        statements_per_request: statements as f64 / requests.max(1) as f64,
+    }
+}
+
+fn main() {
+    let seconds = env_or("OMSGATE_BENCH_SECS", 8);
+    let concurrency = env_or("OMSGATE_BENCH_CONCURRENCY", 16) as usize;
+    let tenants = env_or("OMSGATE_BENCH_TENANTS", 24) as usize;
+    let invoices = env_or("OMSGATE_BENCH_INVOICES", 5000) as usize;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let url = database_url();
+    let rows = rt.block_on(async {
+        let sample = Arc::new(prepare(&url, tenants, invoices).await);
+        let mut rows = Vec::new();
+        for (name, scenario) in [
+            (
+                "pooled path (prepared)",
+                Scenario::Pooled { prepared: true },
+            ),
+            (
+                "pooled path (unnamed stmts)",
+                Scenario::Pooled { prepared: false },
+            ),
+            ("naive N+1 (1 + lines)", Scenario::Naive),
+        ] {
+            eprintln!("Measuring {name} for {seconds} s with {concurrency} tasks ...");
+            rows.push(measure(name, scenario, &url, sample.clone(), concurrency, seconds).await);
+        }
+        rows
+    });
+
+    println!(
+        "\n{:<30} {:>5} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7}",
+        "scenario", "tasks", "req/s", "p50 µs", "p99 µs", "p999 µs", "max µs", "stmt/req", "errors"
+    );
+    for r in &rows {
+        println!(
+            "{:<30} {:>5} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>8.2} {:>7}",
+            r.scenario,
+            r.concurrency,
+            r.rps,
+            r.p50_us,
+            r.p99_us,
+            r.p999_us,
+            r.max_us,
+            r.statements_per_request,
+            r.errors
+        );
+    }
+    let (pooled, naive) = (&rows[0], &rows[2]);
+    let speedup = pooled.rps / naive.rps.max(1e-9);
+    println!(
+        "\npooled vs N+1: {speedup:.1}x the throughput (target >= 10x); pooled p99 {:.2} ms \
+         (target < 5 ms)",
+        pooled.p99_us as f64 / 1000.0
+    );
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .map(|p| p.join("bench-query_path.json"))
+        .unwrap_or_else(|| PathBuf::from("bench-query_path.json"));
+    let json = serde_json::json!({ "rows": rows, "pooled_vs_naive_throughput": speedup });
+    if let Ok(text) = serde_json::to_string_pretty(&json) {
+        let _ = std::fs::write(&out, text);
+        println!("wrote {}", out.display());
+    }
+}
