@@ -77,8 +77,15 @@ impl Pipeline {
     /// survive a reload (counters, caches) keeps it outside the pipeline.
     pub fn new(config: Arc<Config>) -> Pipeline {
         let cache = crate::cache::Cache::global(&config.cache);
-        let limiter = Arc::new(crate::limit::Limiter::new(&config.rate_limit, &config.routes));
-        Pipeline { config, cache, limiter }
+        let limiter = Arc::new(crate::limit::Limiter::new(
+            &config.rate_limit,
+            &config.routes,
+        ));
+        Pipeline {
+            config,
+            cache,
+            limiter,
+        }
     }
 }
 
@@ -558,7 +565,10 @@ impl Gateway {
         let captured = ctx.audit_body.take();
         let route = ctx.route();
         let header = |name: http::header::HeaderName| {
-            req.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+            req.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
         };
         let body = captured.and_then(|b| crate::audit::redact_body(&b, &route.audit, cfg));
         let elapsed = ctx.started.elapsed();
@@ -571,7 +581,10 @@ impl Gateway {
             method: req.method.to_string(),
             route: route.name.clone(),
             path: req.uri.path().to_string(),
-            query: req.uri.query().and_then(|q| crate::audit::redact_query(q, cfg)),
+            query: req
+                .uri
+                .query()
+                .and_then(|q| crate::audit::redact_query(q, cfg)),
             status,
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             upstream_ms: ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
