@@ -82,6 +82,7 @@ impl Admin {
     fn refresh_gauges(&self) {
         metrics::UPTIME.set(self.shared.started.elapsed().as_secs_f64());
         self.shared.pipeline.load().cache.refresh_gauges();
+        crate::db::serve::update_gauges();
         for (addr, healthy) in self.shared.upstreams.health() {
             metrics::UPSTREAM_HEALTHY
                 .with_label_values(&[&addr.to_string()])

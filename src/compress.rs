@@ -1030,6 +1030,46 @@ pub fn upstream_response_filter(session: &mut Session, resp: &mut ResponseHeader
     }
 }
 
+/// For a response the gateway produced itself and the cache is about to store (pooled query
+/// path): the whole body gzip-encoded as [`upstream_request_filter`],
+/// [`upstream_response_filter`] and [`upstream_response_body_filter`] would have stored an
+/// origin's identity answer, with the header changed to match. Unchanged when compression is off
+/// for the route, gzip is not configured, or the response does not qualify.
+pub fn encode_for_store(
+    session: &mut Session,
+    resp: &mut ResponseHeader,
+    body: Bytes,
+) -> pingora::Result<Bytes> {
+    let Some(module) = session.downstream_modules_ctx.get_mut::<Compression>() else {
+        return Ok(body);
+    };
+    let Some(plan) = module.plan.as_ref() else {
+        return Ok(body);
+    };
+    let gzip = plan
+        .config
+        .compression
+        .algorithms
+        .iter()
+        .find(|(a, _)| *a == Algorithm::Gzip);
+    match gzip {
+        Some(&(_, level)) if plan.enabled && !plan.head => module.store_level = Some(level),
+        _ => return Ok(body),
+    }
+    upstream_response_filter(session, resp);
+    let mut body = Some(body);
+    upstream_response_body_filter(session, &mut body, true)?;
+    if let Some(m) = session.downstream_modules_ctx.get_mut::<Compression>() {
+        if m.store.take().is_some() {
+            // The header said identity with a length; the stored form is the encoded body.
+            let len = body.as_ref().map_or(0, |b| b.len());
+            resp.remove_header(&TRANSFER_ENCODING);
+            let _ = resp.insert_header(CONTENT_LENGTH, len.to_string());
+        }
+    }
+    Ok(body.unwrap_or_default())
+}
+
 /// `upstream_response_body_filter`: encodes the body of a response being stored compressed.
 pub fn upstream_response_body_filter(
     session: &mut Session,

@@ -378,6 +378,20 @@ impl Config {
         let audit = crate::audit::AuditConfig::from_file(&file.audit, p);
         let database = crate::db::DatabaseConfig::from_file(&file.database, p);
         let routes = crate::routes::Router::from_file(&file.routes, &rate_limit, p);
+        if database.url.is_none() {
+            for (i, r) in file.routes.iter().enumerate() {
+                if r.query.is_some() {
+                    p.push(
+                        format!("route[{i}].query"),
+                        format!(
+                            "needs a database: set `[database] url` or the environment variable \
+                             named by `database.url_env` ({})",
+                            database.url_source
+                        ),
+                    );
+                }
+            }
+        }
         Config {
             server,
             admin,

@@ -343,6 +343,7 @@ pub fn init(config_hash: &str, routes: &[&str]) {
     Lazy::force(&DB_POOL);
     Lazy::force(&DB_QUERY_DURATION);
     Lazy::force(&DB_FALLBACKS);
+    crate::db::metrics::init();
     Lazy::force(&DB_ERRORS);
     Lazy::force(&CONFIG_RELOADS);
 }

@@ -6,11 +6,13 @@
 //! |----------------------------|------------------------------------------------------------------|
 //! | `new_ctx`                  | request guard (in-flight count), config snapshot                 |
 //! | `request_filter`           | request id, route match, identity (`identity`), client IP and    |
-//! |                            | rate limit, 429 (`limit`), pooled query path (`db`), compression |
-//! |                            | decision, cache scope and key with generations (`cache::prepare`)|
+//! |                            | rate limit, 429 (`limit`), compression decision, cache scope and |
+//! |                            | key with generations (`cache::prepare`)                          |
 //! | `request_cache_filter`     | enable Pingora's cache for cached routes (`cache`)               |
 //! | `cache_key_callback`       | the scoped cache key (`cache`)                                   |
 //! | `cache_hit_filter`         | scope check of the stored entry (`cache`)                        |
+//! | `proxy_upstream_filter`    | after a cache miss: pooled query path answers from PostgreSQL    |
+//! |                            | (`db::serve`), stored in the cache like an origin response       |
 //! | `upstream_peer`            | server selection, timeouts, keepalive (`upstream`)               |
 //! | `fail_to_connect`          | retry of idempotent requests on another server (`upstream`)      |
 //! | `upstream_request_filter`  | forward request id and verified identity headers; strong forms   |
@@ -67,6 +69,9 @@ pub struct Pipeline {
     pub cache: &'static crate::cache::Cache,
     /// Rate-limit policies and their state.
     pub limiter: Arc<crate::limit::Limiter>,
+    /// The pooled query paths, when a route has a `query` binding (kept across reloads that
+    /// leave `[database]` as it was).
+    pub query_paths: Option<Arc<crate::db::serve::Pool>>,
 }
 
 impl Pipeline {
@@ -81,10 +86,12 @@ impl Pipeline {
             &config.rate_limit,
             &config.routes,
         ));
+        let query_paths = crate::db::serve::pool_for(&config);
         Pipeline {
             config,
             cache,
             limiter,
+            query_paths,
         }
     }
 }
@@ -303,6 +310,20 @@ impl ProxyHttp for Gateway {
         error: Option<&Error>,
     ) -> bool {
         crate::cache::should_serve_stale(ctx, error)
+    }
+
+    /// After a cache miss: answers a route with a `query` binding from the database pool, stores
+    /// the answer in the cache like an origin response, and sends it; otherwise (no binding, no
+    /// verified tenant, database trouble) the request goes to the OMS.
+    async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let Some((mut header, body)) = crate::db::serve::answer(session, ctx).await else {
+            return Ok(true);
+        };
+        let body = crate::cache::store_local(session, ctx, &mut header, body).await;
+        self.response_filter(session, &mut header, ctx).await?;
+        ctx.local_status = Some(header.status.as_u16());
+        crate::respond::send_json(session, header, body).await?;
+        Ok(false)
     }
 
     /// Selects a healthy server (excluding ones already tried) with the configured timeouts.

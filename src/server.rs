@@ -27,6 +27,30 @@ pub enum ServerError {
     /// The audit pipeline could not be set up (spool directory).
     #[error("cannot set up the audit pipeline: {0}")]
     Audit(crate::audit::AuditError),
+    /// A listener address cannot be bound (in use, not local, no permission).
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Listen {
+        /// The config key of the address.
+        key: &'static str,
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why binding failed.
+        source: std::io::Error,
+    },
+}
+
+/// Binds and releases each listener address once, so that an address in use is a clear error at
+/// start rather than a panic inside Pingora's service thread (which leaves a process that serves
+/// nothing). Skipped for `--upgrade`, where the old process still holds the addresses.
+fn check_listeners(config: &Config) -> Result<(), ServerError> {
+    for (key, addr) in [
+        ("server.listen", config.server.listen),
+        ("admin.listen", config.admin.listen),
+    ] {
+        std::net::TcpListener::bind(addr)
+            .map_err(|source| ServerError::Listen { key, addr, source })?;
+    }
+    Ok(())
 }
 
 /// Options of the process that are not in `config.toml`.
@@ -51,6 +75,9 @@ pub fn run_with(
     opts: ProcessOptions,
     extra: Vec<Box<dyn pingora::services::ServiceWithDependents>>,
 ) -> Result<(), ServerError> {
+    if !opts.upgrade {
+        check_listeners(&config)?;
+    }
     let config = Arc::new(config);
     crate::metrics::init(&config.hash, &config.routes.names());
 

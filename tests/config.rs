@@ -57,3 +57,66 @@ fn syntax_errors_exit_64_without_panicking() {
     assert_eq!(code, 64, "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn a_query_route_without_a_database_url_is_reported() {
+    let (code, stderr) = Gateway::check_config(
+        r#"
+[upstream]
+servers = ["127.0.0.1:8000"]
+[database]
+url_env = "OMSGATE_TEST_SURELY_UNSET_VARIABLE"
+[[route]]
+name = "invoice"
+path = "/api/v1/invoices/{id}"
+methods = ["GET"]
+query = "invoice_with_lines"
+"#,
+    );
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("route[0].query"), "{stderr}");
+    assert!(
+        stderr.contains("$OMSGATE_TEST_SURELY_UNSET_VARIABLE"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_listen_address_in_use_is_a_clear_error_at_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = common::TestDir::new("in_use");
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"{addr}\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n\
+             [upstream]\nservers = [\"127.0.0.1:9\"]\n[audit]\nspool_dir = \"{}\"\n",
+            common::free_port(),
+            dir.path().join("spool").display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(Gateway::bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = common::wait_for(std::time::Duration::from_secs(20), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(exited, "the gateway kept running with its address in use");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("server.listen") && stderr.contains(&addr.to_string()),
+        "{stderr}"
+    );
+    drop(taken);
+}

@@ -38,6 +38,7 @@ mod storage;
 
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use once_cell::sync::OnceCell;
 use pingora::cache::key::HashBinary;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
@@ -447,7 +448,10 @@ pub fn response_cache_filter(resp: &ResponseHeader, ctx: &Ctx) -> RespCacheable 
     )
 }
 
-/// `cache_vary_filter`: the values of the request headers the origin named in `Vary`.
+/// `cache_vary_filter`: the values of the request headers the origin named in `Vary`, except
+/// `Accept-Encoding`: the origin is always asked for the same coding for a cacheable request
+/// (`compress::upstream_request_filter`) and the compression module adapts the one stored entry
+/// to each client, so varying on it would only store duplicates.
 pub fn cache_vary_filter(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
     let mut names: Vec<String> = meta
         .headers()
@@ -456,7 +460,7 @@ pub fn cache_vary_filter(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBi
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|n| n.trim().to_ascii_lowercase())
-        .filter(|n| !n.is_empty())
+        .filter(|n| !n.is_empty() && n != "accept-encoding")
         .collect();
     if names.is_empty() {
         return None;
@@ -489,6 +493,55 @@ pub fn should_serve_stale(ctx: &mut Ctx, error: Option<&Error>) -> bool {
         ctx.cache.served_stale = true;
     }
     upstream_failed
+}
+
+/// `proxy_upstream_filter`: stores a response the gateway produced itself (the pooled query
+/// path) as if the origin had sent it — same storing rules ([`response_cache_filter`]), same
+/// `Vary` variance, gzip-encoded for storage like origin responses
+/// ([`crate::compress::encode_for_store`]) — and returns the body to send (the stored form).
+/// Storing is best effort: a failure is logged and the response is still sent.
+pub async fn store_local(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    header: &mut ResponseHeader,
+    body: Bytes,
+) -> Bytes {
+    // Miss (cold key) or Stale (expired entry being replaced); other phases do not store.
+    if !matches!(session.cache.phase(), CachePhase::Miss | CachePhase::Stale) {
+        return body;
+    }
+    let body = match crate::compress::encode_for_store(session, header, body.clone()) {
+        Ok(encoded) => encoded,
+        Err(e) => {
+            tracing::warn!(error = %e, "Encoding a local response for the cache failed; storing it as it is.");
+            body
+        }
+    };
+    match response_cache_filter(header, ctx) {
+        RespCacheable::Cacheable(meta) => {
+            let variance = cache_vary_filter(&meta, session.req_header());
+            session.cache.set_cache_meta(meta);
+            session.cache.update_variance(variance);
+            if let Err(e) = write_entry(session, body.clone()).await {
+                tracing::warn!(request_id = %ctx.request_id, error = %e, "Storing a local response in the cache failed.");
+            }
+        }
+        RespCacheable::Uncacheable(reason) => {
+            session.cache.response_became_uncacheable(reason);
+            session.cache.disable(reason);
+        }
+    }
+    body
+}
+
+/// Writes the whole entry (meta set already) through Pingora's miss handler, which also releases
+/// the cache lock to the requests waiting on this key.
+async fn write_entry(session: &mut Session, body: Bytes) -> Result<()> {
+    session.cache.set_miss_handler().await?;
+    if let Some(handler) = session.cache.miss_handler() {
+        handler.write_body(body, true).await?;
+    }
+    session.cache.finish_miss_handler().await
 }
 
 /// `response_filter`: sets the cache status (`x-cache` is added by the proxy from

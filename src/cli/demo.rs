@@ -37,6 +37,14 @@ pub struct Args {
     /// Tenants in the simulated OMS.
     #[arg(long, default_value_t = 5)]
     pub tenants: usize,
+    /// Also serve the read routes from PostgreSQL: creates the reference OMS tables in this
+    /// database, loads the simulated OMS's data into them, applies the bundled migrations, and
+    /// binds the invoice, listing and payment routes to the pooled query paths.
+    #[arg(long, value_name = "URL")]
+    pub seed_db: Option<String>,
+    /// Schema that `--seed-db` fills.
+    #[arg(long, default_value = "public", value_name = "NAME")]
+    pub db_schema: String,
 }
 
 /// Runs the simulated OMS inside the server's runtime.
@@ -61,13 +69,64 @@ impl BackgroundService for SimService {
     }
 }
 
-/// Renders the demo config.
+/// Renders the demo config; with `--seed-db` the read routes get their `query` bindings and the
+/// config a `[database]` section.
 pub fn render_config(args: &Args) -> String {
-    include_str!("demo.toml")
+    let binding = |name: &str| match args.seed_db {
+        Some(_) => format!("query = \"{name}\""),
+        None => String::new(),
+    };
+    let mut text = include_str!("demo.toml")
         .replace("{listen}", &args.listen.to_string())
         .replace("{admin}", &args.admin.to_string())
         .replace("{oms}", &args.oms.to_string())
         .replace("{secret}", DEMO_JWT_SECRET)
+        .replace("{query_invoice}", &binding("invoice_with_lines"))
+        .replace("{query_invoice_list}", &binding("invoice_page"))
+        .replace("{query_payments}", &binding("payment_page"));
+    if let Some(url) = &args.seed_db {
+        // toml::Value's Display quotes and escapes the strings.
+        text.push_str(&format!(
+            "\n[database]\nurl = {}\nschema = {}\n",
+            toml::Value::String(url.clone()),
+            toml::Value::String(args.db_schema.clone())
+        ));
+    }
+    text
+}
+
+/// `--seed-db`: the reference tables, the simulated OMS's data (same seed, tenants and
+/// invoices), and the bundled migrations.
+fn seed_database(url: &str, schema: &str, sim: &SimOptions) -> Result<(), String> {
+    crate::db::check_identifier(schema).map_err(|e| format!("--db-schema: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async {
+        let client = crate::db::connect(url).await.map_err(|e| e.to_string())?;
+        let options = crate::db::seed::SeedOptions {
+            schema: schema.to_string(),
+            apply_schema: true,
+            tenants: sim.tenants,
+            invoices_per_tenant: sim.invoices_per_tenant,
+            seed: sim.seed,
+        };
+        let report = crate::db::seed::seed_with(&client, &options)
+            .await
+            .map_err(|e| e.to_string())?;
+        println!("Seeded schema `{schema}`: {report}.");
+        let migrator = crate::db::migrate::Migrator::new(schema).map_err(|e| e.to_string())?;
+        migrator
+            .run(
+                &client,
+                crate::db::migrate::RunOptions::default(),
+                &mut std::io::stdout(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    })
 }
 
 /// Starts the simulated OMS and the gateway; prints how to try it.
@@ -88,6 +147,12 @@ pub fn main(args: Args) -> i32 {
         invoices_per_tenant: args.invoices.max(1),
         ..SimOptions::default()
     };
+    if let Some(url) = &args.seed_db {
+        if let Err(e) = seed_database(url, &args.db_schema, &opts) {
+            eprintln!("omsgate demo --seed-db: {e}");
+            return 1;
+        }
+    }
     print_banner(&args);
     let sim = SimService {
         addr: args.oms,

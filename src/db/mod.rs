@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod query;
 pub mod seed;
+pub mod serve;
 
 pub use query::{PooledResponse, QueryPaths};
 
@@ -373,7 +374,7 @@ pub enum DbError {
     #[error("query exceeded the statement timeout")]
     Timeout,
     /// The database returned an error.
-    #[error("database error: {0}")]
+    #[error("database error: {}", pg_message(.0))]
     Query(#[from] tokio_postgres::Error),
     /// A migration cannot be applied safely; the message says why and what to do.
     #[error("{0}")]
@@ -381,6 +382,15 @@ pub enum DbError {
     /// Writing progress output failed.
     #[error("cannot write output: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// The server's own message and SQLSTATE when there is one (tokio-postgres's `Display` says only
+/// "db error").
+fn pg_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 /// Connects one client (outside any pool) and drives its connection on a Tokio task.

@@ -97,6 +97,14 @@ pub async fn seed_with(client: &Client, options: &SeedOptions) -> Result<SeedRep
     check_identifier(&options.schema).map_err(DbError::Config)?;
     let started = Instant::now();
     let dataset = data::generate(options.seed, options.tenants, options.invoices_per_tenant);
+    if options.apply_schema {
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                quote_ident(&options.schema)
+            ))
+            .await?;
+    }
     client
         .batch_execute(&format!(
             "SET search_path TO {}",
