@@ -47,8 +47,11 @@ fn check_listeners(config: &Config) -> Result<(), ServerError> {
         ("server.listen", config.server.listen),
         ("admin.listen", config.admin.listen),
     ] {
-        std::net::TcpListener::bind(addr)
-            .map_err(|source| ServerError::Listen { key, addr, source })?;
+        std::net::TcpListener::bind(addr).map_err(|source| ServerError::Listen {
+            key,
+            addr,
+            source,
+        })?;
     }
     Ok(())
 }

@@ -149,7 +149,10 @@ async fn demo_seed_db_answers_reads_from_postgresql() {
     assert!(invoice["lines"].as_array().is_some_and(|l| !l.is_empty()));
     let stats = demo.oms_stats().await;
     assert_eq!(
-        (stats["invoice_list"].as_u64(), stats["invoice_get"].as_u64()),
+        (
+            stats["invoice_list"].as_u64(),
+            stats["invoice_get"].as_u64()
+        ),
         (Some(0), Some(0)),
         "both answered from PostgreSQL, not the OMS: {stats}\n{}",
         demo.log_tail()

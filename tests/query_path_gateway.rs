@@ -151,7 +151,10 @@ async fn pooled_routes_answer_like_the_oms_with_the_cache_in_front() {
         ("acme", "/api/v1/invoices/not-a-uuid".to_string()),
         // Listings with filters and pages, a 422, payments of an invoice.
         ("acme", "/api/v1/invoices".to_string()),
-        ("globex", "/api/v1/invoices?status=paid&limit=7&offset=3".to_string()),
+        (
+            "globex",
+            "/api/v1/invoices?status=paid&limit=7&offset=3".to_string(),
+        ),
         ("globex", "/api/v1/invoices?limit=0".to_string()),
         ("initech", "/api/v1/payments?limit=5".to_string()),
         ("acme", format!("/api/v1/payments?invoice_id={}", acme.id)),
@@ -175,7 +178,11 @@ async fn pooled_routes_answer_like_the_oms_with_the_cache_in_front() {
         "the gateway answered every bound request from the pool"
     );
     assert_eq!(
-        metric(&gw, "omsgate_db_fallbacks_total", &[("reason", "db_unavailable")]),
+        metric(
+            &gw,
+            "omsgate_db_fallbacks_total",
+            &[("reason", "db_unavailable")]
+        ),
         0.0
     );
     let queries = |gw: &Gateway| {
@@ -236,7 +243,13 @@ async fn pooled_routes_answer_like_the_oms_with_the_cache_in_front() {
     let anonymous: Got = get(&http, &gw.url(&path), None).await;
     assert_eq!(anonymous.status, 401, "{anonymous:?}");
     assert_eq!(oms_gets(&sim) - before, 1);
-    assert!(metric(&gw, "omsgate_db_fallbacks_total", &[("reason", "no_tenant")]) >= 1.0);
+    assert!(
+        metric(
+            &gw,
+            "omsgate_db_fallbacks_total",
+            &[("reason", "no_tenant")]
+        ) >= 1.0
+    );
     let size = metric(&gw, "omsgate_db_pool_connections", &[("state", "size")]);
     assert!(size >= 1.0, "pool gauge set at scrape: {size}");
 
@@ -249,7 +262,10 @@ async fn an_unreachable_database_sends_every_request_to_the_oms() {
     let (schema, dataset, sim) = seeded_with_sim("qpgw_down").await;
     // Nothing listens on this port: the database is "stopped".
     let down = format!("postgres://postgres@127.0.0.1:{}/test", free_port());
-    let gw = Gateway::start(&gateway_config(&sim, &database_section(&down, &schema.name)));
+    let gw = Gateway::start(&gateway_config(
+        &sim,
+        &database_section(&down, &schema.name),
+    ));
     let http = client();
     let before = oms_gets(&sim);
     let n = 6;
@@ -268,7 +284,11 @@ async fn an_unreachable_database_sends_every_request_to_the_oms() {
     assert_eq!(listing.status, 200, "{listing:?}");
     // Each gateway request reached the OMS, besides the direct reference requests.
     assert_eq!(oms_gets(&sim) - before, 2 * n as u64 + 1);
-    let fallbacks = metric(&gw, "omsgate_db_fallbacks_total", &[("reason", "db_unavailable")]);
+    let fallbacks = metric(
+        &gw,
+        "omsgate_db_fallbacks_total",
+        &[("reason", "db_unavailable")],
+    );
     assert!(
         fallbacks >= (n + 1) as f64,
         "every request counted as a fallback: {fallbacks}\n{}",

@@ -120,7 +120,10 @@ pub async fn answer(session: &Session, ctx: &Ctx) -> Option<(ResponseHeader, Byt
         .insert_header(http::header::CONTENT_TYPE, "application/json")
         .ok()?;
     header
-        .insert_header(http::header::CONTENT_LENGTH, response.body.len().to_string())
+        .insert_header(
+            http::header::CONTENT_LENGTH,
+            response.body.len().to_string(),
+        )
         .ok()?;
     Some((header, response.body))
 }
