@@ -9,6 +9,11 @@
 //! seeded once with the simulated OMS's data (≥ 100k invoices, ≥ 500k lines) and reused by later
 //! runs. Prints a table and writes `target/bench-query_path.json`.
 //!
+//! Then the same request over HTTP through the gateway (`omsgate run`, one thread, JWT identity,
+//! no cache): the route bound to the pooled path, and the route sent to the simulated OMS
+//! (`omsgate sim` with the same data, 0 ms latency, in memory — the gateway's own cost, not the
+//! legacy app's), each with N keepalive connections, one tenant's invoices.
+//!
 //! Environment: `OMSGATE_BENCH_SECS` (per scenario, default 8), `OMSGATE_BENCH_CONCURRENCY`
 //! (tasks, default 16), `OMSGATE_BENCH_TENANTS` (default 24), `OMSGATE_BENCH_INVOICES` (per
 //! tenant, default 5000).
@@ -315,6 +320,140 @@ async fn measure(
     }
 }
 
+/// A child process killed on drop.
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+fn wait_ready(admin: std::net::SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(mut s) = std::net::TcpStream::connect(admin) {
+            use std::io::{Read, Write};
+            let _ = s.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut text = String::new();
+            let _ = s.read_to_string(&mut text);
+            if text.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{admin} not ready within 30 s");
+}
+
+/// `omsgate run` in front of `oms`, with the invoice route bound to the pooled path or not.
+fn start_gateway(
+    oms: std::net::SocketAddr,
+    url: &str,
+    pooled: bool,
+) -> (Proc, std::net::SocketAddr) {
+    let (listen, admin) = (free_addr(), free_addr());
+    let query = if pooled {
+        "query = \"invoice_with_lines\""
+    } else {
+        ""
+    };
+    let cfg = format!(
+        r#"
+[server]
+listen = "{listen}"
+threads = 1
+[admin]
+listen = "{admin}"
+[upstream]
+servers = ["{oms}"]
+keepalive_pool = 256
+[identity]
+mode = "jwt"
+jwt_secret = "{secret}"
+[log]
+level = "warn"
+[database]
+url = "{url}"
+schema = "{SCHEMA}"
+max_connections = 16
+min_idle = 16
+[[route]]
+name = "invoice"
+path = "/api/v1/invoices/{{id}}"
+methods = ["GET"]
+{query}
+"#,
+        secret = omsgate::sim::DEMO_JWT_SECRET
+    );
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let path = dir.join(format!("query_path-gateway-{}.toml", listen.port()));
+    std::fs::write(&path, cfg).expect("write bench config");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_omsgate"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start omsgate run");
+    let proc = Proc(child);
+    wait_ready(admin);
+    (proc, listen)
+}
+
+/// Requests one tenant's sample invoices over HTTP through a gateway.
+async fn measure_http(
+    name: &str,
+    addr: std::net::SocketAddr,
+    sample: &[(String, String)],
+    concurrency: usize,
+    seconds: u64,
+) -> Row {
+    let tenant = sample[0].0.clone();
+    let paths: Vec<String> = sample
+        .iter()
+        .filter(|(t, _)| *t == tenant)
+        .map(|(_, id)| format!("/api/v1/invoices/{id}"))
+        .collect();
+    let token = omsgate::identity::issue_hs256(
+        omsgate::sim::DEMO_JWT_SECRET,
+        "tenant_id",
+        &tenant,
+        "bench",
+        Duration::from_secs(3600),
+    );
+    let spec = |duration| omsgate::loadgen::LoadSpec {
+        addr,
+        paths: paths.clone(),
+        headers: vec![("authorization".into(), format!("Bearer {token}"))],
+        connections: concurrency,
+        duration,
+    };
+    // Warm-up: connections, the pool, prepared statements.
+    omsgate::loadgen::run(spec(Duration::from_secs(1))).await;
+    let r = omsgate::loadgen::run(spec(Duration::from_secs(seconds))).await;
+    Row {
+        scenario: name.to_string(),
+        concurrency,
+        seconds: r.seconds,
+        requests: r.requests,
+        errors: r.errors + r.non_success,
+        rps: r.rps,
+        p50_us: r.p50_us,
+        p99_us: r.p99_us,
+        p999_us: r.p999_us,
+        max_us: 0,
+        statements_per_request: f64::NAN,
+    }
+}
+
 fn main() {
     let seconds = env_or("OMSGATE_BENCH_SECS", 8);
     let concurrency = env_or("OMSGATE_BENCH_CONCURRENCY", 16) as usize;
@@ -343,6 +482,25 @@ fn main() {
             eprintln!("Measuring {name} for {seconds} s with {concurrency} tasks ...");
             rows.push(measure(name, scenario, &url, sample.clone(), concurrency, seconds).await);
         }
+        let oms = free_addr();
+        let _sim = Proc(
+            std::process::Command::new(env!("CARGO_BIN_EXE_omsgate"))
+                .args(["sim", "--listen", &oms.to_string(), "--latency-ms", "0"])
+                .args(["--workers", "100000", "--tenants", &tenants.to_string()])
+                .args(["--invoices", &invoices.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start omsgate sim"),
+        );
+        for (name, pooled) in [
+            ("HTTP: gateway -> pooled path", true),
+            ("HTTP: gateway -> simulated OMS", false),
+        ] {
+            let (_gateway, addr) = start_gateway(oms, &url, pooled);
+            eprintln!("Measuring {name} for {seconds} s with {concurrency} connections ...");
+            rows.push(measure_http(name, addr, &sample, concurrency, seconds).await);
+        }
         rows
     });
 
@@ -352,7 +510,7 @@ fn main() {
     );
     for r in &rows {
         println!(
-            "{:<30} {:>5} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>8.2} {:>7}",
+            "{:<30} {:>5} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7}",
             r.scenario,
             r.concurrency,
             r.rps,
@@ -360,7 +518,11 @@ fn main() {
             r.p99_us,
             r.p999_us,
             r.max_us,
-            r.statements_per_request,
+            if r.statements_per_request.is_nan() {
+                "-".to_string()
+            } else {
+                format!("{:.2}", r.statements_per_request)
+            },
             r.errors
         );
     }
