@@ -81,11 +81,23 @@ impl Pipeline {
     /// reload, then stores the result in [`Shared::pipeline`]. A concern whose state must
     /// survive a reload (counters, caches) keeps it outside the pipeline.
     pub fn new(config: Arc<Config>) -> Pipeline {
+        Pipeline::build(config, None)
+    }
+
+    /// [`Pipeline::new`] for a reload: state that must not reset when its settings did not
+    /// change (local rate-limit buckets) is carried over from `previous`.
+    pub fn reloaded(config: Arc<Config>, previous: &Pipeline) -> Pipeline {
+        Pipeline::build(config, Some(previous))
+    }
+
+    fn build(config: Arc<Config>, previous: Option<&Pipeline>) -> Pipeline {
         let cache = crate::cache::Cache::global(&config.cache);
-        let limiter = Arc::new(crate::limit::Limiter::new(
-            &config.rate_limit,
-            &config.routes,
-        ));
+        let limiter = Arc::new(match previous {
+            Some(p) => {
+                crate::limit::Limiter::reloaded(&config.rate_limit, &config.routes, &p.limiter)
+            }
+            None => crate::limit::Limiter::new(&config.rate_limit, &config.routes),
+        });
         let query_paths = crate::db::serve::pool_for(&config);
         Pipeline {
             config,

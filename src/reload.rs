@@ -4,7 +4,7 @@
 //! 1. The file is loaded and validated like at start. A bad file is rejected: every problem is
 //!    logged (and returned to `POST /reload`), `omsgate_config_reloads_total{result="rejected"}`
 //!    counts it, and the running configuration stays.
-//! 2. Otherwise a new [`Pipeline`] is built with [`Pipeline::new`] (routes, identity keys and every
+//! 2. Otherwise a new [`Pipeline`] is built with [`Pipeline::reloaded`] (routes, identity keys and every
 //!    concern's policies), the upstream pool is swapped ([`Upstreams::reload`]), and the new
 //!    pipeline is stored: requests that start from then on use it, requests in flight finish on
 //!    the snapshot they took in `new_ctx`. `omsgate_config_info{hash}` moves to the new hash.
@@ -96,7 +96,7 @@ impl Reloader {
 
         let restart_required = restart_required(&previous.config, &config);
         let config = Arc::new(keep_restart_only(&previous.config, config));
-        let pipeline = Pipeline::new(config.clone());
+        let pipeline = Pipeline::reloaded(config.clone(), &previous);
         let change = match self.shared.upstreams.reload(&config.upstream).await {
             Ok(change) => change,
             Err(e) => {

@@ -451,3 +451,59 @@ async fn a_flood_of_distinct_keys_stays_under_the_cap() {
     assert!(max_seen > 9_000, "the cap was never approached: {max_seen}");
     assert!(omsgate::metrics::RATE_LIMIT_KEY_RESETS.get() - resets_before >= 9);
 }
+
+/// Rewrites the gateway's config file atomically, then reloads it with SIGHUP and waits for the
+/// reload to be counted.
+fn reload_with(gw: &Gateway, edit: impl FnOnce(String) -> String) {
+    let path = gw.config_path();
+    let text = std::fs::read_to_string(path).unwrap();
+    let tmp = path.with_extension("toml.new");
+    std::fs::write(&tmp, edit(text)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+    let before = gw
+        .metric_value("omsgate_config_reloads_total", &[("result", "ok")])
+        .unwrap_or(0.0);
+    gw.signal("HUP");
+    let reloaded = common::wait_for(Duration::from_secs(10), || {
+        gw.metric_value("omsgate_config_reloads_total", &[("result", "ok")])
+            .unwrap_or(0.0)
+            > before
+    });
+    assert!(reloaded, "reload not applied:\n{}", gw.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_unchanged_local_buckets_and_resets_changed_ones() {
+    let upstream = TestUpstream::start();
+    let gw = Gateway::start(&base_config(
+        &upstream,
+        r#"
+[rate_limit.policies.tenant_writes]
+key = "tenant"
+quota = "3/hour"
+burst = 3
+"#,
+    ));
+    let c = client();
+    let tenant = unique("reload-tenant");
+    for i in 0..3 {
+        assert_eq!(post(&c, &gw, &tenant).await.status(), 200, "request {i}");
+    }
+    assert_eq!(post(&c, &gw, &tenant).await.status(), 429);
+
+    // A reload that leaves the policy alone (a new route) keeps the spent bucket.
+    reload_with(&gw, |t| {
+        t + "\n[[route]]\nname = \"health_probe\"\npath = \"/probe\"\nmethods = [\"GET\"]\n"
+    });
+    assert_eq!(
+        post(&c, &gw, &tenant).await.status(),
+        429,
+        "a reload must not hand out a fresh burst"
+    );
+
+    // A changed quota starts the policy afresh.
+    reload_with(&gw, |t| {
+        t.replace("quota = \"3/hour\"", "quota = \"4/hour\"")
+    });
+    assert_eq!(post(&c, &gw, &tenant).await.status(), 200);
+}

@@ -51,7 +51,7 @@ pub const HEADERS_DRAFT: &str = "draft-ietf-httpapi-ratelimit-headers-09";
 
 /// Where the buckets live.
 enum Backend {
-    Local(Vec<LocalPolicy>),
+    Local(Vec<Arc<LocalPolicy>>),
     Distributed(Arc<Distributed>),
 }
 
@@ -138,6 +138,17 @@ impl Limiter {
     /// Builds the limiter of a validated config; opens no connection and starts no task (both
     /// happen on first use, inside Pingora's runtime).
     pub fn new(config: &RateLimitConfig, routes: &Router) -> Limiter {
+        Limiter::build(config, routes, None)
+    }
+
+    /// [`Limiter::new`] for a reload: a local policy whose name, key, quota and key cap are
+    /// unchanged keeps `previous`'s buckets, so that a reload never hands every client a fresh
+    /// burst. Changed or new policies start empty; distributed state lives in Redis anyway.
+    pub fn reloaded(config: &RateLimitConfig, routes: &Router, previous: &Limiter) -> Limiter {
+        Limiter::build(config, routes, Some(previous))
+    }
+
+    fn build(config: &RateLimitConfig, routes: &Router, previous: Option<&Limiter>) -> Limiter {
         let route_policies: Vec<Vec<usize>> = routes
             .routes
             .iter()
@@ -165,11 +176,11 @@ impl Limiter {
                     Err(e) => {
                         // `from_file` already checked the URL; keep serving, limited locally.
                         tracing::error!(error = %e, "Invalid rate_limit.redis_url; limiting locally.");
-                        Backend::Local(local_policies(config))
+                        Backend::Local(local_policies(config, previous))
                     }
                 }
             }
-            Mode::Local => Backend::Local(local_policies(config)),
+            Mode::Local => Backend::Local(local_policies(config, previous)),
         };
         Limiter {
             config: config.clone(),
@@ -194,7 +205,7 @@ impl Limiter {
     /// Keys held by the local policies (0 in distributed mode).
     pub fn keys(&self) -> usize {
         match &self.backend {
-            Backend::Local(ps) => ps.iter().map(LocalPolicy::keys).sum(),
+            Backend::Local(ps) => ps.iter().map(|p| p.keys()).sum(),
             Backend::Distributed(_) => 0,
         }
     }
@@ -348,11 +359,30 @@ impl Limiter {
     }
 }
 
-fn local_policies(config: &RateLimitConfig) -> Vec<LocalPolicy> {
+/// The local state of each policy: carried over from `previous` when the policy is the same
+/// (name, key, quota, key cap), fresh otherwise.
+fn local_policies(config: &RateLimitConfig, previous: Option<&Limiter>) -> Vec<Arc<LocalPolicy>> {
+    let same = |p: &Policy| -> Option<Arc<LocalPolicy>> {
+        let prev = previous?;
+        let Backend::Local(states) = &prev.backend else {
+            return None;
+        };
+        if prev.config.max_keys != config.max_keys {
+            return None;
+        }
+        let i = prev
+            .config
+            .policies
+            .iter()
+            .position(|q| q.name == p.name && q.key == p.key && q.quota == p.quota)?;
+        states.get(i).cloned()
+    };
     config
         .policies
         .iter()
-        .map(|p| LocalPolicy::new(&p.name, p.quota, config.max_keys))
+        .map(|p| {
+            same(p).unwrap_or_else(|| Arc::new(LocalPolicy::new(&p.name, p.quota, config.max_keys)))
+        })
         .collect()
 }
 
