@@ -4,10 +4,11 @@
 //! 1. The file is loaded and validated like at start. A bad file is rejected: every problem is
 //!    logged (and returned to `POST /reload`), `omsgate_config_reloads_total{result="rejected"}`
 //!    counts it, and the running configuration stays.
-//! 2. Otherwise a new [`Pipeline`] is built with [`Pipeline::reloaded`] (routes, identity keys and every
-//!    concern's policies), the upstream pool is swapped ([`Upstreams::reload`]), and the new
-//!    pipeline is stored: requests that start from then on use it, requests in flight finish on
-//!    the snapshot they took in `new_ctx`. `omsgate_config_info{hash}` moves to the new hash.
+//! 2. Otherwise a new [`Pipeline`] is built with [`Pipeline::reloaded`] (routes, identity keys
+//!    and every concern's policies; unchanged local rate-limit buckets carry over), the upstream
+//!    pool is swapped ([`Upstreams::reload`]), and the new pipeline is stored: requests that
+//!    start from then on use it, requests in flight finish on the snapshot they took in
+//!    `new_ctx`. `omsgate_config_info{hash}` moves to the new hash.
 //! 3. What only a restart can change (listen addresses, threads, the keepalive pool size, the
 //!    shutdown grace, the log format) keeps its old value; each such key is named in a warning
 //!    and in the reload's answer.
