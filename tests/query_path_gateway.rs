@@ -238,6 +238,38 @@ async fn pooled_routes_answer_like_the_oms_with_the_cache_in_front() {
     assert_eq!(json(&decoded), json(&miss.body));
     assert_eq!(queries(&gw), n + 1.0);
 
+    // HEAD of a cold invoice: the headers of the GET, no body; the entry it stores is whole.
+    let cold = dataset
+        .invoices
+        .iter()
+        .filter(|i| i.tenant_id == "initech")
+        .nth(5)
+        .unwrap();
+    let cold_path = format!("/api/v1/invoices/{}", cold.id);
+    let head = http
+        .head(gw.url(&cold_path))
+        .bearer_auth(&initech)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["x-cache"], "MISS");
+    let head_len: usize = head.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(head.bytes().await.unwrap().is_empty());
+    let after_head = get(&http, &gw.url(&cold_path), Some(&initech)).await;
+    assert_eq!(after_head.status, 200);
+    assert_eq!(
+        after_head.body.len(),
+        head_len,
+        "HEAD said the GET's length"
+    );
+    let (_, _, reference) = from_sim(&sim, "initech", &cold_path).await;
+    assert_eq!(json(&after_head.body), json(&reference));
+
     // No verified tenant: the OMS answers (its 401), counted as a fallback.
     let before = oms_gets(&sim);
     let anonymous: Got = get(&http, &gw.url(&path), None).await;
