@@ -89,6 +89,10 @@ async fn sink_writes_every_record_once_across_a_kill_mid_batch() {
             batch_size = 50
             batch_timeout = "100ms"
             table = "{schema}.audit_events"
+            # The killed sink stays in the group until its session times out; the restarted
+            # one is assigned the partitions only then (librdkafka's default is 45 s).
+            [audit.kafka_options]
+            "session.timeout.ms" = "6000"
             "#,
             dir.0.join("sink-spool").display(),
             database_url(),
