@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Cost per request in CPU instructions, under valgrind's callgrind: a figure that does not depend
+# on what else the machine is doing, so a regression shows whatever the noise (issue 9).
+#
+#   benches/instructions.sh            # all scenarios, 1000 measured requests each
+#   N=3000 benches/instructions.sh passthrough
+#
+# For each scenario the gateway (release build, one worker thread) runs twice under callgrind in
+# front of `omsgate sim` (latency 0): once serving a warm-up of W requests, once W + N. The
+# difference of the two instruction totals divided by N is the gateway's cost per request, with
+# start-up, warm-up and shutdown cancelled out. The client is a keepalive Python loop on one
+# connection; its cost is not counted. Prints a table and writes target/bench-instructions.json.
+#
+# Scenarios: passthrough (20 KB JSON, no features), l1_hit (the same response served from the
+# in-memory cache), all_features (JWT identity, a local rate limit, a cache miss every time,
+# gzip, metrics, file audit).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+N=${N:-1000}
+W=${W:-200}
+BODY=${BODY:-20000}
+SCENARIOS=("$@")
+[[ ${#SCENARIOS[@]} -gt 0 ]] || SCENARIOS=(passthrough l1_hit all_features)
+
+command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
+cargo build --release --bin omsgate >&2
+BIN=$PWD/target/release/omsgate
+WORK=$(mktemp -d /tmp/omsgate-instructions.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_port() {
+    for _ in $(seq 1 600); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "port $1 did not open" >&2
+    return 1
+}
+
+SIM=$(free_port)
+"$BIN" sim --listen "127.0.0.1:$SIM" --latency-ms 0 --workers 100000 >/dev/null 2>&1 &
+PIDS+=($!)
+wait_port "$SIM"
+
+SECRET=$(sed -n 's/^pub const DEMO_JWT_SECRET: &str = "\(.*\)";$/\1/p' src/sim/mod.rs)
+
+config() { # scenario listen admin
+    local routes='[[route]]
+name = "blob"
+path = "/__blob/{size}"'
+    local extra=""
+    case $1 in
+    passthrough) extra='[compression]
+enabled = false' ;;
+    l1_hit) extra='[compression]
+enabled = false'
+        routes="$routes
+cache = { ttl = \"1h\", scope = \"public\" }" ;;
+    all_features) extra="[identity]
+mode = \"jwt\"
+jwt_secret = \"$SECRET\"
+[rate_limit.policies.per_tenant]
+key = \"tenant\"
+quota = \"1000000/second\"
+[audit]
+spool_dir = \"$WORK/spool-$2\""
+        routes="$routes
+rate_limit = [\"per_tenant\"]
+cache = { ttl = \"1h\", scope = \"tenant\" }" ;;
+    esac
+    cat <<EOF
+[server]
+listen = "127.0.0.1:$2"
+threads = 1
+shutdown_grace = "1s"
+[admin]
+listen = "127.0.0.1:$3"
+[upstream]
+servers = ["127.0.0.1:$SIM"]
+[log]
+level = "warn"
+$extra
+$routes
+EOF
+}
+
+# requests(port, count, scenario): count keepalive GETs on one connection.
+requests() {
+    python3 - "$1" "$2" "$3" "$BODY" "$SECRET" <<'EOF'
+import base64, hashlib, hmac, http.client, json, sys, time
+port, count, scenario, body, secret = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+headers = {}
+if scenario == "all_features":
+    b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    claims = b64(json.dumps({"tenant_id": "acme", "sub": "bench", "exp": int(time.time()) + 3600}).encode())
+    sig = b64(hmac.new(secret.encode(), head + b"." + claims, hashlib.sha256).digest())
+    headers["authorization"] = "Bearer " + (head + b"." + claims + b"." + sig).decode()
+    headers["accept-encoding"] = "gzip"
+c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+for i in range(count):
+    # all_features: a distinct query string every time, so every request is a cache miss.
+    path = f"/__blob/{body}" + (f"?n={i}" if scenario == "all_features" else "")
+    c.request("GET", path, headers=headers)
+    r = c.getresponse()
+    r.read()
+    if r.status != 200:
+        sys.exit(f"status {r.status} for {path}")
+EOF
+}
+
+# instructions(scenario, count): total instructions of one gateway run serving `count` requests.
+instructions() {
+    local listen admin out
+    listen=$(free_port)
+    admin=$(free_port)
+    out="$WORK/callgrind.$1.$2"
+    config "$1" "$listen" "$admin" >"$WORK/$1-$2.toml"
+    valgrind --tool=callgrind --callgrind-out-file="$out" \
+        "$BIN" run --config "$WORK/$1-$2.toml" >"$WORK/$1-$2.log" 2>&1 &
+    local pid=$!
+    PIDS+=("$pid")
+    wait_port "$listen"
+    requests "$listen" "$2" "$1"
+    kill -TERM "$pid"
+    wait "$pid" || true
+    awk '/^(summary|totals):/ { print $2; exit }' "$out"
+}
+
+printf '\n%-14s %14s %10s\n' scenario instr/request requests
+ROWS=()
+for s in "${SCENARIOS[@]}"; do
+    base=$(instructions "$s" "$W")
+    total=$(instructions "$s" $((W + N)))
+    per=$(((total - base) / N))
+    printf '%-14s %14d %10d\n' "$s" "$per" "$N"
+    ROWS+=("{\"scenario\":\"$s\",\"instructions_per_request\":$per,\"requests\":$N,\"body_bytes\":$BODY}")
+done
+mkdir -p target
+(IFS=,; echo "[${ROWS[*]}]") >target/bench-instructions.json
+echo "wrote target/bench-instructions.json"
