@@ -4,6 +4,7 @@
 #
 #   benches/instructions.sh            # all scenarios, 1000 measured requests each
 #   N=3000 benches/instructions.sh passthrough
+#   KEEP=1 benches/instructions.sh all_features   # keep the callgrind files for callgrind_annotate
 #
 # For each scenario the gateway (release build, one worker thread) runs twice under callgrind in
 # front of `omsgate sim` (latency 0): once serving a warm-up of W requests, once W + N. The
@@ -30,7 +31,11 @@ WORK=$(mktemp -d /tmp/omsgate-instructions.XXXXXX)
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    rm -rf "$WORK"
+    if [[ -n ${KEEP:-} ]]; then
+        echo "callgrind files kept in $WORK (callgrind_annotate $WORK/callgrind.SCENARIO.COUNT)" >&2
+    else
+        rm -rf "$WORK"
+    fi
 }
 trap cleanup EXIT
 
