@@ -12,7 +12,7 @@
 # start-up, warm-up and shutdown cancelled out. The client is a keepalive Python loop on one
 # connection; its cost is not counted. Prints a table and writes target/bench-instructions.json.
 #
-# Scenarios: passthrough (20 KB JSON, no features), l1_hit (the same response served from the
+# Scenarios: passthrough (20 KB JSON, no features: no compression, no audit), l1_hit (the same response served from the
 # in-memory cache), all_features (JWT identity, a local rate limit, a cache miss every time,
 # gzip, metrics, file audit).
 set -euo pipefail
@@ -66,8 +66,12 @@ path = "/__blob/{size}"'
     local extra=""
     case $1 in
     passthrough) extra='[compression]
+enabled = false
+[audit]
 enabled = false' ;;
     l1_hit) extra='[compression]
+enabled = false
+[audit]
 enabled = false'
         routes="$routes
 cache = { ttl = \"1h\", scope = \"public\" }" ;;
@@ -131,8 +135,8 @@ instructions() {
     admin=$(free_port)
     out="$WORK/callgrind.$1.$2"
     config "$1" "$listen" "$admin" >"$WORK/$1-$2.toml"
-    valgrind --tool=callgrind --callgrind-out-file="$out" \
-        "$BIN" run --config "$WORK/$1-$2.toml" >"$WORK/$1-$2.log" 2>&1 &
+    (cd "$WORK" && exec valgrind --tool=callgrind --callgrind-out-file="$out" \
+        "$BIN" run --config "$WORK/$1-$2.toml" >"$WORK/$1-$2.log" 2>&1) &
     local pid=$!
     PIDS+=("$pid")
     wait_port "$listen"
