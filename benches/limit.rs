@@ -246,9 +246,10 @@ fn main() {
         );
     }
 
+    println!("\nload average before: {:?}", loadgen::load_average());
     let checks: Vec<CheckRow> = modes.iter().flat_map(|m| check_rows(&rt, m)).collect();
     println!(
-        "\n{:<12} {:>9} {:>12} {:>12} {:>14}",
+        "{:<12} {:>9} {:>12} {:>12} {:>14}",
         "limiter", "in flight", "checks", "ns/check", "checks/s"
     );
     for r in &checks {
@@ -296,7 +297,11 @@ fn main() {
         .parent()
         .map(|p| p.join("bench-limit.json"))
         .unwrap_or_else(|| PathBuf::from("bench-limit.json"));
-    let json = serde_json::json!({ "checks": checks, "proxy": proxy });
+    let json = serde_json::json!({
+        "load_average": loadgen::load_average(),
+        "checks": checks,
+        "proxy": proxy,
+    });
     if let Ok(text) = serde_json::to_string_pretty(&json) {
         let _ = std::fs::write(&out, text);
         println!("\nwrote {}", out.display());
