@@ -2,13 +2,19 @@
 //!
 //! 1. Throughput, side by side, on the simulated OMS with latency 0 (`/__blob/{n}` bodies):
 //!    pass-through (no cache), hits from the L1, hits from Redis only (L1 off), and the miss path
-//!    (every request a new key: lookup, fetch, store in L1 and Redis).
+//!    (every request a new key: lookup, fetch, store in L1 and Redis). Compression is on (the
+//!    default), so entries are stored gzip-compressed: hits are measured for clients without
+//!    `Accept-Encoding` (each hit decoded) and for gzip clients (the stored bytes as they are),
+//!    each against pass-through for the same client, plus L1 hits with compression off.
 //! 2. The seed scenario: the simulated OMS with 500 ms latency and 4 workers, 1000 invoices,
 //!    500 concurrent clients each looping over a Zipf-distributed (s = 1) mix of 90 % invoice
 //!    reads and 10 % writes (PATCH, invalidating the invoice), with and without omsgate's cache.
-//!    Prints mean/p99 latency and OMS requests per client request. Requests still running when
-//!    the run ends are cut off after a grace period and counted with the time they had waited
-//!    (so the no-cache mean is a lower bound).
+//!    Prints mean/p99 latency, OMS requests per client request, and the share and latency of
+//!    cache hits. Requests still running when the run ends are cut off after a grace period and
+//!    counted with the time they had waited (so the means are lower bounds). The OMS serves at
+//!    most workers / latency = 8 requests/s and every write reaches it, so with closed-loop
+//!    clients the mean latency cannot drop below clients / (8 / 0.1) = 6.25 s whatever the
+//!    cache does (Little's law); the bench prints that floor next to the figures.
 //!
 //! Prints a table and writes `target/bench-cache.json`. Needs Redis at
 //! `OMSGATE_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`) for the Redis rows.
@@ -90,7 +96,15 @@ fn start_sim(addr: SocketAddr, latency_ms: u64, workers: usize, invoices: usize)
     Proc(child)
 }
 
-fn start_gateway(upstream: SocketAddr, listen: SocketAddr, cache: &str, routes: &str) -> Proc {
+/// A gateway in front of `upstream`; `extra` goes before `[cache]` (e.g. a `[compression]`
+/// section).
+fn start_gateway(
+    upstream: SocketAddr,
+    listen: SocketAddr,
+    extra: &str,
+    cache: &str,
+    routes: &str,
+) -> Proc {
     let admin = free_addr();
     let prefix = format!("bench_{}_{}:", std::process::id(), listen.port());
     let cfg = format!(
@@ -109,6 +123,7 @@ mode = "jwt"
 jwt_secret = "{DEMO_JWT_SECRET}"
 [log]
 level = "warn"
+{extra}
 [cache]
 key_prefix = "{prefix}"
 {cache}
@@ -157,7 +172,10 @@ type PathsFor<'a> = dyn Fn(usize) -> Vec<String> + 'a;
 #[derive(serde::Serialize)]
 struct Row {
     target: String,
+    /// The client's `Accept-Encoding`, if any.
+    accept_encoding: Option<String>,
     report: LoadReport,
+    /// Against pass-through for the same client (`Accept-Encoding`).
     vs_pass_through: f64,
     rss_bytes: u64,
     cpu_us_per_request: f64,
@@ -170,12 +188,13 @@ fn drive(
     secs: u64,
     connections: usize,
     paths_for: &PathsFor,
+    headers: &[(String, String)],
 ) -> LoadReport {
     let specs: Vec<LoadSpec> = (0..connections)
         .map(|c| LoadSpec {
             addr,
             paths: paths_for(c),
-            headers: vec![],
+            headers: headers.to_vec(),
             connections: 1,
             duration: Duration::from_secs(secs),
         })
@@ -222,12 +241,16 @@ fn measure(
     addr: SocketAddr,
     pid: u32,
     paths_for: &PathsFor,
+    accept_encoding: Option<&str>,
 ) -> Row {
     let secs = env_or("OMSGATE_BENCH_SECS", 8);
     let conns = env_or("OMSGATE_BENCH_CONNECTIONS", 64) as usize;
-    drive(rt, addr, 1, conns, paths_for); // warm-up: keepalive pools, caches
+    let headers: Vec<(String, String)> = accept_encoding
+        .map(|ae| vec![("Accept-Encoding".to_string(), ae.to_string())])
+        .unwrap_or_default();
+    drive(rt, addr, 1, conns, paths_for, &headers); // warm-up: keepalive pools, caches
     let cpu0 = loadgen::cpu_seconds_of(pid);
-    let report = drive(rt, addr, secs, conns, paths_for);
+    let report = drive(rt, addr, secs, conns, paths_for, &headers);
     let cpu1 = loadgen::cpu_seconds_of(pid);
     let cpu_us = if report.requests > 0 {
         (cpu1 - cpu0) * 1e6 / report.requests as f64
@@ -236,6 +259,7 @@ fn measure(
     };
     Row {
         target: name.to_string(),
+        accept_encoding: accept_encoding.map(str::to_string),
         report,
         vs_pass_through: 0.0,
         rss_bytes: loadgen::rss_of(pid),
@@ -257,31 +281,78 @@ fn throughput(rt: &tokio::runtime::Runtime) -> Vec<Row> {
             .collect()
     };
     let redis = redis_url();
+    let redis_only = format!("redis_url = \"{redis}\"\nmemory = {{ max_bytes = 0 }}");
+    let both = format!("redis_url = \"{redis}\"");
+    let off = "[compression]\nenabled = false";
+    let gzip = Some("gzip");
     let mut rows = Vec::new();
 
-    let variants: [(&str, String, &str, &PathsFor); 4] = [
-        ("pass-through (no cache)", String::new(), BLOB_PLAIN, &same),
-        ("hit, L1", String::new(), BLOB_CACHED, &same),
+    // (name, extra config, [cache] keys, routes, paths, Accept-Encoding)
+    type Variant<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a PathsFor<'a>,
+        Option<&'a str>,
+    );
+    let variants: [Variant; 8] = [
+        ("pass-through (no cache)", "", "", BLOB_PLAIN, &same, None),
         (
-            "hit, Redis only (L1 off)",
-            format!("redis_url = \"{redis}\"\nmemory = {{ max_bytes = 0 }}"),
+            "pass-through (no cache), gzip",
+            "",
+            "",
+            BLOB_PLAIN,
+            &same,
+            gzip,
+        ),
+        ("hit, L1", "", "", BLOB_CACHED, &same, None),
+        ("hit, L1, gzip", "", "", BLOB_CACHED, &same, gzip),
+        (
+            "hit, L1, compression off",
+            off,
+            "",
             BLOB_CACHED,
             &same,
+            None,
+        ),
+        (
+            "hit, Redis only (L1 off)",
+            "",
+            &redis_only,
+            BLOB_CACHED,
+            &same,
+            None,
+        ),
+        (
+            "hit, Redis only (L1 off), gzip",
+            "",
+            &redis_only,
+            BLOB_CACHED,
+            &same,
+            gzip,
         ),
         (
             "miss (fetch + store L1 and Redis)",
-            format!("redis_url = \"{redis}\""),
+            "",
+            &both,
             BLOB_MISS,
             &unique,
+            None,
         ),
     ];
-    for (name, cache, routes, paths) in variants {
+    for (name, extra, cache, routes, paths, ae) in variants {
         let addr = free_addr();
-        let gw = start_gateway(sim_addr, addr, &cache, routes);
-        rows.push(measure(rt, name, addr, gw.0.id(), paths));
+        let gw = start_gateway(sim_addr, addr, extra, cache, routes);
+        rows.push(measure(rt, name, addr, gw.0.id(), paths, ae));
     }
-    let base = rows[0].report.rps.max(1e-9);
+    let base_identity = rows[0].report.rps.max(1e-9);
+    let base_gzip = rows[1].report.rps.max(1e-9);
     for r in &mut rows {
+        let base = match r.accept_encoding {
+            Some(_) => base_gzip,
+            None => base_identity,
+        };
         r.vs_pass_through = r.report.rps / base;
     }
     rows
@@ -305,6 +376,13 @@ struct SeedRow {
     backend_requests: u64,
     backend_per_client_request: f64,
     client_rps: f64,
+    /// Reads answered from the cache (`x-cache: HIT` or `STALE`).
+    hits: u64,
+    hit_mean_ms: f64,
+    hit_p99_ms: f64,
+    /// The least mean latency closed-loop clients can see when every write reaches the OMS:
+    /// clients / (OMS requests per second / write share), by Little's law.
+    floor_mean_ms: f64,
 }
 
 /// Zipf (s = 1) over `n` ranks: the cumulative distribution for sampling.
@@ -367,8 +445,9 @@ fn seed_scenario(rt: &tokio::runtime::Runtime, cached: bool) -> SeedRow {
             })
             .collect(),
     );
+    let (latency_ms, workers, write_share) = (500u64, 4usize, 0.1);
     let sim_addr = free_addr();
-    let _sim = start_sim(sim_addr, 500, 4, 200);
+    let _sim = start_sim(sim_addr, latency_ms, workers, 200);
     let routes = if cached {
         r#"
 [[route]]
@@ -390,7 +469,7 @@ path = "/api/v1/invoices/{id}"
 "#
     };
     let addr = free_addr();
-    let _gw = start_gateway(sim_addr, addr, "", routes);
+    let _gw = start_gateway(sim_addr, addr, "", "", routes);
     let backend_before = sim_requests(rt, sim_addr);
 
     let cdf = Arc::new(zipf_cdf(invoices.len()));
@@ -410,14 +489,14 @@ path = "/api/v1/invoices/{id}"
                 (http.clone(), invoices.clone(), tokens.clone(), cdf.clone());
             tasks.push(tokio::spawn(async move {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(c as u64);
-                // (latency µs, is_write, cut off, error)
-                let mut out: Vec<(u64, bool, bool, bool)> = Vec::new();
+                // (latency µs, is_write, cut off, error, from the cache)
+                let mut out: Vec<(u64, bool, bool, bool, bool)> = Vec::new();
                 while Instant::now() < deadline {
                     let u: f64 = rng.random();
                     let rank = cdf.partition_point(|p| *p < u).min(invoices.len() - 1);
                     let (tenant, id) = &invoices[rank];
                     let url = format!("http://{addr}/api/v1/invoices/{id}");
-                    let write = rng.random_range(0..10) == 0;
+                    let write = rng.random_bool(write_share);
                     let req = if write {
                         http.patch(&url).json(&serde_json::json!({
                             "customer": format!("Customer {}", rng.random_range(0..1000))
@@ -431,16 +510,22 @@ path = "/api/v1/invoices/{id}"
                     match tokio::time::timeout_at(cut.into(), async {
                         let r = req.send().await?;
                         let ok = r.status().is_success();
-                        r.bytes().await.map(|_| ok)
+                        let hit = matches!(
+                            r.headers().get("x-cache").and_then(|v| v.to_str().ok()),
+                            Some("HIT" | "STALE")
+                        );
+                        r.bytes().await.map(|_| (ok, hit))
                     })
                     .await
                     {
-                        Ok(Ok(ok)) => out.push((t.elapsed().as_micros() as u64, write, false, !ok)),
+                        Ok(Ok((ok, hit))) => {
+                            out.push((t.elapsed().as_micros() as u64, write, false, !ok, hit))
+                        }
                         Ok(Err(_)) => {
-                            out.push((t.elapsed().as_micros() as u64, write, false, true))
+                            out.push((t.elapsed().as_micros() as u64, write, false, true, false))
                         }
                         Err(_) => {
-                            out.push((t.elapsed().as_micros() as u64, write, true, false));
+                            out.push((t.elapsed().as_micros() as u64, write, true, false, false));
                             break;
                         }
                     }
@@ -459,15 +544,20 @@ path = "/api/v1/invoices/{id}"
     let elapsed = started.elapsed().as_secs_f64();
     let backend = sim_requests(rt, sim_addr).saturating_sub(backend_before);
 
-    let mut lat: Vec<u64> = results.iter().map(|r| r.0).collect();
-    lat.sort_unstable();
-    let pct = |p: f64| -> f64 {
+    let sorted = |it: &mut dyn Iterator<Item = u64>| -> Vec<u64> {
+        let mut v: Vec<u64> = it.collect();
+        v.sort_unstable();
+        v
+    };
+    let pct = |lat: &[u64], p: f64| -> f64 {
         if lat.is_empty() {
             return 0.0;
         }
         let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
         lat[i] as f64 / 1000.0
     };
+    let lat = sorted(&mut results.iter().map(|r| r.0));
+    let hit_lat = sorted(&mut results.iter().filter(|r| r.4).map(|r| r.0));
     let mean = |it: &mut dyn Iterator<Item = u64>| -> f64 {
         let (n, s) = it.fold((0u64, 0u64), |(n, s), v| (n + 1, s + v));
         if n == 0 {
@@ -490,12 +580,17 @@ path = "/api/v1/invoices/{id}"
         reads: results.iter().filter(|r| !r.1).count() as u64,
         writes: results.iter().filter(|r| r.1).count() as u64,
         mean_ms: mean(&mut results.iter().map(|r| r.0)),
-        p50_ms: pct(0.5),
-        p99_ms: pct(0.99),
+        p50_ms: pct(&lat, 0.5),
+        p99_ms: pct(&lat, 0.99),
         read_mean_ms: mean(&mut results.iter().filter(|r| !r.1).map(|r| r.0)),
         backend_requests: backend,
         backend_per_client_request: backend as f64 / total.max(1) as f64,
         client_rps: total as f64 / elapsed,
+        hits: hit_lat.len() as u64,
+        hit_mean_ms: mean(&mut hit_lat.iter().copied()),
+        hit_p99_ms: pct(&hit_lat, 0.99),
+        floor_mean_ms: clients as f64 * 1000.0
+            / (workers as f64 * 1000.0 / latency_ms as f64 / write_share),
     }
 }
 
@@ -507,8 +602,9 @@ fn main() {
         .expect("tokio runtime");
 
     let rows = throughput(&rt);
+    println!("\nload average before: {:?}", loadgen::load_average());
     println!(
-        "\n{:<36} {:>10} {:>8} {:>9} {:>9} {:>10} {:>9} {:>7}",
+        "{:<36} {:>10} {:>8} {:>9} {:>9} {:>10} {:>9} {:>7}",
         "cache path", "req/s", "× pass", "p50 µs", "p99 µs", "CPU µs/req", "RSS MiB", "errors"
     );
     for r in &rows {
@@ -531,7 +627,7 @@ fn main() {
         seed[0].clients
     );
     println!(
-        "{:<24} {:>9} {:>8} {:>9} {:>9} {:>9} {:>10} {:>11} {:>9}",
+        "{:<24} {:>9} {:>8} {:>9} {:>9} {:>9} {:>10} {:>11} {:>9} {:>7} {:>9} {:>9}",
         "target",
         "requests",
         "cut off",
@@ -540,11 +636,14 @@ fn main() {
         "p99 ms",
         "read mean",
         "OMS/request",
-        "req/s"
+        "req/s",
+        "hits",
+        "hit mean",
+        "hit p99"
     );
     for r in &seed {
         println!(
-            "{:<24} {:>9} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>11.3} {:>9.0}",
+            "{:<24} {:>9} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>11.3} {:>9.0} {:>7} {:>9.2} {:>9.2}",
             r.target,
             r.completed + r.cut_off,
             r.cut_off,
@@ -553,14 +652,26 @@ fn main() {
             r.p99_ms,
             r.read_mean_ms,
             r.backend_per_client_request,
-            r.client_rps
+            r.client_rps,
+            r.hits,
+            r.hit_mean_ms,
+            r.hit_p99_ms
         );
     }
+    println!(
+        "floor of the mean for closed-loop clients whose writes all reach the OMS (Little's law): {:.0} ms",
+        seed[0].floor_mean_ms
+    );
+    println!("load average after: {:?}", loadgen::load_average());
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .parent()
         .map(|p| p.join("bench-cache.json"))
         .unwrap_or_else(|| PathBuf::from("bench-cache.json"));
-    let json = serde_json::json!({ "throughput": rows, "seed_scenario": seed });
+    let json = serde_json::json!({
+        "load_average": loadgen::load_average(),
+        "throughput": rows,
+        "seed_scenario": seed,
+    });
     if let Ok(text) = serde_json::to_string_pretty(&json) {
         let _ = std::fs::write(&out, text);
         println!("\nwrote {}", out.display());

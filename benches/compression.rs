@@ -1,27 +1,35 @@
 //! `cargo bench --bench compression`: what compression costs and saves through omsgate.
 //!
-//! An in-process upstream answers every request with the same ~20 KB page of invoices in the
-//! legacy API's JSON (from the simulator's generator, so it compresses like the real thing).
-//! The gateway runs as a child process (one worker thread) with a config per row; a
-//! closed-loop keepalive load runs for a fixed time per row. Rows: compression off, a client
-//! without `Accept-Encoding` (identity through an enabled gateway), gzip at levels 1 and 6, br
-//! at 4, zstd at 3. Reported: req/s, latency, CPU µs per request of the gateway process,
-//! response bytes on the wire (body with chunk framing), and the throughput cost relative to
-//! pass-through. Prints a table and writes `target/bench-compression.json`.
+//! 1. The encoder alone: `compress::Encoder` on the ~20 KB body in this process, per algorithm
+//!    and level, as one chunk and as 4 KiB chunks (each flushed, as a streamed response is),
+//!    and gunzip of the level-6 body (what a cache hit costs an identity client): µs per body
+//!    and bytes out. This is the CPU-bound cost with nothing else on the path.
+//! 2. Through the gateway: an in-process upstream answers every request with the same ~20 KB
+//!    page of invoices in the legacy API's JSON (from the simulator's generator, so it
+//!    compresses like the real thing). The gateway runs as a child process (one worker thread)
+//!    with a config per row; a closed-loop keepalive load runs for a fixed time per row. Rows:
+//!    compression off, a client without `Accept-Encoding` (identity through an enabled
+//!    gateway), gzip at levels 1 and 6, br at 4, zstd at 3. Reported: req/s, latency, CPU µs
+//!    per request of the gateway process, response bytes on the wire (body with chunk
+//!    framing), and the throughput cost relative to pass-through.
+//!
+//! Prints the tables and writes `target/bench-compression.json`.
 //!
 //! Environment: `OMSGATE_BENCH_SECS` (default 8), `OMSGATE_BENCH_CONNECTIONS` (default 64),
 //! `OMSGATE_BENCH_BODY` (body bytes, default 20000).
 
 use std::convert::Infallible;
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use omsgate::compress::{Algorithm, Encoder};
 use omsgate::loadgen::{self, LoadReport, LoadSpec};
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -77,6 +85,91 @@ fn invoice_page(n: usize) -> Bytes {
     out.push(b']');
     Bytes::from(out)
 }
+
+// === 1. The encoder alone ===
+
+#[derive(serde::Serialize)]
+struct EncoderRow {
+    name: String,
+    chunk_bytes: usize,
+    us_per_body: f64,
+    /// Input bytes per second, in MB (10^6).
+    mb_per_sec: f64,
+    out_bytes: usize,
+}
+
+/// Runs `once` (which returns the bytes it produced) repeatedly for a fixed time.
+fn time_it(name: String, body_len: usize, chunk: usize, once: &dyn Fn() -> usize) -> EncoderRow {
+    let out_bytes = once();
+    let budget = Duration::from_millis(600);
+    let started = Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < budget {
+        std::hint::black_box(once());
+        n += 1;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    EncoderRow {
+        name,
+        chunk_bytes: chunk,
+        us_per_body: secs * 1e6 / n as f64,
+        mb_per_sec: body_len as f64 * n as f64 / secs / 1e6,
+        out_bytes,
+    }
+}
+
+fn encoder_rows(body: &[u8]) -> Vec<EncoderRow> {
+    let encode = |a: Algorithm, level: u32, chunk: usize| -> usize {
+        let mut enc = Encoder::new(a, level).expect("an encoder");
+        let mut out = 0;
+        let mut pieces = body.chunks(chunk).peekable();
+        while let Some(piece) = pieces.next() {
+            out += enc
+                .encode(piece, pieces.peek().is_none())
+                .expect("encoding")
+                .len();
+        }
+        out
+    };
+    let mut rows = Vec::new();
+    let cases = [
+        (Algorithm::Gzip, 1),
+        (Algorithm::Gzip, 3),
+        (Algorithm::Gzip, 6),
+        (Algorithm::Gzip, 9),
+        (Algorithm::Brotli, 4),
+        (Algorithm::Zstd, 1),
+        (Algorithm::Zstd, 3),
+    ];
+    for chunk in [body.len(), 4096] {
+        for (a, level) in cases {
+            let name = format!("{a} level {level}");
+            rows.push(time_it(name, body.len(), chunk, &|| {
+                encode(a, level, chunk)
+            }));
+        }
+    }
+    let gz6 = {
+        let mut enc = Encoder::new(Algorithm::Gzip, 6).expect("an encoder");
+        enc.encode(body, true).expect("encoding")
+    };
+    let gunzip = || {
+        let mut out = Vec::with_capacity(body.len());
+        flate2::read::GzDecoder::new(&gz6[..])
+            .read_to_end(&mut out)
+            .expect("valid gzip");
+        out.len()
+    };
+    rows.push(time_it(
+        "gunzip (level-6 body)".into(),
+        body.len(),
+        gz6.len(),
+        &gunzip,
+    ));
+    rows
+}
+
+// === 2. Through the gateway ===
 
 /// Serves `body` as `application/json` with a length on `addr`, on its own thread.
 fn start_upstream(addr: SocketAddr, body: Bytes) {
@@ -209,6 +302,20 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    println!("\nload average before: {:?}", loadgen::load_average());
+    let encoder = encoder_rows(&body);
+    println!("\nthe encoder alone, {} bytes of invoice JSON", body.len());
+    println!(
+        "{:<24} {:>8} {:>10} {:>9} {:>9}",
+        "encoder", "chunk B", "µs/body", "MB/s", "bytes out"
+    );
+    for r in &encoder {
+        println!(
+            "{:<24} {:>8} {:>10.1} {:>9.0} {:>9}",
+            r.name, r.chunk_bytes, r.us_per_body, r.mb_per_sec, r.out_bytes
+        );
+    }
+
     let upstream = free_addr();
     start_upstream(upstream, body.clone());
 
@@ -252,7 +359,10 @@ fn main() {
         }
     }
 
-    println!("\nbody: {} bytes of invoice JSON", body.len());
+    println!(
+        "\nthrough the gateway, {} bytes of invoice JSON",
+        body.len()
+    );
     println!(
         "{:<20} {:>9} {:>8} {:>8} {:>11} {:>11} {:>7} {:>7}",
         "case", "req/s", "p50 µs", "p99 µs", "CPU µs/req", "wire B/resp", "cost %", "errors"
@@ -274,7 +384,12 @@ fn main() {
         .parent()
         .map(|p| p.join("bench-compression.json"))
         .unwrap_or_else(|| PathBuf::from("bench-compression.json"));
-    let json = serde_json::json!({ "body_bytes": body.len(), "rows": rows });
+    let json = serde_json::json!({
+        "body_bytes": body.len(),
+        "load_average": loadgen::load_average(),
+        "encoder": encoder,
+        "rows": rows,
+    });
     if let Ok(text) = serde_json::to_string_pretty(&json) {
         let _ = std::fs::write(&out, text);
         println!("\nwrote {}", out.display());

@@ -241,3 +241,11 @@ pub fn cpu_seconds_of(pid: u32) -> f64 {
     let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     (utime + stime) / 100.0
 }
+
+/// The 1, 5 and 15 minute load averages (`/proc/loadavg`), recorded next to bench figures
+/// because a loaded machine changes them; `None` where the file is absent.
+pub fn load_average() -> Option<[f64; 3]> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let mut it = text.split_whitespace().map(|v| v.parse::<f64>().ok());
+    Some([it.next()??, it.next()??, it.next()??])
+}

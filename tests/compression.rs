@@ -1,5 +1,6 @@
 //! Response compression through a real gateway process in front of the real test upstream:
-//! negotiation, what is left alone, ETag/`If-None-Match`, streaming, the route switch, metrics
+//! negotiation, what is left alone, ETag/`If-None-Match`, streaming, entries of the response
+//! cache (in the shared Redis) served to gzip and identity clients, the route switch, metrics
 //! and config validation (DESIGN.md capability 4, issue 4).
 
 mod common;
@@ -327,6 +328,72 @@ async fn a_slow_chunked_response_reaches_the_client_chunk_by_chunk() {
         "the body arrived in {} decodable steps: {decoded_sizes:?}",
         decoded_sizes.len()
     );
+}
+
+/// A gateway whose `/bytes/{n}` route is cached (public scope) in the shared Redis, with the
+/// L1 on or off (`memory`), under a key prefix of its own.
+fn cached_gateway(up: &TestUpstream, memory: &str) -> Gateway {
+    gateway(
+        up,
+        &format!(
+            r#"
+[cache]
+redis_url = "{}"
+redis_timeout = "500ms"
+key_prefix = "{}:"
+{memory}
+
+[[route]]
+name = "bytes"
+path = "/bytes/{{n}}"
+cache = {{ ttl = "60s", scope = "public" }}
+"#,
+            common::redis_url(),
+            common::unique("compression")
+        ),
+    )
+}
+
+#[tokio::test]
+async fn a_cached_entry_gives_gzip_and_identity_clients_identical_decoded_bytes() {
+    let up = TestUpstream::start();
+    let original = deterministic_body(20_000);
+    // From the L1, and from Redis alone (the entry as it was written there), for a body the
+    // origin sends as it is (the gateway compresses it to store it) and one it sends gzipped.
+    for (tier, memory) in [("L1", ""), ("Redis", "memory = { max_bytes = 0 }")] {
+        let gw = cached_gateway(&up, memory);
+        for path in ["/bytes/20000", "/bytes/20000?encoding=gzip"] {
+            let ctx = format!("{tier} {path}");
+            up.reset_hits();
+            // The first client accepts no coding: a miss, stored once, sent decoded.
+            let first = get(&gw, path, None).await;
+            assert_eq!(first.status, 200, "{ctx}");
+            assert_eq!(first.header("x-cache"), Some("MISS"), "{ctx}");
+            assert!(first.header("content-encoding").is_none(), "{ctx}");
+            assert_eq!(first.body, original, "{ctx}");
+            let seen = up.last_seen("/bytes/20000").expect("the upstream saw it");
+            assert_eq!(
+                seen.headers.get("accept-encoding").map(String::as_str),
+                Some("gzip"),
+                "{ctx}: the origin is asked for the coding the cache stores"
+            );
+
+            // Hits: the stored gzip bytes as they are, or decoded; the same body either way.
+            let gzip = get(&gw, path, Some("gzip")).await;
+            assert_eq!(gzip.header("x-cache"), Some("HIT"), "{ctx}");
+            assert_eq!(gzip.header("content-encoding"), Some("gzip"), "{ctx}");
+            assert!(gzip.varies_by_accept_encoding(), "{ctx}");
+            for ae in [None, Some("identity"), Some("gzip;q=0, br;q=0")] {
+                let plain = get(&gw, path, ae).await;
+                assert_eq!(plain.header("x-cache"), Some("HIT"), "{ctx} {ae:?}");
+                assert!(plain.header("content-encoding").is_none(), "{ctx} {ae:?}");
+                assert!(plain.varies_by_accept_encoding(), "{ctx} {ae:?}");
+                assert_eq!(plain.body, gunzip(&gzip.body), "{ctx} {ae:?}");
+                assert_eq!(plain.body, original, "{ctx} {ae:?}");
+            }
+            assert_eq!(up.hits_for("/bytes/20000"), 1, "{ctx}: one origin request");
+        }
+    }
 }
 
 #[tokio::test]
