@@ -131,6 +131,9 @@ key_prefix = "{prefix}"
 "#
     );
     let path = bench_dir().join(format!("gateway-{}.toml", listen.port()));
+    // Audit off: this bench measures something else, and the default file audit would fill
+    // ./audit-spool with a record per request.
+    let cfg = format!("{cfg}\n[audit]\nenabled = false\n");
     std::fs::write(&path, cfg).expect("write bench config");
     let child = Command::new(env!("CARGO_BIN_EXE_omsgate"))
         .args(["run", "--config", path.to_str().unwrap_or_default()])

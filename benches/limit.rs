@@ -190,6 +190,9 @@ fn start_gateway(upstream: SocketAddr, listen: SocketAddr, mode: &str) -> Proc {
         rate_limit_section(mode)
     );
     let path = bench_dir().join(format!("gateway-{mode}.toml"));
+    // Audit off: this bench measures something else, and the default file audit would fill
+    // ./audit-spool with a record per request.
+    let cfg = format!("{cfg}\n[audit]\nenabled = false\n");
     std::fs::write(&path, cfg).expect("write bench config");
     let child = Command::new(env!("CARGO_BIN_EXE_omsgate"))
         .args(["run", "--config", path.to_str().unwrap_or_default()])

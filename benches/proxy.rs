@@ -68,7 +68,9 @@ fn start_sim(addr: SocketAddr) -> Proc {
     Proc(child)
 }
 
-fn start_gateway(upstream: SocketAddr, listen: SocketAddr, extra: &str) -> Proc {
+/// The gateway with the `blob` route (`extra`: more keys of that route) and `audit` (an
+/// `[audit]` table; the default file audit when empty).
+fn start_gateway(upstream: SocketAddr, listen: SocketAddr, extra: &str, audit: &str) -> Proc {
     let admin = free_addr();
     let cfg = format!(
         r#"
@@ -86,6 +88,7 @@ level = "warn"
 name = "blob"
 path = "/__blob/{{size}}"
 {extra}
+{audit}
 "#
     );
     let path = bench_dir().join(format!("gateway-{}.toml", listen.port()));
@@ -144,6 +147,35 @@ http {{
         .ok()?;
     wait_port(listen);
     Some(Proc(child))
+}
+
+fn kafka_brokers() -> Option<String> {
+    ["OMSGATE_BENCH_KAFKA_BROKERS", "OMSGATE_TEST_KAFKA_BROKERS"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|b| !b.trim().is_empty()))
+}
+
+/// Creates `topic` with tansu's CLI (`OMSGATE_TANSU_BIN`, `tansu` on PATH or
+/// `~/.cargo/bin/tansu`); a Kafka cluster that auto-creates topics needs nothing.
+fn create_topic(brokers: &str, topic: &str) {
+    let tansu = std::env::var_os("OMSGATE_TANSU_BIN")
+        .map(PathBuf::from)
+        .or_else(|| which("tansu"))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/tansu")));
+    let Some(tansu) = tansu.filter(|t| t.exists()) else {
+        eprintln!("tansu not found: assuming the broker creates {topic} itself");
+        return;
+    };
+    let first = brokers.split(',').next().unwrap_or(brokers);
+    let status = Command::new(tansu)
+        .args(["topic", "create", "--broker", &format!("tcp://{first}")])
+        .args(["--partitions", "3", topic])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !matches!(status, Ok(s) if s.success()) {
+        eprintln!("creating topic {topic} failed ({status:?}); the audit row may spool instead");
+    }
 }
 
 fn which(bin: &str) -> Option<PathBuf> {
@@ -212,7 +244,7 @@ fn main() {
     ));
 
     let gw_addr = free_addr();
-    let gw = start_gateway(sim_addr, gw_addr, "");
+    let gw = start_gateway(sim_addr, gw_addr, "", "[audit]\nenabled = false");
     rows.push(measure(
         &rt,
         "omsgate pass-through",
@@ -220,6 +252,45 @@ fn main() {
         Some(gw.0.id()),
     ));
     drop(gw);
+
+    // Audit on: one record per request to the spool files (no brokers), and to Kafka when a
+    // broker is given (OMSGATE_BENCH_KAFKA_BROKERS, else OMSGATE_TEST_KAFKA_BROKERS).
+    let spool = bench_dir().join(format!("spool-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&spool);
+    let gw_addr = free_addr();
+    let file_audit = format!("[audit]\nspool_dir = \"{}/file\"", spool.display());
+    let gw = start_gateway(sim_addr, gw_addr, "", &file_audit);
+    rows.push(measure(
+        &rt,
+        "omsgate + file audit",
+        gw_addr,
+        Some(gw.0.id()),
+    ));
+    drop(gw);
+    match kafka_brokers() {
+        Some(brokers) => {
+            let topic = format!("bench_audit_{}", std::process::id());
+            create_topic(&brokers, &topic);
+            let gw_addr = free_addr();
+            let kafka_audit = format!(
+                "[audit]\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\nspool_dir = \"{}/kafka\"",
+                spool.display()
+            );
+            let gw = start_gateway(sim_addr, gw_addr, "", &kafka_audit);
+            rows.push(measure(
+                &rt,
+                "omsgate + audit to Kafka",
+                gw_addr,
+                Some(gw.0.id()),
+            ));
+            drop(gw);
+        }
+        None => eprintln!(
+            "no broker (OMSGATE_BENCH_KAFKA_BROKERS / OMSGATE_TEST_KAFKA_BROKERS): skipping the \
+             Kafka audit row"
+        ),
+    }
+    let _ = std::fs::remove_dir_all(&spool);
 
     let ngx_addr = free_addr();
     match start_nginx(sim_addr, ngx_addr) {

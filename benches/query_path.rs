@@ -394,6 +394,9 @@ methods = ["GET"]
     );
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let path = dir.join(format!("query_path-gateway-{}.toml", listen.port()));
+    // Audit off: this bench measures something else, and the default file audit would fill
+    // ./audit-spool with a record per request.
+    let cfg = format!("{cfg}\n[audit]\nenabled = false\n");
     std::fs::write(&path, cfg).expect("write bench config");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_omsgate"))
         .args(["run", "--config"])

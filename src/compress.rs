@@ -1075,14 +1075,9 @@ pub fn encode_for_store(
     let Some(plan) = module.plan.as_ref() else {
         return Ok(body);
     };
-    let gzip = plan
-        .config
-        .compression
-        .algorithms
-        .iter()
-        .find(|(a, _)| *a == Algorithm::Gzip);
-    match gzip {
-        Some(&(_, level)) if plan.enabled && !plan.head => module.store_level = Some(level),
+    // As `upstream_request_filter` decides for an origin response.
+    match plan.config.compression.store_level {
+        Some(level) if plan.enabled && !plan.head => module.store_level = Some(level),
         _ => return Ok(body),
     }
     upstream_response_filter(session, resp);
