@@ -511,7 +511,6 @@ fn check_config_reports_exit_code_and_problems() {
 }
 
 #[tokio::test]
-#[ignore = "needs `omsgate run` with the admin listener (being written on main); remove this line once it lands"]
 async fn gateway_starts_proxies_and_serves_admin_endpoints() {
     let up = TestUpstream::start();
     let gw = Gateway::start(&format!(
