@@ -149,6 +149,69 @@ http {{
     Some(Proc(child))
 }
 
+/// The gateway's memory with many idle keepalive client connections.
+#[derive(Debug, serde::Serialize)]
+struct Idle {
+    open: usize,
+    rss_before: u64,
+    rss_with: u64,
+}
+
+/// Opens `n` client connections, each sending one small request and then staying open idle
+/// (keepalive), and reads the gateway's RSS before and with them.
+async fn idle_connections(addr: SocketAddr, pid: u32, n: usize) -> Idle {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Settle after start-up and one request, so "before" includes the warm connection pools.
+    let _ = loadgen::run(LoadSpec {
+        addr,
+        paths: vec!["/__blob/100".into()],
+        headers: vec![],
+        connections: 4,
+        duration: Duration::from_millis(500),
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before = loadgen::rss_of(pid);
+    let mut open = Vec::with_capacity(n);
+    let mut batch = tokio::task::JoinSet::new();
+    for i in 0..n {
+        batch.spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+            s.write_all(b"GET /__blob/100 HTTP/1.1\r\nHost: bench\r\n\r\n")
+                .await
+                .ok()?;
+            // Read the whole response (headers and the 100-byte body).
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") || got.len() < 100 {
+                let k = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                    .await
+                    .ok()?
+                    .ok()?;
+                if k == 0 {
+                    return None;
+                }
+                got.extend_from_slice(&buf[..k]);
+            }
+            Some(s)
+        });
+        if batch.len() >= 256 || i + 1 == n {
+            while let Some(r) = batch.join_next().await {
+                if let Ok(Some(s)) = r {
+                    open.push(s);
+                }
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_with = loadgen::rss_of(pid);
+    Idle {
+        open: open.len(),
+        rss_before,
+        rss_with,
+    }
+}
+
 fn kafka_brokers() -> Option<String> {
     ["OMSGATE_BENCH_KAFKA_BROKERS", "OMSGATE_TEST_KAFKA_BROKERS"]
         .iter()
@@ -320,11 +383,27 @@ fn main() {
             r.report.errors + r.report.non_success
         );
     }
+
+    // Memory with many idle keepalive clients (issue 9: RSS <= 64 MB with 10 000).
+    let idle_target = env_or("OMSGATE_BENCH_IDLE", 10_000) as usize;
+    let gw_addr = free_addr();
+    let gw = start_gateway(sim_addr, gw_addr, "", "[audit]\nenabled = false");
+    let idle = rt.block_on(idle_connections(gw_addr, gw.0.id(), idle_target));
+    drop(gw);
+    println!(
+        "\nidle keepalive connections: {} of {idle_target} open; gateway RSS {:.1} MiB before, \
+         {:.1} MiB with them (target <= 64 MB)",
+        idle.open,
+        idle.rss_before as f64 / (1024.0 * 1024.0),
+        idle.rss_with as f64 / (1024.0 * 1024.0),
+    );
+
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .parent()
         .map(|p| p.join("bench-proxy.json"))
         .unwrap_or_else(|| PathBuf::from("bench-proxy.json"));
-    if let Ok(json) = serde_json::to_string_pretty(&rows) {
+    let doc = serde_json::json!({ "rows": rows, "idle": idle });
+    if let Ok(json) = serde_json::to_string_pretty(&doc) {
         let _ = std::fs::write(&out, json);
         println!("\nwrote {}", out.display());
     }

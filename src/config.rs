@@ -174,6 +174,10 @@ pub struct ServerFile {
     /// How long in-flight requests may take to finish after SIGTERM before the process exits.
     /// Default `"30s"`.
     pub shutdown_grace: String,
+    /// Read buffer of each client connection (every open connection holds one, idle or not).
+    /// Pingora's own default is 64 KiB. Default `"4KiB"`: requests are small, and 10 000 idle
+    /// keepalive connections then hold 40 MiB of buffers instead of 640 MiB.
+    pub read_buffer: crate::units::ByteSize,
 }
 
 impl Default for ServerFile {
@@ -182,6 +186,7 @@ impl Default for ServerFile {
             listen: "0.0.0.0:8080".into(),
             threads: 2,
             shutdown_grace: "30s".into(),
+            read_buffer: crate::units::ByteSize::Text("4KiB".into()),
         }
     }
 }
@@ -266,6 +271,8 @@ pub struct ServerConfig {
     pub threads: usize,
     /// Grace period for in-flight requests after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Read buffer per client connection, in bytes.
+    pub read_buffer: usize,
 }
 
 /// Typed `[admin]`.
@@ -340,6 +347,17 @@ impl Config {
                 &file.server.shutdown_grace,
                 Duration::from_secs(30),
             ),
+            read_buffer: match p.bytes("server.read_buffer", &file.server.read_buffer) {
+                Some(n) if (512..=1 << 20).contains(&n) => n as usize,
+                Some(n) => {
+                    p.push(
+                        "server.read_buffer",
+                        format!("{n} bytes is outside 512 B – 1 MiB (e.g. \"4KiB\")"),
+                    );
+                    4096
+                }
+                None => 4096,
+            },
         };
         let admin = AdminConfig {
             listen: p

@@ -193,6 +193,10 @@ pub fn restart_required(old: &Config, new: &Config) -> Vec<String> {
         "server.shutdown_grace",
         old.server.shutdown_grace != new.server.shutdown_grace,
     );
+    check(
+        "server.read_buffer",
+        old.server.read_buffer != new.server.read_buffer,
+    );
     check("admin.listen", old.admin.listen != new.admin.listen);
     check(
         "upstream.keepalive_pool",
@@ -208,6 +212,7 @@ fn keep_restart_only(old: &Config, mut new: Config) -> Config {
     new.server.listen = old.server.listen;
     new.server.threads = old.server.threads;
     new.server.shutdown_grace = old.server.shutdown_grace;
+    new.server.read_buffer = old.server.read_buffer;
     new.admin.listen = old.admin.listen;
     new.upstream.keepalive_pool = old.upstream.keepalive_pool;
     new.log.format = old.log.format;

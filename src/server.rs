@@ -116,7 +116,15 @@ pub fn run_with(
         Gateway::new(shared.clone()),
         "omsgate proxy",
     );
-    proxy.add_tcp(&config.server.listen.to_string());
+    // Every client connection holds a read buffer of this size, idle or not.
+    let buffers = pingora::protocols::l4::stream::L4BufferSettings {
+        read: Some(config.server.read_buffer),
+        write: None,
+    };
+    proxy.add_listener(
+        pingora::listeners::ListenerConfig::tcp(config.server.listen.to_string())
+            .l4_buffer(buffers),
+    );
 
     let mut admin_app = crate::admin::Admin::new(shared.clone());
     if let Some(path) = &opts.config_path {

@@ -120,3 +120,12 @@ fn a_listen_address_in_use_is_a_clear_error_at_start() {
     );
     drop(taken);
 }
+
+#[test]
+fn a_read_buffer_out_of_range_is_reported() {
+    let (code, stderr) = Gateway::check_config(
+        "[server]\nread_buffer = \"100B\"\n[upstream]\nservers = [\"127.0.0.1:8000\"]\n",
+    );
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("server.read_buffer"), "{stderr}");
+}
