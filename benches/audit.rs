@@ -8,15 +8,18 @@
 //!
 //! Prints a table and writes `target/bench-audit.json`.
 
+mod common;
+
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use omsgate::audit::spool::{Flush, Spool};
 use omsgate::audit::{Audit, AuditConfig, AuditFile, AuditRecord, Fsync};
 use omsgate::config::Problems;
 use pingora::services::background::BackgroundService;
+
+use common::*;
 
 struct Row {
     name: String,
@@ -127,30 +130,6 @@ fn broker_reachable(brokers: &str) -> bool {
         .and_then(|b| b.to_socket_addrs().ok())
         .and_then(|mut a| a.next())
         .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_millis(500)).is_ok())
-}
-
-fn create_topic(brokers: &str, topic: &str) -> bool {
-    let bin = std::env::var("OMSGATE_TANSU_BIN").unwrap_or_else(|_| {
-        let p = PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/tansu");
-        if p.is_file() {
-            p.display().to_string()
-        } else {
-            "tansu".into()
-        }
-    });
-    let broker = brokers.split(',').next().unwrap_or(brokers);
-    Command::new(bin)
-        .args([
-            "topic",
-            "create",
-            "--broker",
-            &format!("tcp://{broker}"),
-            "--partitions",
-            "3",
-            topic,
-        ])
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 fn spool_bench(name: &str, fsync: Fsync, n: u64) -> Row {

@@ -23,9 +23,11 @@
 //! `OMSGATE_BENCH_SEED_CLIENTS` (default 500). Targets (issue 3): L1 hit ≥ 1.5× pass-through
 //! req/s, Redis-only hit ≥ 0.8×, seed scenario mean latency under 20 ms with the cache.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,52 +35,12 @@ use omsgate::loadgen::{self, LoadReport, LoadSpec};
 use omsgate::sim::{SimOptions, DEMO_JWT_SECRET};
 use rand::{Rng, SeedableRng};
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use common::*;
 
-fn redis_url() -> String {
-    std::env::var("OMSGATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr")
-}
-
-fn wait_port(addr: SocketAddr) {
-    for _ in 0..200 {
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{addr} did not open");
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn bench_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-cache");
-    let _ = std::fs::create_dir_all(&dir);
-    dir
-}
-
-fn start_sim(addr: SocketAddr, latency_ms: u64, workers: usize, invoices: usize) -> Proc {
-    let child = Command::new(env!("CARGO_BIN_EXE_omsgate"))
-        .args([
-            "sim",
-            "--listen",
-            &addr.to_string(),
+fn sim(addr: SocketAddr, latency_ms: u64, workers: usize, invoices: usize) -> Proc {
+    start_sim(
+        addr,
+        &[
             "--latency-ms",
             &latency_ms.to_string(),
             "--workers",
@@ -87,13 +49,8 @@ fn start_sim(addr: SocketAddr, latency_ms: u64, workers: usize, invoices: usize)
             "5",
             "--invoices",
             &invoices.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start omsgate sim");
-    wait_port(addr);
-    Proc(child)
+        ],
+    )
 }
 
 /// A gateway in front of `upstream`; `extra` goes before `[cache]` (e.g. a `[compression]`
@@ -130,7 +87,7 @@ key_prefix = "{prefix}"
 {routes}
 "#
     );
-    let path = bench_dir().join(format!("gateway-{}.toml", listen.port()));
+    let path = bench_dir("cache").join(format!("gateway-{}.toml", listen.port()));
     // Audit off: this bench measures something else, and the default file audit would fill
     // ./audit-spool with a record per request.
     let cfg = format!("{cfg}\n[audit]\nenabled = false\n");
@@ -273,7 +230,7 @@ fn measure(
 fn throughput(rt: &tokio::runtime::Runtime) -> Vec<Row> {
     let body = env_or("OMSGATE_BENCH_BODY", 20_000);
     let sim_addr = free_addr();
-    let _sim = start_sim(sim_addr, 0, 0, 10);
+    let _sim = sim(sim_addr, 0, 0, 10);
     let same = |_: usize| vec![format!("/__blob/{body}")];
     // Unique paths per connection and run, so that every request is a miss.
     let run = std::sync::atomic::AtomicU64::new(0);
@@ -450,7 +407,7 @@ fn seed_scenario(rt: &tokio::runtime::Runtime, cached: bool) -> SeedRow {
     );
     let (latency_ms, workers, write_share) = (500u64, 4usize, 0.1);
     let sim_addr = free_addr();
-    let _sim = start_sim(sim_addr, latency_ms, workers, 200);
+    let _sim = sim(sim_addr, latency_ms, workers, 200);
     let routes = if cached {
         r#"
 [[route]]

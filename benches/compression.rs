@@ -18,11 +18,13 @@
 //! Environment: `OMSGATE_BENCH_SECS` (default 8), `OMSGATE_BENCH_CONNECTIONS` (default 64),
 //! `OMSGATE_BENCH_BODY` (body bytes, default 20000).
 
+mod common;
+
 use std::convert::Infallible;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,41 +34,7 @@ use hyper_util::rt::TokioIo;
 use omsgate::compress::{Algorithm, Encoder};
 use omsgate::loadgen::{self, LoadReport, LoadSpec};
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr")
-}
-
-fn wait_port(addr: SocketAddr) {
-    for _ in 0..200 {
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{addr} did not open");
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn bench_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-compression");
-    let _ = std::fs::create_dir_all(&dir);
-    dir
-}
+use common::*;
 
 /// A page of invoices as the legacy API writes them, cut to whole objects of about `n` bytes.
 fn invoice_page(n: usize) -> Bytes {
@@ -227,7 +195,7 @@ level = "warn"
 {compression}
 "#
     );
-    let path = bench_dir().join(format!("gateway-{}.toml", listen.port()));
+    let path = bench_dir("compression").join(format!("gateway-{}.toml", listen.port()));
     // Audit off: this bench measures something else, and the default file audit would fill
     // ./audit-spool with a record per request.
     let cfg = format!("{cfg}\n[audit]\nenabled = false\n");

@@ -15,25 +15,18 @@
 //! (default 64), `OMSGATE_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`; the distributed
 //! rows are skipped when it does not answer).
 
+mod common;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use omsgate::limit::{Caller, Decision, Limiter};
 use omsgate::loadgen::{self, LoadReport, LoadSpec};
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn redis_url() -> String {
-    std::env::var("OMSGATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
+use common::*;
 
 fn redis_up(url: &str) -> bool {
     redis::Client::open(url)
@@ -140,47 +133,6 @@ fn check_rows(rt: &tokio::runtime::Runtime, mode: &str) -> Vec<CheckRow> {
 
 // === 2. end to end ===
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr")
-}
-
-fn wait_port(addr: SocketAddr) {
-    for _ in 0..200 {
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{addr} did not open");
-}
-
-fn bench_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-limit");
-    let _ = std::fs::create_dir_all(&dir);
-    dir
-}
-
-fn start_sim(addr: SocketAddr) -> Proc {
-    let child = Command::new(env!("CARGO_BIN_EXE_omsgate"))
-        .args(["sim", "--listen", &addr.to_string(), "--latency-ms", "0"])
-        .args(["--workers", "100000"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start omsgate sim");
-    wait_port(addr);
-    Proc(child)
-}
-
 fn start_gateway(upstream: SocketAddr, listen: SocketAddr, mode: &str) -> Proc {
     let admin = free_addr();
     let cfg = format!(
@@ -189,7 +141,7 @@ fn start_gateway(upstream: SocketAddr, listen: SocketAddr, mode: &str) -> Proc {
          [[route]]\nname = \"blob\"\npath = \"/__blob/{{size}}\"\n{}",
         rate_limit_section(mode)
     );
-    let path = bench_dir().join(format!("gateway-{mode}.toml"));
+    let path = bench_dir("limit").join(format!("gateway-{mode}.toml"));
     // Audit off: this bench measures something else, and the default file audit would fill
     // ./audit-spool with a record per request.
     let cfg = format!("{cfg}\n[audit]\nenabled = false\n");
@@ -270,7 +222,7 @@ fn main() {
     let mut runs = Vec::new();
     if secs > 0 {
         let sim_addr = free_addr();
-        let _sim = start_sim(sim_addr);
+        let _sim = start_sim(sim_addr, &["--latency-ms", "0", "--workers", "100000"]);
         for _ in 0..env_or("OMSGATE_BENCH_ROUNDS", 3).max(1) {
             for m in &modes {
                 runs.push(proxy_row(&rt, sim_addr, m, secs));

@@ -6,67 +6,16 @@
 //! `target/bench-proxy.json`. Environment: `OMSGATE_BENCH_SECS` (default 8),
 //! `OMSGATE_BENCH_CONNECTIONS` (default 64), `OMSGATE_BENCH_BODY` (response bytes, default 20000).
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use omsgate::loadgen::{self, LoadReport, LoadSpec};
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr")
-}
-
-fn wait_port(addr: SocketAddr) {
-    for _ in 0..200 {
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{addr} did not open");
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn bench_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-proxy");
-    let _ = std::fs::create_dir_all(&dir);
-    dir
-}
-
-fn start_sim(addr: SocketAddr) -> Proc {
-    let child = Command::new(env!("CARGO_BIN_EXE_omsgate"))
-        .args([
-            "sim",
-            "--listen",
-            &addr.to_string(),
-            "--latency-ms",
-            "0",
-            "--workers",
-            "100000",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start omsgate sim");
-    wait_port(addr);
-    Proc(child)
-}
+use common::*;
 
 /// The gateway with the `blob` route (`extra`: more keys of that route) and `audit` (an
 /// `[audit]` table; the default file audit when empty).
@@ -91,7 +40,7 @@ path = "/__blob/{{size}}"
 {audit}
 "#
     );
-    let path = bench_dir().join(format!("gateway-{}.toml", listen.port()));
+    let path = bench_dir("proxy").join(format!("gateway-{}.toml", listen.port()));
     std::fs::write(&path, cfg).expect("write bench config");
     let child = Command::new(env!("CARGO_BIN_EXE_omsgate"))
         .args(["run", "--config", path.to_str().unwrap_or_default()])
@@ -106,7 +55,7 @@ path = "/__blob/{{size}}"
 
 fn start_nginx(upstream: SocketAddr, listen: SocketAddr) -> Option<Proc> {
     let nginx = which("nginx")?;
-    let dir = bench_dir().join("nginx");
+    let dir = bench_dir("proxy").join("nginx");
     let _ = std::fs::create_dir_all(dir.join("logs"));
     let conf = format!(
         r#"
@@ -218,29 +167,6 @@ fn kafka_brokers() -> Option<String> {
         .find_map(|v| std::env::var(v).ok().filter(|b| !b.trim().is_empty()))
 }
 
-/// Creates `topic` with tansu's CLI (`OMSGATE_TANSU_BIN`, `tansu` on PATH or
-/// `~/.cargo/bin/tansu`); a Kafka cluster that auto-creates topics needs nothing.
-fn create_topic(brokers: &str, topic: &str) {
-    let tansu = std::env::var_os("OMSGATE_TANSU_BIN")
-        .map(PathBuf::from)
-        .or_else(|| which("tansu"))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/tansu")));
-    let Some(tansu) = tansu.filter(|t| t.exists()) else {
-        eprintln!("tansu not found: assuming the broker creates {topic} itself");
-        return;
-    };
-    let first = brokers.split(',').next().unwrap_or(brokers);
-    let status = Command::new(tansu)
-        .args(["topic", "create", "--broker", &format!("tcp://{first}")])
-        .args(["--partitions", "3", topic])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    if !matches!(status, Ok(s) if s.success()) {
-        eprintln!("creating topic {topic} failed ({status:?}); the audit row may spool instead");
-    }
-}
-
 fn which(bin: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
@@ -296,7 +222,7 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let sim_addr = free_addr();
-    let sim = start_sim(sim_addr);
+    let sim = start_sim(sim_addr, &["--latency-ms", "0", "--workers", "100000"]);
     let mut rows = Vec::new();
 
     rows.push(measure(
@@ -318,7 +244,7 @@ fn main() {
 
     // Audit on: one record per request to the spool files (no brokers), and to Kafka when a
     // broker is given (OMSGATE_BENCH_KAFKA_BROKERS, else OMSGATE_TEST_KAFKA_BROKERS).
-    let spool = bench_dir().join(format!("spool-{}", std::process::id()));
+    let spool = bench_dir("proxy").join(format!("spool-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&spool);
     let gw_addr = free_addr();
     let file_audit = format!("[audit]\nspool_dir = \"{}/file\"", spool.display());
@@ -333,7 +259,10 @@ fn main() {
     match kafka_brokers() {
         Some(brokers) => {
             let topic = format!("bench_audit_{}", std::process::id());
-            create_topic(&brokers, &topic);
+            if !create_topic(&brokers, &topic) {
+                // A Kafka cluster that auto-creates topics needs no tansu.
+                eprintln!("creating topic {topic} with tansu failed; the audit row may spool");
+            }
             let gw_addr = free_addr();
             let kafka_audit = format!(
                 "[audit]\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\nspool_dir = \"{}/kafka\"",

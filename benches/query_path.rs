@@ -18,6 +18,8 @@
 //! (tasks, default 16), `OMSGATE_BENCH_TENANTS` (default 24), `OMSGATE_BENCH_INVOICES` (per
 //! tenant, default 5000).
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,22 +31,10 @@ use omsgate::db::{DatabaseConfig, DatabaseFile, QueryPaths};
 use omsgate::routes::Params;
 use serde::Serialize;
 
+use common::*;
+
 const SCHEMA: &str = "bench_query_path";
 const SAMPLE: usize = 20_000;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn database_url() -> String {
-    match std::env::var("OMSGATE_TEST_DATABASE_URL") {
-        Ok(v) if !v.trim().is_empty() => v,
-        _ => "postgres://postgres@127.0.0.1:5432/test".to_string(),
-    }
-}
 
 /// One row of the result table.
 #[derive(Debug, Clone, Serialize)]
@@ -320,38 +310,6 @@ async fn measure(
     }
 }
 
-/// A child process killed on drop.
-struct Proc(std::process::Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_addr() -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
-}
-
-fn wait_ready(admin: std::net::SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(mut s) = std::net::TcpStream::connect(admin) {
-            use std::io::{Read, Write};
-            let _ = s.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-            let mut text = String::new();
-            let _ = s.read_to_string(&mut text);
-            if text.starts_with("HTTP/1.1 200") {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{admin} not ready within 30 s");
-}
-
 /// `omsgate run` in front of `oms`, with the invoice route bound to the pooled path or not.
 fn start_gateway(
     oms: std::net::SocketAddr,
@@ -486,15 +444,19 @@ fn main() {
             rows.push(measure(name, scenario, &url, sample.clone(), concurrency, seconds).await);
         }
         let oms = free_addr();
-        let _sim = Proc(
-            std::process::Command::new(env!("CARGO_BIN_EXE_omsgate"))
-                .args(["sim", "--listen", &oms.to_string(), "--latency-ms", "0"])
-                .args(["--workers", "100000", "--tenants", &tenants.to_string()])
-                .args(["--invoices", &invoices.to_string()])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("start omsgate sim"),
+        let (tenants, invoices) = (tenants.to_string(), invoices.to_string());
+        let _sim = start_sim(
+            oms,
+            &[
+                "--latency-ms",
+                "0",
+                "--workers",
+                "100000",
+                "--tenants",
+                &tenants,
+                "--invoices",
+                &invoices,
+            ],
         );
         for (name, pooled) in [
             ("HTTP: gateway -> pooled path", true),

@@ -1,0 +1,113 @@
+//! Helpers shared by the benches (each includes this file with `mod common;`): environment
+//! knobs, service addresses, ports, child processes, the simulated OMS, Kafka topics.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// An integer from the environment, or `default`.
+pub fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The Redis of the tests (`OMSGATE_TEST_REDIS_URL`).
+pub fn redis_url() -> String {
+    std::env::var("OMSGATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The PostgreSQL of the tests (`OMSGATE_TEST_DATABASE_URL`).
+pub fn database_url() -> String {
+    match std::env::var("OMSGATE_TEST_DATABASE_URL") {
+        Ok(v) if !v.trim().is_empty() => v,
+        _ => "postgres://postgres@127.0.0.1:5432/test".to_string(),
+    }
+}
+
+/// A free loopback address.
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr")
+}
+
+/// Waits until `addr` accepts connections (10 s at most).
+pub fn wait_port(addr: SocketAddr) {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{addr} did not open");
+}
+
+/// Waits until the gateway's admin listener answers `/ready` with 200 (30 s at most).
+pub fn wait_ready(admin: SocketAddr) {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(mut s) = std::net::TcpStream::connect(admin) {
+            let _ = s.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut text = String::new();
+            let _ = s.read_to_string(&mut text);
+            if text.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{admin} not ready within 30 s");
+}
+
+/// A child process, killed on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `target/tmp/bench-NAME`, created.
+pub fn bench_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-{name}"));
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+/// `omsgate sim --listen addr ARGS...`, once it listens.
+pub fn start_sim(addr: SocketAddr, args: &[&str]) -> Proc {
+    let child = Command::new(env!("CARGO_BIN_EXE_omsgate"))
+        .args(["sim", "--listen", &addr.to_string()])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start omsgate sim");
+    wait_port(addr);
+    Proc(child)
+}
+
+/// Creates `topic` with tansu's CLI (`OMSGATE_TANSU_BIN`, else `~/.cargo/bin/tansu`, else
+/// `tansu` on PATH); whether it succeeded.
+pub fn create_topic(brokers: &str, topic: &str) -> bool {
+    let bin = std::env::var("OMSGATE_TANSU_BIN").unwrap_or_else(|_| {
+        let p = PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/tansu");
+        if p.is_file() {
+            p.display().to_string()
+        } else {
+            "tansu".into()
+        }
+    });
+    let broker = brokers.split(',').next().unwrap_or(brokers);
+    Command::new(bin)
+        .args(["topic", "create", "--broker", &format!("tcp://{broker}")])
+        .args(["--partitions", "3", topic])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
