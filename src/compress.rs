@@ -452,6 +452,18 @@ pub struct Plan {
     pub weak_validators: Vec<String>,
 }
 
+impl Plan {
+    /// The gzip level a response the cache may store is stored at (`store_level`), or `None`
+    /// when it is stored as the origin sent it (compression off for the route, gzip not
+    /// configured, or `HEAD`).
+    fn store_level(&self) -> Option<u32> {
+        self.config
+            .compression
+            .store_level
+            .filter(|_| self.enabled && !self.head)
+    }
+}
+
 /// What to do with one response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -1012,12 +1024,12 @@ pub fn upstream_request_filter(session: &mut Session, upstream_request: &mut Req
     if !cacheable {
         return;
     }
-    match plan.config.compression.store_level {
-        Some(level) if plan.enabled && !plan.head => {
+    match plan.store_level() {
+        Some(level) => {
             let _ = upstream_request.insert_header(ACCEPT_ENCODING, "gzip");
             module.store_level = Some(level);
         }
-        _ => {
+        None => {
             upstream_request.remove_header(&ACCEPT_ENCODING);
         }
     }
@@ -1076,9 +1088,9 @@ pub fn encode_for_store(
         return Ok(body);
     };
     // As `upstream_request_filter` decides for an origin response.
-    match plan.config.compression.store_level {
-        Some(level) if plan.enabled && !plan.head => module.store_level = Some(level),
-        _ => return Ok(body),
+    match plan.store_level() {
+        Some(level) => module.store_level = Some(level),
+        None => return Ok(body),
     }
     upstream_response_filter(session, resp);
     let mut body = Some(body);

@@ -79,7 +79,7 @@ impl Default for DatabaseFile {
 }
 
 /// Typed `[database]`.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct DatabaseConfig {
     /// The connection URL (from `url` or the `url_env` variable), when one is configured.
     pub url: Option<String>,

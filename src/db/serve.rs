@@ -20,7 +20,7 @@ use crate::proxy::Ctx;
 
 /// The process's pool, with the settings it was built from: a reload that leaves `[database]`
 /// as it was keeps the pool (and its open connections); one that changes it gets a new pool.
-static POOL: Mutex<Option<(String, Arc<Pool>)>> = Mutex::new(None);
+static POOL: Mutex<Option<(DatabaseConfig, Arc<Pool>)>> = Mutex::new(None);
 
 /// The pooled query paths and whether their idle connections were opened yet.
 #[derive(Debug)]
@@ -28,21 +28,6 @@ pub struct Pool {
     /// The query paths over the pool.
     pub paths: QueryPaths,
     warmed: AtomicBool,
-}
-
-/// Everything that makes two pools different.
-fn settings_key(d: &DatabaseConfig) -> String {
-    format!(
-        "{:?}|{}|{}|{:?}|{:?}|{:?}|{}|{}",
-        d.url,
-        d.max_connections,
-        d.min_idle,
-        d.acquire_timeout,
-        d.connect_timeout,
-        d.statement_timeout,
-        d.prepared_statements,
-        d.schema
-    )
 }
 
 /// The pool for `config` when a route has a `query` binding and a database URL is configured
@@ -53,10 +38,9 @@ pub fn pool_for(config: &Config) -> Option<Arc<Pool>> {
         return None;
     }
     config.database.url.as_ref()?;
-    let key = settings_key(&config.database);
     let mut current = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((k, pool)) = current.as_ref() {
-        if *k == key {
+    if let Some((settings, pool)) = current.as_ref() {
+        if *settings == config.database {
             return Some(pool.clone());
         }
     }
@@ -66,7 +50,7 @@ pub fn pool_for(config: &Config) -> Option<Arc<Pool>> {
                 paths,
                 warmed: AtomicBool::new(false),
             });
-            *current = Some((key, pool.clone()));
+            *current = Some((config.database.clone(), pool.clone()));
             Some(pool)
         }
         Err(e) => {
