@@ -6,14 +6,13 @@ mod db_support;
 
 use std::time::Duration;
 
-use db_support::{SharedBuf, TestSchema};
-use omsgate::db::migrate::{Migrator, RunOptions};
+use db_support::{seeded_schema, sim_get, sim_with, TestSchema};
 use omsgate::db::query::INVOICE_NOT_FOUND;
 use omsgate::db::seed::{seed_with, SeedOptions};
 use omsgate::db::{DatabaseConfig, DbError, QueryPaths};
 use omsgate::routes::Params;
 use omsgate::sim::data::{self, Dataset};
-use omsgate::sim::{SimHandle, SimOptions};
+use omsgate::sim::SimHandle;
 
 const SEED: u64 = 7;
 const TENANTS: usize = 3;
@@ -21,51 +20,17 @@ const INVOICES: usize = 120;
 
 /// A schema with the reference tables, seeded like the simulated OMS, and migrated.
 async fn seeded(prefix: &str) -> (TestSchema, Dataset) {
-    let s = TestSchema::reference(prefix).await;
-    let options = SeedOptions {
-        schema: s.name.clone(),
-        apply_schema: false,
-        tenants: TENANTS,
-        invoices_per_tenant: INVOICES,
-        seed: SEED,
-    };
-    let report = seed_with(&s.client, &options).await.unwrap();
-    let dataset = data::generate(SEED, TENANTS, INVOICES);
-    assert_eq!(report.invoices, dataset.invoices.len());
-    assert_eq!(report.lines, dataset.line_count());
-    assert_eq!(report.payments, dataset.payments.len());
-    Migrator::new(&s.name)
-        .unwrap()
-        .run(&s.client, RunOptions::default(), &mut SharedBuf::default())
-        .await
-        .unwrap();
-    // Seeding put the search_path on the schema; the tests' own queries rely on it too.
-    (s, dataset)
+    seeded_schema(prefix, SEED, TENANTS, INVOICES).await
 }
 
 async fn sim() -> SimHandle {
-    let options = SimOptions {
-        latency: Duration::ZERO,
-        workers: 0,
-        seed: SEED,
-        tenants: TENANTS,
-        invoices_per_tenant: INVOICES,
-        ..SimOptions::default()
-    };
-    omsgate::sim::start("127.0.0.1:0".parse().unwrap(), options)
-        .await
-        .unwrap()
+    sim_with(SEED, TENANTS, INVOICES).await
 }
 
 /// The simulated OMS's answer to `GET path` for `tenant`.
 async fn from_sim(sim: &SimHandle, tenant: &str, path: &str) -> (u16, Vec<u8>) {
-    let resp = reqwest::Client::new()
-        .get(format!("{}{path}", sim.url()))
-        .header("x-tenant-id", tenant)
-        .send()
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.bytes().await.unwrap().to_vec())
+    let (status, _, body) = sim_get(sim, tenant, path).await;
+    (status, body)
 }
 
 /// The pooled path's answer to `path` (`/api/v1/invoices/{id}`, `/api/v1/invoices?...` or

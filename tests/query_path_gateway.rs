@@ -9,15 +9,12 @@ mod common;
 mod db_support;
 
 use std::io::Read;
-use std::time::Duration;
 
 use cache_util::{config, get, token, Got};
 use common::{client, free_port, Gateway};
-use db_support::{database_url, SharedBuf, TestSchema};
-use omsgate::db::migrate::{Migrator, RunOptions};
-use omsgate::db::seed::{seed_with, SeedOptions};
-use omsgate::sim::data::{self, Dataset};
-use omsgate::sim::{SimHandle, SimOptions};
+use db_support::{database_url, seeded_schema, sim_get, sim_with, TestSchema};
+use omsgate::sim::data::Dataset;
+use omsgate::sim::SimHandle;
 
 const SEED: u64 = 11;
 const TENANTS: usize = 3;
@@ -45,34 +42,8 @@ query = "payment_page"
 
 /// A seeded, migrated schema and the simulated OMS over the same data set.
 async fn seeded_with_sim(prefix: &str) -> (TestSchema, Dataset, SimHandle) {
-    let s = TestSchema::reference(prefix).await;
-    let options = SeedOptions {
-        schema: s.name.clone(),
-        apply_schema: false,
-        tenants: TENANTS,
-        invoices_per_tenant: INVOICES,
-        seed: SEED,
-    };
-    seed_with(&s.client, &options).await.unwrap();
-    Migrator::new(&s.name)
-        .unwrap()
-        .run(&s.client, RunOptions::default(), &mut SharedBuf::default())
-        .await
-        .unwrap();
-    let sim = omsgate::sim::start(
-        "127.0.0.1:0".parse().unwrap(),
-        SimOptions {
-            latency: Duration::ZERO,
-            workers: 0,
-            seed: SEED,
-            tenants: TENANTS,
-            invoices_per_tenant: INVOICES,
-            ..SimOptions::default()
-        },
-    )
-    .await
-    .unwrap();
-    (s, data::generate(SEED, TENANTS, INVOICES), sim)
+    let (schema, dataset) = seeded_schema(prefix, SEED, TENANTS, INVOICES).await;
+    (schema, dataset, sim_with(SEED, TENANTS, INVOICES).await)
 }
 
 fn gateway_config(sim: &SimHandle, database: &str) -> String {
@@ -89,19 +60,8 @@ fn database_section(url: &str, schema: &str) -> String {
 
 /// The simulated OMS's own answer (status, content type, body).
 async fn from_sim(sim: &SimHandle, tenant: &str, path: &str) -> (u16, String, String) {
-    let resp = client()
-        .get(format!("{}{path}", sim.url()))
-        .header("x-tenant-id", tenant)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let ct = resp
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    (status, ct, resp.text().await.unwrap())
+    let (status, content_type, body) = sim_get(sim, tenant, path).await;
+    (status, content_type, String::from_utf8(body).unwrap())
 }
 
 fn oms_gets(sim: &SimHandle) -> u64 {

@@ -6,7 +6,11 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use omsgate::db::migrate::{Migrator, RunOptions};
+use omsgate::db::seed::{seed_with, SeedOptions};
 use omsgate::db::{quote_ident, DatabaseConfig, DatabaseFile};
+use omsgate::sim::data::{self, Dataset};
+use omsgate::sim::{SimHandle, SimOptions};
 
 /// The shared PostgreSQL: `OMSGATE_TEST_DATABASE_URL`, default
 /// `postgres://postgres@127.0.0.1:5432/test`.
@@ -127,4 +131,67 @@ impl Write for SharedBuf {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// A fresh schema with the reference tables, seeded with the simulated OMS's data set for
+/// `seed`, `tenants` and `invoices` per tenant, and migrated; and that data set.
+pub async fn seeded_schema(
+    prefix: &str,
+    seed: u64,
+    tenants: usize,
+    invoices: usize,
+) -> (TestSchema, Dataset) {
+    let s = TestSchema::reference(prefix).await;
+    let options = SeedOptions {
+        schema: s.name.clone(),
+        apply_schema: false,
+        tenants,
+        invoices_per_tenant: invoices,
+        seed,
+    };
+    let report = seed_with(&s.client, &options).await.unwrap();
+    let dataset = data::generate(seed, tenants, invoices);
+    assert_eq!(report.invoices, dataset.invoices.len());
+    assert_eq!(report.lines, dataset.line_count());
+    assert_eq!(report.payments, dataset.payments.len());
+    Migrator::new(&s.name)
+        .unwrap()
+        .run(&s.client, RunOptions::default(), &mut SharedBuf::default())
+        .await
+        .unwrap();
+    // Seeding put the search_path on the schema; the tests' own queries rely on it too.
+    (s, dataset)
+}
+
+/// The simulated OMS (no latency, no worker limit) serving the same data set.
+pub async fn sim_with(seed: u64, tenants: usize, invoices: usize) -> SimHandle {
+    let options = SimOptions {
+        latency: std::time::Duration::ZERO,
+        workers: 0,
+        seed,
+        tenants,
+        invoices_per_tenant: invoices,
+        ..SimOptions::default()
+    };
+    omsgate::sim::start("127.0.0.1:0".parse().unwrap(), options)
+        .await
+        .unwrap()
+}
+
+/// The simulated OMS's own answer to `GET path` for `tenant`: status, content type, body.
+pub async fn sim_get(sim: &SimHandle, tenant: &str, path: &str) -> (u16, String, Vec<u8>) {
+    let resp = reqwest::Client::new()
+        .get(format!("{}{path}", sim.url()))
+        .header("x-tenant-id", tenant)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (status, content_type, resp.bytes().await.unwrap().to_vec())
 }
