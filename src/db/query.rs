@@ -26,13 +26,10 @@ use tokio_postgres::NoTls;
 use super::metrics::{count_error, count_fallback, observe_query, set_pool, FallbackReason};
 use super::{quote_ident, redact_url, DatabaseConfig, DbError, QueryName};
 use crate::routes::Params;
+use crate::sim::query::QueryString;
 
 /// The body of the legacy API's 404 for an invoice it does not have (or not for this tenant).
 pub const INVOICE_NOT_FOUND: &str = r#"{"detail":"Invoice not found"}"#;
-/// Page size of the listings when the request gives none (as the legacy API).
-pub const DEFAULT_PAGE_LIMIT: i32 = 20;
-/// Largest page size the legacy API accepts.
-pub const MAX_PAGE_LIMIT: i32 = 100;
 /// How long the path stays off after a failed connect before it tries the database again.
 const DOWN_BACKOFF: Duration = Duration::from_secs(1);
 /// Extra time the client gives the server to report its own `statement_timeout`.
@@ -246,7 +243,7 @@ impl QueryPaths {
         query_string: Option<&str>,
     ) -> Result<Option<PooledResponse>, DbError> {
         let q = QueryString::parse(query_string.unwrap_or(""));
-        let page = match q.page() {
+        let page = match page(&q) {
             Ok(Some(page)) => page,
             Ok(None) => return Ok(None),
             Err(rejected) => return Ok(Some(rejected)),
@@ -280,7 +277,7 @@ impl QueryPaths {
         query_string: Option<&str>,
     ) -> Result<Option<PooledResponse>, DbError> {
         let q = QueryString::parse(query_string.unwrap_or(""));
-        let page = match q.page() {
+        let page = match page(&q) {
             Ok(Some(page)) => page,
             Ok(None) => return Ok(None),
             Err(rejected) => return Ok(Some(rejected)),
@@ -435,78 +432,14 @@ struct Page {
     offset: i64,
 }
 
-/// Decoded query parameters; a repeated name's last value wins (as the legacy API).
-struct QueryString(Vec<(String, String)>);
-
-impl QueryString {
-    fn parse(query: &str) -> QueryString {
-        QueryString(
-            query
-                .split('&')
-                .filter(|p| !p.is_empty())
-                .map(|pair| {
-                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                    (percent_decode(k), percent_decode(v))
-                })
-                .collect(),
-        )
+/// `limit` and `offset` of a listing in the types the query functions take, or the legacy API's
+/// 422. `Ok(None)` for an offset beyond what PostgreSQL takes (the OMS answers that one).
+fn page(q: &QueryString) -> Result<Option<Page>, PooledResponse> {
+    let (limit, offset) = q.page().map_err(unprocessable)?;
+    match (i32::try_from(limit), i64::try_from(offset)) {
+        (Ok(limit), Ok(offset)) => Ok(Some(Page { limit, offset })),
+        _ => Ok(None),
     }
-
-    fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// `limit` (1..=100, default 20) and `offset` (>= 0, default 0), or the legacy API's 422.
-    /// `Ok(None)` for an offset beyond what PostgreSQL takes (the OMS answers that one).
-    fn page(&self) -> Result<Option<Page>, PooledResponse> {
-        let limit = match self.get("limit") {
-            None | Some("") => DEFAULT_PAGE_LIMIT as usize,
-            Some(v) => v
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=MAX_PAGE_LIMIT as usize).contains(n))
-                .ok_or_else(|| unprocessable("limit must be an integer from 1 to 100"))?,
-        };
-        let offset = match self.get("offset") {
-            None | Some("") => 0,
-            Some(v) => v
-                .parse::<usize>()
-                .map_err(|_| unprocessable("offset must be a non-negative integer"))?,
-        };
-        match (i32::try_from(limit), i64::try_from(offset)) {
-            (Ok(limit), Ok(offset)) => Ok(Some(Page { limit, offset })),
-            _ => Ok(None),
-        }
-    }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(c: u8) -> Option<u8> {
-    (c as char).to_digit(16).map(|d| d as u8)
 }
 
 /// Removes the whitespace PostgreSQL's `json` output puts between tokens (`{"a" : 1, "b" : 2}`),
@@ -550,7 +483,7 @@ mod tests {
 
     #[test]
     fn listing_parameters_follow_the_legacy_rules() {
-        let page = |q: &str| QueryString::parse(q).page();
+        let page = |q: &str| page(&QueryString::parse(q));
         assert_eq!(
             page(""),
             Ok(Some(Page {

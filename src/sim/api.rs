@@ -26,14 +26,12 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use uuid::Uuid;
 
 use super::data::{self, Invoice, InvoiceLine, CURRENCIES, STATUSES};
+use super::query::QueryString as Query;
 use super::store::Store;
 use super::{SimOptions, SimStats};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 1024 * 1024;
-/// Default and largest page size of the listings.
-const DEFAULT_LIMIT: usize = 20;
-const MAX_LIMIT: usize = 100;
 /// Most lines an invoice written through the API may have.
 const MAX_LINES: usize = 100;
 
@@ -430,7 +428,7 @@ impl Shared {
     // === impl Shared: endpoints ===
 
     fn list_invoices(&self, tenant: &str, q: &Query) -> Reply {
-        let (limit, offset) = q.page()?;
+        let (limit, offset) = q.page().map_err(unprocessable)?;
         let status = match q.get("status") {
             None | Some("") => None,
             Some(s) if STATUSES.contains(&s) => Some(s),
@@ -462,7 +460,7 @@ impl Shared {
     }
 
     fn list_payments(&self, tenant: &str, q: &Query) -> Reply {
-        let (limit, offset) = q.page()?;
+        let (limit, offset) = q.page().map_err(unprocessable)?;
         let invoice_id = match q.get("invoice_id") {
             None | Some("") => None,
             Some(id) => {
@@ -556,76 +554,6 @@ impl Shared {
 }
 
 // === Request parsing ===
-
-/// Decoded query parameters; a repeated name's last value wins.
-struct Query(Vec<(String, String)>);
-
-impl Query {
-    fn parse(query: &str) -> Query {
-        Query(
-            query
-                .split('&')
-                .filter(|p| !p.is_empty())
-                .map(|pair| {
-                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                    (percent_decode(k), percent_decode(v))
-                })
-                .collect(),
-        )
-    }
-
-    fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// `limit` (1..=100, default 20) and `offset` (>= 0, default 0).
-    fn page(&self) -> Result<(usize, usize), Reject> {
-        let limit = match self.get("limit") {
-            None | Some("") => DEFAULT_LIMIT,
-            Some(v) => v
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=MAX_LIMIT).contains(n))
-                .ok_or_else(|| unprocessable("limit must be an integer from 1 to 100"))?,
-        };
-        let offset = match self.get("offset") {
-            None | Some("") => 0,
-            Some(v) => v
-                .parse::<usize>()
-                .map_err(|_| unprocessable("offset must be a non-negative integer"))?,
-        };
-        Ok((limit, offset))
-    }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(c: u8) -> Option<u8> {
-    (c as char).to_digit(16).map(|d| d as u8)
-}
 
 async fn read_body(body: Incoming) -> Result<Bytes, Reject> {
     match Limited::new(body, MAX_BODY).collect().await {
@@ -888,36 +816,6 @@ mod tests {
             Route::of(&Method::GET, "/api/v1/payments").0,
             Route::PaymentList
         );
-    }
-
-    #[test]
-    fn query_is_decoded_and_last_value_wins() {
-        let q = Query::parse("status=open&customer=Pied%20Piper+Inc&status=paid&bad=%zz&end=%4");
-        assert_eq!(q.get("status"), Some("paid"));
-        assert_eq!(q.get("customer"), Some("Pied Piper Inc"));
-        assert_eq!(q.get("bad"), Some("%zz"));
-        assert_eq!(q.get("end"), Some("%4"));
-        assert_eq!(q.get("missing"), None);
-    }
-
-    #[test]
-    fn page_parameters_are_validated() {
-        assert_eq!(Query::parse("").page().ok(), Some((20, 0)));
-        assert_eq!(
-            Query::parse("limit=100&offset=7").page().ok(),
-            Some((100, 7))
-        );
-        for bad in [
-            "limit=0",
-            "limit=101",
-            "limit=x",
-            "limit=-1",
-            "offset=-1",
-            "offset=1.5",
-        ] {
-            let reject = Query::parse(bad).page().err().unwrap();
-            assert_eq!(reject.0, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
-        }
     }
 
     #[test]

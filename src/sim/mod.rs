@@ -21,6 +21,7 @@
 
 mod api;
 pub mod data;
+pub mod query;
 mod store;
 
 use std::collections::BTreeMap;
