@@ -99,12 +99,8 @@ pub fn render_config(args: &Args) -> String {
 /// invoices), and the bundled migrations.
 fn seed_database(url: &str, schema: &str, sim: &SimOptions) -> Result<(), String> {
     crate::db::check_identifier(schema).map_err(|e| format!("--db-schema: {e}"))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(async {
-        let client = crate::db::connect(url).await.map_err(|e| e.to_string())?;
+    let seeded = super::block_on(async {
+        let client = crate::db::connect(url).await?;
         let options = crate::db::seed::SeedOptions {
             schema: schema.to_string(),
             apply_schema: true,
@@ -112,21 +108,18 @@ fn seed_database(url: &str, schema: &str, sim: &SimOptions) -> Result<(), String
             invoices_per_tenant: sim.invoices_per_tenant,
             seed: sim.seed,
         };
-        let report = crate::db::seed::seed_with(&client, &options)
-            .await
-            .map_err(|e| e.to_string())?;
+        let report = crate::db::seed::seed_with(&client, &options).await?;
         println!("Seeded schema `{schema}`: {report}.");
-        let migrator = crate::db::migrate::Migrator::new(schema).map_err(|e| e.to_string())?;
-        migrator
+        crate::db::migrate::Migrator::new(schema)?
             .run(
                 &client,
                 crate::db::migrate::RunOptions::default(),
                 &mut std::io::stdout(),
             )
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(())
-    })
+            .await?;
+        Ok::<(), crate::db::DbError>(())
+    })?;
+    seeded.map_err(|e| e.to_string())
 }
 
 /// Starts the simulated OMS and the gateway; prints how to try it.

@@ -42,17 +42,14 @@ pub fn main(args: Args) -> i32 {
             return super::EXIT_CONFIG;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let result = match super::block_on(run(&args, &config)) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
+        Err(message) => {
+            eprintln!("{message}");
             return EXIT_FAILED;
         }
     };
-    match runtime.block_on(run(&args, &config)) {
+    match result {
         Ok(code) => code,
         // `omsgate migrate --dry-run | head`: the reader left; nothing went wrong here.
         Err(DbError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,

@@ -14,6 +14,16 @@ pub mod sim;
 /// Exit code for bad configuration or usage (`EX_USAGE`/`EX_CONFIG` family: 64).
 pub const EXIT_CONFIG: i32 = 64;
 
+/// Runs `f` to completion on a new current-thread runtime (the one-shot database subcommands);
+/// the error says why no runtime could be started.
+fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    Ok(runtime.block_on(f))
+}
+
 /// omsgate: a fast, observable gateway in front of a legacy Order/Invoice Management System.
 #[derive(Debug, Parser)]
 #[command(name = "omsgate", version, about)]

@@ -33,16 +33,6 @@ pub fn main(args: Args) -> i32 {
         eprintln!("--schema: {e}");
         return super::EXIT_CONFIG;
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return 1;
-        }
-    };
     let options = SeedOptions {
         schema: args.schema.clone(),
         apply_schema: !args.no_schema,
@@ -50,16 +40,20 @@ pub fn main(args: Args) -> i32 {
         invoices_per_tenant: args.invoices,
         seed: args.seed,
     };
-    let result = runtime.block_on(async {
+    let result = super::block_on(async {
         let client = crate::db::connect(&args.database_url).await?;
         seed_with(&client, &options).await
     });
     match result {
-        Ok(report) => {
+        Err(message) => {
+            eprintln!("{message}");
+            1
+        }
+        Ok(Ok(report)) => {
             println!("Seeded schema `{}`: {report}.", args.schema);
             0
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             eprintln!("omsgate seed-db: {e}");
             1
         }
