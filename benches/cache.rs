@@ -31,7 +31,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use omsgate::loadgen::{self, LoadReport, LoadSpec};
+use omsgate::loadgen::{self, LoadReport};
 use omsgate::sim::{SimOptions, DEMO_JWT_SECRET};
 use rand::{Rng, SeedableRng};
 
@@ -126,9 +126,6 @@ cache = { ttl = "2s", scope = "public" }
 
 // === Part 1: throughput ===
 
-/// The request paths of connection `c`.
-type PathsFor<'a> = dyn Fn(usize) -> Vec<String> + 'a;
-
 #[derive(serde::Serialize)]
 struct Row {
     target: String,
@@ -139,60 +136,6 @@ struct Row {
     vs_pass_through: f64,
     rss_bytes: u64,
     cpu_us_per_request: f64,
-}
-
-/// Runs `connections` connections; each gets its own list of paths from `paths_for(c)`.
-fn drive(
-    rt: &tokio::runtime::Runtime,
-    addr: SocketAddr,
-    secs: u64,
-    connections: usize,
-    paths_for: &PathsFor,
-    headers: &[(String, String)],
-) -> LoadReport {
-    let specs: Vec<LoadSpec> = (0..connections)
-        .map(|c| LoadSpec {
-            addr,
-            paths: paths_for(c),
-            headers: headers.to_vec(),
-            connections: 1,
-            duration: Duration::from_secs(secs),
-        })
-        .collect();
-    let reports = rt.block_on(async {
-        let tasks: Vec<_> = specs
-            .into_iter()
-            .map(|s| tokio::spawn(loadgen::run(s)))
-            .collect();
-        let mut out = Vec::new();
-        for t in tasks {
-            if let Ok(r) = t.await {
-                out.push(r);
-            }
-        }
-        out
-    });
-    merge(&reports)
-}
-
-/// Sums per-connection reports; percentiles are the worst connection's (conservative).
-fn merge(reports: &[LoadReport]) -> LoadReport {
-    let mut m = LoadReport::default();
-    let mut weighted = 0u128;
-    for r in reports {
-        m.requests += r.requests;
-        m.non_success += r.non_success;
-        m.errors += r.errors;
-        m.body_bytes += r.body_bytes;
-        m.rps += r.rps;
-        m.seconds = m.seconds.max(r.seconds);
-        m.p50_us = m.p50_us.max(r.p50_us);
-        m.p99_us = m.p99_us.max(r.p99_us);
-        m.p999_us = m.p999_us.max(r.p999_us);
-        weighted += r.mean_us as u128 * r.requests as u128;
-    }
-    m.mean_us = (weighted / (m.requests.max(1) as u128)) as u64;
-    m
 }
 
 fn measure(
@@ -343,6 +286,8 @@ struct SeedRow {
     /// The least mean latency closed-loop clients can see when every write reaches the OMS:
     /// clients / (OMS requests per second / write share), by Little's law.
     floor_mean_ms: f64,
+    /// The gateway's largest RSS, sampled every 100 ms during the run (issue 9).
+    peak_rss_bytes: u64,
 }
 
 /// Zipf (s = 1) over `n` ranks: the cumulative distribution for sampling.
@@ -429,8 +374,19 @@ path = "/api/v1/invoices/{id}"
 "#
     };
     let addr = free_addr();
-    let _gw = start_gateway(sim_addr, addr, "", "", routes);
+    let gw = start_gateway(sim_addr, addr, "", "", routes);
     let backend_before = sim_requests(rt, sim_addr);
+    let peak_rss = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (pid, peak, on) = (gw.0.id(), peak_rss.clone(), sampling.clone());
+        std::thread::spawn(move || {
+            while on.load(std::sync::atomic::Ordering::Relaxed) {
+                peak.fetch_max(loadgen::rss_of(pid), std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
 
     let cdf = Arc::new(zipf_cdf(invoices.len()));
     let started = Instant::now();
@@ -503,6 +459,8 @@ path = "/api/v1/invoices/{id}"
     });
     let elapsed = started.elapsed().as_secs_f64();
     let backend = sim_requests(rt, sim_addr).saturating_sub(backend_before);
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let _ = sampler.join();
 
     let sorted = |it: &mut dyn Iterator<Item = u64>| -> Vec<u64> {
         let mut v: Vec<u64> = it.collect();
@@ -551,6 +509,7 @@ path = "/api/v1/invoices/{id}"
         hit_p99_ms: pct(&hit_lat, 0.99),
         floor_mean_ms: clients as f64 * 1000.0
             / (workers as f64 * 1000.0 / latency_ms as f64 / write_share),
+        peak_rss_bytes: peak_rss.load(std::sync::atomic::Ordering::Relaxed),
     }
 }
 
@@ -587,7 +546,7 @@ fn main() {
         seed[0].clients
     );
     println!(
-        "{:<24} {:>9} {:>8} {:>9} {:>9} {:>9} {:>10} {:>11} {:>9} {:>7} {:>9} {:>9}",
+        "{:<24} {:>9} {:>8} {:>9} {:>9} {:>9} {:>10} {:>11} {:>9} {:>7} {:>9} {:>9} {:>10}",
         "target",
         "requests",
         "cut off",
@@ -599,11 +558,12 @@ fn main() {
         "req/s",
         "hits",
         "hit mean",
-        "hit p99"
+        "hit p99",
+        "peak RSS"
     );
     for r in &seed {
         println!(
-            "{:<24} {:>9} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>11.3} {:>9.0} {:>7} {:>9.2} {:>9.2}",
+            "{:<24} {:>9} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>11.3} {:>9.0} {:>7} {:>9.2} {:>9.2} {:>10}",
             r.target,
             r.completed + r.cut_off,
             r.cut_off,
@@ -615,7 +575,8 @@ fn main() {
             r.client_rps,
             r.hits,
             r.hit_mean_ms,
-            r.hit_p99_ms
+            r.hit_p99_ms,
+            format!("{:.1} MiB", r.peak_rss_bytes as f64 / (1024.0 * 1024.0))
         );
     }
     println!(

@@ -13,7 +13,8 @@
 # connection; its cost is not counted. Prints a table and writes target/bench-instructions.json.
 #
 # Scenarios: passthrough (20 KB JSON, no features: no compression, no audit), l1_hit (the same response served from the
-# in-memory cache), all_features (JWT identity, a local rate limit, a cache miss every time,
+# in-memory cache), redis_hit (the same from Redis, the in-memory tier off; needs Redis at
+# OMSGATE_TEST_REDIS_URL), all_features (JWT identity, a local rate limit, a cache miss every time,
 # gzip, metrics, file audit).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -22,7 +23,8 @@ N=${N:-1000}
 W=${W:-200}
 BODY=${BODY:-20000}
 SCENARIOS=("$@")
-[[ ${#SCENARIOS[@]} -gt 0 ]] || SCENARIOS=(passthrough l1_hit all_features)
+[[ ${#SCENARIOS[@]} -gt 0 ]] || SCENARIOS=(passthrough l1_hit redis_hit all_features)
+REDIS=${OMSGATE_TEST_REDIS_URL:-redis://127.0.0.1:6379}
 
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
 cargo build --release --bin omsgate >&2
@@ -73,6 +75,16 @@ enabled = false' ;;
 enabled = false
 [audit]
 enabled = false'
+        routes="$routes
+cache = { ttl = \"1h\", scope = \"public\" }" ;;
+    redis_hit) extra="[compression]
+enabled = false
+[audit]
+enabled = false
+[cache]
+redis_url = \"$REDIS\"
+key_prefix = \"omsgate-instr-$$-$2:\"
+memory = { max_bytes = 0 }"
         routes="$routes
 cache = { ttl = \"1h\", scope = \"public\" }" ;;
     all_features) extra="[identity]

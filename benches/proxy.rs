@@ -1,10 +1,16 @@
-//! `cargo bench --bench proxy`: pass-through throughput and latency, direct vs through omsgate
-//! (vs nginx as a reverse proxy when `nginx` is on PATH).
+//! `cargo bench --bench proxy`: issue 9's targets side by side in one run. Throughput and
+//! latency of the simulated OMS directly, omsgate pass-through, an omsgate L1 cache hit, a
+//! Redis-only hit (when Redis answers), all features on, audit to files and to Kafka (when a
+//! broker is given), and nginx as a reverse proxy and as a `proxy_cache` (when `nginx` is on
+//! PATH); then the ratios the targets are written in, and the gateway's RSS with many idle
+//! keepalive connections.
 //!
-//! Starts the simulated OMS (`omsgate sim`, latency 0) and the gateway as child processes,
-//! drives a closed-loop keepalive load over loopback for a fixed time, prints a table and writes
-//! `target/bench-proxy.json`. Environment: `OMSGATE_BENCH_SECS` (default 8),
-//! `OMSGATE_BENCH_CONNECTIONS` (default 64), `OMSGATE_BENCH_BODY` (response bytes, default 20000).
+//! Starts the simulated OMS (`omsgate sim`, latency 0), the gateway and nginx as child
+//! processes, drives a closed-loop keepalive load over loopback for a fixed time, prints tables
+//! and writes `target/bench-proxy.json`. Environment: `OMSGATE_BENCH_SECS` (default 8),
+//! `OMSGATE_BENCH_CONNECTIONS` (default 64), `OMSGATE_BENCH_BODY` (response bytes, default
+//! 20000), `OMSGATE_BENCH_IDLE` (idle connections, default 10000), `OMSGATE_TEST_REDIS_URL`,
+//! `OMSGATE_BENCH_KAFKA_BROKERS` (else `OMSGATE_TEST_KAFKA_BROKERS`).
 
 mod common;
 
@@ -17,9 +23,9 @@ use omsgate::loadgen::{self, LoadReport, LoadSpec};
 
 use common::*;
 
-/// The gateway with the `blob` route (`extra`: more keys of that route) and `audit` (an
-/// `[audit]` table; the default file audit when empty).
-fn start_gateway(upstream: SocketAddr, listen: SocketAddr, extra: &str, audit: &str) -> Proc {
+/// The gateway with the `blob` route (`extra`: more keys of that route) and `tables` (more
+/// tables, e.g. `[audit]`; the default file audit when none is given).
+fn start_gateway(upstream: SocketAddr, listen: SocketAddr, extra: &str, tables: &str) -> Proc {
     let admin = free_addr();
     let cfg = format!(
         r#"
@@ -33,11 +39,11 @@ servers = ["{upstream}"]
 keepalive_pool = 256
 [log]
 level = "warn"
+{tables}
 [[route]]
 name = "blob"
 path = "/__blob/{{size}}"
 {extra}
-{audit}
 "#
     );
     let path = bench_dir("proxy").join(format!("gateway-{}.toml", listen.port()));
@@ -53,10 +59,27 @@ path = "/__blob/{{size}}"
     Proc(child)
 }
 
-fn start_nginx(upstream: SocketAddr, listen: SocketAddr) -> Option<Proc> {
+/// nginx in front of `upstream`: a reverse proxy, or with `cache` a `proxy_cache` that stores
+/// every 200 for an hour (the equivalent of the gateway's `cache = { ttl = "1h" }`).
+fn start_nginx(upstream: SocketAddr, listen: SocketAddr, cache: bool) -> Option<Proc> {
     let nginx = which("nginx")?;
-    let dir = bench_dir("proxy").join("nginx");
+    let dir = bench_dir("proxy").join(format!("nginx-{}", listen.port()));
+    let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::create_dir_all(dir.join("logs"));
+    let (cache_path, cache_use) = if cache {
+        (
+            format!(
+                "proxy_cache_path {}/cache keys_zone=oms:10m max_size=100m;",
+                dir.display()
+            ),
+            "proxy_cache oms;\n      proxy_cache_valid 200 1h;\n      \
+             proxy_ignore_headers Cache-Control Expires Set-Cookie;\n      \
+             add_header X-Cache $upstream_cache_status;"
+                .to_string(),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     let conf = format!(
         r#"
 worker_processes 1;
@@ -65,6 +88,7 @@ pid {dir}/nginx.pid;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
+  {cache_path}
   upstream oms {{ server {upstream}; keepalive 256; }}
   server {{
     listen {listen} reuseport;
@@ -73,6 +97,7 @@ http {{
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header X-Request-Id $request_id;
+      {cache_use}
     }}
   }}
 }}
@@ -184,21 +209,28 @@ struct Row {
     cpu_us_per_request: f64,
 }
 
+/// Load on one path for every connection; `pid` is the process whose CPU and RSS are read.
 fn measure(rt: &tokio::runtime::Runtime, name: &str, addr: SocketAddr, pid: Option<u32>) -> Row {
+    let body = env_or("OMSGATE_BENCH_BODY", 20_000);
+    let path = format!("/__blob/{body}");
+    measure_with(rt, name, addr, pid, &|_| vec![path.clone()], &[])
+}
+
+/// [`measure`] with each connection's own paths and extra request headers.
+fn measure_with(
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    addr: SocketAddr,
+    pid: Option<u32>,
+    paths_for: &PathsFor,
+    headers: &[(String, String)],
+) -> Row {
     let secs = env_or("OMSGATE_BENCH_SECS", 8);
     let conns = env_or("OMSGATE_BENCH_CONNECTIONS", 64) as usize;
-    let body = env_or("OMSGATE_BENCH_BODY", 20_000);
-    let spec = |d: u64| LoadSpec {
-        addr,
-        paths: vec![format!("/__blob/{body}")],
-        headers: vec![],
-        connections: conns,
-        duration: Duration::from_secs(d),
-    };
     // Warm up keepalive pools and caches.
-    rt.block_on(loadgen::run(spec(1)));
+    drive(rt, addr, 1, conns, paths_for, headers);
     let cpu0 = pid.map(loadgen::cpu_seconds_of).unwrap_or(0.0);
-    let report = rt.block_on(loadgen::run(spec(secs)));
+    let report = drive(rt, addr, secs, conns, paths_for, headers);
     let cpu1 = pid.map(loadgen::cpu_seconds_of).unwrap_or(0.0);
     let rss = pid.map(loadgen::rss_of).unwrap_or(0);
     let cpu_us = if report.requests > 0 {
@@ -214,6 +246,25 @@ fn measure(rt: &tokio::runtime::Runtime, name: &str, addr: SocketAddr, pid: Opti
     }
 }
 
+/// Whether Redis answers a PING.
+fn redis_up(url: &str) -> bool {
+    redis::Client::open(url)
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+        .is_ok()
+}
+
+const NO_AUDIT: &str = "[audit]\nenabled = false";
+const CACHED: &str = r#"cache = { ttl = "1h", scope = "public" }"#;
+
+/// Names of the rows the targets compare.
+const PASS: &str = "omsgate pass-through";
+const NGINX: &str = "nginx reverse proxy";
+const L1_HIT: &str = "omsgate L1 cache hit";
+const NGINX_HIT: &str = "nginx proxy_cache hit";
+const REDIS_HIT: &str = "omsgate Redis-only hit";
+const ALL: &str = "omsgate all features";
+
 fn main() {
     // `cargo bench` passes `--bench`; any other argument selects nothing special yet.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -221,9 +272,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    let load_before = loadgen::load_average();
     let sim_addr = free_addr();
     let sim = start_sim(sim_addr, &["--latency-ms", "0", "--workers", "100000"]);
     let mut rows = Vec::new();
+    let body = env_or("OMSGATE_BENCH_BODY", 20_000);
 
     rows.push(measure(
         &rt,
@@ -232,20 +285,93 @@ fn main() {
         Some(sim.0.id()),
     ));
 
+    // Every row below but "all features" sends no Accept-Encoding and has compression off or
+    // irrelevant, so the same 20 KB of JSON crosses every proxy.
     let gw_addr = free_addr();
-    let gw = start_gateway(sim_addr, gw_addr, "", "[audit]\nenabled = false");
-    rows.push(measure(
+    let gw = start_gateway(sim_addr, gw_addr, "", NO_AUDIT);
+    rows.push(measure(&rt, PASS, gw_addr, Some(gw.0.id())));
+    drop(gw);
+
+    let ngx_addr = free_addr();
+    match start_nginx(sim_addr, ngx_addr, false) {
+        Some(ngx) => rows.push(measure(&rt, NGINX, ngx_addr, Some(ngx.0.id()))),
+        None => {
+            eprintln!("nginx not on PATH: skipping the nginx rows (apt-get install nginx-light)")
+        }
+    }
+
+    // Hits: compression off, so both caches send the stored identity body.
+    let hit_tables = format!("{NO_AUDIT}\n[compression]\nenabled = false");
+    let gw_addr = free_addr();
+    let gw = start_gateway(sim_addr, gw_addr, CACHED, &hit_tables);
+    rows.push(measure(&rt, L1_HIT, gw_addr, Some(gw.0.id())));
+    drop(gw);
+
+    let ngx_addr = free_addr();
+    if let Some(ngx) = start_nginx(sim_addr, ngx_addr, true) {
+        rows.push(measure(&rt, NGINX_HIT, ngx_addr, Some(ngx.0.id())));
+    }
+
+    let redis = redis_url();
+    if redis_up(&redis) {
+        let prefix = format!("bench_proxy_{}:", std::process::id());
+        let tables = format!(
+            "{hit_tables}\n[cache]\nredis_url = \"{redis}\"\nkey_prefix = \"{prefix}\"\n\
+             memory = {{ max_bytes = 0 }}"
+        );
+        let gw_addr = free_addr();
+        let gw = start_gateway(sim_addr, gw_addr, CACHED, &tables);
+        rows.push(measure(&rt, REDIS_HIT, gw_addr, Some(gw.0.id())));
+        drop(gw);
+    } else {
+        eprintln!("Redis does not answer at {redis}: skipping the Redis-only hit row");
+    }
+
+    // All features: JWT identity, a per-tenant rate limit that admits everything, a cache miss
+    // on every request (each connection walks its own paths; stored in the L1 for 2 s), gzip
+    // for the client and the store, metrics, the default file audit.
+    let spool = bench_dir("proxy").join(format!("spool-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&spool);
+    let token = omsgate::identity::issue_hs256(
+        omsgate::sim::DEMO_JWT_SECRET,
+        "tenant_id",
+        "acme",
+        "bench",
+        Duration::from_secs(3600),
+    );
+    let all_tables = format!(
+        "[identity]\nmode = \"jwt\"\njwt_secret = \"{}\"\n\
+         [rate_limit.policies.per_tenant]\nkey = \"tenant\"\nquota = \"1000000/second\"\n\
+         [audit]\nspool_dir = \"{}/all\"",
+        omsgate::sim::DEMO_JWT_SECRET,
+        spool.display()
+    );
+    let all_route = "rate_limit = [\"per_tenant\"]\ncache = { ttl = \"2s\", scope = \"tenant\" }";
+    let run = std::sync::atomic::AtomicU64::new(0);
+    let unique = |c: usize| {
+        let r = run.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (0..5_000)
+            .map(|i| format!("/__blob/{body}?m={r}-{c}-{i}"))
+            .collect()
+    };
+    let headers = [
+        ("Authorization".to_string(), format!("Bearer {token}")),
+        ("Accept-Encoding".to_string(), "gzip".to_string()),
+    ];
+    let gw_addr = free_addr();
+    let gw = start_gateway(sim_addr, gw_addr, all_route, &all_tables);
+    rows.push(measure_with(
         &rt,
-        "omsgate pass-through",
+        ALL,
         gw_addr,
         Some(gw.0.id()),
+        &unique,
+        &headers,
     ));
     drop(gw);
 
-    // Audit on: one record per request to the spool files (no brokers), and to Kafka when a
-    // broker is given (OMSGATE_BENCH_KAFKA_BROKERS, else OMSGATE_TEST_KAFKA_BROKERS).
-    let spool = bench_dir("proxy").join(format!("spool-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&spool);
+    // Audit on (issue 6): one record per request to the spool files (no brokers), and to Kafka
+    // when a broker is given (OMSGATE_BENCH_KAFKA_BROKERS, else OMSGATE_TEST_KAFKA_BROKERS).
     let gw_addr = free_addr();
     let file_audit = format!("[audit]\nspool_dir = \"{}/file\"", spool.display());
     let gw = start_gateway(sim_addr, gw_addr, "", &file_audit);
@@ -284,17 +410,6 @@ fn main() {
     }
     let _ = std::fs::remove_dir_all(&spool);
 
-    let ngx_addr = free_addr();
-    match start_nginx(sim_addr, ngx_addr) {
-        Some(ngx) => rows.push(measure(
-            &rt,
-            "nginx reverse proxy",
-            ngx_addr,
-            Some(ngx.0.id()),
-        )),
-        None => eprintln!("nginx not on PATH: skipping the nginx column (apt-get install nginx)"),
-    }
-
     println!(
         "\n{:<26} {:>10} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7}",
         "target", "req/s", "p50 µs", "p99 µs", "p999 µs", "CPU µs/req", "RSS MiB", "errors"
@@ -312,11 +427,21 @@ fn main() {
             r.report.errors + r.report.non_success
         );
     }
+    let targets = targets(&rows);
+    println!(
+        "\n{:<48} {:>9} {:>8}",
+        "target (issue 9)", "measured", "met?"
+    );
+    for t in &targets {
+        let measured = t.ratio.map_or("–".to_string(), |r| format!("{r:.2}×"));
+        let met = t.met.map_or("–", |m| if m { "yes" } else { "no" });
+        println!("{:<48} {:>9} {:>8}", t.target, measured, met);
+    }
 
     // Memory with many idle keepalive clients (issue 9: RSS <= 64 MB with 10 000).
     let idle_target = env_or("OMSGATE_BENCH_IDLE", 10_000) as usize;
     let gw_addr = free_addr();
-    let gw = start_gateway(sim_addr, gw_addr, "", "[audit]\nenabled = false");
+    let gw = start_gateway(sim_addr, gw_addr, "", NO_AUDIT);
     let idle = rt.block_on(idle_connections(gw_addr, gw.0.id(), idle_target));
     drop(gw);
     println!(
@@ -331,10 +456,62 @@ fn main() {
         .parent()
         .map(|p| p.join("bench-proxy.json"))
         .unwrap_or_else(|| PathBuf::from("bench-proxy.json"));
-    let doc = serde_json::json!({ "rows": rows, "idle": idle });
+    let doc = serde_json::json!({
+        "rows": rows,
+        "targets": targets,
+        "idle": idle,
+        "load_average_before": load_before,
+        "load_average_after": loadgen::load_average(),
+    });
     if let Ok(json) = serde_json::to_string_pretty(&doc) {
         let _ = std::fs::write(&out, json);
         println!("\nwrote {}", out.display());
     }
     drop(sim);
+}
+
+/// One of issue 9's throughput targets: `row` against `baseline`, at least `min` times.
+#[derive(serde::Serialize)]
+struct Target {
+    target: String,
+    ratio: Option<f64>,
+    met: Option<bool>,
+}
+
+fn targets(rows: &[Row]) -> Vec<Target> {
+    let rps = |name: &str| rows.iter().find(|r| r.target == name).map(|r| r.report.rps);
+    let p99 = |name: &str| {
+        rows.iter()
+            .find(|r| r.target == name)
+            .map(|r| r.report.p99_us)
+    };
+    let ratio = |target: &str, row: &str, baseline: &str, min: f64| {
+        let ratio = rps(row).zip(rps(baseline)).map(|(a, b)| a / b.max(1.0));
+        Target {
+            target: target.to_string(),
+            ratio,
+            met: ratio.map(|r| r >= min),
+        }
+    };
+    let mut out = vec![
+        ratio("pass-through >= 1.0x nginx reverse proxy", PASS, NGINX, 1.0),
+        ratio(
+            "L1 hit >= 1.2x nginx proxy_cache hit",
+            L1_HIT,
+            NGINX_HIT,
+            1.2,
+        ),
+        ratio("Redis-only hit >= 0.8x pass-through", REDIS_HIT, PASS, 0.8),
+        ratio("all features within 15% of pass-through", ALL, PASS, 0.85),
+    ];
+    // p99 of pass-through no worse than nginx's: the ratio is nginx p99 / omsgate p99.
+    let p = p99(PASS)
+        .zip(p99(NGINX))
+        .map(|(o, n)| n as f64 / o.max(1) as f64);
+    out.push(Target {
+        target: "pass-through p99 no worse than nginx".to_string(),
+        ratio: p,
+        met: p.map(|r| r >= 1.0),
+    });
+    out
 }

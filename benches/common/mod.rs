@@ -1,11 +1,14 @@
 //! Helpers shared by the benches (each includes this file with `mod common;`): environment
-//! knobs, service addresses, ports, child processes, the simulated OMS, Kafka topics.
+//! knobs, service addresses, ports, child processes, the simulated OMS, Kafka topics, load with
+//! a list of paths per connection.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use omsgate::loadgen::{self, LoadReport, LoadSpec};
 
 /// An integer from the environment, or `default`.
 pub fn env_or(name: &str, default: u64) -> u64 {
@@ -110,4 +113,61 @@ pub fn create_topic(brokers: &str, topic: &str) -> bool {
         .args(["--partitions", "3", topic])
         .output()
         .is_ok_and(|o| o.status.success())
+}
+
+/// The request paths of connection `c`.
+pub type PathsFor<'a> = dyn Fn(usize) -> Vec<String> + 'a;
+
+/// Runs `connections` connections; each gets its own list of paths from `paths_for(c)`.
+pub fn drive(
+    rt: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    secs: u64,
+    connections: usize,
+    paths_for: &PathsFor,
+    headers: &[(String, String)],
+) -> LoadReport {
+    let specs: Vec<LoadSpec> = (0..connections)
+        .map(|c| LoadSpec {
+            addr,
+            paths: paths_for(c),
+            headers: headers.to_vec(),
+            connections: 1,
+            duration: Duration::from_secs(secs),
+        })
+        .collect();
+    let reports = rt.block_on(async {
+        let tasks: Vec<_> = specs
+            .into_iter()
+            .map(|s| tokio::spawn(loadgen::run(s)))
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            if let Ok(r) = t.await {
+                out.push(r);
+            }
+        }
+        out
+    });
+    merge(&reports)
+}
+
+/// Sums per-connection reports; percentiles are the worst connection's (conservative).
+pub fn merge(reports: &[LoadReport]) -> LoadReport {
+    let mut m = LoadReport::default();
+    let mut weighted = 0u128;
+    for r in reports {
+        m.requests += r.requests;
+        m.non_success += r.non_success;
+        m.errors += r.errors;
+        m.body_bytes += r.body_bytes;
+        m.rps += r.rps;
+        m.seconds = m.seconds.max(r.seconds);
+        m.p50_us = m.p50_us.max(r.p50_us);
+        m.p99_us = m.p99_us.max(r.p99_us);
+        m.p999_us = m.p999_us.max(r.p999_us);
+        weighted += r.mean_us as u128 * r.requests as u128;
+    }
+    m.mean_us = (weighted / (m.requests.max(1) as u128)) as u64;
+    m
 }
