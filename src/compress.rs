@@ -589,6 +589,36 @@ fn no_transform(resp: &ResponseHeader) -> bool {
     })
 }
 
+/// Whether the module would decode a stored response with this header for this request and
+/// send it identity: a 200 in gzip for a client that does not accept gzip, with nothing to
+/// encode it in instead. The cache then sends the decoded copy it keeps next to an L1 entry
+/// (`cache::serve_decoded`), with [`decoded_headers`], and the module leaves it alone.
+pub fn wants_decoded(session: &mut Session, resp: &ResponseHeader) -> bool {
+    let Some(plan) = session
+        .downstream_modules_ctx
+        .get_mut::<Compression>()
+        .and_then(|m| m.plan.as_ref())
+    else {
+        return false;
+    };
+    plan.encode.is_none()
+        && resp.status.as_u16() == 200
+        && matches!(content_coding(resp), Coding::Known(Algorithm::Gzip))
+        && decide(plan, resp, false).action == Action::Decode
+}
+
+/// The header of a stored gzip response the cache sends decoded: what the module's decoder
+/// leaves (no `Content-Encoding` or `Accept-Ranges`, a weak `ETag`, `Vary: Accept-Encoding`),
+/// with the decoded length as `Content-Length` instead of chunked framing.
+pub fn decoded_headers(resp: &mut ResponseHeader, len: usize) {
+    resp.remove_header(&CONTENT_ENCODING);
+    resp.remove_header(&ACCEPT_RANGES);
+    resp.remove_header(&TRANSFER_ENCODING);
+    let _ = resp.insert_header(CONTENT_LENGTH, len.to_string());
+    weaken_etag(resp);
+    add_vary(resp);
+}
+
 /// Adds `Accept-Encoding` to `Vary`, merged into one field value with what is there; nothing
 /// when it is listed already or `Vary: *`.
 pub fn add_vary(resp: &mut ResponseHeader) {

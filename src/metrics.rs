@@ -157,6 +157,14 @@ pub static CACHE_L1_ENTRIES: Lazy<IntGauge> = gauge!(
     "omsgate_cache_l1_entries",
     "Entries held by the in-process L1 cache."
 );
+/// L1 hits for clients that do not accept the stored gzip coding, by how the decoded body was
+/// had: `made` (gunzipped and kept next to the entry), `reused` (the kept copy), `skipped`
+/// (larger than `cache.max_body` or not valid gzip: decoded while streaming instead).
+pub static CACHE_DECODED: Lazy<IntCounterVec> = counter_vec!(
+    "omsgate_cache_decoded_copies_total",
+    "L1 hits for clients that do not accept gzip: made (a decoded copy was kept), reused (served from the kept copy), skipped (too large or not gzip; decoded while streaming).",
+    &["result"]
+);
 
 // === compression ===
 
@@ -328,6 +336,7 @@ pub fn init(config_hash: &str, routes: &[&str]) {
     Lazy::force(&CACHE_BACKEND_ERRORS);
     Lazy::force(&CACHE_L1_BYTES);
     Lazy::force(&CACHE_L1_ENTRIES);
+    Lazy::force(&CACHE_DECODED);
     Lazy::force(&COMPRESSION_BYTES);
     Lazy::force(&RATE_LIMITED);
     Lazy::force(&RATE_LIMIT_CHECKS);

@@ -10,7 +10,8 @@
 //! |                            | key with generations (`cache::prepare`)                          |
 //! | `request_cache_filter`     | enable Pingora's cache for cached routes (`cache`)               |
 //! | `cache_key_callback`       | the scoped cache key (`cache`)                                   |
-//! | `cache_hit_filter`         | scope check of the stored entry (`cache`)                        |
+//! | `cache_hit_filter`         | scope check of the stored entry; decoded copy for clients that   |
+//! |                            | do not accept gzip (`cache`)                                     |
 //! | `proxy_upstream_filter`    | after a cache miss: pooled query path answers from PostgreSQL    |
 //! |                            | (`db::serve`), stored in the cache like an origin response       |
 //! | `upstream_peer`            | server selection, timeouts, keepalive (`upstream`)               |
@@ -285,13 +286,17 @@ impl ProxyHttp for Gateway {
     /// Refuses stored entries whose scope differs from the request's.
     async fn cache_hit_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         meta: &CacheMeta,
-        _hit_handler: &mut HitHandler,
-        _is_fresh: bool,
+        hit_handler: &mut HitHandler,
+        is_fresh: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<ForcedFreshness>> {
-        Ok(crate::cache::cache_hit_filter(meta, ctx))
+        let forced = crate::cache::cache_hit_filter(meta, ctx);
+        if forced.is_none() {
+            crate::cache::serve_decoded(session, meta, hit_handler, is_fresh, ctx);
+        }
+        Ok(forced)
     }
 
     /// Whether the origin response is stored, and for how long.

@@ -396,6 +396,87 @@ async fn a_cached_entry_gives_gzip_and_identity_clients_identical_decoded_bytes(
     }
 }
 
+/// L1 hits for clients that do not accept gzip are sent from a decoded copy kept next to the
+/// entry: made on the first such hit, reused after, with a `Content-Length` and the headers the
+/// streaming decoder gives (weak `ETag`, `Vary`); a body that decodes beyond `max_body` is
+/// decoded while streaming instead.
+#[tokio::test]
+async fn l1_hits_for_identity_clients_are_sent_from_a_decoded_copy() {
+    let up = TestUpstream::start();
+    let gw = gateway(
+        &up,
+        r#"
+[cache]
+max_body = "16KiB"
+
+[[route]]
+name = "bytes"
+path = "/bytes/{n}"
+cache = { ttl = "60s", scope = "public" }
+
+[[route]]
+name = "etag"
+path = "/etag/{tag}"
+cache = { ttl = "60s", scope = "public" }
+"#,
+    );
+    let decoded = |result: &str| {
+        gw.metric_value("omsgate_cache_decoded_copies_total", &[("result", result)])
+            .unwrap_or(0.0)
+    };
+    let original = deterministic_body(12_000);
+    let miss = get(&gw, "/etag/v1?body_len=12000", Some("gzip")).await;
+    assert_eq!(miss.header("x-cache"), Some("MISS"));
+    assert_eq!(miss.header("content-encoding"), Some("gzip"));
+    assert_eq!(gunzip(&miss.body), original);
+    assert_eq!(miss.header("etag"), Some("W/\"v1\""));
+
+    for (i, ae) in [None, Some("identity"), None].into_iter().enumerate() {
+        let r = get(&gw, "/etag/v1?body_len=12000", ae).await;
+        assert_eq!(r.status, 200, "{i}");
+        assert_eq!(r.header("x-cache"), Some("HIT"), "{i}");
+        assert!(r.header("content-encoding").is_none(), "{i}");
+        assert_eq!(r.header("content-length"), Some("12000"), "{i}");
+        assert!(r.header("transfer-encoding").is_none(), "{i}");
+        assert!(r.header("accept-ranges").is_none(), "{i}");
+        assert_eq!(r.header("etag"), Some("W/\"v1\""), "{i}");
+        assert!(r.varies_by_accept_encoding(), "{i}");
+        assert_eq!(r.body, original, "{i}");
+    }
+    assert_eq!(decoded("made"), 1.0, "one copy made");
+    assert_eq!(decoded("reused"), 2.0, "then reused");
+
+    // The gzip client still gets the stored bytes; a conditional request still gets a 304.
+    let gz = get(&gw, "/etag/v1?body_len=12000", Some("gzip")).await;
+    assert_eq!(gz.header("content-encoding"), Some("gzip"));
+    assert_eq!(gz.body, miss.body);
+    let not_modified = send(
+        client()
+            .get(gw.url("/etag/v1?body_len=12000"))
+            .header("if-none-match", "W/\"v1\""),
+    )
+    .await;
+    assert_eq!(not_modified.status, 304);
+    assert!(not_modified.body.is_empty());
+
+    // 40 KB that gzips below max_body (16 KiB) is stored, but decodes beyond it: no copy,
+    // decoded while streaming, the same bytes.
+    let big = deterministic_body(40_000);
+    let stored = get(&gw, "/bytes/40000", Some("gzip")).await;
+    assert_eq!(stored.header("x-cache"), Some("MISS"));
+    assert!(
+        stored.body.len() < 16 * 1024,
+        "{} gzip bytes",
+        stored.body.len()
+    );
+    let r = get(&gw, "/bytes/40000", None).await;
+    assert_eq!(r.header("x-cache"), Some("HIT"));
+    assert!(r.header("content-encoding").is_none());
+    assert_eq!(r.body, big);
+    assert_eq!(decoded("skipped"), 1.0);
+    assert_eq!(decoded("made"), 1.0);
+}
+
 #[tokio::test]
 async fn the_route_switch_overrides_the_global_one() {
     let up = TestUpstream::start();

@@ -28,7 +28,8 @@ pub struct CacheFile {
     pub key_prefix: String,
     /// The in-process first tier (L1).
     pub memory: MemoryFile,
-    /// Responses with a larger body are passed through but not stored. Default `"2MiB"`.
+    /// Responses with a larger body are passed through but not stored; also the largest decoded
+    /// copy of a gzip entry the L1 keeps for clients that do not accept gzip. Default `"2MiB"`.
     pub max_body: ByteSize,
     /// Deadline of every Redis call made while serving a request; on expiry the request goes on
     /// as a miss (or bypass) and `omsgate_cache_backend_errors_total{backend="redis"}` counts it.

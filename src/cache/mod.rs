@@ -43,8 +43,8 @@ use once_cell::sync::OnceCell;
 use pingora::cache::key::HashBinary;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::{
-    CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, NoCacheReason,
-    RespCacheable, VarianceBuilder,
+    CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, HitHandler,
+    NoCacheReason, RespCacheable, VarianceBuilder,
 };
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
@@ -318,6 +318,8 @@ pub struct RequestCache {
     state: State,
     /// A stale copy was served because the upstream failed.
     served_stale: bool,
+    /// The length of the decoded copy a fresh L1 hit serves ([`serve_decoded`]).
+    decoded: Option<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -428,6 +430,31 @@ pub fn cache_hit_filter(meta: &CacheMeta, ctx: &Ctx) -> Option<ForcedFreshness> 
             tracing::error!(request_id = %ctx.request_id, expected = %tag, stored = ?stored, "Cache entry scope mismatch; not served.");
             Some(ForcedFreshness::ForceMiss)
         }
+    }
+}
+
+/// `cache_hit_filter`, for an entry served fresh: a gzip entry for a client that does not
+/// accept gzip (and nothing else to encode in, see [`crate::compress::wants_decoded`]) is sent
+/// from a decoded copy kept next to the L1 entry — gunzipped on the first such hit, not on
+/// every one. `GET` without `Range` only; hits from Redis and bodies that decode to more than
+/// `max_body` are decoded while streaming as before.
+pub fn serve_decoded(
+    session: &mut Session,
+    meta: &CacheMeta,
+    hit: &mut HitHandler,
+    is_fresh: bool,
+    ctx: &mut Ctx,
+) {
+    let req = session.req_header();
+    if !is_fresh || req.method != http::Method::GET || req.headers.contains_key(http::header::RANGE)
+    {
+        return;
+    }
+    if !crate::compress::wants_decoded(session, meta.response_header()) {
+        return;
+    }
+    if let Some(hit) = hit.as_any_mut().downcast_mut::<storage::Hit>() {
+        ctx.cache.decoded = hit.serve_decoded(ctx.pipeline.cache.settings.max_body);
     }
 }
 
@@ -573,6 +600,9 @@ pub async fn response_filter(session: &Session, resp: &mut ResponseHeader, ctx: 
     }
     if status.is_some() {
         ctx.cache_status = status;
+    }
+    if let (Some(len), Some("HIT"), 200) = (ctx.cache.decoded, status, resp.status.as_u16()) {
+        crate::compress::decoded_headers(resp, len);
     }
 
     let method = &session.req_header().method;

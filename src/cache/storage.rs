@@ -8,7 +8,8 @@
 //! cache lock makes concurrent misses wait for that.
 
 use std::any::Any;
-use std::sync::Arc;
+use std::fmt::Write as _;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -20,6 +21,7 @@ use pingora::cache::storage::{
 };
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheMeta, PurgeType};
+use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 
 use super::backend::Redis;
@@ -31,28 +33,104 @@ use crate::metrics;
 pub struct Object {
     internal: Bytes,
     header: Bytes,
+    /// `header` parsed, for objects in the L1: Pingora serializes headers zstd-compressed, and
+    /// decompressing and parsing them was ~12k of the ~76k instructions of an L1 hit
+    /// (`benches/instructions.sh`); a hit clones this instead.
+    parsed: Option<ResponseHeader>,
     body: Bytes,
     /// How long the L1 keeps it, from insertion.
     lifetime: Duration,
+    /// The gzip body decoded, made on the first L1 hit of a client that does not accept gzip
+    /// ([`Hit::serve_decoded`]); `None` inside when it is not valid gzip or decodes to more
+    /// than the limit.
+    decoded: OnceLock<Option<Bytes>>,
+}
+
+/// The serialized header of an empty response: what a hit with a parsed header deserializes
+/// next to the internal meta, before it puts the parsed header in place.
+fn empty_header() -> &'static [u8] {
+    static EMPTY: OnceLock<Vec<u8>> = OnceLock::new();
+    EMPTY.get_or_init(|| {
+        let header = ResponseHeader::build(200, Some(0)).expect("a 200 header");
+        let now = SystemTime::now();
+        CacheMeta::new(now, now, 0, 0, header)
+            .serialize()
+            .map(|(_, h)| h)
+            .unwrap_or_default()
+    })
 }
 
 impl Object {
+    /// An object whose header is parsed once, for the L1 (`None` for a header that does not
+    /// parse: it is then parsed, and fails, on each hit as before).
+    fn parsed(internal: Bytes, header: Bytes, body: Bytes, lifetime: Duration) -> Object {
+        let parsed = CacheMeta::deserialize(&internal, &header)
+            .ok()
+            .map(|m| m.response_header_copy());
+        Object {
+            internal,
+            header,
+            parsed,
+            body,
+            lifetime,
+            decoded: OnceLock::new(),
+        }
+    }
+
     fn weight(&self) -> u32 {
-        // 16-byte key plus moka's own bookkeeping, roughly.
-        let n = self.internal.len() + self.header.len() + self.body.len() + 96;
+        // 16-byte key plus moka's own bookkeeping, roughly; the parsed header about twice its
+        // names and values.
+        let parsed = self.parsed.as_ref().map_or(0, |h| {
+            let fields: usize = h
+                .headers
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len())
+                .sum();
+            2 * fields + 128
+        });
+        let decoded = self
+            .decoded
+            .get()
+            .and_then(|d| d.as_ref())
+            .map_or(0, |d| d.len());
+        let n = self.internal.len() + self.header.len() + self.body.len() + parsed + decoded + 96;
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 
-    fn hit(&self) -> Result<(CacheMeta, HitHandler)> {
-        let meta = CacheMeta::deserialize(&self.internal, &self.header)?;
+    fn meta(&self) -> Result<CacheMeta> {
+        match &self.parsed {
+            Some(header) => {
+                let mut meta = CacheMeta::deserialize(&self.internal, empty_header())?;
+                *meta.response_header_mut() = header.clone();
+                Ok(meta)
+            }
+            None => CacheMeta::deserialize(&self.internal, &self.header),
+        }
+    }
+
+    /// The meta and a hit handler; `l1` is this object as the L1 keeps it, for
+    /// [`Hit::serve_decoded`].
+    fn hit(&self, l1: Option<L1Entry>) -> Result<(CacheMeta, HitHandler)> {
+        let meta = self.meta()?;
         let hit = Hit {
             body: self.body.clone(),
             done: false,
             start: 0,
             end: self.body.len(),
+            l1,
         };
         Ok((meta, Box::new(hit)))
     }
+}
+
+/// `body` gunzipped (all members), or `None` when it is not valid gzip or decodes to more than
+/// `max` bytes.
+fn gunzip(body: &[u8], max: usize) -> Option<Bytes> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity((body.len() * 4).min(max));
+    let mut decoder = flate2::read::MultiGzDecoder::new(body).take(max as u64 + 1);
+    decoder.read_to_end(&mut out).ok()?;
+    (out.len() <= max).then(|| Bytes::from(out))
 }
 
 struct ObjectExpiry;
@@ -66,9 +144,15 @@ impl moka::Expiry<u128, Arc<Object>> for ObjectExpiry {
         _k: &u128,
         v: &Arc<Object>,
         _at: Instant,
-        _left: Option<Duration>,
+        left: Option<Duration>,
     ) -> Option<Duration> {
-        Some(v.lifetime)
+        // An object with its decoded copy made is the same entry put back to be weighed again
+        // ([`TieredStorage::reweigh`]): it keeps the time it had left. Any other update is a
+        // new object (a refill or revalidation) with its own lifetime.
+        match v.decoded.get() {
+            Some(_) => left.or(Some(v.lifetime)),
+            None => Some(v.lifetime),
+        }
     }
 }
 
@@ -136,9 +220,21 @@ impl TieredStorage {
         k.push_str(&self.prefix);
         k.push_str("obj:");
         for b in id {
-            k.push_str(&format!("{b:02x}"));
+            let _ = write!(k, "{b:02x}");
         }
         k
+    }
+
+    /// Puts `obj` back in the L1 so that its weight counts the decoded copy it now holds;
+    /// nothing when the entry was replaced or dropped meanwhile.
+    fn reweigh(&self, key: u128, obj: &Arc<Object>) {
+        use moka::ops::compute::Op;
+        if let Some(l1) = &self.l1 {
+            let _ = l1.entry(key).and_compute_with(|entry| match entry {
+                Some(e) if Arc::ptr_eq(e.value(), obj) => Op::Put(obj.clone()),
+                _ => Op::Nop,
+            });
+        }
     }
 
     fn l1_put(&self, id: HashBinary, obj: Arc<Object>) {
@@ -168,8 +264,10 @@ impl TieredStorage {
         Some(Object {
             internal: Bytes::from(i),
             header: Bytes::from(h),
+            parsed: None,
             body: Bytes::from(b),
             lifetime: Duration::ZERO,
+            decoded: OnceLock::new(),
         })
     }
 
@@ -211,8 +309,9 @@ impl Storage for TieredStorage {
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let id = key.combined_bin();
         if let Some(l1) = &self.l1 {
-            if let Some(obj) = l1.get(&u128::from_be_bytes(id)) {
-                return obj.hit().map(Some);
+            let key = u128::from_be_bytes(id);
+            if let Some(obj) = l1.get(&key) {
+                return obj.hit(Some((obj.clone(), self, key))).map(Some);
             }
         }
         let Some(redis) = self.redis else {
@@ -221,7 +320,7 @@ impl Storage for TieredStorage {
         let Some(mut obj) = self.redis_get(redis, &id).await else {
             return Ok(None);
         };
-        let (meta, hit) = match obj.hit() {
+        let (meta, hit) = match obj.hit(None) {
             Ok(h) => h,
             Err(e) => {
                 // Written by another version or damaged: a miss, and the next store replaces it.
@@ -230,8 +329,11 @@ impl Storage for TieredStorage {
             }
         };
         if let Some(life) = storage_lifetime(&meta, self.max_ttl, SystemTime::now()) {
-            obj.lifetime = life;
-            self.l1_put(id, Arc::new(obj));
+            if self.l1.is_some() {
+                obj.lifetime = life;
+                obj.parsed = Some(meta.response_header_copy());
+                self.l1_put(id, Arc::new(obj));
+            }
         }
         Ok(Some((meta, hit)))
     }
@@ -300,8 +402,10 @@ impl Storage for TieredStorage {
                     Arc::new(Object {
                         internal: internal.clone(),
                         header: header.clone(),
+                        parsed: Some(meta.response_header_copy()),
                         body: old.body.clone(),
                         lifetime: life,
+                        decoded: OnceLock::new(),
                     }),
                 );
             }
@@ -343,12 +447,46 @@ static UPDATE_META: once_cell::sync::Lazy<redis::Script> = once_cell::sync::Lazy
 
 // === impl Hit ===
 
+/// An object in the L1: the object, the storage and its key there.
+type L1Entry = (Arc<Object>, &'static TieredStorage, u128);
+
 /// Serves a stored body, with seeking for ranges.
-struct Hit {
+pub(super) struct Hit {
     body: Bytes,
     done: bool,
     start: usize,
     end: usize,
+    /// Set for a hit from the L1.
+    l1: Option<L1Entry>,
+}
+
+impl Hit {
+    /// Switches this hit to the object's body gunzipped, made once per L1 entry and kept next
+    /// to it (counted in its weight), and returns its length. `None` (the hit is unchanged) for
+    /// a hit from Redis only, or a body that is not valid gzip or decodes to more than `max`.
+    pub(super) fn serve_decoded(&mut self, max: usize) -> Option<usize> {
+        let (obj, storage, key) = self.l1.as_ref()?;
+        let mut made = false;
+        let decoded = obj.decoded.get_or_init(|| {
+            made = true;
+            gunzip(&obj.body, max)
+        });
+        let result = match (decoded, made) {
+            (None, _) => "skipped",
+            (Some(_), true) => "made",
+            (Some(_), false) => "reused",
+        };
+        metrics::CACHE_DECODED.with_label_values(&[result]).inc();
+        let decoded = decoded.clone()?;
+        if made {
+            storage.reweigh(*key, obj);
+        }
+        self.end = decoded.len();
+        self.body = decoded;
+        self.start = 0;
+        self.done = false;
+        Some(self.end)
+    }
 }
 
 #[async_trait]
@@ -426,11 +564,18 @@ impl HandleMiss for Miss {
         let Some(lifetime) = self.lifetime else {
             return Ok(MissFinishType::Created(0));
         };
-        let obj = Arc::new(Object {
-            internal: self.internal,
-            header: self.header,
-            body: self.body.freeze(),
-            lifetime,
+        let parse = self.storage.l1.is_some();
+        let (internal, header, body) = (self.internal, self.header, self.body.freeze());
+        let obj = Arc::new(match parse {
+            true => Object::parsed(internal, header, body, lifetime),
+            false => Object {
+                internal,
+                header,
+                parsed: None,
+                body,
+                lifetime,
+                decoded: OnceLock::new(),
+            },
         });
         self.storage.l1_put(self.id, obj.clone());
         self.storage.redis_put(&self.id, &obj).await;
@@ -444,7 +589,6 @@ impl HandleMiss for Miss {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pingora::http::ResponseHeader;
 
     fn leak(s: TieredStorage) -> &'static TieredStorage {
         Box::leak(Box::new(s))
@@ -519,11 +663,60 @@ mod tests {
             done: false,
             start: 0,
             end: 10,
+            l1: None,
         };
         h.seek(2, Some(5)).unwrap();
         assert_eq!(h.read_body().await.unwrap().unwrap(), "234");
         assert!(h.read_body().await.unwrap().is_none());
         assert!(h.seek(10, None).is_err());
+    }
+
+    /// An L1 hit's meta, built from the parsed header, is the meta that was stored: the same
+    /// header (names, case, order), times, stale windows and variance.
+    #[tokio::test]
+    async fn l1_hit_meta_is_the_stored_meta() {
+        let s = leak(TieredStorage::new(
+            1 << 20,
+            None,
+            "t:",
+            Duration::from_secs(60),
+        ));
+        let key = CacheKey::new("k1", "route");
+        let span = pingora::cache::trace::Span::inactive().handle();
+        let mut header = ResponseHeader::build(200, None).unwrap();
+        header
+            .insert_header("Content-Type", "application/json")
+            .unwrap();
+        header.append_header("X-Multi", "a").unwrap();
+        header.append_header("X-Multi", "b").unwrap();
+        header.insert_header("ETag", "\"v1\"").unwrap();
+        let now = SystemTime::now();
+        let mut stored = CacheMeta::new(now + Duration::from_secs(30), now, 7, 9, header);
+        stored.set_variance_key(pingora::cache::key::hash_key("accept-language=fr"));
+        let mut miss = s.get_miss_handler(&key, &stored, &span).await.unwrap();
+        miss.write_body(Bytes::from_static(b"{}"), true)
+            .await
+            .unwrap();
+        miss.finish().await.unwrap();
+
+        let (hit, _) = s.lookup(&key, &span).await.unwrap().unwrap();
+        let (i, h) = stored.serialize().unwrap();
+        let full = CacheMeta::deserialize(&i, &h).unwrap();
+        assert_eq!(hit.serialize().unwrap(), (i, h));
+        assert_eq!(hit.variance(), full.variance());
+        assert_eq!(hit.fresh_until(), full.fresh_until());
+        assert_eq!(hit.updated(), full.updated());
+        assert_eq!(hit.stale_while_revalidate_sec(), 7);
+        assert_eq!(hit.stale_if_error_sec(), 9);
+        let headers = |m: &CacheMeta| format!("{:?}", m.response_header());
+        assert_eq!(headers(&hit), headers(&full));
+        // The object in the L1 holds the parsed header.
+        let l1 = s.l1.as_ref().unwrap();
+        assert!(l1
+            .get(&u128::from_be_bytes(key.combined_bin()))
+            .unwrap()
+            .parsed
+            .is_some());
     }
 
     #[test]
@@ -533,8 +726,10 @@ mod tests {
             let obj = Object {
                 internal: Bytes::new(),
                 header: Bytes::new(),
+                parsed: None,
                 body: Bytes::from(vec![0u8; 4096]),
                 lifetime: Duration::from_secs(60),
+                decoded: OnceLock::new(),
             };
             s.l1_put(
                 pingora::cache::key::hash_key(i.to_le_bytes()),
