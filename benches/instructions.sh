@@ -13,7 +13,8 @@
 # connection; its cost is not counted. Prints a table and writes target/bench-instructions.json.
 #
 # Scenarios: passthrough (20 KB JSON, no features: no compression, no audit), l1_hit (the same response served from the
-# in-memory cache), redis_hit (the same from Redis, the in-memory tier off; needs Redis at
+# in-memory cache), l1_hit_gzip_entry (compression on, so the entry is stored gzipped, and a
+# client without Accept-Encoding: the L1's decoded copy), redis_hit (the same from Redis, the in-memory tier off; needs Redis at
 # OMSGATE_TEST_REDIS_URL), all_features (JWT identity, a local rate limit, a cache miss every time,
 # gzip, metrics, file audit).
 set -euo pipefail
@@ -23,7 +24,7 @@ N=${N:-1000}
 W=${W:-200}
 BODY=${BODY:-20000}
 SCENARIOS=("$@")
-[[ ${#SCENARIOS[@]} -gt 0 ]] || SCENARIOS=(passthrough l1_hit redis_hit all_features)
+[[ ${#SCENARIOS[@]} -gt 0 ]] || SCENARIOS=(passthrough l1_hit l1_hit_gzip_entry redis_hit all_features)
 REDIS=${OMSGATE_TEST_REDIS_URL:-redis://127.0.0.1:6379}
 
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
@@ -74,6 +75,10 @@ enabled = false' ;;
     l1_hit) extra='[compression]
 enabled = false
 [audit]
+enabled = false'
+        routes="$routes
+cache = { ttl = \"1h\", scope = \"public\" }" ;;
+    l1_hit_gzip_entry) extra='[audit]
 enabled = false'
         routes="$routes
 cache = { ttl = \"1h\", scope = \"public\" }" ;;
@@ -158,13 +163,13 @@ instructions() {
     awk '/^(summary|totals):/ { print $2; exit }' "$out"
 }
 
-printf '\n%-14s %14s %10s\n' scenario instr/request requests
+printf '\n%-18s %14s %10s\n' scenario instr/request requests
 ROWS=()
 for s in "${SCENARIOS[@]}"; do
     base=$(instructions "$s" "$W")
     total=$(instructions "$s" $((W + N)))
     per=$(((total - base) / N))
-    printf '%-14s %14d %10d\n' "$s" "$per" "$N"
+    printf '%-18s %14d %10d\n' "$s" "$per" "$N"
     ROWS+=("{\"scenario\":\"$s\",\"instructions_per_request\":$per,\"requests\":$N,\"body_bytes\":$BODY}")
 done
 mkdir -p target
