@@ -176,13 +176,7 @@ fn throughput(rt: &tokio::runtime::Runtime) -> Vec<Row> {
     let _sim = sim(sim_addr, 0, 0, 10);
     let same = |_: usize| vec![format!("/__blob/{body}")];
     // Unique paths per connection and run, so that every request is a miss.
-    let run = std::sync::atomic::AtomicU64::new(0);
-    let unique = |c: usize| {
-        let r = run.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        (0..5_000)
-            .map(|i| format!("/__blob/{body}?m={r}-{c}-{i}"))
-            .collect()
-    };
+    let unique = unique_paths(body);
     let redis = redis_url();
     let redis_only = format!("redis_url = \"{redis}\"\nmemory = {{ max_bytes = 0 }}");
     let both = format!("redis_url = \"{redis}\"");

@@ -347,13 +347,7 @@ fn main() {
         spool.display()
     );
     let all_route = "rate_limit = [\"per_tenant\"]\ncache = { ttl = \"2s\", scope = \"tenant\" }";
-    let run = std::sync::atomic::AtomicU64::new(0);
-    let unique = |c: usize| {
-        let r = run.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        (0..5_000)
-            .map(|i| format!("/__blob/{body}?m={r}-{c}-{i}"))
-            .collect()
-    };
+    let unique = unique_paths(body);
     let headers = [
         ("Authorization".to_string(), format!("Bearer {token}")),
         ("Accept-Encoding".to_string(), "gzip".to_string()),

@@ -118,6 +118,18 @@ pub fn create_topic(brokers: &str, topic: &str) -> bool {
 /// The request paths of connection `c`.
 pub type PathsFor<'a> = dyn Fn(usize) -> Vec<String> + 'a;
 
+/// Paths of `GET /__blob/{body}` with a query string unique to the connection and to each call
+/// (a run, or its warm-up), so that every request is a cache miss.
+pub fn unique_paths(body: u64) -> impl Fn(usize) -> Vec<String> {
+    let run = std::sync::atomic::AtomicU64::new(0);
+    move |c: usize| {
+        let r = run.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (0..5_000)
+            .map(|i| format!("/__blob/{body}?m={r}-{c}-{i}"))
+            .collect()
+    }
+}
+
 /// Runs `connections` connections; each gets its own list of paths from `paths_for(c)`.
 pub fn drive(
     rt: &tokio::runtime::Runtime,

@@ -594,6 +594,18 @@ mod tests {
         Box::leak(Box::new(s))
     }
 
+    /// Storage with a 1 MiB L1 and no Redis, a key and a trace span.
+    fn l1_only() -> (&'static TieredStorage, CacheKey, SpanHandle) {
+        let s = leak(TieredStorage::new(
+            1 << 20,
+            None,
+            "t:",
+            Duration::from_secs(60),
+        ));
+        let span = pingora::cache::trace::Span::inactive().handle();
+        (s, CacheKey::new("k1", "route"), span)
+    }
+
     fn meta(fresh: Duration) -> CacheMeta {
         let now = SystemTime::now();
         CacheMeta::new(
@@ -615,14 +627,7 @@ mod tests {
 
     #[tokio::test]
     async fn memory_tier_stores_and_serves() {
-        let s = leak(TieredStorage::new(
-            1 << 20,
-            None,
-            "t:",
-            Duration::from_secs(60),
-        ));
-        let key = CacheKey::new("k1", "route");
-        let span = pingora::cache::trace::Span::inactive().handle();
+        let (s, key, span) = l1_only();
         assert!(s.lookup(&key, &span).await.unwrap().is_none());
         let mut miss = s
             .get_miss_handler(&key, &meta(Duration::from_secs(10)), &span)
@@ -675,14 +680,7 @@ mod tests {
     /// header (names, case, order), times, stale windows and variance.
     #[tokio::test]
     async fn l1_hit_meta_is_the_stored_meta() {
-        let s = leak(TieredStorage::new(
-            1 << 20,
-            None,
-            "t:",
-            Duration::from_secs(60),
-        ));
-        let key = CacheKey::new("k1", "route");
-        let span = pingora::cache::trace::Span::inactive().handle();
+        let (s, key, span) = l1_only();
         let mut header = ResponseHeader::build(200, None).unwrap();
         header
             .insert_header("Content-Type", "application/json")
