@@ -9,7 +9,9 @@
 //! processes, drives a closed-loop keepalive load over loopback for a fixed time, prints tables
 //! and writes `target/bench-proxy.json`. Environment: `OMSGATE_BENCH_SECS` (default 8),
 //! `OMSGATE_BENCH_CONNECTIONS` (default 64), `OMSGATE_BENCH_BODY` (response bytes, default
-//! 20000), `OMSGATE_BENCH_IDLE` (idle connections, default 10000), `OMSGATE_TEST_REDIS_URL`,
+//! 20000), `OMSGATE_BENCH_IDLE` (idle connections, default 10000), `OMSGATE_BENCH_THREADS`
+//! (the gateway's `server.threads`, default 1), `OMSGATE_BENCH_KEEPALIVE` (its
+//! `upstream.keepalive_pool`, default 256), `OMSGATE_TEST_REDIS_URL`,
 //! `OMSGATE_BENCH_KAFKA_BROKERS` (else `OMSGATE_TEST_KAFKA_BROKERS`).
 
 mod common;
@@ -27,16 +29,18 @@ use common::*;
 /// tables, e.g. `[audit]`; the default file audit when none is given).
 fn start_gateway(upstream: SocketAddr, listen: SocketAddr, extra: &str, tables: &str) -> Proc {
     let admin = free_addr();
+    let threads = env_or("OMSGATE_BENCH_THREADS", 1);
+    let keepalive = env_or("OMSGATE_BENCH_KEEPALIVE", 256);
     let cfg = format!(
         r#"
 [server]
 listen = "{listen}"
-threads = 1
+threads = {threads}
 [admin]
 listen = "{admin}"
 [upstream]
 servers = ["{upstream}"]
-keepalive_pool = 256
+keepalive_pool = {keepalive}
 [log]
 level = "warn"
 {tables}
