@@ -65,7 +65,7 @@ path = "/__blob/{{size}}"
 
 /// nginx in front of `upstream`: a reverse proxy, or with `cache` a `proxy_cache` that stores
 /// every 200 for an hour (the equivalent of the gateway's `cache = { ttl = "1h" }`).
-fn start_nginx(upstream: SocketAddr, listen: SocketAddr, cache: bool) -> Option<Proc> {
+fn start_nginx(upstream: SocketAddr, listen: SocketAddr, cache: bool) -> Option<Nginx> {
     let nginx = which("nginx")?;
     let dir = bench_dir("proxy").join(format!("nginx-{}", listen.port()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -124,7 +124,26 @@ http {{
         .spawn()
         .ok()?;
     wait_port(listen);
-    Some(Proc(child))
+    Some(Nginx(Proc(child)))
+}
+
+/// The nginx master: stopped with SIGTERM so that it stops its workers too (a SIGKILL of the
+/// master, as [`Proc`] sends, would leave them running).
+struct Nginx(Proc);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let child = &mut (self.0).0;
+        // SAFETY: kill(2) on the pid of a child this process started and has not reaped.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// The gateway's memory with many idle keepalive client connections.
@@ -298,7 +317,7 @@ fn main() {
 
     let ngx_addr = free_addr();
     match start_nginx(sim_addr, ngx_addr, false) {
-        Some(ngx) => rows.push(measure(&rt, NGINX, ngx_addr, Some(ngx.0.id()))),
+        Some(ngx) => rows.push(measure(&rt, NGINX, ngx_addr, Some(ngx.0 .0.id()))),
         None => {
             eprintln!("nginx not on PATH: skipping the nginx rows (apt-get install nginx-light)")
         }
@@ -313,7 +332,7 @@ fn main() {
 
     let ngx_addr = free_addr();
     if let Some(ngx) = start_nginx(sim_addr, ngx_addr, true) {
-        rows.push(measure(&rt, NGINX_HIT, ngx_addr, Some(ngx.0.id())));
+        rows.push(measure(&rt, NGINX_HIT, ngx_addr, Some(ngx.0 .0.id())));
     }
 
     let redis = redis_url();
