@@ -2,8 +2,8 @@
 //! latency of the simulated OMS directly, omsgate pass-through, an omsgate L1 cache hit, a
 //! Redis-only hit (when Redis answers), all features on, audit to files and to Kafka (when a
 //! broker is given), and nginx as a reverse proxy and as a `proxy_cache` (when `nginx` is on
-//! PATH); then the ratios the targets are written in, and the gateway's RSS with many idle
-//! keepalive connections.
+//! PATH; its CPU and RSS are its worker's); then the ratios the targets are written in, and
+//! the gateway's RSS with many idle keepalive connections.
 //!
 //! Starts the simulated OMS (`omsgate sim`, latency 0), the gateway and nginx as child
 //! processes, drives a closed-loop keepalive load over loopback for a fixed time, prints tables
@@ -130,6 +130,29 @@ http {{
 /// The nginx master: stopped with SIGTERM so that it stops its workers too (a SIGKILL of the
 /// master, as [`Proc`] sends, would leave them running).
 struct Nginx(Proc);
+
+impl Nginx {
+    /// The worker's pid (the one process that serves with `worker_processes 1`), for its CPU
+    /// and RSS; the master's when the worker cannot be found.
+    fn worker(&self) -> u32 {
+        let master = (self.0).0.id();
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            let children =
+                std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+                    .unwrap_or_default();
+            // The worker, not the cache manager/loader that a proxy_cache also starts: the
+            // first child is the worker.
+            if let Some(pid) = children.split_whitespace().find_map(|p| p.parse().ok()) {
+                return pid;
+            }
+            if std::time::Instant::now() > deadline {
+                return master;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
 
 impl Drop for Nginx {
     fn drop(&mut self) {
@@ -317,7 +340,7 @@ fn main() {
 
     let ngx_addr = free_addr();
     match start_nginx(sim_addr, ngx_addr, false) {
-        Some(ngx) => rows.push(measure(&rt, NGINX, ngx_addr, Some(ngx.0 .0.id()))),
+        Some(ngx) => rows.push(measure(&rt, NGINX, ngx_addr, Some(ngx.worker()))),
         None => {
             eprintln!("nginx not on PATH: skipping the nginx rows (apt-get install nginx-light)")
         }
@@ -332,7 +355,7 @@ fn main() {
 
     let ngx_addr = free_addr();
     if let Some(ngx) = start_nginx(sim_addr, ngx_addr, true) {
-        rows.push(measure(&rt, NGINX_HIT, ngx_addr, Some(ngx.0 .0.id())));
+        rows.push(measure(&rt, NGINX_HIT, ngx_addr, Some(ngx.worker())));
     }
 
     let redis = redis_url();
