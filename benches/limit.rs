@@ -19,7 +19,6 @@ mod common;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -145,16 +144,7 @@ fn start_gateway(upstream: SocketAddr, listen: SocketAddr, mode: &str) -> Proc {
     // Audit off: this bench measures something else, and the default file audit would fill
     // ./audit-spool with a record per request.
     let cfg = format!("{cfg}\n[audit]\nenabled = false\n");
-    std::fs::write(&path, cfg).expect("write bench config");
-    let child = Command::new(env!("CARGO_BIN_EXE_omsgate"))
-        .args(["run", "--config", path.to_str().unwrap_or_default()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start omsgate run");
-    wait_port(listen);
-    wait_port(admin);
-    Proc(child)
+    run_gateway(&path, &cfg, listen, admin)
 }
 
 #[derive(serde::Serialize, Clone)]

@@ -51,16 +51,7 @@ path = "/__blob/{{size}}"
 "#
     );
     let path = bench_dir("proxy").join(format!("gateway-{}.toml", listen.port()));
-    std::fs::write(&path, cfg).expect("write bench config");
-    let child = Command::new(env!("CARGO_BIN_EXE_omsgate"))
-        .args(["run", "--config", path.to_str().unwrap_or_default()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start omsgate run");
-    wait_port(listen);
-    wait_port(admin);
-    Proc(child)
+    run_gateway(&path, &cfg, listen, admin)
 }
 
 /// nginx in front of `upstream`: a reverse proxy, or with `cache` a `proxy_cache` that stores

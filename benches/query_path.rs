@@ -355,16 +355,7 @@ methods = ["GET"]
     // Audit off: this bench measures something else, and the default file audit would fill
     // ./audit-spool with a record per request.
     let cfg = format!("{cfg}\n[audit]\nenabled = false\n");
-    std::fs::write(&path, cfg).expect("write bench config");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_omsgate"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .current_dir(&dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start omsgate run");
-    let proc = Proc(child);
+    let proc = run_gateway(&path, &cfg, listen, admin);
     wait_ready(admin);
     (proc, listen)
 }

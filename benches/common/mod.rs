@@ -115,6 +115,28 @@ pub fn create_topic(brokers: &str, topic: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Writes `cfg` to `path` and starts `omsgate run` on it (in the file's folder, quiet); returns
+/// once `listen` and `admin` accept connections.
+pub fn run_gateway(
+    path: &std::path::Path,
+    cfg: &str,
+    listen: SocketAddr,
+    admin: SocketAddr,
+) -> Proc {
+    std::fs::write(path, cfg).expect("write bench config");
+    let child = Command::new(env!("CARGO_BIN_EXE_omsgate"))
+        .args(["run", "--config"])
+        .arg(path)
+        .current_dir(path.parent().unwrap_or(std::path::Path::new(".")))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start omsgate run");
+    wait_port(listen);
+    wait_port(admin);
+    Proc(child)
+}
+
 /// The request paths of connection `c`.
 pub type PathsFor<'a> = dyn Fn(usize) -> Vec<String> + 'a;
 
