@@ -25,6 +25,11 @@ impl QueryString {
         )
     }
 
+    /// Every decoded pair, in request order.
+    pub fn into_pairs(self) -> Vec<(String, String)> {
+        self.0
+    }
+
     /// The last value of `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0
