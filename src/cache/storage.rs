@@ -61,12 +61,15 @@ fn empty_header() -> &'static [u8] {
 }
 
 impl Object {
-    /// An object whose header is parsed once, for the L1 (`None` for a header that does not
-    /// parse: it is then parsed, and fails, on each hit as before).
-    fn parsed(internal: Bytes, header: Bytes, body: Bytes, lifetime: Duration) -> Object {
-        let parsed = CacheMeta::deserialize(&internal, &header)
-            .ok()
-            .map(|m| m.response_header_copy());
+    /// An object; `parsed` is its header as a [`ResponseHeader`], given for objects that go
+    /// into the L1 (`None`: a hit parses `header`).
+    fn new(
+        internal: Bytes,
+        header: Bytes,
+        parsed: Option<ResponseHeader>,
+        body: Bytes,
+        lifetime: Duration,
+    ) -> Object {
         Object {
             internal,
             header,
@@ -261,14 +264,13 @@ impl TieredStorage {
         else {
             return None;
         };
-        Some(Object {
-            internal: Bytes::from(i),
-            header: Bytes::from(h),
-            parsed: None,
-            body: Bytes::from(b),
-            lifetime: Duration::ZERO,
-            decoded: OnceLock::new(),
-        })
+        Some(Object::new(
+            Bytes::from(i),
+            Bytes::from(h),
+            None,
+            Bytes::from(b),
+            Duration::ZERO,
+        ))
     }
 
     async fn redis_put(&'static self, id: &HashBinary, obj: &Object) {
@@ -351,6 +353,7 @@ impl Storage for TieredStorage {
             route: key.user_tag.clone(),
             internal: Bytes::from(internal),
             header: Bytes::from(header),
+            parsed: self.l1.is_some().then(|| meta.response_header_copy()),
             body: BytesMut::new(),
             lifetime: storage_lifetime(meta, self.max_ttl, SystemTime::now()),
         }))
@@ -399,14 +402,13 @@ impl Storage for TieredStorage {
             if let Some(old) = l1.get(&u128::from_be_bytes(id)) {
                 self.l1_put(
                     id,
-                    Arc::new(Object {
-                        internal: internal.clone(),
-                        header: header.clone(),
-                        parsed: Some(meta.response_header_copy()),
-                        body: old.body.clone(),
-                        lifetime: life,
-                        decoded: OnceLock::new(),
-                    }),
+                    Arc::new(Object::new(
+                        internal.clone(),
+                        header.clone(),
+                        Some(meta.response_header_copy()),
+                        old.body.clone(),
+                        life,
+                    )),
                 );
             }
         }
@@ -547,6 +549,8 @@ struct Miss {
     route: String,
     internal: Bytes,
     header: Bytes,
+    /// The header as given, for the L1's object (`None` without an L1).
+    parsed: Option<ResponseHeader>,
     body: BytesMut,
     /// `None` when the response is already past its stale windows (nothing to store).
     lifetime: Option<Duration>,
@@ -564,19 +568,13 @@ impl HandleMiss for Miss {
         let Some(lifetime) = self.lifetime else {
             return Ok(MissFinishType::Created(0));
         };
-        let parse = self.storage.l1.is_some();
-        let (internal, header, body) = (self.internal, self.header, self.body.freeze());
-        let obj = Arc::new(match parse {
-            true => Object::parsed(internal, header, body, lifetime),
-            false => Object {
-                internal,
-                header,
-                parsed: None,
-                body,
-                lifetime,
-                decoded: OnceLock::new(),
-            },
-        });
+        let obj = Arc::new(Object::new(
+            self.internal,
+            self.header,
+            self.parsed,
+            self.body.freeze(),
+            lifetime,
+        ));
         self.storage.l1_put(self.id, obj.clone());
         self.storage.redis_put(&self.id, &obj).await;
         metrics::CACHE_STORES
@@ -721,14 +719,13 @@ mod tests {
     fn l1_is_bounded_in_bytes() {
         let s = TieredStorage::new(64 * 1024, None, "t:", Duration::from_secs(60));
         for i in 0..100u32 {
-            let obj = Object {
-                internal: Bytes::new(),
-                header: Bytes::new(),
-                parsed: None,
-                body: Bytes::from(vec![0u8; 4096]),
-                lifetime: Duration::from_secs(60),
-                decoded: OnceLock::new(),
-            };
+            let obj = Object::new(
+                Bytes::new(),
+                Bytes::new(),
+                None,
+                Bytes::from(vec![0u8; 4096]),
+                Duration::from_secs(60),
+            );
             s.l1_put(
                 pingora::cache::key::hash_key(i.to_le_bytes()),
                 Arc::new(obj),
