@@ -12,7 +12,7 @@
 //! | `/bytes/{n}?type=T&encoding=E` | `n` bytes of deterministic JSON-like text, `Content-Type: T` (default `application/json`); with `encoding=gzip` or `br` those bytes encoded, with `Content-Encoding: E` |
 //! | `/slow/{ms}` | waits `ms` milliseconds, then 200 `slow` |
 //! | `/chunked?chunks=N&delay_ms=D&size=S&type=T` | `N` chunks (default 4) of `S` bytes (default 1024), `D` ms apart (default 0), no `Content-Length` |
-//! | `/etag/{tag}?body_len=N&type=T` | 200 with `ETag: "tag"` and `N` bytes (default 20000); 304 when `If-None-Match` lists `"tag"` exactly (string comparison, like many origins: `W/"tag"` does not match) |
+//! | `/etag/{tag}?body_len=N&type=T&Name=Value` | 200 with `ETag: "tag"` and `N` bytes (default 20000); 304 when `If-None-Match` lists `"tag"` exactly (string comparison, like many origins: `W/"tag"` does not match); other parameters are response headers on both, as with `/headers` |
 //! | `/headers?Name=Value&...` | 200 with those response headers; body `ok`, or `body_len` bytes; `status=` sets the status |
 //! | `/health` | 200 `ok`, or 503 after [`TestUpstream::set_healthy(false)`](TestUpstream::set_healthy) |
 //!
@@ -357,6 +357,17 @@ async fn route(
                 with_type(Response::new(full(deterministic_body(n))), &content_type)
             };
             response.headers_mut().insert(hyper::header::ETAG, etag);
+            for (name, v) in &params {
+                if matches!(name.as_str(), "body_len" | "type") {
+                    continue;
+                }
+                if let (Ok(name), Ok(v)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(v),
+                ) {
+                    response.headers_mut().append(name, v);
+                }
+            }
             response
         }
         ["headers"] => {
