@@ -19,7 +19,8 @@
 //! | `upstream_request_filter`  | forward request id and verified identity headers; strong forms   |
 //! |                            | in `If-None-Match`, one `Accept-Encoding` for cacheable requests |
 //! |                            | (`compress`)                                                     |
-//! | `upstream_response_filter` | upstream latency; gzip before storing in the cache (`compress`)  |
+//! | `upstream_response_filter` | upstream latency; gzip before storing in the cache (`compress`); |
+//! |                            | the header of a revalidating `304` (`cache`)                     |
 //! | `upstream_response_body_filter` | gzip before storing in the cache (`compress`)               |
 //! | `response_cache_filter`    | store or not, TTL, stale windows (`cache`)                       |
 //! | `cache_vary_filter`        | `Vary` variants (`cache`)                                        |
@@ -418,6 +419,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         compress::upstream_response_filter(session, upstream_response);
+        crate::cache::upstream_response_filter(upstream_response, ctx);
         if let Some(t) = ctx.upstream_started {
             let elapsed = t.elapsed();
             ctx.upstream_elapsed = Some(elapsed);

@@ -15,6 +15,12 @@
 //! Redis does not keep one key per invoice ever written; the epoch never expires.
 //!
 //! Without Redis, generations live in a bounded map in this process.
+//!
+//! Besides the configured resources, every entry depends on the generation of its target URI in
+//! its namespace (`{prefix}uri:{namespace}:{path}`, see [`Generations::uri_key`]): a successful
+//! unsafe request bumps it for its own path and the same-origin `Location`/`Content-Location`
+//! of its answer (RFC 9111 §4.4), so a write invalidates what was read at its URI even when no
+//! route lists it in `invalidates`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -107,6 +113,12 @@ impl Generations {
     /// The Redis key of the epoch (the first key of every lookup).
     pub fn epoch_key(&self) -> &str {
         &self.epoch_key
+    }
+
+    /// The generation key of the target URI `path` in `namespace`. It lives apart from the
+    /// `gen:` keys, so that no configured resource name can collide with it.
+    pub fn uri_key(&self, namespace: &str, path: &str) -> String {
+        format!("{}uri:{namespace}:{}", self.prefix, key::escape(path))
     }
 
     /// The current generation of each key (`None` when Redis cannot say in time).
@@ -390,6 +402,31 @@ mod tests {
         assert_eq!(before[2], after[2]);
         g.bump(&keys[..1], true, PURGE_TIMEOUT).await;
         assert_ne!(g.current(&keys).await.unwrap()[0], after[0]);
+    }
+
+    #[tokio::test]
+    async fn uri_generations_are_per_path_and_namespace() {
+        let g = leak(Generations::new(
+            "t:",
+            None,
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        ));
+        let a = g.uri_key("acme", "/api/v1/invoices");
+        assert_eq!(a, "t:uri:acme:%2Fapi%2Fv1%2Finvoices");
+        assert_ne!(a, g.uri_key("globex", "/api/v1/invoices"));
+        assert_ne!(a, g.uri_key("acme", "/api/v1/invoices/1"));
+        // A resource named like a URI key is a different key.
+        assert_ne!(
+            a,
+            key::resource_key("t:", "acme", "uri:%2Fapi%2Fv1%2Finvoices")
+        );
+        let keys = vec![a.clone(), g.uri_key("acme", "/api/v1/invoices/1")];
+        let before = g.current(&keys).await.unwrap();
+        g.bump(&keys[..1], false, PURGE_TIMEOUT).await;
+        let after = g.current(&keys).await.unwrap();
+        assert_ne!(before[0], after[0]);
+        assert_eq!(before[1], after[1]);
     }
 
     #[test]

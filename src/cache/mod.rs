@@ -11,6 +11,8 @@
 //!   scope, compared on every hit;
 //! - invalidation by generations ([`generations`]): writes and `POST /purge` bump per-tenant,
 //!   per-resource counters that are part of every key, and other instances learn it over pub/sub;
+//!   every successful unsafe request also bumps its target URI (and the same-origin `Location` /
+//!   `Content-Location` of its answer) in the requester's namespaces (RFC 9111 §4.4);
 //! - two-tier storage ([`storage`]): a bounded in-process L1 in front of Redis;
 //! - failing open ([`backend`]): Redis errors or slowness are misses and bypasses, never client
 //!   errors.
@@ -23,10 +25,12 @@
 //! | `request_cache_filter`  | [`request_cache_filter`]   | enable Pingora's cache for the request   |
 //! | `cache_key_callback`    | [`cache_key`]              | the prepared key                         |
 //! | `cache_hit_filter`      | [`cache_hit_filter`]       | scope check of the stored entry          |
+//! | `upstream_response_filter` | [`upstream_response_filter`] | keep a revalidation's `304` header  |
 //! | `response_cache_filter` | [`response_cache_filter`]  | store or not, TTL, stale windows         |
 //! | `cache_vary_filter`     | [`cache_vary_filter`]      | `Vary` variance                          |
 //! | `should_serve_stale`    | [`should_serve_stale`]     | stale-if-error on upstream failures      |
-//! | `response_filter`       | [`response_filter`]        | `x-cache`, `Age`, invalidation by writes |
+//! | `response_filter`       | [`response_filter`]        | `x-cache`, `Age`, targeted cache fields  |
+//! |                         |                            | removed, invalidation by writes          |
 //! | `logging`               | [`logging`]                | `omsgate_cache_requests_total`           |
 
 mod backend;
@@ -58,7 +62,7 @@ pub use self::config::{
 };
 pub use self::generations::Bumped;
 pub use self::key::ScopeId;
-pub use self::policy::SCOPE_HEADER;
+pub use self::policy::{CACHE_CONTROL_FIELDS, SCOPE_HEADER};
 pub use self::storage::TieredStorage;
 
 use self::backend::Redis;
@@ -320,6 +324,8 @@ pub struct RequestCache {
     served_stale: bool,
     /// The length of the decoded copy a fresh L1 hit serves ([`serve_decoded`]).
     decoded: Option<usize>,
+    /// The header of a `304` that revalidated the stored entry ([`upstream_response_filter`]).
+    not_modified: Option<http::HeaderMap>,
 }
 
 #[derive(Debug, Default)]
@@ -360,9 +366,10 @@ pub async fn prepare(session: &Session, ctx: &mut Ctx) {
         } else if let Some(scope) = ScopeId::of(policy.scope, &ctx.identity) {
             let prefix = cache.generations.prefix();
             let ns = scope.namespace();
-            let mut keys = Vec::with_capacity(2 + policy.resources.len());
+            let mut keys = Vec::with_capacity(3 + policy.resources.len());
             keys.push(cache.generations.epoch_key().to_string());
             keys.push(key::namespace_key(prefix, &ns));
+            keys.push(cache.generations.uri_key(&ns, req.uri.path()));
             for r in &policy.resources {
                 keys.push(key::resource_key(prefix, &ns, &r.render(&ctx.params)));
             }
@@ -458,13 +465,32 @@ pub fn serve_decoded(
     }
 }
 
-/// `response_cache_filter`: whether the origin response is stored (see [`policy`]).
+/// `upstream_response_filter`: keeps the header of a `304` answering Pingora's revalidation of
+/// a stored entry, for [`response_cache_filter`] to bring the stored header up to date with it
+/// (Pingora itself takes only `Cache-Control`, `Expires`, `ETag` and a few more from a `304`).
+pub fn upstream_response_filter(resp: &ResponseHeader, ctx: &mut Ctx) {
+    if resp.status == http::StatusCode::NOT_MODIFIED && ctx.cache.is_ready() {
+        ctx.cache.not_modified = Some(resp.headers.clone());
+    }
+}
+
+/// `response_cache_filter`: whether the origin response is stored (see [`policy`]). After a
+/// `304`, `resp` is the stored header, updated with every field of the `304` but the framing
+/// ones ([`policy::merge_not_modified`]); it is also what the client is sent.
 pub fn response_cache_filter(resp: &ResponseHeader, ctx: &Ctx) -> RespCacheable {
     let (State::Ready { tag, .. }, Some(policy)) = (&ctx.cache.state, &ctx.route().cache) else {
         return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
     };
     let config = &ctx.pipeline.config.cache;
     let max_ttl = ctx.pipeline.cache.settings.max_ttl;
+    let merged;
+    let resp = match &ctx.cache.not_modified {
+        Some(not_modified) if resp.status != http::StatusCode::NOT_MODIFIED => {
+            merged = policy::merge_not_modified(resp, not_modified);
+            &merged
+        }
+        _ => resp,
+    };
     policy::decide(
         resp,
         policy,
@@ -496,14 +522,27 @@ pub fn cache_vary_filter(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBi
     names.dedup();
     let mut variance = VarianceBuilder::new();
     for name in &names {
-        let value = req
-            .headers
-            .get(name.as_str())
-            .map(|v| v.as_bytes())
-            .unwrap_or(b"");
-        variance.add_value(name, value);
+        variance.add_owned_value(name, vary_value(req, name));
     }
     variance.finalize()
+}
+
+/// The value of request field `name` as the variance sees it: every field line, in order, so
+/// that only requests whose `Vary`-named fields are exactly the stored request's share a
+/// variant — and the conditional request Pingora sends to revalidate a variant carries the
+/// stored request's fields (RFC 9111 §4.1, §4.3.1). An absent field is told apart from an empty
+/// one by a byte no field value can contain.
+fn vary_value(req: &RequestHeader, name: &str) -> Vec<u8> {
+    let mut lines = req.headers.get_all(name).iter();
+    let Some(first) = lines.next() else {
+        return vec![0];
+    };
+    let mut value = first.as_bytes().to_vec();
+    for line in lines {
+        value.push(b'\n');
+        value.extend_from_slice(line.as_bytes());
+    }
+    value
 }
 
 /// `should_serve_stale`: within `stale_while_revalidate` (no error) always; within
@@ -572,11 +611,16 @@ async fn write_entry(session: &mut Session, body: Bytes) -> Result<()> {
 }
 
 /// `response_filter`: sets the cache status (`x-cache` is added by the proxy from
-/// `ctx.cache_status`) and `Age` on stale answers, removes the internal scope header, and after a
-/// successful write bumps the generations the route `invalidates` — before the response is
+/// `ctx.cache_status`) and `Age` on stale answers, removes the internal scope header and the
+/// cache fields targeted at this gateway, and after a successful unsafe request bumps the
+/// generations of its target URI and of what the route `invalidates` — before the response is
 /// sent, so the client's next read cannot race it.
 pub async fn response_filter(session: &Session, resp: &mut ResponseHeader, ctx: &mut Ctx) {
     resp.remove_header(SCOPE_HEADER);
+    // RFC 9213: the targeted fields are for this gateway; clients get `Cache-Control`.
+    for name in &CACHE_CONTROL_FIELDS[..2] {
+        resp.remove_header(*name);
+    }
     let status = match &ctx.cache.state {
         State::Off => None,
         State::Bypass => Some("BYPASS"),
@@ -605,9 +649,14 @@ pub async fn response_filter(session: &Session, resp: &mut ResponseHeader, ctx: 
         crate::compress::decoded_headers(resp, len);
     }
 
-    let method = &session.req_header().method;
+    let req = session.req_header();
+    // RFC 9111 §4.4: a non-error answer to an unsafe method (any but GET, HEAD, OPTIONS, TRACE).
+    if req.method.is_safe() || !(200..400).contains(&resp.status.as_u16()) {
+        return;
+    }
     let route = ctx.route();
-    if route.invalidates.is_empty() || method.is_safe() || !resp.status.is_success() {
+    let config = &ctx.pipeline.config;
+    if route.invalidates.is_empty() && !config.routes.routes.iter().any(|r| r.cache.is_some()) {
         return;
     }
     let cache: &'static Cache = ctx.pipeline.cache;
@@ -617,20 +666,54 @@ pub async fn response_filter(session: &Session, resp: &mut ResponseHeader, ctx: 
         .iter()
         .map(|t| t.render(&ctx.params))
         .collect();
+    let mut paths = vec![req.uri.path().to_string()];
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()));
+    for field in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
+        let target = resp.headers.get(&field).and_then(|v| v.to_str().ok());
+        if let Some(path) = target.and_then(|t| same_origin_path(t, host)) {
+            if !paths.contains(&path) {
+                paths.push(path);
+            }
+        }
+    }
+    // The requester's namespaces: its tenant's, and the public one it reads too.
     let mut namespaces = vec![key::PUBLIC_NAMESPACE.to_string()];
     if let Some(t) = ctx.identity.tenant.as_deref().filter(|t| !t.is_empty()) {
         namespaces.push(key::escape(t));
     }
-    let keys = namespaces
-        .iter()
-        .flat_map(|ns| {
-            resources
-                .iter()
-                .map(move |r| key::resource_key(prefix, ns, r))
-        })
-        .collect();
+    let mut keys = Vec::with_capacity(namespaces.len() * (resources.len() + paths.len()));
+    for ns in &namespaces {
+        keys.extend(resources.iter().map(|r| key::resource_key(prefix, ns, r)));
+        keys.extend(paths.iter().map(|p| cache.generations.uri_key(ns, p)));
+    }
     let route_name = route.name.clone();
     cache.invalidate(keys, &route_name).await;
+}
+
+/// The path of a `Location` / `Content-Location` value when it names a resource of the origin
+/// the request was sent to: an absolute path, or an absolute URI whose authority is the
+/// request's `Host` (RFC 9111 §4.4 invalidates only same-origin URIs).
+fn same_origin_path(value: &str, host: Option<&str>) -> Option<String> {
+    let uri: http::Uri = value.trim().parse().ok()?;
+    let path = uri.path();
+    if !path.starts_with('/') || path.starts_with("//") {
+        return None;
+    }
+    match (uri.scheme_str(), uri.authority()) {
+        (None, None) => Some(path.to_string()),
+        (Some("http" | "https"), Some(authority)) => {
+            let host = host?;
+            authority
+                .as_str()
+                .eq_ignore_ascii_case(host)
+                .then(|| path.to_string())
+        }
+        _ => None,
+    }
 }
 
 /// `logging`: counts the lookup in `omsgate_cache_requests_total{route,result}`.
@@ -650,4 +733,30 @@ pub fn logging(ctx: &mut Ctx) {
     metrics::CACHE_REQUESTS
         .with_label_values(&[&ctx.route().name, result])
         .inc();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_same_origin_locations_are_invalidated() {
+        let host = Some("oms.example:8080");
+        let cases = [
+            ("/api/v1/invoices/7", Some("/api/v1/invoices/7")),
+            ("/api/v1/invoices/7?x=1#f", Some("/api/v1/invoices/7")),
+            ("http://oms.example:8080/a", Some("/a")),
+            ("https://OMS.example:8080/a", Some("/a")),
+            ("http://oms.example/a", None),
+            ("http://evil.example:8080/a", None),
+            ("//oms.example:8080/a", None),
+            ("relative/a", None),
+            ("ftp://oms.example:8080/a", None),
+            ("not a uri", None),
+        ];
+        for (value, want) in cases {
+            assert_eq!(same_origin_path(value, host).as_deref(), want, "{value}");
+        }
+        assert_eq!(same_origin_path("http://oms.example:8080/a", None), None);
+    }
 }
