@@ -380,3 +380,62 @@ fn check_config_warns_when_idle_timeout_is_not_below_the_oms_keepalive() {
         "the default 4s is below 5s: {stderr}"
     );
 }
+
+// === Connect failures ===
+
+#[tokio::test]
+async fn connect_failure_is_retried_once_for_idempotent_requests_only() {
+    let a = TestUpstream::start();
+    let b = TestUpstream::start();
+    // The next health check is an hour away: the gateway still believes b is healthy.
+    let gw = Gateway::start(&config(
+        &[&a, &b],
+        r#"health_check = { path = "/health", interval = "1h" }
+passive = { failures = 0 }"#,
+        "",
+    ));
+    b.kill();
+    let c = client();
+    for i in 0..6 {
+        let resp = c.get(gw.url("/echo")).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "GET {i} is retried on the live server");
+    }
+    let retried = metric(
+        &gw,
+        "omsgate_upstream_retries_total",
+        &[("reason", "connect")],
+    );
+    assert!(
+        (1.0..=6.0).contains(&retried),
+        "GETs that went to the dead server were retried, at most once each: {retried}"
+    );
+
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(
+            c.post(gw.url("/echo"))
+                .body("x")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert!(
+        statuses.contains(&502) && statuses.iter().all(|s| *s == 200 || *s == 502),
+        "POSTs to the dead server fail and are not retried: {statuses:?}"
+    );
+    assert_eq!(
+        a.hits_for("/echo") as usize,
+        6 + statuses.iter().filter(|s| **s == 200).count()
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            "omsgate_upstream_retries_total",
+            &[("reason", "connect")]
+        ),
+        retried
+    );
+}
