@@ -97,10 +97,11 @@ pub static UPSTREAM_HEALTHY: Lazy<IntGaugeVec> = gauge_vec!(
     "Whether the active health check considers the upstream server healthy (1) or not (0).",
     &["server"]
 );
-/// Upstream failures by kind (`connect`, `timeout`, `no_healthy`, `other`).
+/// Upstream failures by kind (`connect`, `timeout`, `other`). There is no `no_healthy` any more:
+/// with no healthy server left, panic mode uses them all (`UPSTREAM_PANIC_TOTAL`).
 pub static UPSTREAM_ERRORS: Lazy<IntCounterVec> = counter_vec!(
     "omsgate_upstream_errors_total",
-    "Upstream failures by kind: connect, timeout, no_healthy, other.",
+    "Upstream failures by kind: connect, timeout, other.",
     &["kind"]
 );
 /// Retries of idempotent requests by reason: `connect` (connecting failed), `reused_closed` (a
