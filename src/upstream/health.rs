@@ -143,11 +143,6 @@ pub struct PanicState {
 }
 
 impl PanicState {
-    /// Whether panic mode is on.
-    pub fn is_on(&self) -> bool {
-        self.on.load(Ordering::Relaxed)
-    }
-
     /// Sets the state from a selection: `usable` of `total` servers are healthy.
     pub fn update(&self, panic: bool, usable: usize, total: usize) {
         if self.on.swap(panic, Ordering::Relaxed) == panic {

@@ -523,9 +523,12 @@ impl Upstreams {
             .collect()
     }
 
-    /// Whether the pool is in panic mode (as of the last selection).
+    /// Whether the pool is in panic mode now (too few servers healthy by both checks), whether
+    /// or not a request has been sent since.
     pub fn panic(&self) -> bool {
-        self.panic.is_on()
+        let status = self.status();
+        let healthy = status.iter().filter(|s| s.healthy).count();
+        health::is_panic(healthy, status.len(), self.config().panic_threshold)
     }
 
     /// The configuration the current pool was built from.
