@@ -80,7 +80,13 @@ fn start_oms(schema: &str, addr: SocketAddr, audit_ms: u64) -> Proc {
     let log = std::fs::File::create(log).expect("create the OMS log");
     let child = Command::new(python())
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/legacy-oms/app.py"))
-        .args(["serve", "--port", &addr.port().to_string(), "--schema", schema])
+        .args([
+            "serve",
+            "--port",
+            &addr.port().to_string(),
+            "--schema",
+            schema,
+        ])
         .args(["--database-url", &database_url()])
         .args(["--audit-delay", &format!("{}", audit_ms as f64 / 1000.0)])
         .stdout(Stdio::null())
@@ -271,8 +277,19 @@ fn main() {
 
     let schema = format!("bench_legacy_{}", std::process::id());
     let seeded = Command::new(env!("CARGO_BIN_EXE_omsgate"))
-        .args(["seed-db", "--database-url", &database_url(), "--schema", &schema])
-        .args(["--tenants", &TENANTS.to_string(), "--invoices", &INVOICES.to_string()])
+        .args([
+            "seed-db",
+            "--database-url",
+            &database_url(),
+            "--schema",
+            &schema,
+        ])
+        .args([
+            "--tenants",
+            &TENANTS.to_string(),
+            "--invoices",
+            &INVOICES.to_string(),
+        ])
         .status()
         .expect("run omsgate seed-db");
     assert!(seeded.success(), "omsgate seed-db failed");

@@ -154,7 +154,7 @@ impl LegacyOms {
         let up = wait_for(START_TIMEOUT, || {
             self.exited()
                 || matches!(http_get(self.addr, "/health", timeout), Some((200, _)))
-                || self.fail_file.exists() && super::port_open(self.addr)
+                || (self.fail_file.exists() && super::port_open(self.addr))
         });
         assert!(
             up && !self.exited(),
