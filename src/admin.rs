@@ -52,12 +52,27 @@ impl Admin {
     }
 
     fn ready(&self) -> (u16, serde_json::Value) {
-        let health = self.shared.upstreams.health();
-        let healthy = health.iter().filter(|(_, h)| *h).count();
-        let servers: Vec<_> = health
+        let ups = &self.shared.upstreams;
+        let status = ups.status();
+        let healthy = status.iter().filter(|s| s.healthy).count();
+        let servers: Vec<_> = status
             .iter()
-            .map(|(a, h)| json!({ "server": a.to_string(), "healthy": h }))
+            .map(|s| json!({ "server": s.addr.to_string(), "healthy": s.healthy }))
             .collect();
+        let load: Vec<_> = status
+            .iter()
+            .map(|s| {
+                json!({
+                    "server": s.addr.to_string(),
+                    "ejected": s.ejected,
+                    "in_flight": s.in_flight,
+                    "queued": s.queued,
+                    "limit": s.limit,
+                })
+            })
+            .collect();
+        // Not ready when no server is healthy, even though panic mode still sends requests to
+        // them: a load balancer in front may prefer another gateway instance.
         let ready = healthy > 0;
         let cache_redis = match self.shared.pipeline.load().cache.redis_connected() {
             None => "none",
@@ -71,7 +86,13 @@ impl Admin {
             "in_flight": crate::lifecycle::in_flight(),
             "config_hash": self.shared.pipeline.load().config.hash,
             "dependencies": {
-                "upstream": { "state": if ready { "up" } else { "down" }, "healthy": healthy, "servers": servers },
+                "upstream": {
+                    "state": if ready { "up" } else { "down" },
+                    "healthy": healthy,
+                    "panic": ups.panic(),
+                    "servers": servers,
+                    "load": load,
+                },
                 "cache_redis": { "state": cache_redis },
                 "audit": self.shared.audit.state().ready_json(),
             },
@@ -83,10 +104,21 @@ impl Admin {
         metrics::UPTIME.set(self.shared.started.elapsed().as_secs_f64());
         self.shared.pipeline.load().cache.refresh_gauges();
         crate::db::serve::update_gauges();
-        for (addr, healthy) in self.shared.upstreams.health() {
+        for s in self.shared.upstreams.status() {
+            let server = s.addr.to_string();
+            let server = [server.as_str()];
             metrics::UPSTREAM_HEALTHY
-                .with_label_values(&[&addr.to_string()])
-                .set(healthy as i64);
+                .with_label_values(&server)
+                .set(s.healthy as i64);
+            metrics::UPSTREAM_IN_FLIGHT
+                .with_label_values(&server)
+                .set(s.in_flight as i64);
+            metrics::UPSTREAM_QUEUE
+                .with_label_values(&server)
+                .set(s.queued as i64);
+            metrics::UPSTREAM_LIMIT
+                .with_label_values(&server)
+                .set(s.limit as i64);
         }
     }
 }

@@ -103,14 +103,58 @@ pub static UPSTREAM_ERRORS: Lazy<IntCounterVec> = counter_vec!(
     "Upstream failures by kind: connect, timeout, no_healthy, other.",
     &["kind"]
 );
-/// Retries on another server after a connect failure.
-pub static UPSTREAM_RETRIES: Lazy<IntCounter> = Lazy::new(|| {
+/// Retries of idempotent requests by reason: `connect` (connecting failed), `reused_closed` (a
+/// reused keepalive connection closed before any response byte: the keep-alive race).
+pub static UPSTREAM_RETRIES: Lazy<IntCounterVec> = counter_vec!(
+    "omsgate_upstream_retries_total",
+    "Idempotent requests retried, by reason: connect, reused_closed.",
+    &["reason"]
+);
+/// Requests shed by overload protection, by route and reason (`queue_full`, `queue_timeout`);
+/// each was answered 503 with `Retry-After`, or from a stale cached copy.
+pub static UPSTREAM_SHED: Lazy<IntCounterVec> = counter_vec!(
+    "omsgate_upstream_shed_total",
+    "Requests shed before reaching the upstream (503 or stale copy), by route and reason: \
+     queue_full, queue_timeout.",
+    &["route", "reason"]
+);
+/// Passive-health ejections per server.
+pub static UPSTREAM_EJECTIONS: Lazy<IntCounterVec> = counter_vec!(
+    "omsgate_upstream_ejections_total",
+    "Upstream servers ejected from selection after consecutive failures of real requests.",
+    &["server"]
+);
+/// Times the pool entered panic mode.
+pub static UPSTREAM_PANIC_TOTAL: Lazy<IntCounter> = Lazy::new(|| {
     register_int_counter!(
-        "omsgate_upstream_retries_total",
-        "Idempotent requests retried on another server after a connect failure."
+        "omsgate_upstream_panic_total",
+        "Times too few upstream servers were healthy and every server was used (panic mode)."
     )
-    .expect("register omsgate_upstream_retries_total")
+    .expect("register omsgate_upstream_panic_total")
 });
+/// Whether the pool is in panic mode (1) or not (0).
+pub static UPSTREAM_PANIC: Lazy<IntGauge> = gauge!(
+    "omsgate_upstream_panic",
+    "Whether the upstream pool is in panic mode (1): every server is used, healthy or not."
+);
+/// Requests in flight per server, set at scrape time.
+pub static UPSTREAM_IN_FLIGHT: Lazy<IntGaugeVec> = gauge_vec!(
+    "omsgate_upstream_in_flight",
+    "Requests in flight to each upstream server.",
+    &["server"]
+);
+/// Requests waiting for a slot per server, set at scrape time.
+pub static UPSTREAM_QUEUE: Lazy<IntGaugeVec> = gauge_vec!(
+    "omsgate_upstream_queue_depth",
+    "Requests waiting for a free slot at each upstream server.",
+    &["server"]
+);
+/// The limit of requests in flight per server (0 = unlimited), set at scrape time.
+pub static UPSTREAM_LIMIT: Lazy<IntGaugeVec> = gauge_vec!(
+    "omsgate_upstream_limit",
+    "Current limit of requests in flight to each upstream server (0: unlimited).",
+    &["server"]
+);
 
 // === identity ===
 
@@ -328,7 +372,20 @@ pub fn init(config_hash: &str, routes: &[&str]) {
     Lazy::force(&UPSTREAM_DURATION);
     Lazy::force(&UPSTREAM_HEALTHY);
     Lazy::force(&UPSTREAM_ERRORS);
-    Lazy::force(&UPSTREAM_RETRIES);
+    for reason in ["connect", "reused_closed"] {
+        UPSTREAM_RETRIES.with_label_values(&[reason]);
+    }
+    for r in routes {
+        for reason in ["queue_full", "queue_timeout"] {
+            UPSTREAM_SHED.with_label_values(&[r, reason]);
+        }
+    }
+    Lazy::force(&UPSTREAM_EJECTIONS);
+    Lazy::force(&UPSTREAM_PANIC_TOTAL);
+    Lazy::force(&UPSTREAM_PANIC);
+    Lazy::force(&UPSTREAM_IN_FLIGHT);
+    Lazy::force(&UPSTREAM_QUEUE);
+    Lazy::force(&UPSTREAM_LIMIT);
     Lazy::force(&IDENTITY);
     Lazy::force(&CACHE_REQUESTS);
     Lazy::force(&CACHE_STORES);

@@ -14,12 +14,16 @@
 //! |                            | do not accept gzip (`cache`)                                     |
 //! | `proxy_upstream_filter`    | after a cache miss: pooled query path answers from PostgreSQL    |
 //! |                            | (`db::serve`), stored in the cache like an origin response       |
-//! | `upstream_peer`            | server selection, timeouts, keepalive (`upstream`)               |
-//! | `fail_to_connect`          | retry of idempotent requests on another server (`upstream`)      |
+//! | `upstream_peer`            | server selection (health, passive ejection, panic mode), a slot  |
+//! |                            | under the per-server limit or a shed (`upstream::overload`),     |
+//! |                            | timeouts, keepalive (`upstream`)                                 |
+//! | `fail_to_connect`          | passive health; one retry of idempotent requests (`upstream`)    |
+//! | `error_while_proxy`        | keep-alive race: one retry on a fresh connection (`upstream`)    |
 //! | `upstream_request_filter`  | forward request id and verified identity headers; strong forms   |
 //! |                            | in `If-None-Match`, one `Accept-Encoding` for cacheable requests |
 //! |                            | (`compress`)                                                     |
-//! | `upstream_response_filter` | upstream latency; gzip before storing in the cache (`compress`)  |
+//! | `upstream_response_filter` | upstream latency, passive health (`upstream`); gzip before       |
+//! |                            | storing in the cache (`compress`)                                |
 //! | `upstream_response_body_filter` | gzip before storing in the cache (`compress`)               |
 //! | `response_cache_filter`    | store or not, TTL, stale windows (`cache`)                       |
 //! | `cache_vary_filter`        | `Vary` variants (`cache`)                                        |
@@ -28,14 +32,16 @@
 //! |                            | `RateLimit` headers (`limit`), no keepalive when draining        |
 //! | downstream modules         | compression (`compress::Compression`): per response, after       |
 //! |                            | `response_filter`, on proxied, cached and local responses alike  |
-//! | `fail_to_proxy`            | JSON error body on 502/504                                       |
+//! | `fail_to_proxy`            | JSON error body on 502/504; 503 + `Retry-After` for a shed       |
+//! |                            | request without a stale copy (`upstream`)                        |
 //! | `request_summary`          | Pingora's error lines: path without query, request id            |
-//! | `logging`                  | metrics (`metrics`, `cache`), audit record (`audit`)             |
+//! | `logging`                  | metrics (`metrics`, `cache`), audit record (`audit`); the        |
+//! |                            | upstream slot is released when the context drops (`upstream`)    |
 //!
 //! Each request takes a snapshot of the [`Pipeline`] in `new_ctx`; a reload swaps the pipeline
 //! for new requests while in-flight ones finish on the snapshot they started with.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -151,8 +157,8 @@ pub struct Ctx {
     /// Client IP: the socket peer, or the forwarded client when the peer is a trusted proxy
     /// (`crate::limit::client_ip`).
     pub client_ip: Option<IpAddr>,
-    /// Servers tried for this request.
-    pub tried: Vec<SocketAddr>,
+    /// The way to the upstream: servers tried, the slot held, retries (`upstream`).
+    pub upstream: crate::upstream::Attempt,
     /// When the request was sent upstream.
     pub upstream_started: Option<Instant>,
     /// Time to the upstream response header.
@@ -206,7 +212,7 @@ impl ProxyHttp for Gateway {
             params: Params::default(),
             identity: Identity::default(),
             client_ip: None,
-            tried: Vec::new(),
+            upstream: crate::upstream::Attempt::default(),
             upstream_started: None,
             upstream_elapsed: None,
             cache_status: None,
@@ -343,49 +349,49 @@ impl ProxyHttp for Gateway {
         Ok(false)
     }
 
-    /// Selects a healthy server (excluding ones already tried) with the configured timeouts.
+    /// Selects a server and waits for a slot at it (`upstream`); a shed request fails with
+    /// [`crate::upstream::SHED`] (stale copy or 503).
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let ups = &self.shared.upstreams;
-        let addr = match ups.select(&ctx.tried) {
-            Some(a) => a,
-            // Every server was tried already: go back to the first healthy one rather than fail.
-            None => match ups.select(&[]) {
-                Some(a) if ctx.tried.is_empty() => a,
-                _ => {
-                    metrics::UPSTREAM_ERRORS
-                        .with_label_values(&["no_healthy"])
-                        .inc();
-                    return Error::e_explain(
-                        ErrorType::HTTPStatus(502),
-                        "no healthy upstream server",
-                    );
-                }
-            },
-        };
-        ctx.tried.push(addr);
-        Ok(Box::new(ups.peer(addr)))
+        let route = ctx.route().name.clone();
+        self.shared
+            .upstreams
+            .peer_for(&mut ctx.upstream, &route)
+            .await
     }
 
-    /// Retries idempotent requests on another healthy server when connecting fails.
+    /// Counts the failure and retries idempotent requests once (`upstream.retries`).
     fn fail_to_connect(
         &self,
         session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut Ctx,
-        mut e: Box<Error>,
+        e: Box<Error>,
     ) -> Box<Error> {
         metrics::UPSTREAM_ERRORS
             .with_label_values(&[if is_timeout(&e) { "timeout" } else { "connect" }])
             .inc();
-        let retries_left = ctx.tried.len() <= self.shared.upstreams.config().retries;
-        if session.req_header().method.is_idempotent()
-            && retries_left
-            && self.shared.upstreams.has_alternative(&ctx.tried)
-        {
-            metrics::UPSTREAM_RETRIES.inc();
-            e.set_retry(true);
-        }
-        e
+        let idempotent = session.req_header().method.is_idempotent();
+        self.shared
+            .upstreams
+            .connect_failed(&mut ctx.upstream, idempotent, e)
+    }
+
+    /// Retries an idempotent request once on a fresh connection when a reused one was closed
+    /// before any response byte (the keep-alive race); other errors are final.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let e = e.more_context(format!("Peer: {peer}"));
+        let retryable = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated();
+        self.shared
+            .upstreams
+            .proxy_failed(&mut ctx.upstream, retryable, client_reused, e)
     }
 
     /// Forwards the request id and the verified identity.
@@ -403,9 +409,6 @@ impl ProxyHttp for Gateway {
         if let Some(s) = &ctx.identity.subject {
             upstream_request.insert_header(SUBJECT_HEADER, s)?;
         }
-        if let Some(addr) = ctx.tried.last() {
-            self.shared.upstreams.in_flight().start(addr);
-        }
         ctx.upstream_started = Some(Instant::now());
         Ok(())
     }
@@ -418,6 +421,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         compress::upstream_response_filter(session, upstream_response);
+        self.shared
+            .upstreams
+            .responded(&ctx.upstream, upstream_response.status.as_u16());
         if let Some(t) = ctx.upstream_started {
             let elapsed = t.elapsed();
             ctx.upstream_elapsed = Some(elapsed);
@@ -478,13 +484,26 @@ impl ProxyHttp for Gateway {
         )
     }
 
-    /// Answers failures with a JSON body: 504 for timeouts, 502 otherwise.
+    /// Answers failures with a JSON body: 504 for timeouts, 503 with `Retry-After` for a request
+    /// shed by overload protection, 502 otherwise.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy
     where
         Self::CTX: Send + Sync,
     {
+        if *e.etype() == crate::upstream::SHED {
+            let retry_after = self.shared.upstreams.config().overload.retry_after_secs;
+            if session.response_written().is_none() {
+                if let Err(we) = send_shed(session, retry_after, &ctx.request_id).await {
+                    tracing::debug!(error = %we, "Writing the 503 response failed.");
+                }
+            }
+            ctx.local_status = Some(503);
+            return FailToProxy {
+                error_code: 503,
+                can_reuse_downstream: false,
+            };
+        }
         let (code, message) = match e.etype() {
-            ErrorType::HTTPStatus(c) if *c == 502 => (502, "no healthy upstream server"),
             ErrorType::HTTPStatus(c) => (*c, "request failed"),
             _ if is_timeout(e) => (504, "upstream timed out"),
             _ => match e.esource() {
@@ -525,11 +544,8 @@ impl ProxyHttp for Gateway {
     where
         Self::CTX: Send + Sync,
     {
-        if ctx.upstream_started.is_some() {
-            if let Some(addr) = ctx.tried.last() {
-                self.shared.upstreams.in_flight().finish(addr);
-            }
-        }
+        // The upstream slot (if any) is released here, before the audit record is built.
+        drop(std::mem::take(&mut ctx.upstream));
         crate::cache::logging(ctx);
         let status = session
             .response_written()
@@ -587,6 +603,20 @@ impl ProxyHttp for Gateway {
         buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
         Ok(())
     }
+}
+
+/// The answer to a request shed by overload protection: 503, `Retry-After`, a JSON body.
+async fn send_shed(session: &mut Session, retry_after: u64, request_id: &str) -> Result<()> {
+    let body = crate::respond::error_body(
+        "the OMS is overloaded; retry after the time in Retry-After",
+        request_id,
+    );
+    let mut header = crate::respond::json_header(503, body.len(), request_id)?;
+    header.insert_header(http::header::RETRY_AFTER, retry_after.to_string())?;
+    // Pingora closes the client connection after a failed proxy attempt; say so in the
+    // response, so that a keep-alive client does not send its next request on it.
+    session.set_keepalive(None);
+    crate::respond::send_json(session, header, body).await
 }
 
 // === impl Gateway (audit) ===

@@ -10,10 +10,14 @@ pub struct Args {
     pub path: PathBuf,
 }
 
-/// Validates the file; prints every problem and returns 64, or prints a summary and returns 0.
+/// Validates the file; prints every problem and returns 64, or prints the warnings (settings that
+/// work but are probably mistakes) and a summary and returns 0.
 pub fn main(args: Args) -> i32 {
     match crate::config::Config::load(&args.path) {
         Ok(c) => {
+            for (key, reason) in c.upstream.warnings() {
+                eprintln!("{}: warning: {key}: {reason}", args.path.display());
+            }
             println!(
                 "{}: OK ({} routes, {} upstream servers)",
                 args.path.display(),

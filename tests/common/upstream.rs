@@ -20,6 +20,12 @@
 //! number), so a test can tell which instance answered and whether a response is fresh.
 //! [`TestUpstream::fail_with`] and [`TestUpstream::delay_all`] change every response but
 //! `/health` at run time.
+//!
+//! Server behaviours a real OMS server has, switchable at run time:
+//! [`TestUpstream::close_reused`] (the keep-alive race: a request that is not the first on its
+//! connection is read, then the connection closes without an answer, as when uvicorn's
+//! keep-alive timer fires just as the request arrives), [`TestUpstream::delay_health`] (a slow
+//! `/health`), and [`TestUpstream::peak_in_flight`] (the most requests it ever worked on at once).
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -72,6 +78,10 @@ struct State {
     fail_with: AtomicU16,
     delay_ms: AtomicU64,
     unhealthy: AtomicBool,
+    close_reused: AtomicBool,
+    health_delay_ms: AtomicU64,
+    in_flight: AtomicU64,
+    peak_in_flight: AtomicU64,
 }
 
 // === impl TestUpstream ===
@@ -101,6 +111,10 @@ impl TestUpstream {
             fail_with: AtomicU16::new(0),
             delay_ms: AtomicU64::new(0),
             unhealthy: AtomicBool::new(false),
+            close_reused: AtomicBool::new(false),
+            health_delay_ms: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            peak_in_flight: AtomicU64::new(0),
         });
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
         let thread_state = state.clone();
@@ -135,7 +149,7 @@ impl TestUpstream {
             .hits
             .lock()
             .iter()
-            .filter(|(p, _)| *p != "/health")
+            .filter(|(p, _)| *p != "/health" && *p != "!closed")
             .map(|(_, n)| n)
             .sum()
     }
@@ -190,6 +204,25 @@ impl TestUpstream {
         self.state.unhealthy.store(!healthy, Ordering::SeqCst);
     }
 
+    /// From now on (`true`), a request that is not the first on its connection (health checks
+    /// excluded) is read and then answered by closing the connection without a response byte:
+    /// the keep-alive race, deterministic. Such requests are not counted in [`Self::hits`] but
+    /// in [`Self::hits_for`]`("!closed")`.
+    pub fn close_reused(&self, on: bool) {
+        self.state.close_reused.store(on, Ordering::SeqCst);
+    }
+
+    /// From now on wait `delay` before answering `/health`.
+    pub fn delay_health(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.state.health_delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// The most requests (`/health` excluded) this upstream has worked on at once.
+    pub fn peak_in_flight(&self) -> u64 {
+        self.state.peak_in_flight.load(Ordering::SeqCst)
+    }
+
     /// Stops abruptly: the listener is closed (new connections are refused) and every open
     /// connection is dropped mid-flight. Returns once both have happened.
     pub fn kill(&self) {
@@ -225,9 +258,22 @@ async fn serve(
                 let Ok((stream, _)) = accepted else { continue };
                 let state = state.clone();
                 tokio::spawn(async move {
+                    let on_connection = Arc::new(AtomicU64::new(0));
                     let service = hyper::service::service_fn(move |req| {
                         let state = state.clone();
-                        async move { Ok::<_, Infallible>(handle(req, &state).await) }
+                        let nth = on_connection.fetch_add(1, Ordering::SeqCst) + 1;
+                        async move {
+                            if nth > 1
+                                && req.uri().path() != "/health"
+                                && state.close_reused.load(Ordering::SeqCst)
+                            {
+                                *state.hits.lock().entry("!closed".into()).or_default() += 1;
+                                // An error from the service makes hyper drop the connection
+                                // without writing a response.
+                                return Err(std::io::Error::other("closing a reused connection"));
+                            }
+                            Ok(handle(req, &state).await)
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -257,20 +303,29 @@ async fn handle(req: Request<Incoming>, state: &State) -> Response<Body> {
     }
 
     let mut response = if path == "/health" {
+        let delay = state.health_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         if state.unhealthy.load(Ordering::SeqCst) {
             text(StatusCode::SERVICE_UNAVAILABLE, "unhealthy")
         } else {
             text(StatusCode::OK, "ok")
         }
     } else {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+        // Counted down on drop too: the gateway may give up on a request mid-flight.
+        let _working = scopeguard(&state.in_flight);
         let delay = state.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
-        match state.fail_with.load(Ordering::SeqCst) {
+        let response = match state.fail_with.load(Ordering::SeqCst) {
             0 => route(req, &seen, seq, state.addr).await,
             code => status_response(code),
-        }
+        };
+        response
     };
     let headers = response.headers_mut();
     headers.insert("x-upstream", value(&state.addr.to_string()));
@@ -425,6 +480,19 @@ fn encode(coding: &str, body: &[u8]) -> Option<Vec<u8>> {
         }
         _ => None,
     }
+}
+
+/// Decrements `counter` when dropped.
+struct CountDown<'a>(&'a AtomicU64);
+
+impl Drop for CountDown<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn scopeguard(counter: &AtomicU64) -> CountDown<'_> {
+    CountDown(counter)
 }
 
 fn full(body: impl Into<Bytes>) -> Body {
