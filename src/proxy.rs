@@ -351,12 +351,20 @@ impl ProxyHttp for Gateway {
 
     /// Selects a server and waits for a slot at it (`upstream`); a shed request fails with
     /// [`crate::upstream::SHED`] (stale copy or 503).
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let route = ctx.route().name.clone();
-        self.shared
+        let peer = self
+            .shared
             .upstreams
             .peer_for(&mut ctx.upstream, &route)
-            .await
+            .await;
+        if peer.is_err() {
+            // Pingora closes the client connection after this error, even when the answer is
+            // a stale copy: say so in that answer, so that a keep-alive client does not send
+            // its next request on a closing connection.
+            session.set_keepalive(None);
+        }
+        peer
     }
 
     /// Counts the failure and retries idempotent requests once (`upstream.retries`).
@@ -525,6 +533,9 @@ impl ProxyHttp for Gateway {
         }
         if code > 0 {
             if session.response_written().is_none() {
+                // The client connection is closed after a failed proxy attempt; say so, so that
+                // a keep-alive client does not send its next request on it.
+                session.set_keepalive(None);
                 if let Err(we) =
                     crate::respond::send_error(session, code, message, &ctx.request_id).await
                 {

@@ -50,9 +50,13 @@ use crate::metrics;
 /// copy (`should_serve_stale`), else `fail_to_proxy` answers 503 with `Retry-After`.
 pub const SHED: ErrorType = ErrorType::Custom("upstream overloaded");
 
-/// Connections opened for a retry after the keep-alive race live in a pool group of their own
-/// and are not kept afterwards, so the retry always runs on a fresh connection.
+/// Connections opened for a retry after the keep-alive race each get a pool group of their own
+/// (this base plus a counter) and are not kept afterwards, so the retry always runs on a fresh
+/// connection: a group no other request asks for, not even another retry.
 const FRESH_GROUP: u64 = 0x6f6d_7367_6174_6531;
+
+/// The next fresh pool group.
+static FRESH_GROUPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 // === Per-server state ===
 
@@ -394,7 +398,7 @@ impl Upstreams {
         attempt.tried.push(server.addr);
         let mut peer = self.peer(server.addr);
         if std::mem::take(&mut attempt.fresh) {
-            peer.group_key = FRESH_GROUP;
+            peer.group_key = FRESH_GROUP.wrapping_add(FRESH_GROUPS.fetch_add(1, Ordering::Relaxed));
             peer.options.idle_timeout = Some(Duration::ZERO);
         }
         Ok(Box::new(peer))
