@@ -93,6 +93,8 @@ fn start_oms(schema: &str, addr: SocketAddr, audit_ms: u64) -> Proc {
         .stderr(log)
         .spawn()
         .expect("start the reference OMS (is OMSGATE_TEST_LEGACY_PYTHON set?)");
+    // Killed and reaped on drop, on the panic path too.
+    let oms = Proc(child);
     for _ in 0..300 {
         if let Ok(mut s) = std::net::TcpStream::connect(addr) {
             use std::io::{Read, Write};
@@ -100,7 +102,7 @@ fn start_oms(schema: &str, addr: SocketAddr, audit_ms: u64) -> Proc {
             let mut text = String::new();
             let _ = s.read_to_string(&mut text);
             if text.starts_with("HTTP/1.1 200") {
-                return Proc(child);
+                return oms;
             }
         }
         std::thread::sleep(Duration::from_millis(100));

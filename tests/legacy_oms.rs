@@ -87,6 +87,9 @@ fn start_gateway(config: &str) -> Gateway {
     Gateway::start_with_env(config, &[("OMSGATE_JWT_SECRET", DEMO_JWT_SECRET)])
 }
 
+/// Request headers as name/value pairs.
+type Headers = Vec<(String, String)>;
+
 /// A bearer token for `tenant`, as the OMS's identity provider issues them.
 fn token(tenant: &str) -> String {
     omsgate::identity::issue_hs256(
@@ -98,16 +101,16 @@ fn token(tenant: &str) -> String {
     )
 }
 
-fn bearer(tenant: &str) -> Vec<(String, String)> {
+fn bearer(tenant: &str) -> Headers {
     vec![("authorization".into(), format!("Bearer {}", token(tenant)))]
 }
 
 /// The legacy header only: no verified tenant, so the gateway's cache is bypassed.
-fn legacy_header(tenant: &str) -> Vec<(String, String)> {
+fn legacy_header(tenant: &str) -> Headers {
     vec![("x-tenant-id".into(), tenant.into())]
 }
 
-fn get(path: String, headers: Vec<(String, String)>) -> UserRequest {
+fn get(path: String, headers: Headers) -> UserRequest {
     UserRequest {
         method: Method::GET,
         path,
@@ -407,7 +410,7 @@ fn overload(users: usize) {
     });
     let gateway = start_gateway(&shipped_config(&[oms.addr()], |_| {}));
     let ids = Arc::new(invoices(&oms));
-    let tokens: Arc<Vec<(String, Vec<(String, String)>)>> = Arc::new(
+    let tokens: Arc<Vec<(String, Headers)>> = Arc::new(
         oms.dataset()
             .tenants
             .iter()
@@ -474,7 +477,7 @@ fn overload(users: usize) {
         "{shed} sheds answered, {counted} counted in omsgate_upstream_shed_total"
     );
     // Reads served from the cache were answered, and correctly, while the OMS was saturated.
-    let cached: Vec<&UserOutcome> = outcomes.iter().filter(|o| o.from_cache()).collect();
+    let cached: Vec<&UserOutcome> = outcomes.iter().filter(|o| o.served_from_cache()).collect();
     assert!(
         !cached.is_empty(),
         "no read was served from the cache: {summary}"

@@ -248,7 +248,7 @@ impl UserOutcome {
     }
 
     /// A response served from the gateway's cache (`HIT` or `STALE`).
-    pub fn from_cache(&self) -> bool {
+    pub fn served_from_cache(&self) -> bool {
         matches!(self.cache.as_deref(), Some("HIT") | Some("STALE"))
     }
 }
