@@ -328,3 +328,37 @@ stop_tansu() {
     wait "$OMSGATE_TANSU_PID" 2>/dev/null || true
     OMSGATE_TANSU_PID=""
 }
+
+# --- the reference legacy OMS (examples/legacy-oms) -----------------------------------------
+
+OMSGATE_LEGACY_OMS_VENV=.venv-legacy-oms
+OMSGATE_LEGACY_OMS_REQUIREMENTS=examples/legacy-oms/requirements.txt
+
+# want_python_venv: python3 with a working venv module (Debian splits it into python3-venv).
+want_python_venv() {
+    want_command python3 python3
+    if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+        want_package python3-venv
+    fi
+}
+
+# ensure_legacy_oms: a virtualenv in $OMSGATE_LEGACY_OMS_VENV with the pinned requirements of
+# the reference OMS; exports OMSGATE_TEST_LEGACY_PYTHON (its python) for the tests and benches.
+# Installs only when the venv is missing or the requirements file changed since the last install
+# (a copy of it is kept inside the venv), so a rerun costs a file comparison.
+ensure_legacy_oms() {
+    local venv=$OMSGATE_LEGACY_OMS_VENV req=$OMSGATE_LEGACY_OMS_REQUIREMENTS
+    if [[ ! -x $venv/bin/python ]]; then
+        say "Creating the reference OMS's virtualenv in $venv"
+        rm -rf "$venv"
+        python3 -m venv "$venv" || die "python3 -m venv failed (install python3-venv)"
+    fi
+    if ! cmp -s "$req" "$venv/installed-requirements.txt"; then
+        say "Installing the reference OMS's requirements ($req) into $venv"
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req" ||
+            die "pip install -r $req failed"
+        cp "$req" "$venv/installed-requirements.txt"
+    fi
+    OMSGATE_TEST_LEGACY_PYTHON=$(cd "$venv/bin" && pwd)/python
+    export OMSGATE_TEST_LEGACY_PYTHON
+}

@@ -206,3 +206,183 @@ fn is_refused(e: &(dyn std::error::Error + 'static)) -> bool {
     }
     false
 }
+
+// === Users with think time ===
+
+/// One request of a simulated user.
+#[derive(Clone, Debug)]
+pub struct UserRequest {
+    /// `GET`, `PATCH`, ...
+    pub method: reqwest::Method,
+    /// Path and query.
+    pub path: String,
+    /// Extra headers (a bearer token, `x-tenant-id`, ...).
+    pub headers: Vec<(String, String)>,
+    /// JSON body of writes.
+    pub body: Option<String>,
+}
+
+/// What happened to one request of a simulated user.
+#[derive(Clone, Debug)]
+pub struct UserOutcome {
+    /// The request's method.
+    pub method: reqwest::Method,
+    /// The response status, if there was a response.
+    pub status: Option<u16>,
+    /// The `x-cache` header (`HIT`, `MISS`, `STALE`, `BYPASS`, ...).
+    pub cache: Option<String>,
+    /// Whether the response had a `Retry-After` header.
+    pub retry_after: bool,
+    /// Whether the response body parsed as JSON.
+    pub json: bool,
+    /// Time to the whole response (recorded for reports, never asserted on in tests).
+    pub latency: Duration,
+    /// The error (connection, timeout, body), if the request failed.
+    pub error: Option<String>,
+}
+
+impl UserOutcome {
+    /// A 2xx response.
+    pub fn ok(&self) -> bool {
+        self.error.is_none() && self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+
+    /// A response served from the gateway's cache (`HIT` or `STALE`).
+    pub fn served_from_cache(&self) -> bool {
+        matches!(self.cache.as_deref(), Some("HIT") | Some("STALE"))
+    }
+}
+
+/// `users` simulated users against `base` (`http://host:port`) for `duration`: each waits a
+/// random fraction of `think` first (so they do not all start at once), then loops: the next of
+/// its requests (`next(user, n)`), then `think` ± 20 % of pause. Connections are pooled and
+/// reused (idle ones closed after 2 s, before any server's keep-alive timeout, so the client side
+/// never races). Requests still running at the end are waited for (at most their 30 s timeout).
+/// Blocks on a runtime of its own and returns every outcome.
+pub fn run_users(
+    base: &str,
+    users: usize,
+    think: Duration,
+    duration: Duration,
+    next: impl Fn(usize, u64) -> UserRequest + Send + Sync + 'static,
+) -> Vec<UserOutcome> {
+    let base = base.to_owned();
+    let next = Arc::new(next);
+    let thread = std::thread::Builder::new()
+        .name("users".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap_or_else(|e| panic!("cannot build the users runtime: {e}"));
+            runtime.block_on(async move {
+                let client = reqwest::Client::builder()
+                    .no_proxy()
+                    .connect_timeout(Duration::from_secs(5))
+                    .timeout(Duration::from_secs(30))
+                    .pool_idle_timeout(Duration::from_secs(2))
+                    .build()
+                    .unwrap_or_else(|e| panic!("cannot build the users client: {e}"));
+                let end = Instant::now() + duration.min(SAFETY_DEADLINE);
+                let mut tasks = Vec::with_capacity(users);
+                for user in 0..users {
+                    let (client, base, next) = (client.clone(), base.clone(), next.clone());
+                    tasks.push(tokio::spawn(async move {
+                        let mut outcomes = Vec::new();
+                        let start = think.mul_f64(rand::random::<f64>());
+                        tokio::time::sleep(start).await;
+                        let mut n = 0u64;
+                        while Instant::now() < end {
+                            let request = next(user, n);
+                            n += 1;
+                            outcomes.push(user_request(&client, &base, request).await);
+                            let pause = think.mul_f64(0.8 + 0.4 * rand::random::<f64>());
+                            tokio::time::sleep(pause).await;
+                        }
+                        outcomes
+                    }));
+                }
+                let mut all = Vec::new();
+                for t in tasks {
+                    if let Ok(outcomes) = t.await {
+                        all.extend(outcomes);
+                    }
+                }
+                all
+            })
+        })
+        .unwrap_or_else(|e| panic!("cannot spawn the users thread: {e}"));
+    thread
+        .join()
+        .unwrap_or_else(|_| panic!("the users thread panicked"))
+}
+
+async fn user_request(client: &reqwest::Client, base: &str, r: UserRequest) -> UserOutcome {
+    let started = Instant::now();
+    let mut builder = client.request(r.method.clone(), format!("{base}{}", r.path));
+    for (k, v) in &r.headers {
+        builder = builder.header(k, v);
+    }
+    if let Some(body) = r.body {
+        builder = builder
+            .header("content-type", "application/json")
+            .body(body);
+    }
+    let mut outcome = UserOutcome {
+        method: r.method,
+        status: None,
+        cache: None,
+        retry_after: false,
+        json: false,
+        latency: Duration::ZERO,
+        error: None,
+    };
+    match builder.send().await {
+        Ok(resp) => {
+            outcome.status = Some(resp.status().as_u16());
+            outcome.cache = resp
+                .headers()
+                .get("x-cache")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            outcome.retry_after = resp.headers().contains_key("retry-after");
+            match resp.bytes().await {
+                Ok(body) => {
+                    outcome.json = serde_json::from_slice::<serde_json::Value>(&body).is_ok();
+                }
+                Err(e) => outcome.error = Some(format!("body: {}", error_chain(&e))),
+            }
+        }
+        Err(e) => outcome.error = Some(error_chain(&e)),
+    }
+    outcome.latency = started.elapsed();
+    outcome
+}
+
+/// A summary line of outcomes for failure messages and test output: counts by status (and
+/// `error`), by `x-cache`, and the first few errors.
+pub fn summarize(outcomes: &[UserOutcome]) -> String {
+    let mut by_status = std::collections::BTreeMap::<String, usize>::new();
+    let mut by_cache = std::collections::BTreeMap::<String, usize>::new();
+    for o in outcomes {
+        let status = match (o.status, &o.error) {
+            (_, Some(_)) => "error".to_owned(),
+            (Some(s), None) => s.to_string(),
+            (None, None) => "none".to_owned(),
+        };
+        *by_status.entry(status).or_default() += 1;
+        *by_cache
+            .entry(o.cache.clone().unwrap_or_else(|| "-".into()))
+            .or_default() += 1;
+    }
+    let errors: Vec<&str> = outcomes
+        .iter()
+        .filter_map(|o| o.error.as_deref())
+        .take(3)
+        .collect();
+    format!(
+        "{} requests; status {by_status:?}; x-cache {by_cache:?}; first errors {errors:?}",
+        outcomes.len()
+    )
+}

@@ -9,6 +9,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod gateway;
+pub mod legacy;
 pub mod load;
 pub mod services;
 pub mod upstream;
