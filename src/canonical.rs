@@ -629,8 +629,10 @@ mod props {
         if let Some(c) = &route.cache {
             resources.extend(c.resources.iter().map(|t| t.render(&params)));
         }
-        let mut id = Identity::default();
-        id.tenant = Some("acme".into());
+        let id = Identity {
+            tenant: Some("acme".into()),
+            ..Default::default()
+        };
         let scope = ScopeId::of(Scope::Tenant, &id)?;
         let key = crate::cache::key::primary(&route.name, &path, Some(query), &scope, &[]);
         Some((route.name.clone(), path, resources, key))
