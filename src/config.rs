@@ -158,6 +158,9 @@ pub struct FileConfig {
     /// The OMS database (migrations, pooled query paths).
     #[serde(default)]
     pub database: crate::db::DatabaseFile,
+    /// How request paths are canonicalised before routing.
+    #[serde(default)]
+    pub paths: crate::canonical::PathsFile,
     /// Routes, matched in order; unmatched requests belong to the route `other`.
     #[serde(default, rename = "route")]
     pub routes: Vec<crate::routes::RouteFile>,
@@ -256,6 +259,8 @@ pub struct Config {
     pub audit: crate::audit::AuditConfig,
     /// Database.
     pub database: crate::db::DatabaseConfig,
+    /// Path canonicalisation.
+    pub paths: crate::canonical::PathsConfig,
     /// Compiled routes.
     pub routes: crate::routes::Router,
     /// A short hash of the file's text, shown as `omsgate_config_info{hash}`.
@@ -395,6 +400,7 @@ impl Config {
         let rate_limit = crate::limit::RateLimitConfig::from_file(&file.rate_limit, p);
         let audit = crate::audit::AuditConfig::from_file(&file.audit, p);
         let database = crate::db::DatabaseConfig::from_file(&file.database, p);
+        let paths = crate::canonical::PathsConfig::from_file(&file.paths, p);
         let routes = crate::routes::Router::from_file(&file.routes, &rate_limit, p);
         if database.url.is_none() {
             for (i, r) in file.routes.iter().enumerate() {
@@ -421,6 +427,7 @@ impl Config {
             rate_limit,
             audit,
             database,
+            paths,
             routes,
             hash: text_hash(text),
         }

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod audit;
 pub mod cache;
+pub mod canonical;
 pub mod cli;
 pub mod compress;
 pub mod config;

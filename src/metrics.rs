@@ -166,6 +166,15 @@ pub static IDENTITY: Lazy<IntCounterVec> = counter_vec!(
     &["result"]
 );
 
+/// Requests refused by path canonicalisation (`canonical`): `encoded_slash`, `encoded_nul`,
+/// `bad_encoding`, `outside_root` (400), `bad_param` (404, a typed path parameter that does not
+/// parse).
+pub static REQUESTS_REFUSED: Lazy<IntCounterVec> = counter_vec!(
+    "omsgate_requests_refused_total",
+    "Requests refused before routing because their path has no canonical form, by reason.",
+    &["reason"]
+);
+
 // === cache ===
 
 /// Cache lookups by route and result (`hit`, `miss`, `stale`, `bypass`, `expired`).
@@ -388,6 +397,9 @@ pub fn init(config_hash: &str, routes: &[&str]) {
     Lazy::force(&UPSTREAM_QUEUE);
     Lazy::force(&UPSTREAM_LIMIT);
     Lazy::force(&IDENTITY);
+    for r in crate::canonical::Refusal::ALL {
+        REQUESTS_REFUSED.with_label_values(&[r.as_str()]);
+    }
     Lazy::force(&CACHE_REQUESTS);
     Lazy::force(&CACHE_STORES);
     Lazy::force(&CACHE_INVALIDATIONS);

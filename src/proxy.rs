@@ -5,7 +5,8 @@
 //! | Pingora phase              | concern(s)                                                       |
 //! |----------------------------|------------------------------------------------------------------|
 //! | `new_ctx`                  | request guard (in-flight count), config snapshot                 |
-//! | `request_filter`           | request id, route match, identity (`identity`), client IP and    |
+//! | `request_filter`           | request id, canonical path and route match, 400/404 refusals     |
+//! |                            | (`canonical`), identity (`identity`), client IP and              |
 //! |                            | rate limit, 429 (`limit`), compression decision, cache scope and |
 //! |                            | key with generations (`cache::prepare`)                          |
 //! | `request_cache_filter`     | enable Pingora's cache for cached routes (`cache`)               |
@@ -244,9 +245,17 @@ impl ProxyHttp for Gateway {
         req.remove_header(SUBJECT_HEADER);
 
         let config = ctx.pipeline.config.clone();
-        let (route, params) = config.routes.find(&req.method, req.uri.path());
-        ctx.route_id = route.id;
-        ctx.params = params;
+        // One canonical path for routing, keys, invalidation, limits, audit and the OMS.
+        let target = crate::canonical::request_filter(req, &config);
+        ctx.route_id = target.route_id;
+        ctx.params = target.params;
+        if let Some(refusal) = target.refused {
+            let status = refusal.status();
+            crate::respond::send_error(session, status, refusal.message(), &ctx.request_id).await?;
+            ctx.local_status = Some(status);
+            return Ok(true);
+        }
+        let req = session.req_header();
 
         ctx.identity = match config.identity.identify(&req.headers) {
             Ok(id) => {

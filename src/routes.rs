@@ -4,10 +4,17 @@
 //! policies of each concern (cache, invalidation, compression, rate limit, pooled query, audit).
 //! Requests that match no route belong to [`OTHER`] and are still proxied. Route names are the
 //! only route labels used in metrics, so label cardinality is bounded by the config.
+//!
+//! Patterns match canonical paths ([`crate::canonical::path`]). A parameter may have a type
+//! (`{id:uuid}`, `{n:int}`; `{s}` is a string): a typed value is captured in its canonical
+//! spelling ([`ParamType::canonical`]), so cache keys, resource names, pooled queries and audit
+//! all see one spelling of an id, and a value that does not parse matches no route of that shape
+//! ([`Resolved::BadParam`], answered 404).
 
 use http::Method;
 use serde::{Deserialize, Serialize};
 
+use crate::canonical::{self, ParamType};
 use crate::config::Problems;
 
 /// Name of the implicit route of requests that match no `[[route]]`.
@@ -18,8 +25,9 @@ pub const OTHER: &str = "other";
 pub struct RouteFile {
     /// Bounded label for metrics and audit; unique, `[a-z0-9_]+`. Required.
     pub name: String,
-    /// Path pattern: literal segments and `{param}` segments, e.g. `/api/v1/invoices/{id}`;
-    /// a last segment `{*rest}` matches any remainder. Required.
+    /// Path pattern: literal segments (in canonical spelling) and `{param}` segments, e.g.
+    /// `/api/v1/invoices/{id:uuid}`; a parameter may be typed `{name:uuid}`, `{name:int}` or
+    /// `{name}` (a string); a last segment `{*rest}` matches any remainder. Required.
     pub path: String,
     /// Methods this route applies to; empty means all. Default empty.
     #[serde(default)]
@@ -50,7 +58,7 @@ pub struct RouteFile {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
     Literal(String),
-    Param(String),
+    Param(String, ParamType),
     Rest(String),
 }
 
@@ -76,18 +84,45 @@ impl PathPattern {
                         return Err(format!("`{text}`: `{{*{rest}}}` must be the last segment"));
                     }
                     segments.push(Segment::Rest(rest.to_string()));
-                } else if inner.is_empty()
-                    || !inner.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                {
-                    return Err(format!("`{text}`: `{{{inner}}}` is not a parameter name"));
                 } else {
-                    segments.push(Segment::Param(inner.to_string()));
+                    let (name, ty) = match inner.split_once(':') {
+                        Some((name, ty)) => match ParamType::parse(ty) {
+                            Some(t) => (name, t),
+                            None => {
+                                return Err(format!(
+                                    "`{text}`: `{ty}` is not a parameter type (known: uuid, \
+                                     int, str)"
+                                ))
+                            }
+                        },
+                        None => (inner, ParamType::Str),
+                    };
+                    if name.is_empty()
+                        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    {
+                        return Err(format!("`{text}`: `{{{inner}}}` is not a parameter name"));
+                    }
+                    segments.push(Segment::Param(name.to_string(), ty));
                 }
             } else if part.contains('{') || part.contains('}') {
                 return Err(format!(
                     "`{text}`: a parameter must be a whole segment, like `{{id}}`"
                 ));
             } else {
+                // Requests are matched in canonical form; a literal in any other spelling
+                // would never match.
+                let canonical = canonical::decode_segment(part)
+                    .ok()
+                    .filter(|d| d != "." && d != "..")
+                    .map(|d| canonical::encode_segment(&d));
+                if canonical.as_deref() != Some(*part) {
+                    return Err(match canonical {
+                        Some(c) => format!(
+                            "`{text}`: segment `{part}` is matched in canonical form; write `{c}`"
+                        ),
+                        None => format!("`{text}`: `{part}` is not a valid path segment"),
+                    });
+                }
                 segments.push(Segment::Literal(part.to_string()));
             }
         }
@@ -106,19 +141,44 @@ impl PathPattern {
     pub fn has_param(&self, name: &str) -> bool {
         self.segments
             .iter()
-            .any(|s| matches!(s, Segment::Param(p) | Segment::Rest(p) if p == name))
+            .any(|s| matches!(s, Segment::Param(p, _) | Segment::Rest(p) if p == name))
     }
 
-    /// Matches a request path (without query), returning the captured parameters.
+    /// The type of parameter `name`, if the pattern has it (`{*rest}` is a string).
+    pub fn param_type(&self, name: &str) -> Option<ParamType> {
+        self.segments.iter().find_map(|s| match s {
+            Segment::Param(p, t) if p == name => Some(*t),
+            Segment::Rest(p) if p == name => Some(ParamType::Str),
+            _ => None,
+        })
+    }
+
+    /// Matches a canonical request path (without query), returning the captured parameters in
+    /// canonical spelling; `None` when it does not match, or a typed parameter does not parse.
     pub fn matches(&self, path: &str) -> Option<Params> {
-        let path = path.strip_prefix('/')?;
+        match self.match_typed(path) {
+            Match::Yes(params) => Some(params),
+            Match::No | Match::BadParam(_) => None,
+        }
+    }
+
+    /// Matches a canonical request path, telling a path of another shape apart from one whose
+    /// typed parameter does not parse.
+    fn match_typed(&self, path: &str) -> Match {
+        let Some(path) = path.strip_prefix('/') else {
+            return Match::No;
+        };
         let mut params = Params::default();
+        let mut bad = None;
         let mut rest = path;
         for (i, seg) in self.segments.iter().enumerate() {
             let last = i + 1 == self.segments.len();
             if let Segment::Rest(name) = seg {
                 params.0.push((name.clone(), rest.to_string()));
-                return Some(params);
+                return match bad {
+                    Some(name) => Match::BadParam(name),
+                    None => Match::Yes(params),
+                };
             }
             let (part, remainder) = match rest.find('/') {
                 Some(idx) => (&rest[..idx], Some(&rest[idx + 1..])),
@@ -126,20 +186,52 @@ impl PathPattern {
             };
             match seg {
                 Segment::Literal(l) if l == part => {}
-                Segment::Param(name) if !part.is_empty() => {
-                    params.0.push((name.clone(), part.to_string()))
-                }
-                _ => return None,
+                Segment::Param(name, ty) if !part.is_empty() => match ty.canonical(part) {
+                    Some(value) => params.0.push((name.clone(), value)),
+                    None => bad = bad.or_else(|| Some(name.clone())),
+                },
+                _ => return Match::No,
             }
             match (last, remainder) {
-                (true, None) => return Some(params),
-                (true, Some(_)) => return None,
+                (true, None) => {
+                    return match bad {
+                        Some(name) => Match::BadParam(name),
+                        None => Match::Yes(params),
+                    }
+                }
                 (false, Some(r)) => rest = r,
-                (false, None) => return None,
+                _ => return Match::No,
             }
         }
-        None
+        Match::No
     }
+
+    /// The canonical path of a request this pattern matched: the pattern with `params` (their
+    /// canonical spellings) in place of its parameters.
+    pub fn render(&self, params: &Params) -> String {
+        let mut out = String::with_capacity(self.text.len() + 32);
+        for seg in &self.segments {
+            out.push('/');
+            match seg {
+                Segment::Literal(l) => out.push_str(l),
+                Segment::Param(name, _) | Segment::Rest(name) => {
+                    out.push_str(params.get(name).unwrap_or(""))
+                }
+            }
+        }
+        if out.is_empty() {
+            out.push('/');
+        }
+        out
+    }
+}
+
+/// The outcome of matching one pattern.
+enum Match {
+    No,
+    Yes(Params),
+    /// The shape matched but this typed parameter does not parse.
+    BadParam(String),
 }
 
 /// Parameters captured from a path, in pattern order.
@@ -255,6 +347,27 @@ impl Route {
             audit: crate::audit::RouteAudit::default(),
         }
     }
+}
+
+/// The outcome of [`Router::resolve`].
+#[derive(Debug)]
+pub enum Resolved<'a> {
+    /// A route (or [`Router::other`]) with its canonical parameters and canonical path.
+    Route {
+        /// The route.
+        route: &'a Route,
+        /// Its parameters, typed ones in canonical spelling.
+        params: Params,
+        /// The canonical path with those parameters: what the OMS receives.
+        path: String,
+    },
+    /// The path has the shape of `route`, but typed parameter `param` does not parse.
+    BadParam {
+        /// The route whose shape matched (names the request in metrics and audit).
+        route: &'a Route,
+        /// The parameter that did not parse.
+        param: String,
+    },
 }
 
 /// The compiled routes, matched in config order.
@@ -373,17 +486,49 @@ impl Router {
         Router { routes, other }
     }
 
-    /// The route of a request and its path parameters; [`Router::other`] when none matches.
+    /// The route of a request and its path parameters; [`Router::other`] when none matches
+    /// (including a path whose typed parameter does not parse; see [`Router::resolve`]).
     pub fn find(&self, method: &Method, path: &str) -> (&Route, Params) {
+        match self.resolve(method, path) {
+            Resolved::Route { route, params, .. } => (route, params),
+            Resolved::BadParam { .. } => (&self.other, Params::default()),
+        }
+    }
+
+    /// Resolves a canonical path ([`crate::canonical::path`]): the first route (in config
+    /// order) whose methods and pattern match, with its parameters and the canonical path
+    /// rebuilt from them (typed parameters in their canonical spelling). When no route
+    /// matches but one of the method's routes has the path's shape with a typed parameter that
+    /// does not parse, that is [`Resolved::BadParam`] (the request is answered 404).
+    pub fn resolve(&self, method: &Method, path: &str) -> Resolved<'_> {
+        let mut bad = None;
         for r in &self.routes {
             if !r.methods.is_empty() && !r.methods.contains(method) {
                 continue;
             }
-            if let Some(params) = r.pattern.matches(path) {
-                return (r, params);
+            match r.pattern.match_typed(path) {
+                Match::Yes(params) => {
+                    let path = r.pattern.render(&params);
+                    return Resolved::Route {
+                        route: r,
+                        params,
+                        path,
+                    };
+                }
+                Match::BadParam(param) => {
+                    bad = bad.or(Some((r, param)));
+                }
+                Match::No => {}
             }
         }
-        (&self.other, Params::default())
+        match bad {
+            Some((route, param)) => Resolved::BadParam { route, param },
+            None => Resolved::Route {
+                route: &self.other,
+                params: Params::default(),
+                path: path.to_string(),
+            },
+        }
     }
 
     /// Every route name, including `other`, in a stable order (for pre-registering metrics).
@@ -420,6 +565,86 @@ mod tests {
         assert!(PathPattern::parse("api").is_err());
         assert!(PathPattern::parse("/a/{x").is_err());
         assert!(PathPattern::parse("/a/{*x}/b").is_err());
+    }
+
+    #[test]
+    fn typed_parameters_are_canonical_or_refused() {
+        let p = PathPattern::parse("/api/v1/invoices/{id:uuid}/lines/{n:int}").unwrap();
+        let lower = "0b9d6f8a-3c1e-4f5a-9b7d-2e4c6a8f0b1d";
+        let m = p
+            .matches("/api/v1/invoices/0B9D6F8A3C1E4F5A9B7D2E4C6A8F0B1D/lines/007")
+            .unwrap();
+        assert_eq!(m.get("id"), Some(lower));
+        assert_eq!(m.get("n"), Some("7"));
+        assert_eq!(
+            p.render(&m),
+            format!("/api/v1/invoices/{lower}/lines/7"),
+            "the canonical path carries the canonical parameters"
+        );
+        assert!(p.matches("/api/v1/invoices/42/lines/1").is_none());
+        assert!(p
+            .matches(&format!("/api/v1/invoices/{lower}/lines/x"))
+            .is_none());
+        assert_eq!(p.param_type("id"), Some(ParamType::Uuid));
+        assert_eq!(p.param_type("n"), Some(ParamType::Int));
+        assert!(PathPattern::parse("/a/{id:date}")
+            .unwrap_err()
+            .contains("not a parameter type"));
+        assert!(PathPattern::parse("/a/{:uuid}").is_err());
+        let typed = PathPattern::parse("/a/{s:str}").unwrap();
+        assert_eq!(typed.param_type("s"), Some(ParamType::Str));
+    }
+
+    #[test]
+    fn literals_must_be_canonical() {
+        assert!(PathPattern::parse("/api/v1/%69nvoices")
+            .unwrap_err()
+            .contains("write `invoices`"));
+        assert!(PathPattern::parse("/a/../b").is_err());
+        assert!(PathPattern::parse("/a/%2Fb").is_err());
+        assert!(PathPattern::parse("/a b").unwrap_err().contains("%20"));
+        assert!(PathPattern::parse("/a/%C3%A9/").is_ok());
+    }
+
+    #[test]
+    fn a_bad_typed_value_is_told_apart_from_no_match() {
+        let files = [
+            RouteFile {
+                name: "invoice".into(),
+                path: "/api/v1/invoices/{id:uuid}".into(),
+                methods: vec!["GET".into()],
+                ..Default::default()
+            },
+            RouteFile {
+                name: "summary".into(),
+                path: "/api/v1/invoices/summary".into(),
+                ..Default::default()
+            },
+        ];
+        let mut p = Problems::default();
+        let router = Router::from_file(&files, &Default::default(), &mut p);
+        assert!(p.is_empty(), "{:?}", p.list());
+        let get = Method::GET;
+        match router.resolve(&get, "/api/v1/invoices/summary") {
+            Resolved::Route { route, .. } => assert_eq!(route.name, "summary"),
+            other => panic!("{other:?}"),
+        }
+        match router.resolve(&get, "/api/v1/invoices/nope") {
+            Resolved::BadParam { route, param } => {
+                assert_eq!((route.name.as_str(), param.as_str()), ("invoice", "id"))
+            }
+            other => panic!("{other:?}"),
+        }
+        // Only the method's routes count: a DELETE of the same path is simply unmatched.
+        match router.resolve(&Method::DELETE, "/api/v1/invoices/nope") {
+            Resolved::Route { route, path, .. } => {
+                assert_eq!(
+                    (route.name.as_str(), path.as_str()),
+                    (OTHER, "/api/v1/invoices/nope")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -140,8 +140,8 @@ pub fn format_rfc3339_micros(ts: SystemTime) -> String {
 
 // === Redaction ===
 
-/// The query string with the values of `[audit] redact_query_params` replaced by `REDACTED`;
-/// `None` for an empty query.
+/// The query string with the values of `[audit] redact_query_params` replaced by `REDACTED`
+/// (names compared after percent-decoding, case-insensitively); `None` for an empty query.
 pub fn redact_query(query: &str, config: &AuditConfig) -> Option<String> {
     if query.is_empty() {
         return None;
@@ -152,10 +152,12 @@ pub fn redact_query(query: &str, config: &AuditConfig) -> Option<String> {
             out.push('&');
         }
         let name = pair.split('=').next().unwrap_or("");
+        // Compared decoded, as the OMS reads it: `%74oken` is `token`.
+        let decoded = crate::canonical::decode_query_component(name);
         if config
             .redact_query_params
             .iter()
-            .any(|p| p.eq_ignore_ascii_case(name))
+            .any(|p| p.eq_ignore_ascii_case(&decoded))
         {
             out.push_str(name);
             out.push('=');
@@ -313,6 +315,11 @@ mod tests {
         assert_eq!(
             redact_query("page=2&Token=abc&x&api_key=k=v", &c).unwrap(),
             "page=2&Token=REDACTED&x&api_key=REDACTED"
+        );
+        // Names are compared as the OMS decodes them.
+        assert_eq!(
+            redact_query("%74oken=abc&api%5Fkey=k&to+ken=x", &c).unwrap(),
+            "%74oken=REDACTED&api%5Fkey=REDACTED&to+ken=x"
         );
     }
 

@@ -2,9 +2,10 @@
 //!
 //! A primary cache key frames each component with its length, so that no two different requests
 //! can produce the same bytes: format version, route, method (`HEAD` shares `GET`'s entry, as
-//! Pingora fetches a full `GET` for both), path, normalised query, scope and its identity, and the
-//! generation numbers of the epoch, the scope's namespace and every resource/tag of the route.
-//! `Vary` request-header values are added by Pingora as a secondary (variance) key.
+//! Pingora fetches a full `GET` for both), canonical path and query (`crate::canonical`), scope
+//! and its identity, and the generation numbers of the epoch, the scope's namespace and every
+//! resource/tag of the route. `Vary` request-header values are added by Pingora as a secondary
+//! (variance) key.
 //!
 //! Generation keys live in Redis (or in memory) as `{prefix}gen:{namespace}` (everything of a
 //! namespace) and `{prefix}gen:{namespace}:{resource}`, where the namespace is the
@@ -112,12 +113,11 @@ fn frame(out: &mut Vec<u8>, part: &[u8]) {
     out.extend_from_slice(part);
 }
 
-/// Sorts query parameters by name (stably, so repeated names keep their order) and drops empty
-/// ones: `?b=2&a=1&&a=0` and `?a=1&a=0&b=2` share an entry. Values are kept byte for byte.
+/// The query as the OMS reads it ([`crate::canonical::query`]): names and values decoded, a
+/// repeated name's last value, sorted by name, in one spelling. `?b=2&a=1&&a=0`, `?a=0&b=2` and
+/// `?%61=0&b=%32` share an entry; `?limit=5&%6cimit=1` shares the entry of `?limit=1`.
 pub fn normalise_query(query: &str) -> String {
-    let mut params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
-    params.sort_by_key(|p| p.split('=').next().unwrap_or(""));
-    params.join("&")
+    crate::canonical::query(query)
 }
 
 /// Percent-encodes everything but `[A-Za-z0-9_.-]`, so a namespace never contains `:` or `*`.
@@ -202,9 +202,19 @@ mod tests {
 
     #[test]
     fn queries_are_normalised() {
-        assert_eq!(normalise_query("b=2&a=1&&a=0"), "a=1&a=0&b=2");
+        assert_eq!(normalise_query("b=2&a=1&&a=0"), "a=0&b=2");
         assert_eq!(normalise_query(""), "");
-        assert_eq!(normalise_query("x"), "x");
+        assert_eq!(normalise_query("x"), "x=");
+        let a = ScopeId::of(Scope::Tenant, &id(Some("a"), None)).unwrap();
+        assert_eq!(
+            primary("r", "/x", Some("limit=5&%6cimit=1"), &a, &[]),
+            primary("r", "/x", Some("limit=1"), &a, &[]),
+            "the OMS takes the last value of a decoded name"
+        );
+        assert_ne!(
+            primary("r", "/x", Some("limit=5"), &a, &[]),
+            primary("r", "/x", Some("limit=1"), &a, &[])
+        );
     }
 
     #[test]

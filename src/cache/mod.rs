@@ -36,7 +36,7 @@
 mod backend;
 mod config;
 mod generations;
-mod key;
+pub(crate) mod key;
 mod policy;
 mod storage;
 

@@ -27,6 +27,10 @@ pub struct Args {
     /// Runtime threads.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Route on the percent-decoded path, as the legacy app's uvicorn does
+    /// (`SimOptions::legacy_paths`).
+    #[arg(long)]
+    pub legacy_paths: bool,
 }
 
 /// Runs the simulated OMS until SIGTERM or SIGINT.
@@ -47,6 +51,7 @@ pub fn main(args: Args) -> i32 {
         workers: args.workers,
         tenants: args.tenants.max(1),
         invoices_per_tenant: args.invoices.max(1),
+        legacy_paths: args.legacy_paths,
         ..SimOptions::default()
     };
     rt.block_on(async move {

@@ -105,6 +105,28 @@ impl Route {
     }
 }
 
+/// The path as uvicorn hands it to Starlette: every `%XX` decoded (`%2F` included), malformed
+/// escapes kept, bytes that are not UTF-8 replaced by U+FFFD (Python's `unquote`).
+fn unquote(path: &str) -> String {
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |j: usize| b.get(j).and_then(|c| (*c as char).to_digit(16));
+        match (b[i], hex(i + 1), hex(i + 2)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 // === Stats ===
 
 #[derive(Default)]
@@ -365,7 +387,12 @@ impl Shared {
     /// An API request: counted, queued for a worker, delayed, then answered.
     async fn api(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let (parts, body) = req.into_parts();
-        let (route, id) = Route::of(&parts.method, parts.uri.path());
+        let path = if self.options.legacy_paths {
+            unquote(parts.uri.path())
+        } else {
+            parts.uri.path().to_string()
+        };
+        let (route, id) = Route::of(&parts.method, &path);
         self.stats.count(route);
         // The body arrives before a worker picks the request up, as with uvicorn.
         let body = match route {
@@ -783,6 +810,14 @@ fn next_updated_at(previous: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn legacy_paths_are_unquoted_like_uvicorn() {
+        assert_eq!(unquote("/api/v1/%69nvoices"), "/api/v1/invoices");
+        assert_eq!(unquote("/api%2Fv1/invoices"), "/api/v1/invoices");
+        assert_eq!(unquote("/a/%zz/%4"), "/a/%zz/%4");
+        assert_eq!(unquote("/a/%C3%A9%ff"), "/a/\u{e9}\u{fffd}");
+    }
 
     #[test]
     fn routes_are_classified() {

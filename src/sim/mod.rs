@@ -65,6 +65,11 @@ pub struct SimOptions {
     pub tenants: usize,
     /// Invoices generated per tenant. Default 1000.
     pub invoices_per_tenant: usize,
+    /// Route on the percent-decoded path, as uvicorn/Starlette do (`/api/v1/%69nvoices` and
+    /// `/api%2Fv1/invoices` are `/api/v1/invoices`; malformed escapes stay as they are).
+    /// Invoice ids are accepted in every spelling the legacy app takes either way (upper case,
+    /// without hyphens, braced, `urn:uuid:`). Default false: the path is routed as received.
+    pub legacy_paths: bool,
 }
 
 impl Default for SimOptions {
@@ -78,6 +83,7 @@ impl Default for SimOptions {
             seed: 42,
             tenants: 5,
             invoices_per_tenant: 1_000,
+            legacy_paths: false,
         }
     }
 }

@@ -11,18 +11,10 @@ pub const MAX_LIMIT: usize = 100;
 pub struct QueryString(Vec<(String, String)>);
 
 impl QueryString {
-    /// Decodes `a=1&b=x%20y` (`+` is a space; a malformed escape stays as it is).
+    /// Decodes `a=1&b=x%20y` (`+` is a space; a malformed escape stays as it is), with the
+    /// decoder the gateway's cache keys and audit use ([`crate::canonical::query_pairs`]).
     pub fn parse(query: &str) -> QueryString {
-        QueryString(
-            query
-                .split('&')
-                .filter(|p| !p.is_empty())
-                .map(|pair| {
-                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                    (percent_decode(k), percent_decode(v))
-                })
-                .collect(),
-        )
+        QueryString(crate::canonical::query_pairs(query))
     }
 
     /// Every decoded pair, in request order.
@@ -58,31 +50,6 @@ impl QueryString {
         };
         Ok((limit, offset))
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(c: u8) -> Option<u8> {
-    (c as char).to_digit(16).map(|d| d as u8)
 }
 
 #[cfg(test)]
