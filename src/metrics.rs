@@ -194,6 +194,21 @@ pub static RATE_LIMIT_KEYS: Lazy<IntGauge> = gauge!(
     "omsgate_rate_limit_keys",
     "Keys currently held by the local rate limiters."
 );
+/// `header:NAME` rate-limit key parts by result: `keyed` (the value keyed the bucket) or
+/// `too_long` (above `header_key_max_bytes`: keyed by the client IP instead).
+pub static RATE_LIMIT_HEADER_KEYS: Lazy<IntCounterVec> = counter_vec!(
+    "omsgate_rate_limit_header_keys_total",
+    "header:NAME rate-limit key parts by result: keyed, too_long (keyed by client IP instead).",
+    &["result"]
+);
+/// Requests refused before anything else ran, by reason: `connection_nominates_credential`
+/// (a `Connection` header names a credential or identity header), `duplicate_identity_header`
+/// (`mode = "header"`: a trusted header sent twice).
+pub static REQUESTS_REFUSED: Lazy<IntCounterVec> = counter_vec!(
+    "omsgate_requests_refused_total",
+    "Requests refused with 400 for identity tricks, by reason: connection_nominates_credential, duplicate_identity_header.",
+    &["reason"]
+);
 /// Distributed limiter backend errors or timeouts.
 pub static RATE_LIMIT_BACKEND_ERRORS: Lazy<IntCounter> = Lazy::new(|| {
     register_int_counter!(
@@ -342,6 +357,8 @@ pub fn init(config_hash: &str, routes: &[&str]) {
     Lazy::force(&RATE_LIMIT_CHECKS);
     Lazy::force(&RATE_LIMIT_KEYS);
     Lazy::force(&RATE_LIMIT_BACKEND_ERRORS);
+    Lazy::force(&RATE_LIMIT_HEADER_KEYS);
+    Lazy::force(&REQUESTS_REFUSED);
     Lazy::force(&RATE_LIMIT_KEY_RESETS);
     Lazy::force(&AUDIT_RECORDS);
     Lazy::force(&AUDIT_QUEUE_DEPTH);

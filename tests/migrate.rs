@@ -10,12 +10,13 @@ use db_support::{database_url, SharedBuf, TestSchema};
 use omsgate::db::migrate::{Migration, Migrator, RunOptions, State, MIGRATIONS};
 use omsgate::db::DbError;
 
-const INDEXES: [&str; 5] = [
+const INDEXES: [&str; 6] = [
     "idx_invoices_tenant_status_date",
     "idx_payments_tenant_date",
     "idx_audit_events_tenant_timestamp",
     "idx_invoice_lines_invoice",
     "idx_payments_invoice",
+    "idx_audit_events_request_id",
 ];
 
 /// `(index name, valid, unique)` of the schema's indexes named like ours.
@@ -53,7 +54,7 @@ async fn migrate_builds_valid_indexes_and_functions_then_is_a_no_op() {
     let (report, out) = migrate(&s).await.unwrap();
     assert_eq!(report.applied.len(), MIGRATIONS.len(), "{out}");
     assert!(
-        out.contains("[1/6] 0001_idx_invoices_tenant_status_date ... done in"),
+        out.contains("[1/7] 0001_idx_invoices_tenant_status_date ... done in"),
         "{out}"
     );
 

@@ -4,7 +4,9 @@
 //! `no-store`, standalone `no-cache`, and `private` (except for `scope = "subject"`) keep a
 //! response out of the cache; `s-maxage`/`max-age` set the fresh time when the route has
 //! `respect_origin = true`; `Set-Cookie`, `Vary: *` and statuses outside the allow-list are
-//! never stored. Every lifetime is capped by `[cache] max_ttl`.
+//! never stored. Every lifetime is capped by `[cache] max_ttl`. On a `scope = "public"` route,
+//! the answer to a request that carried credentials (`Authorization`, `Cookie`) is stored only
+//! when the origin says `public`, `s-maxage` or `must-revalidate` (RFC 9111 §3.5).
 
 use std::time::{Duration, SystemTime};
 
@@ -25,6 +27,7 @@ pub fn decide(
     default_statuses: &[u16],
     max_ttl: Duration,
     scope_tag: &str,
+    credentialed: bool,
     now: SystemTime,
 ) -> RespCacheable {
     use RespCacheable::{Cacheable, Uncacheable};
@@ -43,6 +46,9 @@ pub fn decide(
         return Uncacheable(NoCacheReason::Custom("vary-star"));
     }
     let cc = CacheControl::from_resp_headers(resp);
+    if credentialed && policy.scope == Scope::Public && !shared_with_credentials(cc.as_ref()) {
+        return Uncacheable(NoCacheReason::Custom("credentialed"));
+    }
     let mut fresh = policy.ttl;
     let mut swr = policy.stale_while_revalidate;
     let mut sie = policy.stale_if_error;
@@ -97,6 +103,12 @@ pub fn decide(
     ))
 }
 
+/// Whether a shared cache may store the answer to a request with credentials (RFC 9111 §3.5):
+/// only when the origin's `Cache-Control` says `public`, `s-maxage` or `must-revalidate`.
+fn shared_with_credentials(cc: Option<&CacheControl>) -> bool {
+    cc.is_some_and(|cc| cc.public() || cc.has_key("s-maxage") || cc.must_revalidate())
+}
+
 /// How long storage keeps an entry: until its stale windows close, capped by `max_ttl`.
 /// `None` when it is already past them.
 pub fn storage_lifetime(meta: &CacheMeta, max_ttl: Duration, now: SystemTime) -> Option<Duration> {
@@ -139,7 +151,15 @@ mod tests {
     const DAY: Duration = Duration::from_secs(86400);
 
     fn meta(r: &ResponseHeader, p: &RoutePolicy) -> Option<CacheMeta> {
-        match decide(r, p, STATUSES, DAY, "tenant:a:", SystemTime::UNIX_EPOCH) {
+        match decide(
+            r,
+            p,
+            STATUSES,
+            DAY,
+            "tenant:a:",
+            false,
+            SystemTime::UNIX_EPOCH,
+        ) {
             RespCacheable::Cacheable(m) => Some(m),
             RespCacheable::Uncacheable(_) => None,
         }
@@ -150,6 +170,50 @@ mod tests {
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap()
             .as_secs()
+    }
+
+    #[test]
+    fn public_answers_to_credentialed_requests_need_the_origins_consent() {
+        let p = policy(Scope::Public, false);
+        let stored = |cc: Option<&str>| {
+            let r = match cc {
+                Some(cc) => resp(200, &[("cache-control", cc)]),
+                None => resp(200, &[]),
+            };
+            matches!(
+                decide(
+                    &r,
+                    &p,
+                    STATUSES,
+                    DAY,
+                    "public:",
+                    true,
+                    SystemTime::UNIX_EPOCH
+                ),
+                RespCacheable::Cacheable(_)
+            )
+        };
+        assert!(!stored(None));
+        assert!(!stored(Some("max-age=60")));
+        assert!(stored(Some("public, max-age=60")));
+        assert!(stored(Some("s-maxage=60")));
+        assert!(stored(Some("max-age=60, must-revalidate")));
+        // Without credentials the route's policy alone decides.
+        assert!(meta(&resp(200, &[]), &p).is_some());
+        // Tenant and subject scopes are keyed by the verified identity anyway.
+        let t = policy(Scope::Tenant, false);
+        assert!(matches!(
+            decide(
+                &resp(200, &[]),
+                &t,
+                STATUSES,
+                DAY,
+                "tenant:a:",
+                true,
+                SystemTime::UNIX_EPOCH
+            ),
+            RespCacheable::Cacheable(_)
+        ));
     }
 
     #[test]
@@ -228,6 +292,7 @@ mod tests {
             STATUSES,
             Duration::from_secs(100),
             "x",
+            false,
             SystemTime::UNIX_EPOCH,
         ) else {
             panic!("not cacheable")
