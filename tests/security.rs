@@ -328,14 +328,19 @@ cache = { ttl = "60s", scope = "public" }"#,
     ));
     let http = client();
     let with_auth = |q: &str| {
-        send(
-            &http,
-            reqwest::Method::GET,
-            &gw.url(&format!("/headers{q}")),
-            Some("opaque-credential"),
-            &[],
-            None,
-        )
+        let url = gw.url(&format!("/headers{q}"));
+        let http = http.clone();
+        async move {
+            send(
+                &http,
+                reqwest::Method::GET,
+                &url,
+                Some("opaque-credential"),
+                &[],
+                None,
+            )
+            .await
+        }
     };
     // The origin says nothing: a credentialed answer is not stored.
     assert_eq!(with_auth("?x=1").await.x_cache, "MISS");
