@@ -5,9 +5,10 @@
 //! | Pingora phase              | concern(s)                                                       |
 //! |----------------------------|------------------------------------------------------------------|
 //! | `new_ctx`                  | request guard (in-flight count), config snapshot                 |
-//! | `request_filter`           | request id, route match, identity (`identity`), client IP and    |
-//! |                            | rate limit, 429 (`limit`), compression decision, cache scope and |
-//! |                            | key with generations (`cache::prepare`)                          |
+//! | `request_filter`           | request id, route match, client IP (`limit::ip`), 400 for        |
+//! |                            | `Connection` naming a credential and duplicate trusted headers,  |
+//! |                            | identity (`identity`), rate limit, 429 (`limit`), compression    |
+//! |                            | decision, cache scope and key with generations (`cache::prepare`)|
 //! | `request_cache_filter`     | enable Pingora's cache for cached routes (`cache`)               |
 //! | `cache_key_callback`       | the scoped cache key (`cache`)                                   |
 //! | `cache_hit_filter`         | scope check of the stored entry; decoded copy for clients that   |
@@ -16,8 +17,9 @@
 //! |                            | (`db::serve`), stored in the cache like an origin response       |
 //! | `upstream_peer`            | server selection, timeouts, keepalive (`upstream`)               |
 //! | `fail_to_connect`          | retry of idempotent requests on another server (`upstream`)      |
-//! | `upstream_request_filter`  | forward request id and verified identity headers; strong forms   |
-//! |                            | in `If-None-Match`, one `Accept-Encoding` for cacheable requests |
+//! | `upstream_request_filter`  | request id; only the verified identity (`identity`: the OMS's    |
+//! |                            | identity headers removed, or set from it); strong forms in       |
+//! |                            | `If-None-Match`, one `Accept-Encoding` for cacheable requests     |
 //! |                            | (`compress`)                                                     |
 //! | `upstream_response_filter` | upstream latency; gzip before storing in the cache (`compress`)  |
 //! | `upstream_response_body_filter` | gzip before storing in the cache (`compress`)               |
@@ -617,7 +619,7 @@ impl ProxyHttp for Gateway {
     }
 }
 
-// === impl Gateway (audit) ===
+// === impl Gateway (refusals, audit) ===
 
 impl Gateway {
     /// Answers a request that tries to separate what omsgate verifies from what the OMS
