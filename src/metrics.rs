@@ -114,10 +114,12 @@ pub static UPSTREAM_RETRIES: Lazy<IntCounter> = Lazy::new(|| {
 
 // === identity ===
 
-/// Identity resolution results: `verified`, `missing`, `invalid`, `no_tenant`, `none`.
+/// Identity resolution results: `verified`, `missing`, `invalid`, `no_tenant`, `none`,
+/// `untrusted_peer` (trusted headers from a peer outside `trusted_proxies`, ignored),
+/// `duplicate_header` (a trusted header sent twice, refused).
 pub static IDENTITY: Lazy<IntCounterVec> = counter_vec!(
     "omsgate_identity_total",
-    "Identity resolution per request: verified, missing, invalid, no_tenant, none (mode none).",
+    "Identity resolution per request: verified, missing, invalid, no_tenant, none (mode none), untrusted_peer, duplicate_header.",
     &["result"]
 );
 
