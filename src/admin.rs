@@ -6,6 +6,12 @@
 //! dependency, uptime and RSS as JSON, and answers 503 when no upstream server is healthy.
 //! `POST /purge` invalidates cache entries (see `cache::PurgeRequest`): by tenant and
 //! resources/tags, a whole tenant, or everything.
+//!
+//! What the listener accepts ([`guard`]): no request with an `Origin` header (a browser page
+//! on any site could otherwise `POST /purge` to a loopback address), and no `Host` other than
+//! the listen address (an IP literal with its port, or `localhost`), which defeats DNS
+//! rebinding. With `[admin] token_env` set, `POST /purge` and `POST /reload` also need
+//! `Authorization: Bearer <token>`.
 
 use std::sync::Arc;
 
@@ -191,11 +197,83 @@ fn json_response(status: u16, v: serde_json::Value) -> Response<Vec<u8>> {
     response(status, "application/json", v.to_string().into_bytes())
 }
 
+/// Refuses requests the admin listener must not serve (see the module doc): `Some` answer
+/// when refused. `mutating` says whether the endpoint changes state (needs the token).
+pub fn guard(
+    config: &crate::config::AdminConfig,
+    headers: &http::HeaderMap,
+    mutating: bool,
+) -> Option<Response<Vec<u8>>> {
+    if headers.contains_key(http::header::ORIGIN) {
+        return Some(json_response(
+            403,
+            json!({ "error": "cross-origin requests are not served by the admin listener" }),
+        ));
+    }
+    if let Some(host) = headers.get(http::header::HOST) {
+        if !host_allowed(config.listen, host.as_bytes()) {
+            return Some(json_response(
+                403,
+                json!({ "error": "the Host header must be the admin listen address" }),
+            ));
+        }
+    }
+    if let (true, Some(token)) = (mutating, &config.token) {
+        let presented = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or("");
+        if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+            let mut r = json_response(401, json!({ "error": "admin token required" }));
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            return Some(r);
+        }
+    }
+    None
+}
+
+/// Whether `host` names the admin listener: `IP:PORT` equal to `listen` (any IP literal when it
+/// listens on all addresses), or `localhost:PORT` when it listens on loopback.
+fn host_allowed(listen: std::net::SocketAddr, host: &[u8]) -> bool {
+    let Ok(host) = std::str::from_utf8(host) else {
+        return false;
+    };
+    let host = host.trim().to_ascii_lowercase();
+    let Some((name, port)) = host.rsplit_once(':') else {
+        return false;
+    };
+    if port.parse::<u16>().ok() != Some(listen.port()) {
+        return false;
+    }
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    if name == "localhost" {
+        return listen.ip().is_loopback() || listen.ip().is_unspecified();
+    }
+    match name.parse::<std::net::IpAddr>() {
+        Ok(ip) => listen.ip().is_unspecified() || ip.to_canonical() == listen.ip().to_canonical(),
+        Err(_) => false,
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
+        let mutating = method != http::Method::GET && method != http::Method::HEAD;
+        let config = self.shared.pipeline.load().config.clone();
+        if let Some(refused) = guard(&config.admin, &session.req_header().headers, mutating) {
+            return refused;
+        }
         match (method.as_str(), path.as_str()) {
             ("GET", "/metrics") => {
                 self.refresh_gauges();
@@ -217,5 +295,76 @@ impl ServeHttp for Admin {
             }
             _ => json_response(404, json!({ "error": format!("no admin endpoint {path}") })),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(listen: &str, token: Option<&str>) -> crate::config::AdminConfig {
+        crate::config::AdminConfig {
+            listen: listen.parse().unwrap(),
+            token: token.map(str::to_string),
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    fn status(c: &crate::config::AdminConfig, h: &[(&str, &str)], mutating: bool) -> u16 {
+        guard(c, &headers(h), mutating).map_or(200, |r| r.status().as_u16())
+    }
+
+    #[test]
+    fn cross_site_and_rebound_requests_are_refused() {
+        let c = config("127.0.0.1:9091", None);
+        assert_eq!(status(&c, &[("host", "127.0.0.1:9091")], true), 200);
+        assert_eq!(status(&c, &[("host", "localhost:9091")], true), 200);
+        assert_eq!(status(&c, &[], false), 200);
+        assert_eq!(status(&c, &[("host", "evil.example:9091")], true), 403);
+        assert_eq!(status(&c, &[("host", "127.0.0.1:80")], false), 403);
+        assert_eq!(status(&c, &[("host", "10.0.0.1:9091")], false), 403);
+        assert_eq!(
+            status(
+                &c,
+                &[
+                    ("host", "127.0.0.1:9091"),
+                    ("origin", "https://evil.example")
+                ],
+                true
+            ),
+            403
+        );
+        let any = config("0.0.0.0:9091", None);
+        assert_eq!(status(&any, &[("host", "10.0.0.1:9091")], false), 200);
+        assert_eq!(
+            status(&any, &[("host", "metrics.internal:9091")], false),
+            403
+        );
+    }
+
+    #[test]
+    fn the_token_guards_mutating_endpoints_only() {
+        let c = config("127.0.0.1:9091", Some("s3cret"));
+        let host = ("host", "127.0.0.1:9091");
+        assert_eq!(status(&c, &[host], false), 200);
+        assert_eq!(status(&c, &[host], true), 401);
+        assert_eq!(
+            status(&c, &[host, ("authorization", "Bearer nope")], true),
+            401
+        );
+        assert_eq!(
+            status(&c, &[host, ("authorization", "Bearer s3cret")], true),
+            200
+        );
     }
 }

@@ -201,12 +201,17 @@ pub struct AdminFile {
     /// Address of the admin listener serving `/metrics`, `/health`, `/ready` and `/purge`.
     /// Never the public listener. Default `"127.0.0.1:9091"`.
     pub listen: String,
+    /// Name of an environment variable holding a bearer token; when set, the mutating
+    /// endpoints (`POST /purge`, `POST /reload`) require `Authorization: Bearer <token>`.
+    /// The variable must then be set and non-empty. Default empty (no token).
+    pub token_env: String,
 }
 
 impl Default for AdminFile {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9091".into(),
+            token_env: String::new(),
         }
     }
 }
@@ -281,10 +286,21 @@ pub struct ServerConfig {
 }
 
 /// Typed `[admin]`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AdminConfig {
     /// Admin listener address.
     pub listen: SocketAddr,
+    /// Bearer token required by the mutating endpoints, read from `token_env`.
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 /// Log output format.
@@ -364,10 +380,29 @@ impl Config {
                 None => 4096,
             },
         };
+        let token = if file.admin.token_env.is_empty() {
+            None
+        } else {
+            match std::env::var(&file.admin.token_env) {
+                Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+                _ => {
+                    p.push(
+                        "admin.token_env",
+                        format!(
+                            "the environment variable `{}` is unset or empty; set it to the \
+                             admin token, or remove token_env",
+                            file.admin.token_env
+                        ),
+                    );
+                    None
+                }
+            }
+        };
         let admin = AdminConfig {
             listen: p
                 .socket_addr("admin.listen", &file.admin.listen)
                 .unwrap_or(fallback),
+            token,
         };
         if server.listen == admin.listen && server.listen.port() != 0 {
             p.push("admin.listen", "must differ from server.listen: admin endpoints are never served on the public listener");
@@ -398,6 +433,13 @@ impl Config {
         let cache = crate::cache::CacheConfig::from_file(&file.cache, p);
         let compression = crate::compress::CompressionConfig::from_file(&file.compression, p);
         let rate_limit = crate::limit::RateLimitConfig::from_file(&file.rate_limit, p);
+        if identity.is_header_mode() && rate_limit.trusted_proxies.is_empty() {
+            p.push(
+                "identity.mode",
+                "mode = \"header\" believes identity headers only from the authenticating proxy: \
+                 list its addresses in rate_limit.trusted_proxies",
+            );
+        }
         let audit = crate::audit::AuditConfig::from_file(&file.audit, p);
         let database = crate::db::DatabaseConfig::from_file(&file.database, p);
         let paths = crate::canonical::PathsConfig::from_file(&file.paths, p);

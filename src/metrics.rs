@@ -159,19 +159,23 @@ pub static UPSTREAM_LIMIT: Lazy<IntGaugeVec> = gauge_vec!(
 
 // === identity ===
 
-/// Identity resolution results: `verified`, `missing`, `invalid`, `no_tenant`, `none`.
+/// Identity resolution results: `verified`, `missing`, `invalid`, `no_tenant`, `none`,
+/// `untrusted_peer` (trusted headers from a peer outside `trusted_proxies`, ignored),
+/// `duplicate_header` (a trusted header sent twice, refused).
 pub static IDENTITY: Lazy<IntCounterVec> = counter_vec!(
     "omsgate_identity_total",
-    "Identity resolution per request: verified, missing, invalid, no_tenant, none (mode none).",
+    "Identity resolution per request: verified, missing, invalid, no_tenant, none (mode none), untrusted_peer, duplicate_header.",
     &["result"]
 );
 
-/// Requests refused by path canonicalisation (`canonical`): `encoded_slash`, `encoded_nul`,
-/// `bad_encoding`, `outside_root` (400), `bad_param` (404, a typed path parameter that does not
-/// parse).
+/// Requests refused before they reach the OMS, by reason. Path canonicalisation (`canonical`):
+/// `encoded_slash`, `encoded_nul`, `bad_encoding`, `outside_root` (400), `bad_param` (404, a
+/// typed path parameter that does not parse). Identity (`proxy::Gateway::refuse`, 400):
+/// `connection_nominates_credential` (a `Connection` header names a credential or identity
+/// header), `duplicate_identity_header` (`mode = "header"`: a trusted header sent twice).
 pub static REQUESTS_REFUSED: Lazy<IntCounterVec> = counter_vec!(
     "omsgate_requests_refused_total",
-    "Requests refused before routing because their path has no canonical form, by reason.",
+    "Requests refused before they reach the OMS, by reason: a path with no canonical form or a bad typed parameter (see canonical::Refusal), connection_nominates_credential, duplicate_identity_header.",
     &["reason"]
 );
 
@@ -247,6 +251,13 @@ pub static RATE_LIMIT_CHECKS: Lazy<IntCounterVec> = counter_vec!(
 pub static RATE_LIMIT_KEYS: Lazy<IntGauge> = gauge!(
     "omsgate_rate_limit_keys",
     "Keys currently held by the local rate limiters."
+);
+/// `header:NAME` rate-limit key parts by result: `keyed` (the value keyed the bucket) or
+/// `too_long` (above `header_key_max_bytes`: keyed by the client IP instead).
+pub static RATE_LIMIT_HEADER_KEYS: Lazy<IntCounterVec> = counter_vec!(
+    "omsgate_rate_limit_header_keys_total",
+    "header:NAME rate-limit key parts by result: keyed, too_long (keyed by client IP instead).",
+    &["result"]
 );
 /// Distributed limiter backend errors or timeouts.
 pub static RATE_LIMIT_BACKEND_ERRORS: Lazy<IntCounter> = Lazy::new(|| {
@@ -400,6 +411,9 @@ pub fn init(config_hash: &str, routes: &[&str]) {
     for r in crate::canonical::Refusal::ALL {
         REQUESTS_REFUSED.with_label_values(&[r.as_str()]);
     }
+    for r in ["connection_nominates_credential", "duplicate_identity_header"] {
+        REQUESTS_REFUSED.with_label_values(&[r]);
+    }
     Lazy::force(&CACHE_REQUESTS);
     Lazy::force(&CACHE_STORES);
     Lazy::force(&CACHE_INVALIDATIONS);
@@ -412,6 +426,8 @@ pub fn init(config_hash: &str, routes: &[&str]) {
     Lazy::force(&RATE_LIMIT_CHECKS);
     Lazy::force(&RATE_LIMIT_KEYS);
     Lazy::force(&RATE_LIMIT_BACKEND_ERRORS);
+    Lazy::force(&RATE_LIMIT_HEADER_KEYS);
+    Lazy::force(&REQUESTS_REFUSED);
     Lazy::force(&RATE_LIMIT_KEY_RESETS);
     Lazy::force(&AUDIT_RECORDS);
     Lazy::force(&AUDIT_QUEUE_DEPTH);

@@ -6,9 +6,10 @@
 //! |----------------------------|------------------------------------------------------------------|
 //! | `new_ctx`                  | request guard (in-flight count), config snapshot                 |
 //! | `request_filter`           | request id, canonical path and route match, 400/404 refusals     |
-//! |                            | (`canonical`), identity (`identity`), client IP and              |
-//! |                            | rate limit, 429 (`limit`), compression decision, cache scope and |
-//! |                            | key with generations (`cache::prepare`)                          |
+//! |                            | (`canonical`), client IP (`limit::ip`), 400 for `Connection`     |
+//! |                            | naming a credential and duplicate trusted headers, identity      |
+//! |                            | (`identity`), rate limit, 429 (`limit`), compression decision,   |
+//! |                            | cache scope and key with generations (`cache::prepare`)          |
 //! | `request_cache_filter`     | enable Pingora's cache for cached routes (`cache`)               |
 //! | `cache_key_callback`       | the scoped cache key (`cache`)                                   |
 //! | `cache_hit_filter`         | scope check of the stored entry; decoded copy for clients that   |
@@ -20,8 +21,9 @@
 //! |                            | timeouts, keepalive (`upstream`)                                 |
 //! | `fail_to_connect`          | passive health; one retry of idempotent requests (`upstream`)    |
 //! | `error_while_proxy`        | keep-alive race: one retry on a fresh connection (`upstream`)    |
-//! | `upstream_request_filter`  | forward request id and verified identity headers; strong forms   |
-//! |                            | in `If-None-Match`, one `Accept-Encoding` for cacheable requests |
+//! | `upstream_request_filter`  | request id; only the verified identity (`identity`: the OMS's    |
+//! |                            | identity headers removed, or set from it); strong forms in       |
+//! |                            | `If-None-Match`, one `Accept-Encoding` for cacheable requests    |
 //! |                            | (`compress`)                                                     |
 //! | `upstream_response_filter` | upstream latency, passive health (`upstream`); gzip before       |
 //! |                            | storing in the cache (`compress`); the header of a revalidating  |
@@ -60,7 +62,7 @@ use pingora::ErrorType;
 
 use crate::compress;
 use crate::config::Config;
-use crate::identity::{Identity, SUBJECT_HEADER, TENANT_HEADER};
+use crate::identity::{Identity, Rejection, SUBJECT_HEADER, TENANT_HEADER};
 use crate::lifecycle::RequestGuard;
 use crate::metrics;
 use crate::routes::{Params, Route};
@@ -177,6 +179,9 @@ pub struct Ctx {
     pub cache: crate::cache::RequestCache,
     /// Request body captured for the audit record (routes that record write bodies).
     pub audit_body: Option<Vec<u8>>,
+    /// Whether the request carried credentials (`Authorization` or `Cookie`): a `public`
+    /// cache route stores its answer only when the origin allows it (RFC 9111 §3.5).
+    pub credentialed: bool,
 }
 
 impl Ctx {
@@ -206,6 +211,7 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             audit_body: None,
+            credentialed: false,
             _guard: RequestGuard::new(),
             pipeline: self.shared.pipeline.load_full(),
             started: Instant::now(),
@@ -256,8 +262,28 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         let req = session.req_header();
+        ctx.credentialed = req.headers.contains_key(http::header::AUTHORIZATION)
+            || req.headers.contains_key(http::header::COOKIE);
 
-        ctx.identity = match config.identity.identify(&req.headers) {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let trusted = &config.rate_limit.trusted_proxies;
+        let headers = &session.req_header().headers;
+        ctx.client_ip =
+            crate::limit::client_ip(peer, headers, trusted, &config.rate_limit.client_ip_header);
+
+        // What omsgate verifies must be what the OMS receives: a `Connection` header naming a
+        // credential would make the proxy drop it after verification.
+        if let Some(name) = config.identity.nominated_credential(headers) {
+            let message = format!("the Connection header must not name `{name}`");
+            return self
+                .refuse(session, ctx, "connection_nominates_credential", &message)
+                .await;
+        }
+        let peer_trusted = crate::limit::ip::peer_trusted(peer, trusted);
+        ctx.identity = match config.identity.identify(headers, peer_trusted) {
             Ok(id) => {
                 let label = if id.tenant.is_some() {
                     "verified"
@@ -267,17 +293,24 @@ impl ProxyHttp for Gateway {
                 metrics::IDENTITY.with_label_values(&[label]).inc();
                 id
             }
+            Err(Rejection::Duplicate) => {
+                metrics::IDENTITY
+                    .with_label_values(&[Rejection::Duplicate.as_str()])
+                    .inc();
+                return self
+                    .refuse(
+                        session,
+                        ctx,
+                        "duplicate_identity_header",
+                        "an identity header was sent more than once",
+                    )
+                    .await;
+            }
             Err(r) => {
                 metrics::IDENTITY.with_label_values(&[r.as_str()]).inc();
                 Identity::default()
             }
         };
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        let trusted = &config.rate_limit.trusted_proxies;
-        ctx.client_ip = crate::limit::client_ip(peer, &session.req_header().headers, trusted);
         // Before any concern answers locally, so that local answers (pooled query path) are
         // compressed too.
         compress::request_filter(session, &config, ctx.route());
@@ -412,7 +445,8 @@ impl ProxyHttp for Gateway {
             .proxy_failed(&mut ctx.upstream, retryable, client_reused, e)
     }
 
-    /// Forwards the request id and the verified identity.
+    /// Forwards the request id and the verified identity, and only that identity
+    /// (`identity::IdentityConfig::upstream_headers`).
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -421,12 +455,8 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         compress::upstream_request_filter(session, upstream_request);
         upstream_request.insert_header(REQUEST_ID, &ctx.request_id)?;
-        if let Some(t) = &ctx.identity.tenant {
-            upstream_request.insert_header(TENANT_HEADER, t)?;
-        }
-        if let Some(s) = &ctx.identity.subject {
-            upstream_request.insert_header(SUBJECT_HEADER, s)?;
-        }
+        let identity = &ctx.pipeline.config.identity;
+        identity.upstream_headers(upstream_request, &ctx.identity)?;
         ctx.upstream_started = Some(Instant::now());
         Ok(())
     }
@@ -641,14 +671,30 @@ async fn send_shed(session: &mut Session, retry_after: u64, request_id: &str) ->
     crate::respond::send_json(session, header, body).await
 }
 
-// === impl Gateway (audit) ===
+// === impl Gateway (refusals, audit) ===
 
 impl Gateway {
+    /// Answers a request that tries to separate what omsgate verifies from what the OMS
+    /// receives with 400 and a JSON body, counted by `reason`; it never goes upstream.
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        reason: &'static str,
+        message: &str,
+    ) -> Result<bool> {
+        metrics::REQUESTS_REFUSED.with_label_values(&[reason]).inc();
+        tracing::debug!(request_id = %ctx.request_id, reason, "Request refused.");
+        crate::respond::send_error(session, 400, message, &ctx.request_id).await?;
+        ctx.local_status = Some(400);
+        Ok(true)
+    }
+
     /// Builds the request's audit record and hands it to the audit queue (never waits).
     fn audit_record(&self, session: &Session, status: u16, ctx: &mut Ctx) {
         let audit = &self.shared.audit;
         let cfg = audit.config();
-        if !cfg.enabled {
+        if !cfg.enabled || !ctx.route().audit.enabled {
             return;
         }
         let req = session.req_header();

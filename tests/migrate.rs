@@ -10,12 +10,13 @@ use db_support::{database_url, SharedBuf, TestSchema};
 use omsgate::db::migrate::{Migration, Migrator, RunOptions, State, MIGRATIONS};
 use omsgate::db::DbError;
 
-const INDEXES: [&str; 5] = [
+const INDEXES: [&str; 6] = [
     "idx_invoices_tenant_status_date",
     "idx_payments_tenant_date",
     "idx_audit_events_tenant_timestamp",
     "idx_invoice_lines_invoice",
     "idx_payments_invoice",
+    "idx_audit_events_request_id",
 ];
 
 /// `(index name, valid, unique)` of the schema's indexes named like ours.
@@ -53,7 +54,7 @@ async fn migrate_builds_valid_indexes_and_functions_then_is_a_no_op() {
     let (report, out) = migrate(&s).await.unwrap();
     assert_eq!(report.applied.len(), MIGRATIONS.len(), "{out}");
     assert!(
-        out.contains("[1/6] 0001_idx_invoices_tenant_status_date ... done in"),
+        out.contains("[1/7] 0001_idx_invoices_tenant_status_date ... done in"),
         "{out}"
     );
 
@@ -80,7 +81,7 @@ async fn migrate_builds_valid_indexes_and_functions_then_is_a_no_op() {
         .iter()
         .all(|m| matches!(m.state, State::Applied { .. })));
     let recorded = s.scalar("SELECT count(*) FROM omsgate_migrations").await;
-    assert_eq!(recorded.as_deref(), Some("6"));
+    assert_eq!(recorded, Some(MIGRATIONS.len().to_string()));
 
     let (again, out) = migrate(&s).await.unwrap();
     assert!(
@@ -143,10 +144,8 @@ async fn two_runners_one_applies_the_other_waits_and_no_ops() {
     };
     assert!(no_op.contains("is up to date"), "{no_op}");
     assert_eq!(
-        s.scalar("SELECT count(*) FROM omsgate_migrations")
-            .await
-            .as_deref(),
-        Some("6")
+        s.scalar("SELECT count(*) FROM omsgate_migrations").await,
+        Some(MIGRATIONS.len().to_string())
     );
     s.drop_schema().await;
 }
@@ -159,7 +158,7 @@ async fn a_changed_applied_migration_is_refused() {
     let mut edited: Vec<Migration> = MIGRATIONS.to_vec();
     edited[5].sql = &changed_sql;
     let extra = Migration {
-        version: 7,
+        version: MIGRATIONS.len() as u32 + 1,
         name: "later",
         sql: "CREATE TABLE later_table (x int);",
     };
@@ -381,7 +380,10 @@ async fn the_subcommand_migrates_and_reports_status() {
     let (code, text) = omsgate(&[&base[..], &["status"]].concat());
     assert_eq!(code, 2, "{text}");
     assert!(
-        text.contains("0 applied, 6 pending, 0 changed-checksum"),
+        text.contains(&format!(
+            "0 applied, {} pending, 0 changed-checksum",
+            MIGRATIONS.len()
+        )),
         "{text}"
     );
 
@@ -391,12 +393,18 @@ async fn the_subcommand_migrates_and_reports_status() {
 
     let (code, text) = omsgate(&base);
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("Applied 6 migration(s)"), "{text}");
+    assert!(
+        text.contains(&format!("Applied {} migration(s)", MIGRATIONS.len())),
+        "{text}"
+    );
 
     let (code, text) = omsgate(&[&base[..], &["status"]].concat());
     assert_eq!(code, 0, "{text}");
     assert!(
-        text.contains("6 applied, 0 pending, 0 changed-checksum"),
+        text.contains(&format!(
+            "{} applied, 0 pending, 0 changed-checksum",
+            MIGRATIONS.len()
+        )),
         "{text}"
     );
 

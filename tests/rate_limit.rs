@@ -18,6 +18,19 @@ fn base_config(upstream: &TestUpstream, rate_limit: &str) -> String {
 
 /// The config with `list_policies` as the `rate_limit` of `GET /api/v1/invoices`.
 fn routes_config(upstream: &TestUpstream, list_policies: &str, rate_limit: &str) -> String {
+    // `mode = "header"` believes the identity headers only from trusted proxies: the test
+    // client (127.0.0.1) is one unless the test lists its own.
+    let rate_limit = if rate_limit.contains("trusted_proxies") {
+        rate_limit.to_string()
+    } else if rate_limit.contains("[rate_limit]\n") {
+        rate_limit.replacen(
+            "[rate_limit]\n",
+            "[rate_limit]\ntrusted_proxies = [\"127.0.0.1\"]\n",
+            1,
+        )
+    } else {
+        format!("[rate_limit]\ntrusted_proxies = [\"127.0.0.1\"]\n{rate_limit}")
+    };
     format!(
         r#"
 [server]

@@ -321,11 +321,14 @@ impl Audit {
 
     /// Records one request. Never awaits and never waits on Kafka: the record goes into the
     /// bounded queue, or — when the queue is full or the service has stopped — is appended to
-    /// the spool right here. Fills `gateway` when empty.
+    /// the spool right here. Fills `gateway` and `event_id` (a fresh UUIDv7) when empty.
     pub fn record(&self, mut rec: AuditRecord) {
         let inner = &*self.inner;
         if !inner.config.enabled {
             return;
+        }
+        if rec.event_id.is_empty() {
+            rec.event_id = uuid::Uuid::now_v7().to_string();
         }
         if rec.gateway.is_empty() {
             rec.gateway.clone_from(&inner.config.gateway_id);
@@ -428,7 +431,7 @@ impl Inner {
         let Some(spool) = &self.spool else {
             return false;
         };
-        match spool.append(key, payload, flush, over_limit) {
+        let kept = match spool.append(key, payload, flush, over_limit) {
             Ok(()) => {
                 self.count(Outcome::Spooled, 1);
                 true
@@ -437,7 +440,25 @@ impl Inner {
                 self.dropped(&e, request_id);
                 false
             }
+        };
+        self.count_lost();
+        kept
+    }
+
+    /// Counts (as dropped) and logs the records the spool accepted earlier but could not
+    /// write (a full disk): they were counted as spooled and are lost all the same.
+    fn count_lost(&self) {
+        let Some(spool) = &self.spool else { return };
+        let lost = spool.take_lost();
+        if lost == 0 {
+            return;
         }
+        self.count(Outcome::Dropped, lost);
+        tracing::error!(
+            records = lost,
+            spool_dir = %spool.dir().display(),
+            "Audit records DROPPED: the spool accepted them but could not write them (disk full?)."
+        );
     }
 
     /// Counts and logs a lost record: the only loss path. Logged at error level, at most once a

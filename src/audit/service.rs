@@ -218,7 +218,7 @@ fn reject(inner: &Inner, payload: &[u8], error: &KafkaError) {
     use std::io::Write;
     let Some(spool) = &inner.spool else { return };
     let path = spool.dir().join("rejected.jsonl");
-    let written = std::fs::OpenOptions::new()
+    let written = std::os::unix::fs::OpenOptionsExt::mode(&mut std::fs::OpenOptions::new(), 0o600)
         .create(true)
         .append(true)
         .open(&path)
@@ -372,6 +372,7 @@ impl Shipper {
             if let Err(e) = spool.flush() {
                 error!(error = %e, "Audit spool write failed.");
             }
+            self.inner.count_lost();
         }
     }
 
@@ -406,6 +407,7 @@ impl Shipper {
                 if let Err(e) = spool.sync() {
                     error!(error = %e, "Audit spool fsync failed.");
                 }
+                inner.count_lost();
             }
         }
         AUDIT_SPOOL_BYTES.set(inner.spool.as_ref().map_or(0, |s| s.bytes()) as i64);
@@ -711,6 +713,7 @@ impl Shipper {
             if let Err(e) = spool.sync() {
                 error!(error = %e, "Audit spool fsync failed at shutdown.");
             }
+            self.inner.count_lost();
         }
         let s = self.inner.stats();
         info!(

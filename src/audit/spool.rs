@@ -19,10 +19,19 @@
 //!
 //! Appends are buffered in memory and written to the file on [`Spool::flush`] or when
 //! [`Flush::Now`] is asked for; `fsync` follows the configured [`Fsync`] policy.
+//!
+//! A write that fails (a full disk, a file-size limit) keeps the segment whole: the file is cut
+//! back to its last complete frame (or, if even that fails, the segment is sealed so that no
+//! frame lands after the torn one), and the records that were buffered and are now lost are
+//! counted ([`Spool::take_lost`]) so the audit pipeline reports them as dropped.
+//!
+//! The directory is created (or tightened to) mode 0700 and every file in it 0600: the records
+//! name tenants, users, client addresses and paths.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -75,6 +84,10 @@ pub struct Spool {
 struct State {
     active: Option<Active>,
     buf: Vec<u8>,
+    /// Records whose frames are in `buf`.
+    buf_records: u64,
+    /// Records accepted by `append` whose write later failed, not yet taken by `take_lost`.
+    lost: u64,
     next_id: u64,
     sealed: VecDeque<u64>,
 }
@@ -83,16 +96,36 @@ struct State {
 struct Active {
     id: u64,
     file: File,
+    /// Bytes appended, buffered ones included.
     len: u64,
+    /// Bytes in the file: always a frame boundary.
+    written: u64,
     records: u64,
+}
+
+/// Mode of the spool directory.
+const DIR_MODE: u32 = 0o700;
+/// Mode of every file in it.
+const FILE_MODE: u32 = 0o600;
+
+/// Opens a spool file with mode 0600.
+fn private_file() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.mode(FILE_MODE);
+    o
 }
 
 impl Spool {
     /// Opens (creating) the spool directory, takes its lock, and lists the segments left by
     /// earlier processes; they are the first to be replayed.
     pub fn open(dir: &Path, max_bytes: u64, segment_bytes: u64, fsync: Fsync) -> io::Result<Spool> {
-        std::fs::create_dir_all(dir)?;
-        let lock = OpenOptions::new()
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(dir)?;
+        // An existing directory (an earlier version, or created by hand) is tightened too.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))?;
+        let lock = private_file()
             .create(true)
             .write(true)
             .truncate(false)
@@ -130,6 +163,8 @@ impl Spool {
             state: Mutex::new(State {
                 active: None,
                 buf: Vec::with_capacity(64 << 10),
+                buf_records: 0,
+                lost: 0,
                 next_id,
                 sealed: ids.into(),
             }),
@@ -192,15 +227,26 @@ impl Spool {
         buf.extend_from_slice(&klen);
         buf.extend_from_slice(key);
         buf.extend_from_slice(payload);
+        st.buf_records += 1;
         if let Some(a) = st.active.as_mut() {
             a.len += frame_len;
             a.records += 1;
         }
         self.bytes.fetch_add(frame_len, Ordering::Relaxed);
         if flush == Flush::Now || st.buf.len() >= BUFFER_LIMIT {
-            self.write_out(&mut st)?;
+            if let Err(e) = self.write_out(&mut st) {
+                // This record is among the lost ones; the caller counts it through the error.
+                st.lost = st.lost.saturating_sub(1);
+                return Err(e.into());
+            }
         }
         Ok(())
+    }
+
+    /// Records that `append` accepted and whose write failed since the last call (each one
+    /// is lost; the audit pipeline counts them as dropped).
+    pub fn take_lost(&self) -> u64 {
+        std::mem::take(&mut self.state.lock().lost)
     }
 
     /// Writes buffered appends to the active segment (and fsyncs with `fsync = "always"`).
@@ -248,7 +294,11 @@ impl Spool {
     /// next process resumes there instead of sending them again.
     pub fn checkpoint(&self, id: u64, offset: u64) -> io::Result<()> {
         let tmp = self.dir.join(format!("{id:020}.pos.tmp"));
-        let mut f = File::create(&tmp)?;
+        let mut f = private_file()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
         f.write_all(offset.to_string().as_bytes())?;
         f.sync_data()?;
         std::fs::rename(&tmp, self.checkpoint_path(id))
@@ -276,7 +326,7 @@ impl Spool {
 
     fn start_segment(&self, st: &mut State) -> io::Result<()> {
         let id = st.next_id;
-        let file = OpenOptions::new()
+        let file = private_file()
             .create_new(true)
             .append(true)
             .open(self.path(id))?;
@@ -289,6 +339,7 @@ impl Spool {
             id,
             file,
             len: 0,
+            written: 0,
             records: 0,
         });
         Ok(())
@@ -305,20 +356,42 @@ impl Spool {
         Ok(())
     }
 
+    /// Writes the buffer to the active segment. On failure the segment is cut back to its last
+    /// whole frame and the buffered records are added to `lost`.
     fn write_out(&self, st: &mut State) -> io::Result<()> {
         if st.buf.is_empty() {
             return Ok(());
         }
+        let records = std::mem::take(&mut st.buf_records);
         let State { active, buf, .. } = st;
-        if let Some(a) = active {
-            let r = a.file.write_all(buf);
-            buf.clear();
-            r?;
-            if self.fsync == Fsync::Always {
-                a.file.sync_data()?;
+        let Some(a) = active else {
+            return Ok(());
+        };
+        let n = buf.len() as u64;
+        let r = a.file.write_all(buf);
+        buf.clear();
+        let e = match r {
+            Ok(()) => {
+                a.written += n;
+                if self.fsync == Fsync::Always {
+                    a.file.sync_data()?;
+                }
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        self.bytes.fetch_sub(n.min(self.bytes()), Ordering::Relaxed);
+        a.len = a.written;
+        a.records = a.records.saturating_sub(records);
+        st.lost += records;
+        if a.file.set_len(a.written).is_err() {
+            // The torn frame stays at the end: seal the segment so nothing is appended after
+            // it (the reader reports a torn tail and stops there).
+            if let Some(a) = st.active.take() {
+                st.sealed.push_back(a.id);
             }
         }
-        Ok(())
+        Err(e)
     }
 }
 
@@ -595,5 +668,68 @@ mod tests {
             }
         ));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn files_are_private() {
+        let dir = tmp("mode");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let s = Spool::open(&dir, 1 << 20, 4096, Fsync::Never).unwrap();
+        s.append(b"t", b"{}", Flush::Now, false).unwrap();
+        s.checkpoint(1, 0).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A full file system (a 64 KiB tmpfs; the tests run as root): the frames in the segment
+    /// stay whole and every accepted record is either readable or counted as lost.
+    #[test]
+    fn a_full_disk_keeps_frames_whole_and_counts_what_it_lost() {
+        let dir = tmp("enospc");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mounting a tmpfs needs root");
+        let outcome = std::panic::catch_unwind(|| {
+            let s = Spool::open(&dir, 1 << 30, 1 << 30, Fsync::Never).unwrap();
+            let payload = format!("{{\"pad\":\"{}\"}}", "x".repeat(1000));
+            let (mut accepted, mut refused) = (0u64, 0u64);
+            for i in 0..200 {
+                // Mostly buffered appends, some written at once, as the shipper and the
+                // request path do.
+                let flush = if i % 7 == 0 { Flush::Now } else { Flush::Later };
+                match s.append(b"t", payload.as_bytes(), flush, false) {
+                    Ok(()) => accepted += 1,
+                    Err(_) => refused += 1,
+                }
+                if i % 10 == 9 {
+                    let _ = s.flush();
+                }
+            }
+            let _ = s.flush();
+            let lost = s.take_lost();
+            assert!(refused + lost > 0, "64 KiB cannot hold 200 KiB of records");
+            let mut readable = 0;
+            for id in 1..s.state.lock().next_id {
+                let (ok, bad) = read_all(&s.path(id));
+                assert!(bad.is_empty(), "segment {id}: {bad:?}");
+                readable += ok.len() as u64;
+            }
+            assert_eq!(readable + lost, accepted, "accepted = readable + lost");
+        });
+        let _ = std::process::Command::new("umount").arg(&dir).status();
+        let _ = std::fs::remove_dir_all(&dir);
+        if let Err(p) = outcome {
+            std::panic::resume_unwind(p);
+        }
     }
 }

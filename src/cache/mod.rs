@@ -497,6 +497,7 @@ pub fn response_cache_filter(resp: &ResponseHeader, ctx: &Ctx) -> RespCacheable 
         &config.statuses,
         max_ttl,
         tag,
+        ctx.credentialed,
         SystemTime::now(),
     )
 }

@@ -14,6 +14,9 @@
 //! that far in the past, so the `Age` Pingora sends on a hit is the origin's plus the time the
 //! entry spent here. An `Age` that is not one plain number below 2^31 makes the response stale.
 //! Neither `Age` nor the hop-by-hop fields (`Connection` and the fields it names) are stored.
+//! On a `scope = "public"` route, the answer to a request that carried credentials
+//! (`Authorization`, `Cookie`) is stored only when the origin says `public`, `s-maxage` or
+//! `must-revalidate` (RFC 9111 §3.5).
 
 use std::time::{Duration, SystemTime};
 
@@ -97,6 +100,7 @@ pub fn decide(
     default_statuses: &[u16],
     max_ttl: Duration,
     scope_tag: &str,
+    credentialed: bool,
     now: SystemTime,
 ) -> RespCacheable {
     use RespCacheable::{Cacheable, Uncacheable};
@@ -115,6 +119,9 @@ pub fn decide(
         return Uncacheable(NoCacheReason::Custom("vary-star"));
     }
     let cc = cache_control(resp);
+    if credentialed && policy.scope == Scope::Public && !shared_with_credentials(cc.as_ref()) {
+        return Uncacheable(NoCacheReason::Custom("credentialed"));
+    }
     let mut fresh = policy.ttl;
     let mut swr = policy.stale_while_revalidate;
     let mut sie = policy.stale_if_error;
@@ -229,6 +236,12 @@ pub fn merge_not_modified(
     merged
 }
 
+/// Whether a shared cache may store the answer to a request with credentials (RFC 9111 §3.5):
+/// only when the origin's `Cache-Control` says `public`, `s-maxage` or `must-revalidate`.
+fn shared_with_credentials(cc: Option<&CacheControl>) -> bool {
+    cc.is_some_and(|cc| cc.public() || cc.has_key("s-maxage") || cc.must_revalidate())
+}
+
 /// How long storage keeps an entry: until its stale windows close, capped by `max_ttl`.
 /// `None` when it is already past them.
 pub fn storage_lifetime(meta: &CacheMeta, max_ttl: Duration, now: SystemTime) -> Option<Duration> {
@@ -271,7 +284,15 @@ mod tests {
     const DAY: Duration = Duration::from_secs(86400);
 
     fn meta(r: &ResponseHeader, p: &RoutePolicy) -> Option<CacheMeta> {
-        match decide(r, p, STATUSES, DAY, "tenant:a:", SystemTime::UNIX_EPOCH) {
+        match decide(
+            r,
+            p,
+            STATUSES,
+            DAY,
+            "tenant:a:",
+            false,
+            SystemTime::UNIX_EPOCH,
+        ) {
             RespCacheable::Cacheable(m) => Some(m),
             RespCacheable::Uncacheable(_) => None,
         }
@@ -282,6 +303,50 @@ mod tests {
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap()
             .as_secs()
+    }
+
+    #[test]
+    fn public_answers_to_credentialed_requests_need_the_origins_consent() {
+        let p = policy(Scope::Public, false);
+        let stored = |cc: Option<&str>| {
+            let r = match cc {
+                Some(cc) => resp(200, &[("cache-control", cc)]),
+                None => resp(200, &[]),
+            };
+            matches!(
+                decide(
+                    &r,
+                    &p,
+                    STATUSES,
+                    DAY,
+                    "public:",
+                    true,
+                    SystemTime::UNIX_EPOCH
+                ),
+                RespCacheable::Cacheable(_)
+            )
+        };
+        assert!(!stored(None));
+        assert!(!stored(Some("max-age=60")));
+        assert!(stored(Some("public, max-age=60")));
+        assert!(stored(Some("s-maxage=60")));
+        assert!(stored(Some("max-age=60, must-revalidate")));
+        // Without credentials the route's policy alone decides.
+        assert!(meta(&resp(200, &[]), &p).is_some());
+        // Tenant and subject scopes are keyed by the verified identity anyway.
+        let t = policy(Scope::Tenant, false);
+        assert!(matches!(
+            decide(
+                &resp(200, &[]),
+                &t,
+                STATUSES,
+                DAY,
+                "tenant:a:",
+                true,
+                SystemTime::UNIX_EPOCH
+            ),
+            RespCacheable::Cacheable(_)
+        ));
     }
 
     #[test]
@@ -360,6 +425,7 @@ mod tests {
             STATUSES,
             Duration::from_secs(100),
             "x",
+            false,
             SystemTime::UNIX_EPOCH,
         ) else {
             panic!("not cacheable")

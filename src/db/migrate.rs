@@ -72,6 +72,7 @@ pub static MIGRATIONS: &[Migration<'static>] = bundled![
     "0004" "idx_invoice_lines_invoice",
     "0005" "idx_payments_invoice",
     "0006" "query_functions",
+    "0007" "audit_events_event_id",
 ];
 
 impl Migration<'_> {

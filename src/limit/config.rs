@@ -35,9 +35,21 @@ pub struct RateLimitFile {
     /// Whether admitted requests carry the `RateLimit-Policy` / `RateLimit` headers (rejected
     /// ones always do). Default true.
     pub headers: bool,
-    /// Proxies (IP addresses or CIDRs) whose `Forwarded` / `X-Forwarded-For` headers are
-    /// believed; from any other peer the socket address is the client IP. Default empty.
+    /// Proxies (IP addresses or CIDRs) whose `client_ip_header` is believed (and, with
+    /// `[identity] mode = "header"`, whose identity headers); from any other peer the socket
+    /// address is the client IP. Default empty.
     pub trusted_proxies: Vec<String>,
+    /// The one header naming the client address when the peer is a trusted proxy, read from
+    /// the right; every other forwarding header is ignored. `"forwarded"` reads the `for=`
+    /// parameters of RFC 7239. Default `"x-forwarded-for"`.
+    pub client_ip_header: String,
+    /// Prefix length, in bits, that keys an IPv6 client in `ip` keys (one subscriber usually
+    /// holds a whole /64). 1–128. Default 64.
+    pub ipv6_prefix: u8,
+    /// Longest `header:NAME` value, in bytes, that keys a bucket; a longer value is keyed by the
+    /// client IP instead (counted in `omsgate_rate_limit_header_keys_total{result="too_long"}`).
+    /// Default 256.
+    pub header_key_max_bytes: usize,
     /// Client IPs or CIDRs that are never limited. Default empty.
     pub exempt_cidrs: Vec<String>,
     /// Verified subjects that are never limited. Default empty.
@@ -63,6 +75,9 @@ impl Default for RateLimitFile {
             default: String::new(),
             headers: true,
             trusted_proxies: Vec::new(),
+            client_ip_header: "x-forwarded-for".into(),
+            ipv6_prefix: 64,
+            header_key_max_bytes: 256,
             exempt_cidrs: Vec::new(),
             exempt_subjects: Vec::new(),
             max_keys: 100_000,
@@ -250,8 +265,14 @@ pub struct RateLimitConfig {
     pub default: Option<usize>,
     /// Whether admitted requests carry `RateLimit` headers.
     pub headers: bool,
-    /// Proxies whose forwarding headers are believed.
+    /// Proxies whose forwarding header is believed.
     pub trusted_proxies: Vec<Cidr>,
+    /// The one header naming the client address.
+    pub client_ip_header: http::HeaderName,
+    /// IPv6 prefix length of `ip` keys.
+    pub ipv6_prefix: u8,
+    /// Longest `header:NAME` value that keys a bucket, in bytes.
+    pub header_key_max_bytes: usize,
     /// Client networks never limited.
     pub exempt_cidrs: Vec<Cidr>,
     /// Subjects never limited.
@@ -335,6 +356,33 @@ impl RateLimitConfig {
         if f.max_keys == 0 {
             p.push("rate_limit.max_keys", "must be at least 1");
         }
+        let client_ip_header = match http::HeaderName::from_bytes(
+            f.client_ip_header.to_ascii_lowercase().as_bytes(),
+        ) {
+            Ok(h) => h,
+            Err(_) => {
+                p.push(
+                    "rate_limit.client_ip_header",
+                    format!("`{}` is not a valid header name", f.client_ip_header),
+                );
+                http::HeaderName::from_static("x-forwarded-for")
+            }
+        };
+        if !(1..=128).contains(&f.ipv6_prefix) {
+            p.push(
+                "rate_limit.ipv6_prefix",
+                format!(
+                    "{} is not a prefix length in 1..=128, e.g. 64",
+                    f.ipv6_prefix
+                ),
+            );
+        }
+        if f.header_key_max_bytes == 0 {
+            p.push(
+                "rate_limit.header_key_max_bytes",
+                "must be at least 1, e.g. 256",
+            );
+        }
         let policies: Vec<Policy> = f
             .policies
             .iter()
@@ -361,6 +409,9 @@ impl RateLimitConfig {
             default: default.filter(|_| policies.len() == f.policies.len()),
             headers: f.headers,
             trusted_proxies: cidrs("rate_limit.trusted_proxies", &f.trusted_proxies, p),
+            client_ip_header,
+            ipv6_prefix: f.ipv6_prefix.clamp(1, 128),
+            header_key_max_bytes: f.header_key_max_bytes.max(1),
             exempt_cidrs: cidrs("rate_limit.exempt_cidrs", &f.exempt_cidrs, p),
             exempt_subjects: f.exempt_subjects.clone(),
             max_keys: f.max_keys.max(1),

@@ -4,12 +4,15 @@
 //! Used by the rate limiter (`ip` keys, `exempt_cidrs`) and by the audit record; the result is
 //! kept in `Ctx::client_ip`.
 //!
-//! The forwarding headers are read right to left: each hop appends the address it received the
-//! request from, so the rightmost entries were written by our own proxies and the first entry
-//! that is not a trusted proxy is the client. Entries left of it were written by the client and
-//! are never believed. `Forwarded` (RFC 7239) is preferred when present, else `X-Forwarded-For`.
-//! An entry that is not an address (`unknown`, an obfuscated `_id`) stops the walk at the last
-//! address known for sure.
+//! Exactly one header is read: `rate_limit.client_ip_header` (default `x-forwarded-for`; the
+//! edge proxy must overwrite or append to it). Any other forwarding header the client sends
+//! (`Forwarded`, `X-Real-IP`, ...) is ignored, so a client cannot pick the header that wins.
+//! The header is read right to left: each hop appends the address it received the request
+//! from, so the rightmost entries were written by our own proxies and the first entry that is
+//! not a trusted proxy is the client. Entries left of it were written by the client and are
+//! never believed. With `client_ip_header = "forwarded"` the `for=` parameters of RFC 7239 are
+//! read the same way. An entry that is not an address (`unknown`, an obfuscated `_id`) stops
+//! the walk at the last address known for sure.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -17,14 +20,24 @@ use http::HeaderMap;
 
 use super::config::{in_any, Cidr};
 
-/// Resolves the client IP from the socket `peer` and the forwarding headers, believing the
-/// headers only as far as the hops are in `trusted` (see the module doc).
-pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[Cidr]) -> Option<IpAddr> {
+/// Whether the socket `peer` is one of the `trusted` proxies.
+pub fn peer_trusted(peer: Option<IpAddr>, trusted: &[Cidr]) -> bool {
+    peer.is_some_and(|p| in_any(trusted, p.to_canonical()))
+}
+
+/// Resolves the client IP from the socket `peer` and the one forwarding header `header`,
+/// believing it only as far as the hops are in `trusted` (see the module doc).
+pub fn client_ip(
+    peer: Option<IpAddr>,
+    headers: &HeaderMap,
+    trusted: &[Cidr],
+    header: &http::HeaderName,
+) -> Option<IpAddr> {
     let peer = peer?.to_canonical();
     if trusted.is_empty() || !in_any(trusted, peer) {
         return Some(peer);
     }
-    let hops = forwarded_hops(headers);
+    let hops = forwarded_hops(headers, header);
     let mut client = peer;
     for hop in hops.iter().rev() {
         match hop {
@@ -40,13 +53,12 @@ pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[Cidr]) ->
     Some(client)
 }
 
-/// The `for=` addresses of `Forwarded`, or else the `X-Forwarded-For` entries, left to right
-/// over all header lines; `None` for an entry that is not an address.
-fn forwarded_hops(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
+/// The entries of `header` (the `for=` addresses when it is `Forwarded`), left to right over
+/// all header lines; `None` for an entry that is not an address.
+fn forwarded_hops(headers: &HeaderMap, header: &http::HeaderName) -> Vec<Option<IpAddr>> {
     let mut hops = Vec::new();
-    let forwarded = headers.get_all(http::header::FORWARDED);
-    if forwarded.iter().next().is_some() {
-        for line in forwarded {
+    if header == http::header::FORWARDED {
+        for line in headers.get_all(header) {
             let Ok(line) = line.to_str() else {
                 hops.push(None);
                 continue;
@@ -64,7 +76,7 @@ fn forwarded_hops(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
         }
         return hops;
     }
-    for line in headers.get_all("x-forwarded-for") {
+    for line in headers.get_all(header) {
         let Ok(line) = line.to_str() else {
             hops.push(None);
             continue;
@@ -108,16 +120,21 @@ mod tests {
         Some(s.parse().unwrap())
     }
 
+    const XFF: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
     #[test]
     fn untrusted_peer_is_the_client() {
         let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
         let h = headers(&[("x-forwarded-for", "6.6.6.6")]);
         assert_eq!(
-            client_ip(ip("203.0.113.9"), &h, &trusted),
+            client_ip(ip("203.0.113.9"), &h, &trusted, &XFF),
             ip("203.0.113.9")
         );
-        assert_eq!(client_ip(ip("203.0.113.9"), &h, &[]), ip("203.0.113.9"));
-        assert_eq!(client_ip(None, &h, &trusted), None);
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), &h, &[], &XFF),
+            ip("203.0.113.9")
+        );
+        assert_eq!(client_ip(None, &h, &trusted, &XFF), None);
     }
 
     #[test]
@@ -128,35 +145,63 @@ mod tests {
         ];
         // The client forged the first entry; the edge proxy 10.0.0.2 appended the real client.
         let h = headers(&[("x-forwarded-for", "6.6.6.6, 198.51.100.7, 10.0.0.2")]);
-        assert_eq!(client_ip(ip("127.0.0.1"), &h, &trusted), ip("198.51.100.7"));
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &h, &trusted, &XFF),
+            ip("198.51.100.7")
+        );
         // Split across header lines.
         let h = headers(&[
             ("x-forwarded-for", "6.6.6.6, 198.51.100.7"),
             ("x-forwarded-for", "10.0.0.2"),
         ]);
-        assert_eq!(client_ip(ip("10.1.1.1"), &h, &trusted), ip("198.51.100.7"));
+        assert_eq!(
+            client_ip(ip("10.1.1.1"), &h, &trusted, &XFF),
+            ip("198.51.100.7")
+        );
         // Only trusted hops: the leftmost one.
         let h = headers(&[("x-forwarded-for", "10.0.0.3, 10.0.0.2")]);
-        assert_eq!(client_ip(ip("127.0.0.1"), &h, &trusted), ip("10.0.0.3"));
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &h, &trusted, &XFF),
+            ip("10.0.0.3")
+        );
         // No header: the peer.
         assert_eq!(
-            client_ip(ip("127.0.0.1"), &HeaderMap::new(), &trusted),
+            client_ip(ip("127.0.0.1"), &HeaderMap::new(), &trusted, &XFF),
             ip("127.0.0.1")
         );
         // Garbage stops the walk at the last known address.
         let h = headers(&[("x-forwarded-for", "198.51.100.7, garbage, 10.0.0.2")]);
-        assert_eq!(client_ip(ip("127.0.0.1"), &h, &trusted), ip("10.0.0.2"));
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &h, &trusted, &XFF),
+            ip("10.0.0.2")
+        );
         // IPv4-mapped peer.
         let h = headers(&[("x-forwarded-for", "198.51.100.7")]);
         assert_eq!(
-            client_ip(ip("::ffff:127.0.0.1"), &h, &trusted),
+            client_ip(ip("::ffff:127.0.0.1"), &h, &trusted, &XFF),
             ip("198.51.100.7")
         );
     }
 
     #[test]
-    fn forwarded_is_preferred() {
+    fn only_the_configured_header_is_read() {
         let trusted = [Cidr::parse("127.0.0.0/8").unwrap()];
+        // A client-sent `Forwarded` does not beat the edge proxy's X-Forwarded-For.
+        let h = headers(&[
+            ("forwarded", "for=10.0.0.1"),
+            ("x-forwarded-for", "192.0.2.1"),
+        ]);
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &h, &trusted, &XFF),
+            ip("192.0.2.1")
+        );
+        let h = headers(&[("forwarded", "for=198.51.100.9")]);
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &h, &trusted, &XFF),
+            ip("127.0.0.1")
+        );
+        // `Forwarded` when configured, read right to left too.
+        let fwd = http::header::FORWARDED;
         let h = headers(&[
             (
                 "forwarded",
@@ -164,10 +209,19 @@ mod tests {
             ),
             ("x-forwarded-for", "192.0.2.1"),
         ]);
-        assert_eq!(client_ip(ip("127.0.0.1"), &h, &trusted), ip("2001:db8::7"));
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &h, &trusted, &fwd),
+            ip("2001:db8::7")
+        );
         let h = headers(&[("forwarded", "for=192.0.2.60:8080;by=203.0.113.43")]);
-        assert_eq!(client_ip(ip("127.0.0.1"), &h, &trusted), ip("192.0.2.60"));
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &h, &trusted, &fwd),
+            ip("192.0.2.60")
+        );
         let h = headers(&[("forwarded", "for=unknown")]);
-        assert_eq!(client_ip(ip("127.0.0.1"), &h, &trusted), ip("127.0.0.1"));
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &h, &trusted, &fwd),
+            ip("127.0.0.1")
+        );
     }
 }

@@ -233,7 +233,8 @@ impl Limiter {
                 self.start_housekeeping();
                 let mut out = Vec::with_capacity(policies.len());
                 for &i in policies {
-                    let v = local[i].check(&bucket_key(&self.config.policies[i], caller));
+                    let v =
+                        local[i].check(&bucket_key(&self.config.policies[i], caller, &self.config));
                     let rejected = matches!(v, Verdict::Reject { .. });
                     out.push(v);
                     // Later policies are not charged for a request that will not pass.
@@ -248,7 +249,10 @@ impl Limiter {
                     .iter()
                     .map(|&i| {
                         let p = &self.config.policies[i];
-                        (d.redis_key(&p.name, &bucket_key(p, caller)), p.quota)
+                        (
+                            d.redis_key(&p.name, &bucket_key(p, caller, &self.config)),
+                            p.quota,
+                        )
                     })
                     .collect();
                 match d.check(&buckets).await {
@@ -412,12 +416,15 @@ fn policy_header(policies: &[Policy], ps: &[usize]) -> String {
 /// The bucket key of a request under `policy`: its parts, each tagged and length-prefixed so
 /// that no two different requests share a key by accident (`t5:acme1|r14:invoice_create`).
 /// A part whose identity or header is missing uses the client IP (`ip` tag) instead; header
-/// values (API keys) enter only as a hash, so secrets never appear in Redis key names.
-pub fn bucket_key(policy: &Policy, c: &Caller<'_>) -> String {
+/// values (API keys) enter only as a hash, so secrets never appear in Redis key names, and
+/// only up to `header_key_max_bytes` (a longer value is keyed by the client IP, so a client
+/// cannot mint unbounded keys of unbounded size). An IPv6 client is keyed by its
+/// `ipv6_prefix` network.
+pub fn bucket_key(policy: &Policy, c: &Caller<'_>, config: &RateLimitConfig) -> String {
     let mut key = String::with_capacity(48);
     let ip = |key: &mut String| match c.ip {
         Some(ip) => {
-            let s = ip.to_string();
+            let s = key_ip(ip, config.ipv6_prefix).to_string();
             let _ = write!(key, "ip{}:{s}", s.len());
         }
         None => key.push_str("ip0:"),
@@ -441,7 +448,16 @@ pub fn bucket_key(policy: &Policy, c: &Caller<'_>) -> String {
             },
             KeyPart::Route => tagged(&mut key, "r", c.route),
             KeyPart::Header(name) => match c.headers.get(name) {
+                Some(v) if v.len() > config.header_key_max_bytes => {
+                    metrics::RATE_LIMIT_HEADER_KEYS
+                        .with_label_values(&["too_long"])
+                        .inc();
+                    ip(&mut key)
+                }
                 Some(v) if !v.is_empty() => {
+                    metrics::RATE_LIMIT_HEADER_KEYS
+                        .with_label_values(&["keyed"])
+                        .inc();
                     let _ = write!(
                         key,
                         "h{}:{}:{:016x}",
@@ -455,6 +471,21 @@ pub fn bucket_key(policy: &Policy, c: &Caller<'_>) -> String {
         }
     }
     key
+}
+
+/// The address an `ip` key uses: IPv4 as is, IPv6 cut to its first `v6_prefix` bits.
+pub fn key_ip(ip: IpAddr, v6_prefix: u8) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mask = match v6_prefix {
+                0 => 0,
+                p if p >= 128 => u128::MAX,
+                p => !(u128::MAX >> p),
+            };
+            IpAddr::V6((u128::from(v6) & mask).into())
+        }
+        v4 => v4,
+    }
 }
 
 /// FNV-1a, 64 bits: stable across processes and versions, so every instance derives the same
@@ -673,8 +704,9 @@ mod tests {
             subject: Some("b|s1:c"),
             ..a
         };
-        let ka = bucket_key(p, &a);
-        assert_ne!(ka, bucket_key(p, &b));
+        let rl = &c.rate_limit;
+        let ka = bucket_key(p, &a, rl);
+        assert_ne!(ka, bucket_key(p, &b, rl));
         assert!(!ka.contains("secret"), "{ka}");
         let none = http::HeaderMap::new();
         let anon = Caller {
@@ -684,8 +716,57 @@ mod tests {
             ..a
         };
         assert_eq!(
-            bucket_key(p, &anon),
+            bucket_key(p, &anon, rl),
             "ip8:10.0.0.1|ip8:10.0.0.1|ip8:10.0.0.1|r1:r"
+        );
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_prefix_and_header_keys_are_bounded() {
+        let c = Config::parse(
+            r#"
+            [rate_limit]
+            header_key_max_bytes = 16
+            [rate_limit.policies.p]
+            key = ["ip", "header:x-api-key"]
+            quota = "1/second"
+            "#,
+        )
+        .unwrap();
+        let p = &c.rate_limit.policies[0];
+        let rl = &c.rate_limit;
+        let none = http::HeaderMap::new();
+        let at = |ip: &str| Caller {
+            ip: ip.parse().ok(),
+            tenant: None,
+            subject: None,
+            headers: &none,
+            route: "r",
+        };
+        // Two addresses of one /64 share a bucket; another /64 does not.
+        let k1 = bucket_key(p, &at("2001:db8:1:2::1"), rl);
+        assert_eq!(
+            k1,
+            bucket_key(p, &at("2001:db8:1:2:ffff:ffff:ffff:ffff"), rl)
+        );
+        assert_ne!(k1, bucket_key(p, &at("2001:db8:1:3::1"), rl));
+        assert_eq!(
+            bucket_key(p, &at("10.0.0.1"), rl),
+            "ip8:10.0.0.1|ip8:10.0.0.1"
+        );
+        let mut long = http::HeaderMap::new();
+        long.insert("x-api-key", "k".repeat(17).parse().unwrap());
+        let mut short = http::HeaderMap::new();
+        short.insert("x-api-key", "k".repeat(16).parse().unwrap());
+        let with = |h| Caller {
+            headers: h,
+            ..at("10.0.0.1")
+        };
+        assert_eq!(bucket_key(p, &with(&long), rl), "ip8:10.0.0.1|ip8:10.0.0.1");
+        assert!(bucket_key(p, &with(&short), rl).contains("h9:x-api-key:"));
+        assert_eq!(
+            key_ip("2001:db8::1".parse().unwrap(), 128),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
         );
     }
 }

@@ -346,9 +346,17 @@ pub fn config(brokers: Option<&str>, topic: &str, spool: &Path, extra: &str) -> 
     c
 }
 
-/// A record as the proxy would write it, with a secret in the query.
+/// A record as the proxy would write it, with a secret in the query. Its `event_id` is derived
+/// from `id`, so recording the same `id` again stands for a redelivery of the same record.
 pub fn record(id: &str, i: usize, cfg: &AuditConfig) -> AuditRecord {
+    let fnv = |seed: u64| {
+        id.bytes().fold(seed, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+    };
+    let event = (u128::from(fnv(0xcbf2_9ce4_8422_2325)) << 64) | u128::from(fnv(7));
     AuditRecord {
+        event_id: uuid::Uuid::from_u128(event).to_string(),
         request_id: id.to_string(),
         tenant: Some(TENANTS[i % TENANTS.len()].to_string()),
         subject: Some(format!("user-{}", i % 17)),
