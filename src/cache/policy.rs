@@ -449,7 +449,7 @@ mod tests {
     }
 
     fn meta_at(r: &ResponseHeader, p: &RoutePolicy, now: SystemTime) -> CacheMeta {
-        match decide(r, p, STATUSES, DAY, "tenant:a:", now) {
+        match decide(r, p, STATUSES, DAY, "tenant:a:", false, now) {
             RespCacheable::Cacheable(m) => m,
             RespCacheable::Uncacheable(why) => panic!("not stored: {why:?}"),
         }
