@@ -26,7 +26,8 @@ pub struct Plan {
     pub encode: Option<(Algorithm, u32)>,
     /// What the client accepts.
     pub accepts: Accepts,
-    /// A `HEAD` request: the response is left alone.
+    /// A `HEAD` request: the response gets the header fields a `GET` would get (RFC 9110
+    /// §9.3.2), and there is no body to transform.
     pub head: bool,
     /// Strong forms added to the upstream `If-None-Match` for weak tags (`W/"x"` → `"x"`): a
     /// 304 carrying one of them gets it weakened back, so it matches what the client holds.
@@ -36,12 +37,10 @@ pub struct Plan {
 impl Plan {
     /// The gzip level a response the cache may store is stored at (`store_level`), or `None`
     /// when it is stored as the origin sent it (compression off for the route, gzip not
-    /// configured, or `HEAD`).
+    /// configured). The same for `HEAD` as for `GET`: the cache fills a `HEAD` miss with a `GET`
+    /// and serves the entry to both.
     pub(super) fn store_level(&self) -> Option<u32> {
-        self.config
-            .compression
-            .store_level
-            .filter(|_| self.enabled && !self.head)
+        self.config.compression.store_level.filter(|_| self.enabled)
     }
 }
 
@@ -73,16 +72,18 @@ impl Decision {
     };
 }
 
-/// Decides what to do with a final (non-1xx) response; `end` means it has no body.
+/// Decides what to do with a final (non-1xx) response; `end` means it has no body. For `HEAD`
+/// the decision is the one for `GET` (pass `end = false`): the module then applies only its
+/// header changes.
 ///
-/// Left alone: `HEAD`, 204, 304, 206 or `Content-Range`, `Cache-Control: no-transform`,
+/// Left alone: 204, 304, 206 or `Content-Range`, `Cache-Control: no-transform`,
 /// bodies under `min_size` (known from `Content-Length`), types outside `content_types`, and
 /// bodies already carrying a `Content-Encoding` the client accepts (or one the gateway cannot
 /// decode). Identity bodies are encoded when compression is on for the route and the client
 /// accepts a configured algorithm.
 pub fn decide(plan: &Plan, resp: &ResponseHeader, end: bool) -> Decision {
     let status = resp.status.as_u16();
-    if plan.head || end || matches!(status, 204 | 206 | 304) {
+    if end || matches!(status, 204 | 206 | 304) {
         return Decision::LEAVE;
     }
     if resp.headers.contains_key(CONTENT_RANGE) || no_transform(resp) {

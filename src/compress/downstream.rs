@@ -59,9 +59,15 @@ impl Compression {
             self.body = Body::Untouched;
             return;
         }
-        let decision = decide(plan, resp, end);
+        // A HEAD response has no body, but it carries the header fields a GET would get.
+        let decision = decide(plan, resp, end && !plan.head);
         if decision.vary {
             add_vary(resp);
+        }
+        if plan.head {
+            head_headers(resp, decision.action);
+            self.body = Body::Untouched;
+            return;
         }
         self.body = match decision.action {
             Action::Leave => Body::Untouched,
@@ -84,6 +90,18 @@ impl Compression {
                 Body::Decode(Box::new(ctx))
             }
         };
+    }
+}
+
+/// The header changes of `action` without its body: for `HEAD`, exactly those a `GET` gets.
+fn head_headers(resp: &mut ResponseHeader, action: Action) {
+    match action {
+        Action::Leave => {}
+        Action::Encode(a, _) => encode_headers(resp, a),
+        Action::Decode => {
+            // The decoder's own header changes, as for the GET below.
+            ResponseCompressionCtx::new(0, true, false).response_header_filter(resp, false);
+        }
     }
 }
 

@@ -249,7 +249,11 @@ fn decisions() {
     assert_eq!(decide(&gzip, &resp(200, &json), true), leave, "no body");
     let mut head = gzip.clone();
     head.head = true;
-    assert_eq!(decide(&head, &resp(200, &json), false), leave);
+    assert_eq!(
+        decide(&head, &resp(200, &json), false),
+        decide(&gzip, &resp(200, &json), false),
+        "HEAD is decided as GET"
+    );
     let mut off = gzip.clone();
     off.enabled = false;
     assert_eq!(decide(&off, &resp(200, &json), false), leave);
