@@ -203,10 +203,19 @@ async fn frozen_redis_costs_at_most_the_deadline_and_never_an_error() {
 
     redis.freeze();
     let mut seen = std::collections::BTreeMap::<String, u32>::new();
+    // Each Redis call on a request's path has its own 20 ms deadline (generations, lookup,
+    // store: at most three), and the upstream answers at once. The margin of a second is for
+    // a loaded test machine; a call without a deadline would wait for the client's 3 s timeout.
+    let bound = 3 * Duration::from_millis(20) + Duration::from_secs(1);
     for i in 0..20 {
-        // The client's 3 s timeout would turn a hang into a test failure.
+        let started = Instant::now();
         let got = get(&http, &gw.url(&format!("/tenant/f{}", i % 3)), Some(&tok)).await;
+        let took = started.elapsed();
         assert_eq!(got.status, 200, "{got:?}");
+        assert!(
+            took <= bound,
+            "request {i} took {took:?} with Redis frozen (bound {bound:?}): {got:?}"
+        );
         *seen.entry(got.x_cache).or_default() += 1;
     }
     redis.thaw();
