@@ -333,18 +333,30 @@ impl Config {
         Config::parse(&text)
     }
 
-    /// Parses and validates config text.
+    /// Parses and validates config text. Every problem is collected: values of the wrong type
+    /// (reported with their key and left out, see [`parse_file_lenient`]), unknown keys, and
+    /// everything the sections' validation finds in the rest.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let file = parse_file(text)?;
+        let parsed = parse_file_lenient(text)?;
         let mut problems = Problems::default();
-        for key in file.1 {
-            problems.push(key, "unknown key (check the spelling against config.toml)");
+        for key in &parsed.unknown {
+            problems.push(
+                key.clone(),
+                "unknown key (check the spelling against config.toml)",
+            );
         }
-        let config = Config::from_file(&file.0, text, &mut problems);
-        if problems.is_empty() {
+        let config = Config::from_file(&parsed.file, text, &mut problems);
+        if problems.is_empty() && parsed.problems.is_empty() {
             Ok(config)
         } else {
-            Err(ConfigError::Invalid(problems.list))
+            // The type problems name routes by their index in the text already; the others
+            // by their index among the routes left.
+            let mut list = parsed.problems.clone();
+            list.extend(problems.list.into_iter().map(|p| Problem {
+                key: parsed.original_key(&p.key),
+                reason: p.reason,
+            }));
+            Err(ConfigError::Invalid(list))
         }
     }
 
@@ -476,15 +488,279 @@ impl Config {
     }
 }
 
-/// Parses TOML into the file layer, collecting the paths of unknown keys.
+/// Parses TOML into the file layer, collecting the paths of unknown keys. Stops at the first
+/// error; [`parse_file_lenient`] goes on past values of the wrong type.
 pub fn parse_file(text: &str) -> Result<(FileConfig, Vec<String>), ConfigError> {
-    let de = toml::Deserializer::new(text);
+    deserialize_file(text).map_err(|e| ConfigError::Syntax(format!("config is not valid: {e}")))
+}
+
+/// The file layer of a file whose values of the wrong type were left out.
+#[derive(Debug)]
+pub struct LenientFile {
+    /// The file layer, with a default wherever a value of the wrong type was left out.
+    pub file: FileConfig,
+    /// Paths of the unknown keys.
+    pub unknown: Vec<String>,
+    /// One problem per value of the wrong type (or table missing a required key), by key.
+    pub problems: Vec<Problem>,
+    /// For each `[[route]]` left in `file`, its index in the text (a route missing a required
+    /// key is left out whole, and the routes after it move up).
+    route_index: Vec<usize>,
+}
+
+impl LenientFile {
+    /// `key` with a `route[i]` of `file` renamed to the route's index in the text.
+    pub fn original_key(&self, key: &str) -> String {
+        let Some(rest) = key.strip_prefix("route[") else {
+            return key.to_string();
+        };
+        let Some((index, tail)) = rest.split_once(']') else {
+            return key.to_string();
+        };
+        match index
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| self.route_index.get(i))
+        {
+            Some(original) => format!("route[{original}]{tail}"),
+            None => key.to_string(),
+        }
+    }
+}
+
+/// Parses TOML into the file layer like [`parse_file`], but a value of the wrong type
+/// (`threads = -1`) does not end the parse: it is recorded as a problem with its key path, left
+/// out so that its default applies, and the parse goes on, so the other problems of the file are
+/// still found. Only a TOML syntax error (the file does not parse at all) is returned as an
+/// error.
+///
+/// serde stops at the first error and the `toml` crate gives its position, not its key: the
+/// file is rendered again with one key per line ([`lenient::render`]), so the line of the error
+/// names the key; that key is removed and the parse repeated.
+pub fn parse_file_lenient(text: &str) -> Result<LenientFile, ConfigError> {
+    let syntax = |e: &toml::de::Error| ConfigError::Syntax(format!("config is not valid: {e}"));
+    if let Ok((file, unknown)) = deserialize_file(text) {
+        return Ok(LenientFile {
+            file,
+            unknown,
+            problems: Vec::new(),
+            route_index: Vec::new(),
+        });
+    }
+    let mut table: toml::Table = text.parse().map_err(|e| syntax(&e))?;
+    let routes = table
+        .get("route")
+        .and_then(|r| r.as_array())
+        .map_or(0, |a| a.len());
+    let mut route_index: Vec<usize> = (0..routes).collect();
+    let mut problems = Vec::new();
+    // Each round removes one value from `table`, so this ends.
+    loop {
+        let (doc, lines) = lenient::render(&table);
+        let err = match deserialize_file(&doc) {
+            Ok((file, unknown)) => {
+                return Ok(LenientFile {
+                    file,
+                    unknown,
+                    problems,
+                    route_index,
+                })
+            }
+            Err(e) => e,
+        };
+        let line = err
+            .span()
+            .map(|s| doc[..s.start.min(doc.len())].matches('\n').count());
+        let Some(Some((mut path, is_table))) = line.and_then(|l| lines.get(l).cloned()) else {
+            return Err(syntax(&err));
+        };
+        // A table missing a required key is reported (and left out) as a whole. The position
+        // of such an error can be past the table: in an array of tables, the element is the
+        // first one without the key.
+        if let Some(field) = missing_field(err.message()) {
+            if !is_table {
+                path.pop();
+            }
+            if let [lenient::Seg::Key(top), lenient::Seg::Index(i)] = path.as_mut_slice() {
+                let elements = table.get(top.as_str()).and_then(|v| v.as_array());
+                if let Some(first) = elements.and_then(|a| {
+                    a.iter()
+                        .position(|e| e.as_table().is_some_and(|t| !t.contains_key(field)))
+                }) {
+                    *i = first;
+                }
+            }
+        }
+        if path.is_empty() || !lenient::remove(&mut table, &path) {
+            return Err(syntax(&err));
+        }
+        let mut shown = path.clone();
+        if let [lenient::Seg::Key(top), lenient::Seg::Index(i), ..] = shown.as_mut_slice() {
+            if top == "route" && *i < route_index.len() {
+                let original = route_index[*i];
+                if path.len() == 2 {
+                    route_index.remove(*i);
+                }
+                *i = original;
+            }
+        }
+        problems.push(Problem {
+            key: lenient::path_string(&shown),
+            reason: err.message().to_string(),
+        });
+    }
+}
+
+/// `name` of serde's "missing field `name`".
+fn missing_field(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.split('`').next()
+}
+
+/// Deserializes the file layer, collecting the paths of unknown keys.
+fn deserialize_file(text: &str) -> Result<(FileConfig, Vec<String>), toml::de::Error> {
     let mut unknown = Vec::new();
-    let file: FileConfig = serde_ignored::deserialize(de, |path| {
+    let file = serde_ignored::deserialize(toml::Deserializer::new(text), |path| {
         unknown.push(index_path(&path.to_string()));
-    })
-    .map_err(|e| ConfigError::Syntax(format!("config is not valid: {e}")))?;
+    })?;
     Ok((file, unknown))
+}
+
+/// Rendering a parsed TOML table with one key per line, so that an error position names a key.
+mod lenient {
+    /// One step of a key path.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Seg {
+        /// A table key.
+        Key(String),
+        /// An element of an array of tables.
+        Index(usize),
+    }
+
+    /// `route[2].cache.ttl`.
+    pub fn path_string(path: &[Seg]) -> String {
+        let mut out = String::new();
+        for seg in path {
+            match seg {
+                Seg::Key(k) => {
+                    if !out.is_empty() {
+                        out.push('.');
+                    }
+                    out.push_str(k);
+                }
+                Seg::Index(i) => out.push_str(&format!("[{i}]")),
+            }
+        }
+        out
+    }
+
+    /// The table as TOML with every leaf on a line of its own (dotted keys; `[[name]]` for a
+    /// top-level array of tables), and the key path of each line.
+    pub fn render(table: &toml::Table) -> (String, Vec<Line>) {
+        let mut out = Out::default();
+        for (k, v) in table {
+            if table_array(v).is_none() {
+                out.leaves(&[Seg::Key(k.clone())], &[k.as_str()], v);
+            }
+        }
+        for (k, v) in table {
+            if let Some(elements) = table_array(v) {
+                for (i, element) in elements.iter().enumerate() {
+                    let base = vec![Seg::Key(k.clone()), Seg::Index(i)];
+                    out.line(format!("[[{}]]", quote(k)), Some((base.clone(), true)));
+                    for (k2, v2) in element.iter() {
+                        let mut path = base.clone();
+                        path.push(Seg::Key(k2.clone()));
+                        out.leaves(&path, &[k2.as_str()], v2);
+                    }
+                }
+            }
+        }
+        (out.text, out.lines)
+    }
+
+    /// The key path of a rendered line, and whether the line defines a table (a `[[name]]`
+    /// header or an empty inline table).
+    pub type Line = Option<(Vec<Seg>, bool)>;
+
+    #[derive(Default)]
+    struct Out {
+        text: String,
+        lines: Vec<Line>,
+    }
+
+    impl Out {
+        fn line(&mut self, line: String, path: Line) {
+            self.text.push_str(&line);
+            self.text.push('\n');
+            self.lines.push(path);
+        }
+
+        /// `a.b.c = value` for every leaf under `value`, `keys` being the dotted key so far.
+        fn leaves(&mut self, path: &[Seg], keys: &[&str], value: &toml::Value) {
+            match value {
+                toml::Value::Table(t) if !t.is_empty() => {
+                    for (k, v) in t {
+                        let mut p = path.to_vec();
+                        p.push(Seg::Key(k.clone()));
+                        let mut ks = keys.to_vec();
+                        ks.push(k);
+                        self.leaves(&p, &ks, v);
+                    }
+                }
+                _ => {
+                    let key: Vec<String> = keys.iter().map(|k| quote(k)).collect();
+                    let is_table = value.is_table();
+                    self.line(
+                        format!("{} = {value}", key.join(".")),
+                        Some((path.to_vec(), is_table)),
+                    );
+                }
+            }
+        }
+    }
+
+    fn table_array(value: &toml::Value) -> Option<Vec<&toml::Table>> {
+        let toml::Value::Array(a) = value else {
+            return None;
+        };
+        let tables: Vec<&toml::Table> = a.iter().filter_map(|v| v.as_table()).collect();
+        (!a.is_empty() && tables.len() == a.len()).then_some(tables)
+    }
+
+    fn quote(key: &str) -> String {
+        let bare = !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if bare {
+            key.to_string()
+        } else {
+            toml::Value::String(key.to_string()).to_string()
+        }
+    }
+
+    /// Removes the value at `path`; false when there is none.
+    pub fn remove(table: &mut toml::Table, path: &[Seg]) -> bool {
+        match path {
+            [Seg::Key(k)] => table.remove(k).is_some(),
+            [Seg::Key(k), rest @ ..] => table.get_mut(k).is_some_and(|v| remove_in(v, rest)),
+            _ => false,
+        }
+    }
+
+    fn remove_in(value: &mut toml::Value, path: &[Seg]) -> bool {
+        match (value, path) {
+            (toml::Value::Table(t), _) => remove(t, path),
+            (toml::Value::Array(a), [Seg::Index(i)]) if *i < a.len() => {
+                a.remove(*i);
+                true
+            }
+            (toml::Value::Array(a), [Seg::Index(i), rest @ ..]) => {
+                a.get_mut(*i).is_some_and(|v| remove_in(v, rest))
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Turns serde_ignored's `route.0.foo` into `route[0].foo`.

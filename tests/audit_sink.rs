@@ -59,7 +59,7 @@ async fn sink_writes_every_record_once_across_a_kill_mid_batch() {
     // the middle of a batch never sees the rest of that batch. Kafka returns the whole batch
     // and the client skips the records before the offset. The sink commits after every
     // `batch_size` records, wherever a producer batch ends, so on tansu a restarted sink would
-    // miss records; with one record per batch every offset starts a batch. (README, "Audit".)
+    // miss records; with one record per batch every offset starts a batch. (docs/audit.md, "tansu caveat".)
     cfg.kafka_options
         .insert("batch.num.messages".into(), "1".into());
     let audit = Audit::new(&cfg).unwrap();

@@ -203,10 +203,19 @@ async fn frozen_redis_costs_at_most_the_deadline_and_never_an_error() {
 
     redis.freeze();
     let mut seen = std::collections::BTreeMap::<String, u32>::new();
+    // Each Redis call on a request's path has its own 20 ms deadline (generations, lookup,
+    // store: at most three), and the upstream answers at once. The margin of a second is for
+    // a loaded test machine; a call without a deadline would wait for the client's 3 s timeout.
+    let bound = 3 * Duration::from_millis(20) + Duration::from_secs(1);
     for i in 0..20 {
-        // The client's 3 s timeout would turn a hang into a test failure.
+        let started = Instant::now();
         let got = get(&http, &gw.url(&format!("/tenant/f{}", i % 3)), Some(&tok)).await;
+        let took = started.elapsed();
         assert_eq!(got.status, 200, "{got:?}");
+        assert!(
+            took <= bound,
+            "request {i} took {took:?} with Redis frozen (bound {bound:?}): {got:?}"
+        );
         *seen.entry(got.x_cache).or_default() += 1;
     }
     redis.thaw();
@@ -243,4 +252,75 @@ async fn purge_reports_503_while_redis_is_down() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(ok, "purge works again once Redis is back");
+}
+
+/// A write while Redis does not answer still invalidates: the bump is retried in the background
+/// and applied once Redis answers again, so the entry stored before the write is not served
+/// afterwards. Redis is frozen rather than restarted, so its generations survive and only the
+/// retried bump (not a new epoch) can make the old entry unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_while_redis_is_frozen_invalidates_once_redis_answers_again() {
+    let upstream = TestUpstream::start();
+    let redis = PrivateRedis::start();
+    // The read route lists its methods, so that the PUT reaches the route that invalidates.
+    let routes = ROUTES.replace("ttl = \"1s\"", "ttl = \"60s\"").replace(
+        "path = \"/tenant/{x}\"\ncache",
+        "path = \"/tenant/{x}\"\nmethods = [\"GET\", \"HEAD\"]\ncache",
+    );
+    assert!(routes.contains("methods = [\"GET\""), "{routes}");
+    let cache = format!(
+        "redis_url = \"{}\"\ngeneration_cache_ttl = \"200ms\"",
+        redis.url()
+    );
+    let gw = Gateway::start(&config(upstream.addr, &cache, &routes));
+    let http = fresh_client();
+    let tok = token("acme", "u1");
+    let url = gw.url("/tenant/w");
+    assert!(until_hit(&http, &url, &tok, Duration::from_secs(10)).await);
+    let seq = |g: &Got| g.header("x-upstream-seq").parse::<u64>().unwrap_or(0);
+    let stored = seq(&get(&http, &url, Some(&tok)).await);
+    assert!(stored > 0);
+
+    redis.freeze();
+    let put = send(&http, reqwest::Method::PUT, &url, Some(&tok), &[], None).await;
+    assert_eq!(
+        put.status, 200,
+        "a write goes through while Redis is frozen: {put:?}"
+    );
+    let written = seq(&put);
+    assert!(written > stored);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.thaw();
+
+    // Until the retried bump lands the old entry may still be hit; once it has, the answer is
+    // newer than the write, and the old entry never comes back. The retry runs for 30 s.
+    let deadline = Instant::now() + Duration::from_secs(35);
+    let mut fresh = false;
+    while Instant::now() < deadline {
+        let got = get(&http, &url, Some(&tok)).await;
+        assert_eq!(got.status, 200, "{got:?}");
+        if got.x_cache == "HIT" && seq(&got) > written {
+            fresh = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        fresh,
+        "the write's invalidation was not applied after Redis returned\n{}",
+        tail(&gw.log(), 30)
+    );
+    for _ in 0..10 {
+        let got = get(&http, &url, Some(&tok)).await;
+        assert_ne!(
+            seq(&got),
+            stored,
+            "the entry stored before the write is served again"
+        );
+    }
+    assert!(
+        gw.log().contains("Delayed cache invalidation done"),
+        "the invalidation came from the background retry\n{}",
+        tail(&gw.log(), 30)
+    );
 }

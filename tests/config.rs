@@ -51,6 +51,49 @@ fn unknown_keys_are_rejected_with_their_path() {
     assert!(stderr.contains("route[0].method: unknown key"), "{stderr}");
 }
 
+/// A value of the wrong type does not hide the rest: it is reported with its key path, and the
+/// other problems of the file are listed with it (a route missing its name too, without
+/// shifting the index of the routes after it).
+#[test]
+fn type_errors_are_listed_with_their_keys_together_with_every_other_problem() {
+    let (code, stderr) = Gateway::check_config(
+        r#"
+[server]
+threads = -1
+listen = "not-an-address"
+[upstream]
+retries = "twice"
+connect_timeout = "5 parsecs"
+[compression]
+level = "high"
+[[route]]
+name = "a"
+path = "/a"
+cache = { ttl = 60, scope = "tenant" }
+[[route]]
+path = "/no-name"
+[[route]]
+name = "c"
+path = "c"
+"#,
+    );
+    assert_eq!(code, 64, "{stderr}");
+    for line in [
+        "server.threads: invalid value: integer `-1`, expected usize",
+        "server.listen:",
+        "upstream.retries: invalid type: string \"twice\"",
+        "upstream.connect_timeout:",
+        "compression.level: invalid type: string \"high\"",
+        "route[0].cache.ttl: invalid type: integer `60`",
+        "route[1]: missing field `name`",
+        "route[2].path:",
+    ] {
+        assert!(stderr.contains(line), "`{line}` missing from:\n{stderr}");
+    }
+    assert!(stderr.contains("8 configuration problem"), "{stderr}");
+    assert!(!stderr.contains("TOML parse error"), "{stderr}");
+}
+
 #[test]
 fn syntax_errors_exit_64_without_panicking() {
     let (code, stderr) = Gateway::check_config("[server\nlisten = ");

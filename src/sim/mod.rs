@@ -17,7 +17,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Endpoints are described in `README.md` ("Simulated OMS") and in [`api`].
+//! Endpoints are described in `docs/testing.md` ("Simulated OMS") and in [`api`].
 
 mod api;
 pub mod data;
