@@ -411,7 +411,10 @@ pub fn init(config_hash: &str, routes: &[&str]) {
     for r in crate::canonical::Refusal::ALL {
         REQUESTS_REFUSED.with_label_values(&[r.as_str()]);
     }
-    for r in ["connection_nominates_credential", "duplicate_identity_header"] {
+    for r in [
+        "connection_nominates_credential",
+        "duplicate_identity_header",
+    ] {
         REQUESTS_REFUSED.with_label_values(&[r]);
     }
     Lazy::force(&CACHE_REQUESTS);
