@@ -7,7 +7,11 @@
 //!
 //! Two kinds of requests: with a bearer token (a verified tenant, so tenant-scoped routes are
 //! cached) and with the legacy `x-tenant-id` header only (no verified tenant: the cache is
-//! bypassed and every request reaches the OMS, which falls back to the header).
+//! bypassed and every request reaches the OMS, which falls back to the header). The shipped
+//! config removes that header from every request (`[identity] oms_identity_headers`, so no
+//! client can choose whom the OMS answers for); these tests model an operator whose existing
+//! clients still rely on the OMS's fallback and set `oms_identity_headers = []`, the documented
+//! opt-out. That is an identity setting, not an upstream one.
 //!
 //! Assertions are on outcomes (statuses, `x-cache`, counters), never on latency.
 
@@ -26,7 +30,8 @@ use reqwest::Method;
 // === Setup ===
 
 /// The shipped `config.toml` with the listeners on free ports, `servers` as the upstreams,
-/// JWT identity with the demo secret, and the test client's address exempt from the per-IP
+/// JWT identity with the demo secret, the OMS's legacy identity header passed through for
+/// header-only clients, and the test client's address exempt from the per-IP
 /// limit (hundreds of simulated users share 127.0.0.1). `edit` may change more (never
 /// `[upstream]`).
 fn shipped_config(servers: &[SocketAddr], edit: impl FnOnce(&mut toml::Table)) -> String {
@@ -56,6 +61,11 @@ fn shipped_config(servers: &[SocketAddr], edit: impl FnOnce(&mut toml::Table)) -
     );
     set("identity", "mode", "jwt".into());
     set("identity", "jwt_secret_env", "OMSGATE_JWT_SECRET".into());
+    set(
+        "identity",
+        "oms_identity_headers",
+        toml::Value::Array(Vec::new()),
+    );
     set(
         "rate_limit",
         "exempt_cidrs",

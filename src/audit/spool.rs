@@ -107,6 +107,8 @@ struct Active {
 const DIR_MODE: u32 = 0o700;
 /// Mode of every file in it.
 const FILE_MODE: u32 = 0o600;
+/// How long [`Spool::open`] waits for a directory lock that another process holds.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Opens a spool file with mode 0600.
 fn private_file() -> OpenOptions {
@@ -130,16 +132,25 @@ impl Spool {
             .write(true)
             .truncate(false)
             .open(dir.join(".lock"))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::WouldBlock,
-                    "another process uses this spool directory; give each instance its own \
-                     audit.spool_dir",
-                ))
+        // The lock is held for a moment longer than its owner wants it when the owner is still
+        // exiting, or when any process forked while the descriptor was open (the child holds a
+        // copy until its `exec` closes it), so a busy lock is retried for up to LOCK_WAIT.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        "another process uses this spool directory; give each instance its own \
+                         audit.spool_dir",
+                    ))
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(e),
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(e),
         }
         let mut ids = Vec::new();
         let mut bytes = 0;

@@ -78,8 +78,8 @@ pub fn main(args: Args) -> i32 {
 /// shows every key the gateway runs with: `[compression] store_level`, and per route
 /// `compression` (the route's switch, else `[compression] enabled`), `cache.statuses` (else
 /// `[cache] statuses`) and `audit` (the per-route defaults). Returns the optional keys that stay
-/// absent because absence is their effective value (`route[i].query`: always the OMS), one
-/// line each.
+/// absent because absence is their effective value (`route[i].query`: always the OMS,
+/// `upstream.keepalive_timeout`: not declared), one line each.
 pub fn fill_effective(file: &mut FileConfig, config: &Config) -> Vec<String> {
     let mut absent = Vec::new();
     file.compression.store_level = config.compression.store_level;
@@ -87,6 +87,12 @@ pub fn fill_effective(file: &mut FileConfig, config: &Config) -> Vec<String> {
         absent.push(
             "compression.store_level: cached entries are stored as the origin sent them \
              (gzip is not in compression.algorithms)"
+                .to_string(),
+        );
+    }
+    if file.upstream.keepalive_timeout.is_none() {
+        absent.push(
+            "upstream.keepalive_timeout: not declared (idle_timeout is not compared with it)"
                 .to_string(),
         );
     }
