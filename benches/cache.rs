@@ -312,29 +312,7 @@ fn seed_scenario(rt: &tokio::runtime::Runtime, cached: bool) -> SeedRow {
         ..SimOptions::default()
     };
     let dataset = opts.dataset();
-    let invoices: Arc<Vec<(String, String)>> = Arc::new(
-        dataset
-            .invoices
-            .iter()
-            .map(|i| (i.tenant_id.clone(), i.id.to_string()))
-            .collect(),
-    );
-    let tokens: Arc<std::collections::HashMap<String, String>> = Arc::new(
-        dataset
-            .tenants
-            .iter()
-            .map(|t| {
-                let tok = omsgate::identity::issue_hs256(
-                    DEMO_JWT_SECRET,
-                    "tenant_id",
-                    &t.id,
-                    &format!("{}-user", t.id),
-                    Duration::from_secs(3600),
-                );
-                (t.id.clone(), tok)
-            })
-            .collect(),
-    );
+    let (invoices, tokens) = common::invoices_and_tokens(&dataset);
     let (latency_ms, workers, write_share) = (500u64, 4usize, 0.1);
     let sim_addr = free_addr();
     let _sim = sim(sim_addr, latency_ms, workers, 200);

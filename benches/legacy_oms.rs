@@ -296,29 +296,7 @@ fn main() {
         .expect("run omsgate seed-db");
     assert!(seeded.success(), "omsgate seed-db failed");
     let dataset = omsgate::sim::data::generate(42, TENANTS, INVOICES);
-    let invoices: Arc<Vec<(String, String)>> = Arc::new(
-        dataset
-            .invoices
-            .iter()
-            .map(|i| (i.tenant_id.clone(), i.id.to_string()))
-            .collect(),
-    );
-    let tokens: Arc<std::collections::HashMap<String, String>> = Arc::new(
-        dataset
-            .tenants
-            .iter()
-            .map(|t| {
-                let token = omsgate::identity::issue_hs256(
-                    DEMO_JWT_SECRET,
-                    "tenant_id",
-                    &t.id,
-                    &format!("{}-user", t.id),
-                    Duration::from_secs(3600),
-                );
-                (t.id.clone(), token)
-            })
-            .collect(),
-    );
+    let (invoices, tokens) = common::invoices_and_tokens(&dataset);
     let audit_rows = format!("SELECT count(*) FROM {schema}.audit_events");
 
     let mut rows = Vec::new();

@@ -205,3 +205,34 @@ pub fn merge(reports: &[LoadReport]) -> LoadReport {
     m.mean_us = (weighted / (m.requests.max(1) as u128)) as u64;
     m
 }
+
+/// Every invoice of a dataset as `(tenant, id)`, shared by the load workers.
+pub type Invoices = std::sync::Arc<Vec<(String, String)>>;
+/// A bearer token per tenant id, shared by the load workers.
+pub type Tokens = std::sync::Arc<std::collections::HashMap<String, String>>;
+
+/// The seed workload's identities: every invoice of `dataset` as `(tenant, id)`, and a one-hour
+/// HS256 token per tenant signed with the demo secret (`tenant_id` claim, subject
+/// `<tenant>-user`), as the simulated and the reference legacy OMS accept them.
+pub fn invoices_and_tokens(dataset: &omsgate::sim::data::Dataset) -> (Invoices, Tokens) {
+    let invoices = dataset
+        .invoices
+        .iter()
+        .map(|i| (i.tenant_id.clone(), i.id.to_string()))
+        .collect();
+    let tokens = dataset
+        .tenants
+        .iter()
+        .map(|t| {
+            let token = omsgate::identity::issue_hs256(
+                omsgate::sim::DEMO_JWT_SECRET,
+                "tenant_id",
+                &t.id,
+                &format!("{}-user", t.id),
+                Duration::from_secs(3600),
+            );
+            (t.id.clone(), token)
+        })
+        .collect();
+    (std::sync::Arc::new(invoices), std::sync::Arc::new(tokens))
+}
