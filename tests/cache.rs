@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use cache_util::*;
 use common::*;
-use omsgate::sim::{self, SimHandle, SimOptions};
+use omsgate::sim::{SimHandle, SimOptions};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -43,26 +43,14 @@ invalidates = ["invoice:{id}", "invoices"]
 "#;
 
 async fn start_sim(latency: Duration) -> (SimHandle, omsgate::sim::data::Dataset) {
-    let opts = SimOptions {
+    cache_util::start_sim(SimOptions {
         latency,
         workers: 0,
         tenants: 3,
         invoices_per_tenant: 20,
         ..SimOptions::default()
-    };
-    let dataset = opts.dataset();
-    let sim = sim::start("127.0.0.1:0".parse().unwrap(), opts)
-        .await
-        .expect("simulated OMS starts");
-    (sim, dataset)
-}
-
-fn first_invoice(d: &omsgate::sim::data::Dataset, tenant: &str) -> String {
-    d.invoices
-        .iter()
-        .find(|i| i.tenant_id == tenant)
-        .map(|i| i.id.to_string())
-        .unwrap_or_else(|| panic!("no invoice of {tenant}"))
+    })
+    .await
 }
 
 fn oms_gets(sim: &SimHandle, route: &str) -> u64 {
@@ -417,12 +405,7 @@ cache = { ttl = "60s", scope = "tenant" }
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn origin_max_age_sets_the_ttl_and_etag_answers_304() {
     let upstream = TestUpstream::start();
-    let routes = r#"
-[[route]]
-name = "headers"
-path = "/headers"
-cache = { ttl = "60s", scope = "public" }
-"#;
+    let routes = PUBLIC_HEADERS_ROUTE;
     let gw = Gateway::start(&config(upstream.addr, &shared_redis(), routes));
     let http = client();
     let url = gw.url("/headers?Cache-Control=max-age%3D1&ETag=%22v1%22");

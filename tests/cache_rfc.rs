@@ -81,12 +81,7 @@ async fn revalidation_directives_forbid_stale_whatever_the_route_allows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn immutable_does_not_keep_an_expired_entry_fresh() {
     let upstream = TestUpstream::start();
-    let routes = r#"
-[[route]]
-name = "headers"
-path = "/headers"
-cache = { ttl = "60s", scope = "public" }
-"#;
+    let routes = PUBLIC_HEADERS_ROUTE;
     let gw = Gateway::start(&config(upstream.addr, &shared_redis(), routes));
     let http = client();
     let url = gw.url("/headers?Cache-Control=max-age%3D1%2C%20immutable");
@@ -104,12 +99,7 @@ cache = { ttl = "60s", scope = "public" }
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_origin_age_counts_and_hits_report_it() {
     let upstream = TestUpstream::start();
-    let routes = r#"
-[[route]]
-name = "headers"
-path = "/headers"
-cache = { ttl = "60s", scope = "public" }
-"#;
+    let routes = PUBLIC_HEADERS_ROUTE;
     let gw = Gateway::start(&config(upstream.addr, &shared_redis(), routes));
     let http = client();
     let url = gw.url("/headers?Cache-Control=max-age%3D3600&Age=100");
@@ -135,12 +125,7 @@ cache = { ttl = "60s", scope = "public" }
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_invalid_origin_age_makes_the_response_stale() {
     let upstream = TestUpstream::start();
-    let routes = r#"
-[[route]]
-name = "headers"
-path = "/headers"
-cache = { ttl = "60s", scope = "public" }
-"#;
+    let routes = PUBLIC_HEADERS_ROUTE;
     let gw = Gateway::start(&config(upstream.addr, &shared_redis(), routes));
     let http = client();
     // Query values become header values; a repeated name becomes a second field line.
@@ -344,12 +329,7 @@ async fn an_unsafe_request_invalidates_same_origin_location_and_content_location
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fields_named_by_connection_are_not_stored() {
     let upstream = TestUpstream::start();
-    let routes = r#"
-[[route]]
-name = "headers"
-path = "/headers"
-cache = { ttl = "60s", scope = "public" }
-"#;
+    let routes = PUBLIC_HEADERS_ROUTE;
     let gw = Gateway::start(&config(upstream.addr, &shared_redis(), routes));
     let http = client();
     let url = gw.url("/headers?Connection=x-hop&X-Hop=1&X-Kept=1");
@@ -363,12 +343,7 @@ cache = { ttl = "60s", scope = "public" }
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn targeted_cache_fields_take_precedence_and_are_not_forwarded() {
     let upstream = TestUpstream::start();
-    let routes = r#"
-[[route]]
-name = "headers"
-path = "/headers"
-cache = { ttl = "60s", scope = "public" }
-"#;
+    let routes = PUBLIC_HEADERS_ROUTE;
     let gw = Gateway::start(&config(upstream.addr, &shared_redis(), routes));
     let http = client();
     let cases = [
@@ -405,12 +380,7 @@ cache = { ttl = "60s", scope = "public" }
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn variants_tell_absent_empty_and_repeated_vary_fields_apart() {
     let upstream = TestUpstream::start();
-    let routes = r#"
-[[route]]
-name = "headers"
-path = "/headers"
-cache = { ttl = "60s", scope = "public" }
-"#;
+    let routes = PUBLIC_HEADERS_ROUTE;
     let gw = Gateway::start(&config(upstream.addr, &shared_redis(), routes));
     let http = client();
     let url = gw.url("/headers?Vary=X-V");

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use cache_util::*;
 use common::*;
-use omsgate::sim::{self, SimHandle, SimOptions};
+use omsgate::sim::{SimHandle, SimOptions};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -52,19 +52,15 @@ rate_limit = ["tenant_writes"]
 
 /// The simulated OMS, legacy-like: decodes paths before routing.
 async fn start_sim() -> (SimHandle, omsgate::sim::data::Dataset) {
-    let opts = SimOptions {
+    cache_util::start_sim(SimOptions {
         latency: Duration::from_millis(5),
         workers: 0,
         tenants: 3,
         invoices_per_tenant: 20,
         legacy_paths: true,
         ..SimOptions::default()
-    };
-    let dataset = opts.dataset();
-    let sim = sim::start("127.0.0.1:0".parse().unwrap(), opts)
-        .await
-        .expect("simulated OMS starts");
-    (sim, dataset)
+    })
+    .await
 }
 
 fn start_gateway(sim: &SimHandle, extra: &str) -> Gateway {
@@ -73,14 +69,6 @@ fn start_gateway(sim: &SimHandle, extra: &str) -> Gateway {
         &shared_redis(),
         &format!("{extra}\n{ROUTES}"),
     ))
-}
-
-fn first_invoice(d: &omsgate::sim::data::Dataset, tenant: &str) -> uuid::Uuid {
-    d.invoices
-        .iter()
-        .find(|i| i.tenant_id == tenant)
-        .map(|i| i.id)
-        .unwrap_or_else(|| panic!("no invoice of {tenant}"))
 }
 
 fn new_invoice(customer: &str) -> serde_json::Value {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use cache_util::*;
 use common::*;
 use omsgate::audit::spool::{Next, SegmentReader};
-use omsgate::sim::{self, SimHandle, SimOptions, DEMO_JWT_SECRET};
+use omsgate::sim::{SimHandle, SimOptions, DEMO_JWT_SECRET};
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -48,26 +48,14 @@ invalidates = ["invoice:{id}", "invoices"]
 "#;
 
 async fn start_sim(tenants: usize, invoices: usize) -> (SimHandle, omsgate::sim::data::Dataset) {
-    let opts = SimOptions {
+    cache_util::start_sim(SimOptions {
         latency: Duration::ZERO,
         workers: 0,
         tenants,
         invoices_per_tenant: invoices,
         ..SimOptions::default()
-    };
-    let dataset = opts.dataset();
-    let sim = sim::start("127.0.0.1:0".parse().unwrap(), opts)
-        .await
-        .expect("simulated OMS starts");
-    (sim, dataset)
-}
-
-fn invoice_of(d: &omsgate::sim::data::Dataset, tenant: &str) -> String {
-    d.invoices
-        .iter()
-        .find(|i| i.tenant_id == tenant)
-        .map(|i| i.id.to_string())
-        .unwrap_or_else(|| panic!("no invoice of {tenant}"))
+    })
+    .await
 }
 
 /// Every `tenant_id` anywhere in a JSON body.
@@ -122,7 +110,7 @@ async fn a_connection_header_cannot_strip_the_verified_token() {
     let gw = Gateway::start(&config(sim.addr, &shared_redis(), SIM_ROUTES));
     let http = client();
     let acme = token("acme", "alice");
-    let url = gw.url(&format!("/api/v1/invoices/{}", invoice_of(&d, "globex")));
+    let url = gw.url(&format!("/api/v1/invoices/{}", first_invoice(&d, "globex")));
     for nominated in [
         "authorization",
         "Authorization, keep-alive",

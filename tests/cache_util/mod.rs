@@ -1,5 +1,6 @@
-//! Helpers shared by `tests/cache.rs` and `tests/cache_faults.rs`: a gateway config with a
-//! `[cache]` section, tokens, and a request helper that reads `x-cache`.
+//! Helpers shared by the cache, canonical-request and security tests: a gateway config with a
+//! `[cache]` section, tokens, a request helper that reads `x-cache`, the simulated OMS on an
+//! ephemeral port, and a publicly cached route over the test upstream's `/headers`.
 
 #![allow(dead_code)]
 
@@ -159,4 +160,33 @@ pub async fn send(
 /// `GET url` with an optional token.
 pub async fn get(client: &reqwest::Client, url: &str, token: Option<&str>) -> Got {
     send(client, reqwest::Method::GET, url, token, &[], None).await
+}
+
+/// A route caching the test upstream's `/headers` (response headers chosen by the query) in the
+/// public scope for 60 s.
+pub const PUBLIC_HEADERS_ROUTE: &str = r#"
+[[route]]
+name = "headers"
+path = "/headers"
+cache = { ttl = "60s", scope = "public" }
+"#;
+
+/// The simulated OMS with `opts` on an ephemeral port, and the dataset it serves.
+pub async fn start_sim(
+    opts: omsgate::sim::SimOptions,
+) -> (omsgate::sim::SimHandle, omsgate::sim::data::Dataset) {
+    let dataset = opts.dataset();
+    let sim = omsgate::sim::start("127.0.0.1:0".parse().unwrap(), opts)
+        .await
+        .expect("simulated OMS starts");
+    (sim, dataset)
+}
+
+/// The id of `tenant`'s first invoice in `d`.
+pub fn first_invoice(d: &omsgate::sim::data::Dataset, tenant: &str) -> uuid::Uuid {
+    d.invoices
+        .iter()
+        .find(|i| i.tenant_id == tenant)
+        .map(|i| i.id)
+        .unwrap_or_else(|| panic!("no invoice of {tenant}"))
 }
