@@ -275,21 +275,6 @@ struct SeedRow {
     peak_rss_bytes: u64,
 }
 
-/// Zipf (s = 1) over `n` ranks: the cumulative distribution for sampling.
-fn zipf_cdf(n: usize) -> Vec<f64> {
-    let mut acc = 0.0;
-    let mut cdf: Vec<f64> = (1..=n)
-        .map(|k| {
-            acc += 1.0 / k as f64;
-            acc
-        })
-        .collect();
-    for v in &mut cdf {
-        *v /= acc;
-    }
-    cdf
-}
-
 fn sim_requests(rt: &tokio::runtime::Runtime, sim: SocketAddr) -> u64 {
     rt.block_on(async {
         let body = reqwest::get(format!("http://{sim}/__stats"))
@@ -351,7 +336,7 @@ path = "/api/v1/invoices/{id}"
         })
     };
 
-    let cdf = Arc::new(zipf_cdf(invoices.len()));
+    let cdf = Arc::new(common::zipf_cdf(invoices.len()));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(secs);
     let grace = Duration::from_secs(10);

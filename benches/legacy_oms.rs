@@ -142,21 +142,6 @@ fn gateway_config(oms: SocketAddr, listen: SocketAddr, admin: SocketAddr) -> Str
     toml::to_string(&config).expect("write the bench config")
 }
 
-/// Zipf (s = 1) over `n` ranks: the cumulative distribution for sampling.
-fn zipf_cdf(n: usize) -> Vec<f64> {
-    let mut acc = 0.0;
-    let mut cdf: Vec<f64> = (1..=n)
-        .map(|k| {
-            acc += 1.0 / k as f64;
-            acc
-        })
-        .collect();
-    for v in &mut cdf {
-        *v /= acc;
-    }
-    cdf
-}
-
 /// (latency µs, status or 0 for no answer, served stale)
 type Sample = (u64, u16, bool);
 
@@ -168,7 +153,7 @@ fn run_users(
     invoices: Arc<Vec<(String, String)>>,
     tokens: Arc<std::collections::HashMap<String, String>>,
 ) -> (Vec<Sample>, f64) {
-    let cdf = Arc::new(zipf_cdf(invoices.len()));
+    let cdf = Arc::new(common::zipf_cdf(invoices.len()));
     let started = Instant::now();
     let end = started + Duration::from_secs(secs);
     let samples = rt.block_on(async {

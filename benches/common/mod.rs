@@ -236,3 +236,18 @@ pub fn invoices_and_tokens(dataset: &omsgate::sim::data::Dataset) -> (Invoices, 
         .collect();
     (std::sync::Arc::new(invoices), std::sync::Arc::new(tokens))
 }
+
+/// Zipf (s = 1) over `n` ranks: the cumulative distribution for sampling.
+pub fn zipf_cdf(n: usize) -> Vec<f64> {
+    let mut acc = 0.0;
+    let mut cdf: Vec<f64> = (1..=n)
+        .map(|k| {
+            acc += 1.0 / k as f64;
+            acc
+        })
+        .collect();
+    for v in &mut cdf {
+        *v /= acc;
+    }
+    cdf
+}
