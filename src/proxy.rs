@@ -539,20 +539,9 @@ impl ProxyHttp for Gateway {
     where
         Self::CTX: Send + Sync,
     {
-        if *e.etype() == crate::upstream::SHED {
-            let retry_after = self.shared.upstreams.config().overload.retry_after_secs;
-            if session.response_written().is_none() {
-                if let Err(we) = send_shed(session, retry_after, &ctx.request_id).await {
-                    tracing::debug!(error = %we, "Writing the 503 response failed.");
-                }
-            }
-            ctx.local_status = Some(503);
-            return FailToProxy {
-                error_code: 503,
-                can_reuse_downstream: false,
-            };
-        }
+        let shed = *e.etype() == crate::upstream::SHED;
         let (code, message) = match e.etype() {
+            _ if shed => (503, SHED_MESSAGE),
             ErrorType::HTTPStatus(c) => (*c, "request failed"),
             _ if is_timeout(e) => (504, "upstream timed out"),
             _ => match e.esource() {
@@ -566,7 +555,8 @@ impl ProxyHttp for Gateway {
                 _ => (500, "internal error"),
             },
         };
-        if matches!(e.esource(), pingora::ErrorSource::Upstream) && code >= 500 {
+        // A shed is counted in omsgate_upstream_shed_total, not as an upstream error.
+        if !shed && matches!(e.esource(), pingora::ErrorSource::Upstream) && code >= 500 {
             let kind = if is_timeout(e) { "timeout" } else { "other" };
             if !matches!(e.etype(), ErrorType::HTTPStatus(_)) {
                 metrics::UPSTREAM_ERRORS.with_label_values(&[kind]).inc();
@@ -577,10 +567,14 @@ impl ProxyHttp for Gateway {
                 // The client connection is closed after a failed proxy attempt; say so, so that
                 // a keep-alive client does not send its next request on it.
                 session.set_keepalive(None);
-                if let Err(we) =
+                let sent = if shed {
+                    let retry_after = self.shared.upstreams.config().overload.retry_after_secs;
+                    send_shed(session, retry_after, &ctx.request_id).await
+                } else {
                     crate::respond::send_error(session, code, message, &ctx.request_id).await
-                {
-                    tracing::debug!(error = %we, "Writing the error response failed.");
+                };
+                if let Err(we) = sent {
+                    tracing::debug!(error = %we, status = code, "Writing the error response failed.");
                 }
             }
             ctx.local_status = Some(code);
@@ -657,17 +651,14 @@ impl ProxyHttp for Gateway {
     }
 }
 
+/// The error message of a request shed by overload protection.
+const SHED_MESSAGE: &str = "the OMS is overloaded; retry after the time in Retry-After";
+
 /// The answer to a request shed by overload protection: 503, `Retry-After`, a JSON body.
 async fn send_shed(session: &mut Session, retry_after: u64, request_id: &str) -> Result<()> {
-    let body = crate::respond::error_body(
-        "the OMS is overloaded; retry after the time in Retry-After",
-        request_id,
-    );
+    let body = crate::respond::error_body(SHED_MESSAGE, request_id);
     let mut header = crate::respond::json_header(503, body.len(), request_id)?;
     header.insert_header(http::header::RETRY_AFTER, retry_after.to_string())?;
-    // Pingora closes the client connection after a failed proxy attempt; say so in the
-    // response, so that a keep-alive client does not send its next request on it.
-    session.set_keepalive(None);
     crate::respond::send_json(session, header, body).await
 }
 
