@@ -161,6 +161,9 @@ pub struct FileConfig {
     /// How request paths are canonicalised before routing.
     #[serde(default)]
     pub paths: crate::canonical::PathsFile,
+    /// Trust shared by every outgoing TLS client.
+    #[serde(default)]
+    pub tls: crate::tls::TlsFile,
     /// Routes, matched in order; unmatched requests belong to the route `other`.
     #[serde(default, rename = "route")]
     pub routes: Vec<crate::routes::RouteFile>,
@@ -266,6 +269,8 @@ pub struct Config {
     pub database: crate::db::DatabaseConfig,
     /// Path canonicalisation.
     pub paths: crate::canonical::PathsConfig,
+    /// Trust of outgoing TLS clients.
+    pub tls: crate::tls::TlsConfig,
     /// Compiled routes.
     pub routes: crate::routes::Router,
     /// A short hash of the file's text, shown as `omsgate_config_info{hash}`.
@@ -455,6 +460,7 @@ impl Config {
         let audit = crate::audit::AuditConfig::from_file(&file.audit, p);
         let database = crate::db::DatabaseConfig::from_file(&file.database, p);
         let paths = crate::canonical::PathsConfig::from_file(&file.paths, p);
+        let tls = crate::tls::TlsConfig::from_file(&file.tls, p);
         let routes = crate::routes::Router::from_file(&file.routes, &rate_limit, p);
         if database.url.is_none() {
             for (i, r) in file.routes.iter().enumerate() {
@@ -482,6 +488,7 @@ impl Config {
             audit,
             database,
             paths,
+            tls,
             routes,
             hash: text_hash(text),
         }

@@ -22,5 +22,6 @@ pub mod respond;
 pub mod routes;
 pub mod server;
 pub mod sim;
+pub mod tls;
 pub mod units;
 pub mod upstream;
