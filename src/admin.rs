@@ -108,7 +108,9 @@ impl Admin {
 
     fn refresh_gauges(&self) {
         metrics::UPTIME.set(self.shared.started.elapsed().as_secs_f64());
-        self.shared.pipeline.load().cache.refresh_gauges();
+        let pipeline = self.shared.pipeline.load();
+        pipeline.cache.refresh_gauges();
+        pipeline.limiter.refresh_gauges();
         crate::db::serve::update_gauges();
         for s in self.shared.upstreams.status() {
             let server = s.addr.to_string();

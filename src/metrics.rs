@@ -247,10 +247,11 @@ pub static RATE_LIMIT_CHECKS: Lazy<IntCounterVec> = counter_vec!(
     "Rate-limit checks by result: allowed, limited, exempt, error_allowed, error_denied.",
     &["result"]
 );
-/// Keys held by the local limiters.
+/// Keys held by the local limiters; in distributed mode the distinct keys this process checked
+/// within each policy's period.
 pub static RATE_LIMIT_KEYS: Lazy<IntGauge> = gauge!(
     "omsgate_rate_limit_keys",
-    "Keys currently held by the local rate limiters."
+    "Rate-limit keys: held by the local limiters, or (distributed mode) distinct keys this instance checked within each policy's period."
 );
 /// `header:NAME` rate-limit key parts by result: `keyed` (the value keyed the bucket) or
 /// `too_long` (above `header_key_max_bytes`: keyed by the client IP instead).

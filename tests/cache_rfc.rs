@@ -1,9 +1,9 @@
 //! The shared-cache rules of RFC 9111 and RFC 9213 over real HTTP: the gateway as a child
 //! process, the real Redis, and the scriptable test upstream (`/headers?Name=Value` sets any
 //! response header, `/etag/{tag}` answers `304`s). One test per rule: no stale copy where the
-//! origin forbids it, the origin's `Age`, `304`s updating the stored header, unsafe requests
-//! invalidating their target URI, hop-by-hop fields not stored, `Vary` variants and the
-//! conditional requests revalidating them, targeted cache fields.
+//! origin forbids it, the origin's `Age`, the origin's `Date` kept, `304`s updating the stored
+//! header, unsafe requests invalidating their target URI, hop-by-hop fields not stored, `Vary`
+//! variants and the conditional requests revalidating them, targeted cache fields.
 
 mod cache_util;
 mod common;
@@ -152,6 +152,88 @@ async fn an_invalid_origin_age_makes_the_response_stale() {
         assert_eq!(hit.x_cache, "HIT", "{age}: {hit:?}");
         assert!(hit.age.is_some_and(|a| a >= 5), "{age}: {hit:?}");
     }
+}
+
+// === Date ===
+
+/// An origin `Date` no clock of today produces, so that any date the gateway wrote shows.
+const ORIGIN_DATE: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
+
+/// The same `Date`, as a query parameter of the test upstream's `/headers` and `/etag/{tag}`.
+const ORIGIN_DATE_PARAM: &str = "Date=Sun%2C%2006%20Nov%201994%2008%3A49%3A37%20GMT";
+
+/// A route over `/etag/{tag}` without caching: answers pass through.
+const PASS_ROUTE: &str = r#"
+[[route]]
+name = "pass"
+path = "/etag/{tag}"
+"#;
+
+/// Every `Date` field line of `got`, exactly (quoted, any byte that is not visible ASCII
+/// escaped).
+fn dates(got: &Got) -> Vec<String> {
+    got.headers
+        .get_all("date")
+        .iter()
+        .map(|v| format!("{v:?}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hits_stale_answers_and_pass_through_carry_the_origins_date() {
+    let upstream = TestUpstream::start();
+    let routes = format!("{PUBLIC_STALE}{PASS_ROUTE}");
+    let gw = Gateway::start(&config(upstream.addr, &shared_redis(), &routes));
+    let http = client();
+    let origin = vec![format!("{ORIGIN_DATE:?}")];
+    let url = gw.url(&format!("/headers?{ORIGIN_DATE_PARAM}"));
+    let miss = get(&http, &url, None).await;
+    assert_eq!(miss.x_cache, "MISS", "{miss:?}");
+    assert_eq!(dates(&miss), origin, "{miss:?}");
+    let hit = get(&http, &url, None).await;
+    assert_eq!(hit.x_cache, "HIT", "{hit:?}");
+    assert_eq!(dates(&hit), origin, "{hit:?}");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let stale = get(&http, &url, None).await;
+    assert_eq!(stale.x_cache, "STALE", "{stale:?}");
+    assert_eq!(dates(&stale), origin, "{stale:?}");
+
+    let pass = get(
+        &http,
+        &gw.url(&format!("/etag/p?body_len=10&{ORIGIN_DATE_PARAM}")),
+        None,
+    )
+    .await;
+    assert_eq!((pass.status, pass.x_cache.as_str()), (200, ""), "{pass:?}");
+    assert_eq!(dates(&pass), origin, "{pass:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_origin_without_date_gets_the_time_of_receipt_which_hits_keep() {
+    let upstream = TestUpstream::start();
+    upstream.send_date(false);
+    let direct = client()
+        .get(upstream.url("/headers"))
+        .send()
+        .await
+        .expect("the upstream answers");
+    assert_eq!(direct.headers().get("date"), None, "the setup: no Date");
+    let routes = format!("{PUBLIC_HEADERS_ROUTE}{PASS_ROUTE}");
+    let gw = Gateway::start(&config(upstream.addr, &shared_redis(), &routes));
+    let http = client();
+    let url = gw.url("/headers?Cache-Control=max-age%3D3600");
+    let miss = get(&http, &url, None).await;
+    assert_eq!(miss.x_cache, "MISS", "{miss:?}");
+    assert_eq!(dates(&miss).len(), 1, "{miss:?}");
+    // Past the next second: a date written when answering would differ from the stored one.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let hit = get(&http, &url, None).await;
+    assert_eq!(hit.x_cache, "HIT", "{hit:?}");
+    assert_eq!(dates(&hit), dates(&miss), "the time of receipt: {hit:?}");
+
+    let pass = get(&http, &gw.url("/etag/p?body_len=10"), None).await;
+    assert_eq!(pass.status, 200, "{pass:?}");
+    assert_eq!(dates(&pass).len(), 1, "{pass:?}");
 }
 
 // === 304 ===

@@ -465,6 +465,99 @@ async fn a_flood_of_distinct_keys_stays_under_the_cap() {
     assert!(omsgate::metrics::RATE_LIMIT_KEY_RESETS.get() - resets_before >= 9);
 }
 
+/// Distributed mode keeps the buckets in Redis, so each instance counts the distinct keys it
+/// checked: `header:NAME` values invented by a client show in `omsgate_rate_limit_keys`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_mode_counts_distinct_header_keys() {
+    let upstream = TestUpstream::start();
+    let prefix = unique("omsgate-test-rl-keys");
+    let redis = redis_url();
+    let config = routes_config(
+        &upstream,
+        "[\"api_keys\"]",
+        &format!(
+            r#"
+[rate_limit]
+mode = "distributed"
+redis_url = "{redis}"
+key_prefix = "{prefix}:"
+redis_timeout = "2s"
+[rate_limit.policies.tenant_writes]
+key = "tenant"
+quota = "100/minute"
+[rate_limit.policies.api_keys]
+key = "header:x-api-key"
+quota = "1000/hour"
+"#
+        ),
+    );
+    let gw = Gateway::start(&config);
+    let c = client();
+    assert_eq!(gw.metric_value("omsgate_rate_limit_keys", &[]), Some(0.0));
+    const N: usize = 25;
+    // Each value twice: a key counts once however often it is checked.
+    for round in 0..2 {
+        for i in 0..N {
+            let r = c
+                .get(gw.url("/api/v1/invoices"))
+                .header("x-api-key", format!("{prefix}-key-{i}"))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("request failed: {e}"));
+            assert_eq!(r.status(), 200, "round {round}, key {i}");
+        }
+    }
+    assert_eq!(
+        gw.metric_value("omsgate_rate_limit_keys", &[]),
+        Some(N as f64),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(
+        gw.metric_value("omsgate_rate_limit_checks_total", &[("result", "allowed")]),
+        Some(2.0 * N as f64)
+    );
+}
+
+/// The distinct-key count of distributed mode forgets a key one period after its last check.
+#[tokio::test]
+async fn distributed_key_count_forgets_keys_after_the_period() {
+    use omsgate::limit::{Caller, Decision, Limiter};
+    let prefix = unique("omsgate-test-rl-window");
+    let config = omsgate::config::Config::parse(&format!(
+        r#"
+        [rate_limit]
+        mode = "distributed"
+        redis_url = "{}"
+        key_prefix = "{prefix}:"
+        redis_timeout = "2s"
+        default = "api_keys"
+        [rate_limit.policies.api_keys]
+        key = "header:x-api-key"
+        quota = "100/1s"
+        "#,
+        redis_url()
+    ))
+    .unwrap();
+    let limiter = Arc::new(Limiter::new(&config.rate_limit, &config.routes));
+    for i in 0..10 {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-api-key", format!("key-{i}").parse().unwrap());
+        let caller = Caller {
+            ip: Some(std::net::Ipv4Addr::LOCALHOST.into()),
+            tenant: None,
+            subject: None,
+            headers: &headers,
+            route: "other",
+        };
+        let decision = limiter.decide(0, &caller).await;
+        assert!(matches!(decision, Decision::Admitted(_)), "{decision:?}");
+    }
+    assert_eq!(limiter.keys(), 10);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(limiter.keys(), 0, "one period after the last check");
+}
+
 /// Rewrites the gateway's config file atomically, then reloads it with SIGHUP and waits for the
 /// reload to be counted.
 fn reload_with(gw: &Gateway, edit: impl FnOnce(String) -> String) {

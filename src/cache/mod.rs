@@ -466,10 +466,24 @@ pub fn serve_decoded(
     }
 }
 
-/// `upstream_response_filter`: keeps the header of a `304` answering Pingora's revalidation of
+/// `upstream_response_filter`: gives an origin response without `Date` the time it was
+/// received (RFC 9110 §6.6.1: a recipient that stores or forwards such a response adds one), so
+/// that a stored entry keeps that date on every hit instead of getting the time of each answer;
+/// a `Date` the origin sent is never replaced (here or, with the vendored Pingora patch, when
+/// the answer is written). Then keeps the header of a `304` answering Pingora's revalidation of
 /// a stored entry, for [`response_cache_filter`] to bring the stored header up to date with it
 /// (Pingora itself takes only `Cache-Control`, `Expires`, `ETag` and a few more from a `304`).
-pub fn upstream_response_filter(resp: &ResponseHeader, ctx: &mut Ctx) {
+pub fn upstream_response_filter(resp: &mut ResponseHeader, ctx: &mut Ctx) {
+    // A `304` without one leaves the stored `Date` as it is (RFC 9111 §4.3.4).
+    let final_status =
+        !resp.status.is_informational() && resp.status != http::StatusCode::NOT_MODIFIED;
+    if final_status && !resp.headers.contains_key(http::header::DATE) {
+        // A cached `HeaderValue`: cannot fail.
+        let _ = resp.insert_header(
+            http::header::DATE,
+            pingora::protocols::http::date::get_cached_date(),
+        );
+    }
     if resp.status == http::StatusCode::NOT_MODIFIED && ctx.cache.is_ready() {
         ctx.cache.not_modified = Some(resp.headers.clone());
     }

@@ -11,7 +11,12 @@
 //! inside Pingora's runtime, by a background task that retries with backoff until it succeeds.
 //! A check never waits longer than `rate_limit.redis_timeout`; on a timeout or an error the
 //! caller applies `on_backend_error`.
+//!
+//! The buckets are in Redis, so this process counts the distinct keys it checked instead
+//! ([`SeenKeys`], one per policy): that count is `omsgate_rate_limit_keys` in this mode.
 
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, BuildHasherDefault};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -20,7 +25,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::watch;
 
 use super::config::Quota;
-use super::local::Verdict;
+use super::local::{KeyGauge, PassThrough, Verdict};
 
 /// GCRA over several buckets at once, all or nothing.
 ///
@@ -237,5 +242,64 @@ impl Distributed {
         } else {
             tracing::debug!(error = %e, "Distributed rate-limit check failed.");
         }
+    }
+}
+
+// === SeenKeys ===
+
+/// The distinct bucket keys of one policy that this process checked within the policy's
+/// period (the `w` of its `RateLimit-Policy`), at most `max_keys` of them: in distributed mode
+/// this process's share of `omsgate_rate_limit_keys`, so that a flood of distinct keys (for
+/// example random `header:NAME` values) shows on every instance it reaches.
+///
+/// Keys enter as 64-bit hashes keyed with a per-process seed, as in local mode. A key already
+/// in the set costs one hash and one lookup (which also keeps it for another period); a new
+/// one an insert. The count is brought up to date by the housekeeping task and when the
+/// metrics are read ([`SeenKeys::refresh`]).
+pub struct SeenKeys {
+    keys: moka::sync::Cache<u64, (), BuildHasherDefault<PassThrough>>,
+    seed: RandomState,
+    period: Duration,
+    max_keys: usize,
+    counted: KeyGauge,
+}
+
+impl SeenKeys {
+    /// An empty set forgetting a key `period` after it was last checked, holding at most
+    /// `max_keys`.
+    pub fn new(period: Duration, max_keys: usize) -> SeenKeys {
+        SeenKeys {
+            keys: moka::sync::Cache::builder()
+                .max_capacity(max_keys as u64)
+                .time_to_idle(period)
+                .build_with_hasher(BuildHasherDefault::default()),
+            seed: RandomState::new(),
+            period,
+            max_keys,
+            counted: KeyGauge::default(),
+        }
+    }
+
+    /// Whether this set counts the same thing as one for `period` and `max_keys` (a reload
+    /// keeps it then).
+    pub fn counts_like(&self, period: Duration, max_keys: usize) -> bool {
+        self.period == period && self.max_keys == max_keys
+    }
+
+    /// Records a check of bucket `key`.
+    pub fn saw(&self, key: &str) {
+        let hash = self.seed.hash_one(key);
+        if self.keys.get(&hash).is_none() {
+            self.keys.insert(hash, ());
+        }
+    }
+
+    /// Applies the pending inserts and expiries, and moves this policy's share of the gauge to
+    /// the count; returns the count.
+    pub fn refresh(&self) -> usize {
+        self.keys.run_pending_tasks();
+        let len = usize::try_from(self.keys.entry_count()).unwrap_or(usize::MAX);
+        self.counted.set(len);
+        len
     }
 }

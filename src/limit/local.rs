@@ -72,8 +72,8 @@ pub struct LocalPolicy {
     checks: AtomicU32,
     check_every: u32,
     max_keys: usize,
-    /// Keys counted into `omsgate_rate_limit_keys` by this policy.
-    counted: AtomicUsize,
+    /// This policy's share of `omsgate_rate_limit_keys`.
+    counted: KeyGauge,
     name: String,
 }
 
@@ -89,7 +89,7 @@ impl LocalPolicy {
             // requests, early enough that the cap holds in between.
             check_every: (max_keys / 8).clamp(1, 64) as u32,
             max_keys,
-            counted: AtomicUsize::new(0),
+            counted: KeyGauge::default(),
             name: name.to_string(),
         }
     }
@@ -130,12 +130,19 @@ impl LocalPolicy {
         self.limiter.load().len()
     }
 
+    /// Moves this policy's share of `omsgate_rate_limit_keys` to the keys held now; returns them.
+    pub fn refresh_gauge(&self) -> usize {
+        let len = self.keys();
+        self.counted.set(len);
+        len
+    }
+
     /// Drops keys whose state equals a fresh bucket, returns memory, refreshes the key gauge.
     pub fn housekeeping(&self) {
         let limiter = self.limiter.load();
         limiter.retain_recent();
         limiter.shrink_to_fit();
-        self.count_keys(limiter.len());
+        self.counted.set(limiter.len());
     }
 
     fn enforce_cap(&self) {
@@ -157,20 +164,26 @@ impl LocalPolicy {
                 len = 0;
             }
         }
-        self.count_keys(len);
+        self.counted.set(len);
     }
+}
 
-    /// Moves this policy's share of the process-wide key gauge to `len`.
-    fn count_keys(&self, len: usize) {
-        let before = self.counted.swap(len, Ordering::Relaxed);
+/// One policy's share of the process-wide `omsgate_rate_limit_keys` gauge; dropping it (a
+/// reload replaced the policy) takes the share out again.
+#[derive(Default)]
+pub struct KeyGauge(AtomicUsize);
+
+impl KeyGauge {
+    /// Moves this share of the gauge to `len`.
+    pub fn set(&self, len: usize) {
+        let before = self.0.swap(len, Ordering::Relaxed);
         metrics::RATE_LIMIT_KEYS.add(len as i64 - before as i64);
     }
 }
 
-impl Drop for LocalPolicy {
+impl Drop for KeyGauge {
     fn drop(&mut self) {
-        // A reload replaces the limiter: take this one's keys out of the gauge.
-        metrics::RATE_LIMIT_KEYS.sub(*self.counted.get_mut() as i64);
+        metrics::RATE_LIMIT_KEYS.sub(*self.0.get_mut() as i64);
     }
 }
 

@@ -39,7 +39,7 @@ use pingora::proxy::Session;
 
 use self::config::{in_any, KeyPart, Mode, Policy};
 pub use self::config::{OnBackendError, RateLimitConfig, RateLimitFile};
-use self::distributed::Distributed;
+use self::distributed::{Distributed, SeenKeys};
 pub use self::ip::client_ip;
 use self::local::{LocalPolicy, Verdict};
 use crate::metrics;
@@ -63,6 +63,8 @@ pub struct Limiter {
     /// `RateLimit-Policy` value per route id, built once.
     route_policy_headers: Vec<String>,
     backend: Backend,
+    /// Distributed mode: per policy, the distinct keys this process checked (empty otherwise).
+    seen: Vec<Arc<SeenKeys>>,
     housekeeping: AtomicBool,
 }
 
@@ -182,11 +184,16 @@ impl Limiter {
             }
             Mode::Local => Backend::Local(local_policies(config, previous)),
         };
+        let seen = match &backend {
+            Backend::Distributed(_) => seen_keys(config, previous),
+            Backend::Local(_) => Vec::new(),
+        };
         Limiter {
             config: config.clone(),
             route_policies,
             route_policy_headers,
             backend,
+            seen,
             housekeeping: AtomicBool::new(false),
         }
     }
@@ -202,12 +209,18 @@ impl Limiter {
         &self.route_policies[route_id.min(last)]
     }
 
-    /// Keys held by the local policies (0 in distributed mode).
+    /// Keys held by the local policies; in distributed mode the distinct keys this process
+    /// checked within each policy's period. Also brings `omsgate_rate_limit_keys` up to date.
     pub fn keys(&self) -> usize {
         match &self.backend {
-            Backend::Local(ps) => ps.iter().map(|p| p.keys()).sum(),
-            Backend::Distributed(_) => 0,
+            Backend::Local(ps) => ps.iter().map(|p| p.refresh_gauge()).sum(),
+            Backend::Distributed(_) => self.seen.iter().map(|s| s.refresh()).sum(),
         }
+    }
+
+    /// Brings `omsgate_rate_limit_keys` up to date (before the metrics are rendered).
+    pub fn refresh_gauges(&self) {
+        self.keys();
     }
 
     /// Checks one request of route `route_id`, counting the result in the metrics.
@@ -245,14 +258,14 @@ impl Limiter {
                 out
             }
             Backend::Distributed(d) => {
+                self.start_housekeeping();
                 let buckets: Vec<(String, config::Quota)> = policies
                     .iter()
                     .map(|&i| {
                         let p = &self.config.policies[i];
-                        (
-                            d.redis_key(&p.name, &bucket_key(p, caller, &self.config)),
-                            p.quota,
-                        )
+                        let key = bucket_key(p, caller, &self.config);
+                        self.seen[i].saw(&key);
+                        (d.redis_key(&p.name, &key), p.quota)
                     })
                     .collect();
                 match d.check(&buckets).await {
@@ -332,8 +345,8 @@ impl Limiter {
         out
     }
 
-    /// Starts (once) the task that evicts idle keys every `cleanup_interval`; it ends when the
-    /// limiter is dropped (a reload).
+    /// Starts (once) the task that evicts idle keys every `cleanup_interval` (distributed mode:
+    /// that counts the distinct keys seen); it ends when the limiter is dropped (a reload).
     fn start_housekeeping(self: &Arc<Self>) {
         if self.housekeeping.load(Ordering::Relaxed)
             || self.housekeeping.swap(true, Ordering::AcqRel)
@@ -357,6 +370,9 @@ impl Limiter {
                     for p in ps {
                         p.housekeeping();
                     }
+                }
+                for s in &this.seen {
+                    s.refresh();
                 }
             }
         });
@@ -386,6 +402,29 @@ fn local_policies(config: &RateLimitConfig, previous: Option<&Limiter>) -> Vec<A
         .iter()
         .map(|p| {
             same(p).unwrap_or_else(|| Arc::new(LocalPolicy::new(&p.name, p.quota, config.max_keys)))
+        })
+        .collect()
+}
+
+/// Distributed mode: the distinct-key set of each policy, carried over from `previous` when it
+/// counts the same (name, key, period, key cap), empty otherwise.
+fn seen_keys(config: &RateLimitConfig, previous: Option<&Limiter>) -> Vec<Arc<SeenKeys>> {
+    config
+        .policies
+        .iter()
+        .map(|p| {
+            let kept = previous.and_then(|prev| {
+                let i = prev
+                    .config
+                    .policies
+                    .iter()
+                    .position(|q| q.name == p.name && q.key == p.key)?;
+                prev.seen
+                    .get(i)
+                    .filter(|s| s.counts_like(p.quota.period, config.max_keys))
+                    .cloned()
+            });
+            kept.unwrap_or_else(|| Arc::new(SeenKeys::new(p.quota.period, config.max_keys)))
         })
         .collect()
 }

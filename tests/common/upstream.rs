@@ -25,7 +25,9 @@
 //! [`TestUpstream::close_reused`] (the keep-alive race: a request that is not the first on its
 //! connection is read, then the connection closes without an answer, as when uvicorn's
 //! keep-alive timer fires just as the request arrives), [`TestUpstream::delay_health`] (a slow
-//! `/health`), and [`TestUpstream::peak_in_flight`] (the most requests it ever worked on at once).
+//! `/health`), [`TestUpstream::send_date`] (`false`: no `Date` unless the request sets one, as
+//! from an origin without a clock), and [`TestUpstream::peak_in_flight`] (the most requests it
+//! ever worked on at once).
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -82,6 +84,8 @@ struct State {
     health_delay_ms: AtomicU64,
     in_flight: AtomicU64,
     peak_in_flight: AtomicU64,
+    /// Whether hyper adds `Date` to responses that have none (connections accepted later).
+    send_date: AtomicBool,
 }
 
 // === impl TestUpstream ===
@@ -115,6 +119,7 @@ impl TestUpstream {
             health_delay_ms: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             peak_in_flight: AtomicU64::new(0),
+            send_date: AtomicBool::new(true),
         });
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
         let thread_state = state.clone();
@@ -218,6 +223,13 @@ impl TestUpstream {
         self.state.health_delay_ms.store(ms, Ordering::SeqCst);
     }
 
+    /// Whether responses carry a `Date` when the request does not set one (`/headers?Date=`):
+    /// `true` by default, like any origin; `false` stands for an origin without a clock. Applies
+    /// to connections accepted from now on (set it before the gateway connects).
+    pub fn send_date(&self, on: bool) {
+        self.state.send_date.store(on, Ordering::SeqCst);
+    }
+
     /// The most requests (`/health` excluded) this upstream has worked on at once.
     pub fn peak_in_flight(&self) -> u64 {
         self.state.peak_in_flight.load(Ordering::SeqCst)
@@ -257,6 +269,7 @@ async fn serve(
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let state = state.clone();
+                let send_date = state.send_date.load(Ordering::SeqCst);
                 tokio::spawn(async move {
                     let on_connection = Arc::new(AtomicU64::new(0));
                     let service = hyper::service::service_fn(move |req| {
@@ -276,6 +289,7 @@ async fn serve(
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
+                        .auto_date_header(send_date)
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
