@@ -321,6 +321,7 @@ async fn answer(st: &ServerState) -> http::Response<http_body_util::Full<bytes::
 struct Setup {
     refresh: &'static str,
     min_refresh: &'static str,
+    timeout: &'static str,
     secret: &'static str,
     issuer: OneOrMany,
     audience: OneOrMany,
@@ -333,6 +334,7 @@ impl Default for Setup {
         Setup {
             refresh: "1h",
             min_refresh: "200ms",
+            timeout: "2s",
             secret: "",
             issuer: OneOrMany::One(ISSUER.into()),
             audience: OneOrMany::One("authenticated".into()),
@@ -350,7 +352,7 @@ fn identity(pki: &Pki, url: &str, s: Setup) -> IdentityConfig {
         jwks_url: url.into(),
         jwks_refresh: s.refresh.into(),
         jwks_min_refresh: s.min_refresh.into(),
-        jwks_timeout: "2s".into(),
+        jwks_timeout: s.timeout.into(),
         issuer: s.issuer,
         audience: s.audience,
         tenant_claim: s.tenant_claim.into(),
@@ -613,6 +615,8 @@ fn a_slow_key_server_never_delays_a_request() {
         &server.url(),
         Setup {
             min_refresh: "50ms",
+            // Longer than the test: the held fetch must not time out and be retried meanwhile.
+            timeout: "10m",
             ..Default::default()
         },
     ));
@@ -879,8 +883,14 @@ fn api_keys_identify_service_clients_and_reload_when_the_file_changes() {
     assert!(wait_for(Duration::from_secs(20), || with_key("key-two").is_ok()));
     assert_eq!(with_key("key-one"), Err(Rejection::UnknownApiKey));
     // A broken file keeps the keys in force.
+    let invalid = || {
+        omsgate::metrics::API_KEYS_RELOADS
+            .with_label_values(&["invalid"])
+            .get()
+    };
+    let before = invalid();
     std::fs::write(&path, "key-three acme\nmore garbage lines\n").unwrap();
-    std::thread::sleep(Duration::from_millis(2500));
+    assert!(wait_for(Duration::from_secs(20), || invalid() > before));
     assert_eq!(
         with_key("key-two").unwrap().tenant.as_deref(),
         Some("globex")
@@ -916,6 +926,10 @@ const TENANT_ROUTES: &str = r#"
 name = "by_tenant"
 path = "/tenant/{x}"
 cache = { ttl = "60s", scope = "tenant", resource = "thing:{x}" }
+[[route]]
+name = "limited"
+path = "/limited/{x}"
+rate_limit = ["per_tenant"]
 "#;
 
 fn gateway_config(upstream: SocketAddr, pki: &Pki, jwks_url: &str) -> String {
@@ -943,6 +957,10 @@ jwks_min_refresh = "200ms"
 issuer = "{ISSUER}"
 audience = "authenticated"
 tenant_claim = "app_metadata.tenant_id"
+[rate_limit.policies.per_tenant]
+key = "tenant"
+quota = "1/minute"
+burst = 1
 [cache]
 key_prefix = "{prefix}:"
 {redis}
@@ -1008,11 +1026,28 @@ async fn supabase_shaped_tokens_scope_the_cache_by_tenant_through_the_gateway() 
     assert_eq!(o.x_cache, "BYPASS");
     assert_eq!(o.json()["headers"]["x-omsgate-tenant"], Value::Null);
 
+    // Rate-limit keys use the verified tenant: acme's quota is not globex's.
+    let limited = gw.url("/limited/x");
+    let statuses = [
+        cache_util::get(&http, &limited, Some(&acme)).await.status,
+        cache_util::get(&http, &limited, Some(&acme)).await.status,
+        cache_util::get(&http, &limited, Some(&globex)).await.status,
+    ];
+    assert_eq!(statuses, [200, 429, 200]);
+
+    // A reload with the same settings keeps the running key set: no new fetch, and the next
+    // request verifies at once.
+    let r = http.post(gw.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let after = cache_util::get(&http, &url, Some(&globex)).await;
+    assert_eq!(after.x_cache, "HIT");
+    assert_eq!(after.body, b.body);
+
     let metric = |result: &str| {
         gw.metric_value("omsgate_identity_total", &[("result", result)])
             .unwrap_or(0.0)
     };
-    assert!(metric("verified") >= 5.0);
+    assert!(metric("verified") >= 8.0);
     assert_eq!(metric("wrong_issuer"), 1.0);
     assert!(
         gw.metric_value("omsgate_jwks_refresh_total", &[("outcome", "ok")])
