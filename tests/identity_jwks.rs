@@ -9,6 +9,7 @@
 
 mod cache_util;
 mod common;
+mod db_support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -1100,4 +1101,68 @@ async fn the_gateway_serves_unverified_while_the_key_server_is_down_and_ready_sa
     assert!(verified, "the key set never arrived: {}", gw.log());
     let r = http.get(gw.admin_url("/ready")).send().await.unwrap();
     assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_query_paths_answer_for_the_jwks_verified_tenant() {
+    let (schema, dataset) = db_support::seeded_schema("jwks_qp", 11, 2, 5).await;
+    let sim = db_support::sim_with(11, 2, 5).await;
+    let pki = pki();
+    let k = rsa_key("supabase-rs256", Some(Algorithm::RS256));
+    let server = KeyServer::start(&pki, jwks_of(&[&k]));
+    let routes = r#"
+[[route]]
+name = "invoice"
+path = "/api/v1/invoices/{id}"
+methods = ["GET", "HEAD"]
+query = "invoice_with_lines"
+"#;
+    let mut config = gateway_config(sim.addr, &pki, &server.url()).replace(TENANT_ROUTES, routes);
+    config.push_str(&format!(
+        "\n[database]\nurl = \"{}\"\nschema = \"{}\"\nmin_idle = 1\nmax_connections = 2\n",
+        db_support::database_url(),
+        schema.name
+    ));
+    let gw = Gateway::start(&config);
+    let http = client();
+    let jwks_up = async {
+        for _ in 0..200 {
+            let ready: Value = http
+                .get(gw.admin_url("/ready"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if ready["dependencies"]["identity_jwks"]["state"] == "up" {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    assert!(jwks_up.await, "no key set: {}", gw.log());
+
+    let oms_gets = || sim.stats().by_route.values().sum::<u64>();
+    let acme_invoice = dataset
+        .invoices
+        .iter()
+        .find(|i| i.tenant_id == "acme")
+        .unwrap();
+    let path = format!("/api/v1/invoices/{}", acme_invoice.id);
+    let mut answers = Vec::new();
+    for tenant in ["acme", "globex"] {
+        let (status, _, body) = db_support::sim_get(&sim, tenant, &path).await;
+        let before = oms_gets();
+        let token = k.sign(&claims(json!(tenant), "alice"));
+        let got = cache_util::get(&http, &gw.url(&path), Some(&token)).await;
+        assert_eq!(oms_gets(), before, "{tenant}: not answered from the pool");
+        assert_eq!(got.status, status, "{tenant}: {got:?}");
+        let want: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(got.json(), want, "{tenant}");
+        answers.push(got.status);
+    }
+    // acme sees its invoice, globex does not.
+    assert_eq!(answers, [200, 404]);
 }
