@@ -898,6 +898,47 @@ fn api_keys_identify_service_clients_and_reload_when_the_file_changes() {
     );
 }
 
+#[test]
+fn a_jwks_file_is_read_at_load_and_a_bad_one_is_a_config_problem() {
+    let dir = TestDir::new("jwks-file");
+    let path = dir.path().join("jwks.json");
+    let k = ed_key("file-key");
+    std::fs::write(&path, jwks_of(&[&k])).unwrap();
+    let file = |path: &Path| IdentityFile {
+        mode: "jwt".into(),
+        jwt_secret_env: "OMSGATE_TEST_JWKS_SURELY_UNSET".into(),
+        jwks_file: path.display().to_string(),
+        tenant_claim: "app_metadata.tenant_id".into(),
+        ..Default::default()
+    };
+    let mut p = omsgate::config::Problems::default();
+    let c = IdentityConfig::from_file(&file(&path), &Default::default(), &mut p);
+    assert!(p.is_empty(), "{p:?}");
+    // Verified at once, without any refresher running.
+    assert_eq!(
+        tenant_of(&c, &k.sign(&claims(json!("acme"), "u"))),
+        Ok("acme".into())
+    );
+    let other = ed_key("other");
+    assert_eq!(
+        tenant_of(&c, &other.sign(&claims(json!("acme"), "u"))),
+        Err(Rejection::UnknownKid)
+    );
+
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"hmac"}]}"#,
+    )
+    .unwrap();
+    for path in [bad, dir.path().join("absent.json")] {
+        let mut p = omsgate::config::Problems::default();
+        IdentityConfig::from_file(&file(&path), &Default::default(), &mut p);
+        assert_eq!(p.list().len(), 1, "{p:?}");
+        assert_eq!(p.list()[0].key, "identity.jwks_file");
+    }
+}
+
 // === through the gateway ===
 
 #[test]
