@@ -79,7 +79,12 @@ impl Admin {
             .collect();
         // Not ready when no server is healthy, even though panic mode still sends requests to
         // them: a load balancer in front may prefer another gateway instance.
-        let ready = healthy > 0;
+        let upstream_ready = healthy > 0;
+        // Without any key set yet, tokens cannot be verified: requests are served without
+        // identity (never blocked), but a load balancer may prefer an instance with keys.
+        let identity = &self.shared.pipeline.load().config.identity;
+        let jwks = identity.jwks().map(|j| j.ready_json());
+        let ready = upstream_ready && identity.jwks().is_none_or(|j| j.has_keys());
         let cache_redis = match self.shared.pipeline.load().cache.redis_connected() {
             None => "none",
             Some(true) => "up",
@@ -93,7 +98,7 @@ impl Admin {
             "config_hash": self.shared.pipeline.load().config.hash,
             "dependencies": {
                 "upstream": {
-                    "state": if ready { "up" } else { "down" },
+                    "state": if upstream_ready { "up" } else { "down" },
                     "healthy": healthy,
                     "panic": ups.panic(),
                     "servers": servers,
@@ -101,6 +106,7 @@ impl Admin {
                 },
                 "cache_redis": { "state": cache_redis },
                 "audit": self.shared.audit.state().ready_json(),
+                "identity_jwks": jwks,
             },
         });
         (if ready { 200 } else { 503 }, body)
@@ -111,6 +117,7 @@ impl Admin {
         let pipeline = self.shared.pipeline.load();
         pipeline.cache.refresh_gauges();
         pipeline.limiter.refresh_gauges();
+        pipeline.config.identity.refresh_gauges();
         crate::db::serve::update_gauges();
         for s in self.shared.upstreams.status() {
             let server = s.addr.to_string();

@@ -446,7 +446,8 @@ impl Config {
             );
         }
         let upstream = crate::upstream::UpstreamConfig::from_file(&file.upstream, p);
-        let identity = crate::identity::IdentityConfig::from_file(&file.identity, p);
+        let tls = crate::tls::TlsConfig::from_file(&file.tls, p);
+        let identity = crate::identity::IdentityConfig::from_file(&file.identity, &tls, p);
         let cache = crate::cache::CacheConfig::from_file(&file.cache, p);
         let compression = crate::compress::CompressionConfig::from_file(&file.compression, p);
         let rate_limit = crate::limit::RateLimitConfig::from_file(&file.rate_limit, p);
@@ -460,7 +461,6 @@ impl Config {
         let audit = crate::audit::AuditConfig::from_file(&file.audit, p);
         let database = crate::db::DatabaseConfig::from_file(&file.database, p);
         let paths = crate::canonical::PathsConfig::from_file(&file.paths, p);
-        let tls = crate::tls::TlsConfig::from_file(&file.tls, p);
         let routes = crate::routes::Router::from_file(&file.routes, &rate_limit, p);
         if database.url.is_none() {
             for (i, r) in file.routes.iter().enumerate() {

@@ -159,13 +159,36 @@ pub static UPSTREAM_LIMIT: Lazy<IntGaugeVec> = gauge_vec!(
 
 // === identity ===
 
-/// Identity resolution results: `verified`, `missing`, `invalid`, `no_tenant`, `none`,
-/// `untrusted_peer` (trusted headers from a peer outside `trusted_proxies`, ignored),
-/// `duplicate_header` (a trusted header sent twice, refused).
+/// Identity resolution results ([`crate::identity::Rejection::as_str`]): `verified`, `none`
+/// (mode none), `no_credential`, `malformed`, `expired`, `not_yet_valid`, `bad_signature`,
+/// `alg_not_allowed`, `unknown_kid`, `no_key_set`, `wrong_issuer`, `wrong_audience`,
+/// `unknown_api_key`, `no_tenant`, `bad_claim`, `untrusted_peer` (trusted headers from a peer
+/// outside `trusted_proxies`, ignored), `duplicate_header` (a trusted header sent twice, refused).
 pub static IDENTITY: Lazy<IntCounterVec> = counter_vec!(
     "omsgate_identity_total",
-    "Identity resolution per request: verified, missing, invalid, no_tenant, none (mode none), untrusted_peer, duplicate_header.",
+    "Identity resolution per request: verified, none (mode none), or why there is no identity (no_credential, malformed, expired, not_yet_valid, bad_signature, alg_not_allowed, unknown_kid, no_key_set, wrong_issuer, wrong_audience, unknown_api_key, no_tenant, bad_claim, untrusted_peer, duplicate_header).",
     &["result"]
+);
+/// Key set (JWKS) refreshes by outcome: `ok`, `error` (connect, TLS, HTTP), `bad_status`,
+/// `timeout`, `invalid` (not a usable key set). A failure keeps the last good set.
+pub static JWKS_REFRESH: Lazy<IntCounterVec> = counter_vec!(
+    "omsgate_jwks_refresh_total",
+    "Key set (JWKS) refreshes by outcome: ok, error, bad_status, timeout, invalid; a failure keeps the last good set.",
+    &["outcome"]
+);
+/// Age of the key set in force, set at scrape time; -1 while none has been loaded.
+pub static JWKS_AGE: Lazy<Gauge> = Lazy::new(|| {
+    register_gauge!(
+        "omsgate_jwks_age_seconds",
+        "Age of the key set (JWKS) in force in seconds; -1 while none has been loaded, 0 without jwks_url/jwks_file."
+    )
+    .expect("register omsgate_jwks_age_seconds")
+});
+/// Reloads of the API key file after it changed: `ok`, `invalid` (previous keys kept).
+pub static API_KEYS_RELOADS: Lazy<IntCounterVec> = counter_vec!(
+    "omsgate_identity_api_keys_reloads_total",
+    "Reloads of the API key file after it changed: ok, invalid (the previous keys stay).",
+    &["outcome"]
 );
 
 /// Requests refused before they reach the OMS, by reason. Path canonicalisation (`canonical`):
@@ -409,6 +432,11 @@ pub fn init(config_hash: &str, routes: &[&str]) {
     Lazy::force(&UPSTREAM_QUEUE);
     Lazy::force(&UPSTREAM_LIMIT);
     Lazy::force(&IDENTITY);
+    for outcome in ["ok", "error", "bad_status", "timeout", "invalid"] {
+        JWKS_REFRESH.with_label_values(&[outcome]);
+    }
+    Lazy::force(&JWKS_AGE);
+    Lazy::force(&API_KEYS_RELOADS);
     for r in crate::canonical::Refusal::ALL {
         REQUESTS_REFUSED.with_label_values(&[r.as_str()]);
     }

@@ -102,6 +102,8 @@ impl Pipeline {
     }
 
     fn build(config: Arc<Config>, previous: Option<&Pipeline>) -> Pipeline {
+        // Key set refresher and API key watcher (kept across reloads with the same settings).
+        config.identity.start();
         let cache = crate::cache::Cache::global(&config.cache);
         let limiter = Arc::new(match previous {
             Some(p) => {

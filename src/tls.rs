@@ -107,9 +107,13 @@ pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, St
     }
     let mut probe = RootCertStore::empty();
     for (i, cert) in certs.iter().enumerate() {
-        probe
-            .add(cert.clone())
-            .map_err(|e| format!("{}: certificate {} is not a usable CA: {e}", path.display(), i + 1))?;
+        probe.add(cert.clone()).map_err(|e| {
+            format!(
+                "{}: certificate {} is not a usable CA: {e}",
+                path.display(),
+                i + 1
+            )
+        })?;
     }
     Ok(certs)
 }
