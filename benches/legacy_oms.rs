@@ -2,7 +2,7 @@
 //! (`examples/legacy-oms`: FastAPI on one uvicorn worker, one locked PostgreSQL connection,
 //! N+1 queries, a synchronous audit insert), directly and through omsgate with the shipped
 //! `config.toml` (addresses, JWT identity and the load generator's exemption from the per-IP
-//! limit changed; `[upstream]` as shipped), at 20 / 100 / 200 / 500 users (issue 14).
+//! limit changed; `[upstream]` as shipped), at 5 / 10 / 20 / 100 / 200 / 500 users (issue 14).
 //!
 //! Each user waits a random fraction of the think time, then loops: a request, then the think
 //! time (1 s ± 20 %). Requests: Zipf-distributed (s = 1) invoices of 5 tenants × 200, 90 %
@@ -17,7 +17,7 @@
 //! Needs PostgreSQL (`OMSGATE_TEST_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/
 //! test`) and the reference OMS's Python (`OMSGATE_TEST_LEGACY_PYTHON`, else `.venv-legacy-oms`;
 //! `scripts/test` creates it). Environment: `OMSGATE_BENCH_SECS` (default 20),
-//! `OMSGATE_BENCH_USERS` (default `20,100,200,500`), `OMSGATE_BENCH_AUDIT_MS` (the OMS's extra
+//! `OMSGATE_BENCH_USERS` (default `5,10,20,100,200,500`), `OMSGATE_BENCH_AUDIT_MS` (the OMS's extra
 //! audit time per request, default 50: about 20 requests/s on its one connection).
 //! Target (issue 14): through omsgate, zero errors at every level and at least 10× the users
 //! the OMS alone sustains within the seed's objective (mean ≤ 200 ms, p99 ≤ 1 s).
