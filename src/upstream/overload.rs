@@ -137,7 +137,9 @@ impl Gate {
         let queued = self
             .waiting
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-                let too_long = pace.is_some_and(|pace| pace * (w as u32 + 1) > budget);
+                let ahead = u32::try_from(w + 1).unwrap_or(u32::MAX);
+                let too_long =
+                    pace.is_some_and(|pace| pace.checked_mul(ahead).is_none_or(|d| d > budget));
                 (w < self.cfg.queue && !too_long).then_some(w + 1)
             });
         if queued.is_err() {
