@@ -2,7 +2,7 @@
 //! (`examples/legacy-oms`: FastAPI on one uvicorn worker, one locked PostgreSQL connection,
 //! N+1 queries, a synchronous audit insert), directly and through omsgate with the shipped
 //! `config.toml` (addresses, JWT identity and the load generator's exemption from the per-IP
-//! limit changed; `[upstream]` as shipped), at 20 / 100 / 200 / 500 users (issue 14).
+//! limit changed; `[upstream]` as shipped), at 5 / 10 / 20 / 100 / 200 / 500 users (issue 14).
 //!
 //! Each user waits a random fraction of the think time, then loops: a request, then the think
 //! time (1 s ± 20 %). Requests: Zipf-distributed (s = 1) invoices of 5 tenants × 200, 90 %
@@ -17,7 +17,7 @@
 //! Needs PostgreSQL (`OMSGATE_TEST_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/
 //! test`) and the reference OMS's Python (`OMSGATE_TEST_LEGACY_PYTHON`, else `.venv-legacy-oms`;
 //! `scripts/test` creates it). Environment: `OMSGATE_BENCH_SECS` (default 20),
-//! `OMSGATE_BENCH_USERS` (default `20,100,200,500`), `OMSGATE_BENCH_AUDIT_MS` (the OMS's extra
+//! `OMSGATE_BENCH_USERS` (default `5,10,20,100,200,500`), `OMSGATE_BENCH_AUDIT_MS` (the OMS's extra
 //! audit time per request, default 50: about 20 requests/s on its one connection).
 //! Target (issue 14): through omsgate, zero errors at every level and at least 10× the users
 //! the OMS alone sustains within the seed's objective (mean ≤ 200 ms, p99 ≤ 1 s).
@@ -30,7 +30,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{bench_dir, database_url, env_or, free_addr, run_gateway, wait_ready, Proc};
+use common::{bench_dir, database_url, env_or, free_addr, run_gateway_logged, wait_ready, Proc};
 use omsgate::sim::DEMO_JWT_SECRET;
 use rand::{Rng, SeedableRng};
 
@@ -54,6 +54,24 @@ struct Row {
     stale: u64,
     backend_requests: i64,
     backend_per_client_request: f64,
+    /// mean ≤ 200 ms and p99 ≤ 1 s over all requests (the seed's objective)
+    within_objective: bool,
+    reads: Class,
+    writes: Class,
+    /// 2xx answers only.
+    answered: Class,
+    /// Per (method, status, x-cache): count, mean, p99, max (ms).
+    breakdown: Vec<String>,
+}
+
+/// Latency of one kind of request.
+#[derive(Debug, Default, serde::Serialize)]
+struct Class {
+    requests: u64,
+    mean_ms: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    sheds: u64,
 }
 
 fn python() -> PathBuf {
@@ -142,8 +160,85 @@ fn gateway_config(oms: SocketAddr, listen: SocketAddr, admin: SocketAddr) -> Str
     toml::to_string(&config).expect("write the bench config")
 }
 
-/// (latency µs, status or 0 for no answer, served stale)
-type Sample = (u64, u16, bool);
+/// One request's outcome.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    micros: u64,
+    /// 0 for no answer
+    status: u16,
+    write: bool,
+    /// `x-cache`: HIT, MISS, STALE, EXPIRED, BYPASS, or "-" (none)
+    cache: &'static str,
+}
+
+fn cache_status(v: Option<&reqwest::header::HeaderValue>) -> &'static str {
+    match v.map(|v| v.as_bytes()) {
+        Some(b"HIT") => "HIT",
+        Some(b"MISS") => "MISS",
+        Some(b"STALE") => "STALE",
+        Some(b"EXPIRED") => "EXPIRED",
+        Some(b"BYPASS") => "BYPASS",
+        Some(_) => "other",
+        None => "-",
+    }
+}
+
+/// Mean, p50, p99 and max (ms) of latencies in µs.
+fn stats(lat: &mut [u64]) -> (f64, f64, f64, f64) {
+    if lat.is_empty() {
+        return (0.0, 0.0, 0.0, 0.0);
+    }
+    lat.sort_unstable();
+    let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0;
+    let mean = lat.iter().sum::<u64>() as f64 / lat.len() as f64 / 1000.0;
+    (
+        mean,
+        pct(0.5),
+        pct(0.99),
+        lat[lat.len() - 1] as f64 / 1000.0,
+    )
+}
+
+/// Scrapes the gateway's `/metrics` once a second while `run` holds, keeping the overload and
+/// cache lines, into `out` (evidence for the latency tail).
+fn scrape_metrics(
+    admin: SocketAddr,
+    out: PathBuf,
+    run: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let started = Instant::now();
+        let mut log = String::new();
+        let mut last = String::new();
+        while run.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(mut s) = std::net::TcpStream::connect(admin) {
+                let req =
+                    format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+                let _ = s.write_all(req.as_bytes());
+                let mut text = String::new();
+                let _ = s.read_to_string(&mut text);
+                log.push_str(&format!("# t={:.1}s\n", started.elapsed().as_secs_f64()));
+                for line in text.lines() {
+                    if line.starts_with("omsgate_upstream_shed_total")
+                        || line.starts_with("omsgate_upstream_queue_depth")
+                        || line.starts_with("omsgate_upstream_in_flight")
+                        || line.starts_with("omsgate_cache_requests_total")
+                        || line.starts_with("omsgate_cache_lock")
+                        || line.starts_with("omsgate_upstream_errors_total")
+                    {
+                        log.push_str(line);
+                        log.push('\n');
+                    }
+                }
+                last = text;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let _ = std::fs::write(&out, log);
+        let _ = std::fs::write(out.with_extension("final.txt"), last);
+    })
+}
 
 fn run_users(
     rt: &tokio::runtime::Runtime,
@@ -177,7 +272,8 @@ fn run_users(
                         .min(invoices.len() - 1);
                     let (tenant, id) = &invoices[rank];
                     let url = format!("http://{addr}/api/v1/invoices/{id}");
-                    let req = if rng.random_bool(0.1) {
+                    let write = rng.random_bool(0.1);
+                    let req = if write {
                         http.patch(&url).json(&serde_json::json!({
                             "customer": format!("Customer {}", rng.random_range(0..1000))
                         }))
@@ -186,16 +282,22 @@ fn run_users(
                     }
                     .bearer_auth(&tokens[tenant]);
                     let t = Instant::now();
-                    let sample = match req.send().await {
+                    let (status, cache) = match req.send().await {
                         Ok(r) => {
                             let status = r.status().as_u16();
-                            let stale = r.headers().get("x-cache").is_some_and(|v| v == "STALE");
+                            let cache = cache_status(r.headers().get("x-cache"));
                             match r.bytes().await {
-                                Ok(_) => (t.elapsed().as_micros() as u64, status, stale),
-                                Err(_) => (t.elapsed().as_micros() as u64, 0, false),
+                                Ok(_) => (status, cache),
+                                Err(_) => (0, "-"),
                             }
                         }
-                        Err(_) => (t.elapsed().as_micros() as u64, 0, false),
+                        Err(_) => (0, "-"),
+                    };
+                    let sample = Sample {
+                        micros: t.elapsed().as_micros() as u64,
+                        status,
+                        write,
+                        cache,
                     };
                     out.push(sample);
                     tokio::time::sleep(THINK.mul_f64(0.8 + 0.4 * rng.random::<f64>())).await;
@@ -214,16 +316,43 @@ fn run_users(
     (samples, started.elapsed().as_secs_f64())
 }
 
+fn class(samples: &[Sample], pick: impl Fn(&Sample) -> bool) -> Class {
+    let of: Vec<&Sample> = samples.iter().filter(|s| pick(s)).collect();
+    let mut lat: Vec<u64> = of.iter().map(|s| s.micros).collect();
+    let (mean_ms, p50_ms, p99_ms, _) = stats(&mut lat);
+    Class {
+        requests: of.len() as u64,
+        mean_ms,
+        p50_ms,
+        p99_ms,
+        sheds: of.iter().filter(|s| s.status == 503).count() as u64,
+    }
+}
+
+fn breakdown(samples: &[Sample]) -> Vec<String> {
+    let mut groups: std::collections::BTreeMap<(bool, u16, &str), Vec<u64>> = Default::default();
+    for s in samples {
+        groups
+            .entry((s.write, s.status, s.cache))
+            .or_default()
+            .push(s.micros);
+    }
+    groups
+        .into_iter()
+        .map(|((write, status, cache), mut lat)| {
+            let (mean, _, p99, max) = stats(&mut lat);
+            format!(
+                "{} {status} {cache}: n={} mean={mean:.0}ms p99={p99:.0}ms max={max:.0}ms",
+                if write { "PATCH" } else { "GET" },
+                lat.len()
+            )
+        })
+        .collect()
+}
+
 fn row(target: &str, users: usize, samples: &[Sample], seconds: f64, backend: i64) -> Row {
-    let mut lat: Vec<u64> = samples.iter().map(|s| s.0).collect();
-    lat.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if lat.is_empty() {
-            0.0
-        } else {
-            lat[((lat.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
-        }
-    };
+    let mut lat: Vec<u64> = samples.iter().map(|s| s.micros).collect();
+    let (mean_ms, p50_ms, p99_ms, _) = stats(&mut lat);
     let requests = samples.len() as u64;
     Row {
         target: target.into(),
@@ -231,17 +360,22 @@ fn row(target: &str, users: usize, samples: &[Sample], seconds: f64, backend: i6
         requests,
         seconds,
         rps: requests as f64 / seconds.max(1e-9),
-        mean_ms: lat.iter().sum::<u64>() as f64 / lat.len().max(1) as f64 / 1000.0,
-        p50_ms: pct(0.5),
-        p99_ms: pct(0.99),
+        mean_ms,
+        p50_ms,
+        p99_ms,
         errors: samples
             .iter()
-            .filter(|s| s.1 == 0 || (s.1 >= 500 && s.1 != 503))
+            .filter(|s| s.status == 0 || (s.status >= 500 && s.status != 503))
             .count() as u64,
-        sheds: samples.iter().filter(|s| s.1 == 503).count() as u64,
-        stale: samples.iter().filter(|s| s.2).count() as u64,
+        sheds: samples.iter().filter(|s| s.status == 503).count() as u64,
+        stale: samples.iter().filter(|s| s.cache == "STALE").count() as u64,
         backend_requests: backend,
         backend_per_client_request: backend as f64 / requests.max(1) as f64,
+        within_objective: requests > 0 && mean_ms <= 200.0 && p99_ms <= 1000.0,
+        reads: class(samples, |s| !s.write),
+        writes: class(samples, |s| s.write),
+        answered: class(samples, |s| (200..300).contains(&s.status)),
+        breakdown: breakdown(samples),
     }
 }
 
@@ -252,7 +386,7 @@ fn main() {
     let secs = env_or("OMSGATE_BENCH_SECS", 20);
     let audit_ms = env_or("OMSGATE_BENCH_AUDIT_MS", 50);
     let levels: Vec<usize> = std::env::var("OMSGATE_BENCH_USERS")
-        .unwrap_or_else(|_| "20,100,200,500".into())
+        .unwrap_or_else(|_| "5,10,20,100,200,500".into())
         .split(',')
         .filter_map(|v| v.trim().parse().ok())
         .collect();
@@ -289,28 +423,48 @@ fn main() {
         for through_gateway in [false, true] {
             let oms_addr = free_addr();
             let _oms = start_oms(&schema, oms_addr, audit_ms);
+            let dir = bench_dir("legacy-oms");
             let (target, addr, _gateway) = if through_gateway {
                 let (listen, admin) = (free_addr(), free_addr());
-                let dir = bench_dir("legacy-oms");
-                let gw = run_gateway(
+                let gw = run_gateway_logged(
                     &dir.join("config.toml"),
                     &gateway_config(oms_addr, listen, admin),
                     listen,
                     admin,
+                    Some(&dir.join(format!("omsgate-{users}.log"))),
                 );
                 wait_ready(admin);
-                ("omsgate", listen, Some(gw))
+                ("omsgate", listen, Some((gw, admin)))
             } else {
                 ("OMS direct", oms_addr, None)
             };
             let before = psql(&rt, &audit_rows);
+            let scraping = Arc::new(std::sync::atomic::AtomicBool::new(true));
+            let scraper = _gateway.as_ref().map(|(_, admin)| {
+                scrape_metrics(
+                    *admin,
+                    dir.join(format!("metrics-{users}.log")),
+                    scraping.clone(),
+                )
+            });
             let (samples, seconds) =
                 run_users(&rt, addr, users, secs, invoices.clone(), tokens.clone());
+            scraping.store(false, std::sync::atomic::Ordering::Relaxed);
+            if let Some(s) = scraper {
+                let _ = s.join();
+            }
             // The OMS may still be working through its queue: let it drain before counting.
             std::thread::sleep(Duration::from_secs(1));
             let backend = psql(&rt, &audit_rows) - before;
             let r = row(target, users, &samples, seconds, backend);
-            eprintln!("{r:?}");
+            eprintln!(
+                "{} {} users: {:.1} req/s mean {:.1} p99 {:.1} errors {} sheds {} stale {} OMS/client {:.2}",
+                r.target, r.users, r.rps, r.mean_ms, r.p99_ms, r.errors, r.sheds, r.stale,
+                r.backend_per_client_request
+            );
+            for line in &r.breakdown {
+                eprintln!("    {line}");
+            }
             rows.push(r);
         }
     }
@@ -321,12 +475,12 @@ fn main() {
          think time 1 s, {secs} s per row"
     );
     println!(
-        "| target | users | req/s | mean ms | p50 ms | p99 ms | errors | sheds | stale | OMS req per client req |"
+        "| target | users | req/s | mean ms | p50 ms | p99 ms | errors | sheds | stale | OMS req per client req | objective |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in &rows {
         println!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {:.2} |",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {:.2} | {} |",
             r.target,
             r.users,
             r.rps,
@@ -336,15 +490,69 @@ fn main() {
             r.errors,
             r.sheds,
             r.stale,
-            r.backend_per_client_request
+            r.backend_per_client_request,
+            if r.within_objective { "met" } else { "not met" }
         );
     }
+    println!("\nreads (GET) and writes (PATCH) separately, and the 2xx answers alone");
+    println!(
+        "| target | users | GET mean ms | GET p50 ms | GET p99 ms | GET sheds | PATCH mean ms | PATCH p50 ms | PATCH p99 ms | PATCH sheds | 2xx | 2xx mean ms | 2xx p99 ms |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {:.1} | {:.1} |",
+            r.target,
+            r.users,
+            r.reads.mean_ms,
+            r.reads.p50_ms,
+            r.reads.p99_ms,
+            r.reads.sheds,
+            r.writes.mean_ms,
+            r.writes.p50_ms,
+            r.writes.p99_ms,
+            r.writes.sheds,
+            r.answered.requests,
+            r.answered.mean_ms,
+            r.answered.p99_ms
+        );
+    }
+    // The users the OMS alone sustains within the objective: the highest level at which it met
+    // it with every lower level met too.
+    let mut sustained = 0;
+    for r in rows.iter().filter(|r| r.target == "OMS direct") {
+        if !r.within_objective {
+            break;
+        }
+        sustained = r.users;
+    }
+    let gateway_ok = |users: usize| {
+        rows.iter().any(|r| {
+            r.target == "omsgate" && r.users >= users && r.within_objective && r.errors == 0
+        })
+    };
+    let errors: u64 = rows
+        .iter()
+        .filter(|r| r.target == "omsgate")
+        .map(|r| r.errors)
+        .sum();
+    println!(
+        "\nOMS alone within the objective up to {sustained} users (of the levels run); through \
+         omsgate: {errors} errors in all; 10x = {} users within the objective: {}",
+        sustained * 10,
+        if sustained > 0 && gateway_ok(sustained * 10) {
+            "met"
+        } else {
+            "not met"
+        }
+    );
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-legacy-oms.json");
     let json = serde_json::json!({
         "audit_ms": audit_ms,
         "secs": secs,
         "load_average": omsgate::loadgen::load_average(),
         "rows": rows,
+        "oms_alone_sustains_users": sustained,
     });
     let _ = std::fs::write(&out, serde_json::to_vec_pretty(&json).unwrap_or_default());
     println!("\nwrote {}", out.display());

@@ -111,12 +111,13 @@ pub static UPSTREAM_RETRIES: Lazy<IntCounterVec> = counter_vec!(
     "Idempotent requests retried, by reason: connect, reused_closed.",
     &["reason"]
 );
-/// Requests shed by overload protection, by route and reason (`queue_full`, `queue_timeout`);
+/// Requests shed by overload protection, by route and reason (`queue_full`, `queue_timeout`,
+/// `lock_wait`);
 /// each was answered 503 with `Retry-After`, or from a stale cached copy.
 pub static UPSTREAM_SHED: Lazy<IntCounterVec> = counter_vec!(
     "omsgate_upstream_shed_total",
     "Requests shed before reaching the upstream (503 or stale copy), by route and reason: \
-     queue_full, queue_timeout.",
+     queue_full, queue_timeout, lock_wait.",
     &["route", "reason"]
 );
 /// Passive-health ejections per server.
@@ -430,7 +431,7 @@ pub fn init(config_hash: &str, routes: &[&str]) {
         UPSTREAM_RETRIES.with_label_values(&[reason]);
     }
     for r in routes {
-        for reason in ["queue_full", "queue_timeout"] {
+        for reason in ["queue_full", "queue_timeout", "lock_wait"] {
             UPSTREAM_SHED.with_label_values(&[r, reason]);
         }
     }

@@ -395,13 +395,18 @@ impl ProxyHttp for Gateway {
     }
 
     /// Selects a server and waits for a slot at it (`upstream`); a shed request fails with
-    /// [`crate::upstream::SHED`] (stale copy or 503).
+    /// [`crate::upstream::SHED`] (stale copy or 503). Time already spent waiting on the cache
+    /// lock counts against the queue deadline.
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let route = ctx.route().name.clone();
         let peer = self
             .shared
             .upstreams
-            .peer_for(&mut ctx.upstream, &route)
+            .peer_for(
+                &mut ctx.upstream,
+                &route,
+                session.cache.lock_duration().unwrap_or_default(),
+            )
             .await;
         if peer.is_err() {
             // Pingora closes the client connection after this error, even when the answer is

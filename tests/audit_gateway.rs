@@ -52,6 +52,9 @@ servers = ["{upstream}"]
 health_check = {{ path = "/health", interval = "1s", timeout = "500ms" }}
 connect_timeout = "500ms"
 read_timeout = "5s"
+# The test upstream serves any number of requests at once, and a quarter of the load below
+# waits 300 ms on /slow: the default 4 slots of a one-worker OMS would shed the rest.
+overload = {{ max_in_flight = 64 }}
 [identity]
 mode = "jwt"
 jwt_secret = "{JWT_SECRET}"

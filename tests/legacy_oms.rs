@@ -196,8 +196,8 @@ fn shed_count(gateway: &Gateway) -> f64 {
 
 /// uvicorn closes a connection that has been idle for its keep-alive timeout (1 s here). Clients
 /// pacing their requests at about that interval make the gateway reuse pooled connections just as
-/// the OMS closes them: each round, 16 clients send one uncached read each at once (so the
-/// gateway uses 16 pooled connections, which went idle a few milliseconds apart as the one worker
+/// the OMS closes them: each round, 4 clients send one uncached read each at once (so the
+/// gateway uses 4 pooled connections, which went idle a few milliseconds apart as the one worker
 /// answered them in turn), then wait 0.96 to 1 s, so that some of those connections reach their
 /// 1 s of idleness just as the next round reuses them. Over ~30 s every request must succeed.
 #[test]
@@ -212,7 +212,7 @@ fn keep_alive_race_with_uvicorn_loses_no_request() {
     let mut outcomes = Vec::new();
     // As many as the shipped per-server in-flight limit (`[upstream.overload] max_in_flight`),
     // so that no request waits in the gateway's queue: this test is about the race alone.
-    const CLIENTS: usize = 16;
+    const CLIENTS: usize = 4;
     runtime().block_on(async {
         for round in 0..30usize {
             let requests = (0..CLIENTS).map(|c| {

@@ -62,6 +62,9 @@ listen = "{{admin}}"
 [upstream]
 servers = ["{}"]
 read_timeout = "10s"
+# All of them in flight at once (the test upstream serves them in parallel), not 4 of them
+# and the rest shed by the one-worker default.
+overload = {{ max_in_flight = 16 }}
 "#,
         up.addr
     ));

@@ -357,6 +357,61 @@ cache = { ttl = "1s", scope = "tenant", stale_if_error = "30s", resource = "thin
     assert_eq!(slow.await.unwrap().unwrap(), 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn misses_waiting_on_the_cache_lock_behind_a_shed_request_are_shed_without_waiting_again() {
+    // Concurrent misses for one key wait on the cache lock for the first one, which waits in the
+    // overload queue. When it is shed, the others must not queue for a full `queue_timeout`
+    // again (nor go upstream after `lock_timeout`): the time they waited on the lock counts.
+    let up = TestUpstream::start();
+    let routes = r#"
+[[route]]
+name = "thing"
+path = "/tenant/{x}"
+cache = { ttl = "60s", scope = "tenant", resource = "thing:{x}" }
+"#;
+    let cfg = cache_util::config(up.addr, &cache_util::shared_redis(), routes).replace(
+        "retries = 0",
+        "retries = 0\noverload = { max_in_flight = 1, queue = 16, queue_timeout = \"1s\" }",
+    );
+    let gw = Gateway::start(&cfg);
+    let http = client();
+    let tok = cache_util::token("acme", "u1");
+
+    // The only slot is taken by a slow request (4 s, below the 5 s read_timeout), for longer
+    // than the waits below (about 1 s).
+    let slow = tokio::spawn({
+        let (http, url) = (http.clone(), gw.url("/slow/4000"));
+        async move { http.get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    assert!(common::eventually(Duration::from_secs(10), || up.hits_for("/slow") == 1).await);
+
+    let n = 8;
+    let misses = (0..n).map(|_| {
+        let (http, url, tok) = (http.clone(), gw.url("/tenant/k"), tok.clone());
+        async move { cache_util::get(&http, &url, Some(&tok)).await }
+    });
+    for got in futures::future::join_all(misses).await {
+        assert_eq!(got.status, 503, "{got:?}");
+        assert_eq!(got.header("retry-after"), "1");
+    }
+    let shed = |reason: &str| {
+        metric(
+            &gw,
+            "omsgate_upstream_shed_total",
+            &[("route", "thing"), ("reason", reason)],
+        )
+    };
+    // The first waited its queue_timeout; the ones behind it on the lock were shed as lock
+    // waiters (one that arrived after the first was shed would have queued on its own).
+    let (timed_out, lock_wait) = (shed("queue_timeout"), shed("lock_wait"));
+    assert_eq!(timed_out + lock_wait, n as f64, "{timed_out} + {lock_wait}");
+    assert!(lock_wait >= 1.0, "lock waiters queued again ({lock_wait})");
+    assert_eq!(shed("queue_full"), 0.0);
+    // None of them reached the OMS.
+    assert_eq!(up.hits_for("/tenant/"), 0);
+    assert_eq!(slow.await.unwrap().unwrap(), 200);
+}
+
 // === Config ===
 
 #[test]

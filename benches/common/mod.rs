@@ -52,18 +52,26 @@ pub fn wait_port(addr: SocketAddr) {
 pub fn wait_ready(admin: SocketAddr) {
     use std::io::{Read, Write};
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
     while Instant::now() < deadline {
-        if let Ok(mut s) = std::net::TcpStream::connect(admin) {
-            let _ = s.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-            let mut text = String::new();
-            let _ = s.read_to_string(&mut text);
-            if text.starts_with("HTTP/1.1 200") {
-                return;
+        match std::net::TcpStream::connect(admin) {
+            Ok(mut s) => {
+                // The admin listener refuses a Host that is not its own address.
+                let req =
+                    format!("GET /ready HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+                let _ = s.write_all(req.as_bytes());
+                let mut text = String::new();
+                let read = s.read_to_string(&mut text);
+                if text.starts_with("HTTP/1.1 200") {
+                    return;
+                }
+                last = format!("{read:?}: {text}");
             }
+            Err(e) => last = e.to_string(),
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("{admin} not ready within 30 s");
+    panic!("{admin} not ready within 30 s; last answer: {last}");
 }
 
 /// A child process, killed on drop.
@@ -123,13 +131,28 @@ pub fn run_gateway(
     listen: SocketAddr,
     admin: SocketAddr,
 ) -> Proc {
+    run_gateway_logged(path, cfg, listen, admin, None)
+}
+
+/// [`run_gateway`], its stderr (the log) written to `log` when given.
+pub fn run_gateway_logged(
+    path: &std::path::Path,
+    cfg: &str,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    log: Option<&std::path::Path>,
+) -> Proc {
     std::fs::write(path, cfg).expect("write bench config");
+    let stderr = match log {
+        Some(log) => Stdio::from(std::fs::File::create(log).expect("create the gateway log")),
+        None => Stdio::null(),
+    };
     let child = Command::new(env!("CARGO_BIN_EXE_omsgate"))
         .args(["run", "--config"])
         .arg(path)
         .current_dir(path.parent().unwrap_or(std::path::Path::new(".")))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("start omsgate run");
     wait_port(listen);

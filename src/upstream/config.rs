@@ -26,8 +26,8 @@ pub struct UpstreamFile {
     /// Passive health from real traffic. Default `{ failures = 5, ejection = "2s",
     /// max_ejection = "30s" }`.
     pub passive: PassiveFile,
-    /// Overload protection in front of each server. Default `{ max_in_flight = 16,
-    /// queue = 256, queue_timeout = "2s", retry_after = "1s" }`.
+    /// Overload protection in front of each server. Default `{ max_in_flight = 4,
+    /// queue = 256, queue_timeout = "500ms", retry_after = "1s" }`.
     pub overload: OverloadFile,
     /// Share of servers (0.0–1.0) that must be healthy (active and passive health) for the
     /// unhealthy ones to be avoided; below it every server is used (panic mode). Default 0.0:
@@ -129,13 +129,17 @@ impl Default for PassiveFile {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct OverloadFile {
-    /// Requests in flight per server (a fixed limit); 0 = unlimited. Default 16, a little
-    /// more than one uvicorn worker with one database connection can work on at once.
+    /// Requests in flight per server (a fixed limit); 0 = unlimited. Default 4, a little
+    /// more than one uvicorn worker with one database connection can work on at once (more
+    /// only queue inside the OMS, where nothing can shed them).
     pub max_in_flight: usize,
-    /// Requests waiting per server for a free slot (FIFO); beyond it requests are shed at once.
+    /// Requests waiting per server for a free slot (FIFO); beyond it, or beyond what the server
+    /// finishes within `queue_timeout` at its measured pace, requests are shed at once.
     /// Default 256.
     pub queue: usize,
-    /// Longest wait in the queue before the request is shed. Default `"2s"`.
+    /// Longest wait for a slot before the request is shed, time spent on the cache lock
+    /// included. Default `"500ms"`: with `max_in_flight` requests ahead of it inside the OMS, an
+    /// answer stays within the seed's objective (p99 ≤ 1 s).
     pub queue_timeout: String,
     /// `Retry-After` of a shed request's 503, whole seconds. Default `"1s"`.
     pub retry_after: String,
@@ -144,9 +148,9 @@ pub struct OverloadFile {
 impl Default for OverloadFile {
     fn default() -> Self {
         Self {
-            max_in_flight: 16,
+            max_in_flight: 4,
             queue: 256,
-            queue_timeout: "2s".into(),
+            queue_timeout: "500ms".into(),
             retry_after: "1s".into(),
         }
     }
@@ -391,7 +395,7 @@ fn overload(f: &OverloadFile, p: &mut Problems) -> OverloadConfig {
     let queue_timeout = p.duration_or(
         "upstream.overload.queue_timeout",
         &f.queue_timeout,
-        Duration::from_secs(2),
+        Duration::from_millis(500),
     );
     let retry_after = p.duration_or(
         "upstream.overload.retry_after",
@@ -423,7 +427,8 @@ mod tests {
         assert_eq!(c.connect_timeout, Duration::from_secs(5));
         assert_eq!(c.health_timeout, Duration::from_secs(10));
         assert!(c.health_failures >= 3);
-        assert_eq!(c.overload.max_in_flight, Some(16));
+        assert_eq!(c.overload.max_in_flight, Some(4));
+        assert_eq!(c.overload.queue_timeout, Duration::from_millis(500));
         assert!(c.warnings().is_empty());
     }
 

@@ -367,11 +367,13 @@ impl Upstreams {
 
     /// `upstream_peer`: selects a server, waits for a slot at it (the request keeps its slot
     /// across retries to the same server) and returns the peer with the configured timeouts.
-    /// A request that cannot get a slot fails with [`SHED`], counted per route.
+    /// A request that cannot get a slot fails with [`SHED`], counted per route. `lock_wait`:
+    /// how long the request already waited on the cache lock, taken off its queue deadline.
     pub async fn peer_for(
         &self,
         attempt: &mut Attempt,
         route: &str,
+        lock_wait: Duration,
     ) -> pingora::Result<Box<HttpPeer>> {
         let server = self.select(&attempt.tried);
         let holds = attempt
@@ -381,7 +383,7 @@ impl Upstreams {
         if !holds {
             // A slot at another server is not needed any more.
             attempt.permit = None;
-            match server.gate.acquire().await {
+            match server.gate.acquire_after(lock_wait).await {
                 Ok(p) => attempt.permit = Some((server.clone(), p)),
                 Err(reason) => {
                     attempt.shed = Some(reason);
