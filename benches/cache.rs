@@ -73,6 +73,9 @@ listen = "{admin}"
 [upstream]
 servers = ["{upstream}"]
 keepalive_pool = 512
+# The benches measure the gateway in front of a concurrent upstream: no overload limit
+# (the default of 4 in flight is for a one-worker OMS, benches/legacy_oms.rs).
+overload = {{ max_in_flight = 0 }}
 read_timeout = "120s"
 [identity]
 mode = "jwt"

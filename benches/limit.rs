@@ -136,7 +136,7 @@ fn start_gateway(upstream: SocketAddr, listen: SocketAddr, mode: &str) -> Proc {
     let admin = free_addr();
     let cfg = format!(
         "[server]\nlisten = \"{listen}\"\nthreads = 1\n[admin]\nlisten = \"{admin}\"\n\
-         [upstream]\nservers = [\"{upstream}\"]\nkeepalive_pool = 256\n[log]\nlevel = \"warn\"\n\
+         [upstream]\nservers = [\"{upstream}\"]\nkeepalive_pool = 256\noverload = {{ max_in_flight = 0 }}\n[log]\nlevel = \"warn\"\n\
          [[route]]\nname = \"blob\"\npath = \"/__blob/{{size}}\"\n{}",
         rate_limit_section(mode)
     );

@@ -332,6 +332,9 @@ listen = "{admin}"
 [upstream]
 servers = ["{oms}"]
 keepalive_pool = 256
+# The benches measure the gateway in front of a concurrent upstream: no overload limit
+# (the default of 4 in flight is for a one-worker OMS, benches/legacy_oms.rs).
+overload = {{ max_in_flight = 0 }}
 [identity]
 mode = "jwt"
 jwt_secret = "{secret}"
