@@ -184,6 +184,11 @@ pub struct ServerFile {
     /// Pingora's own default is 64 KiB. Default `"4KiB"`: requests are small, and 10 000 idle
     /// keepalive connections then hold 40 MiB of buffers instead of 640 MiB.
     pub read_buffer: crate::units::ByteSize,
+    /// Cleartext HTTP/2 with prior knowledge on a plaintext listener, next to HTTP/1.1 (told
+    /// apart by the connection preface). Default false.
+    pub h2c: bool,
+    /// TLS on the public listener (`cert` and `key` set), with optional client certificates.
+    pub tls: crate::tls::ListenerTlsFile,
 }
 
 impl Default for ServerFile {
@@ -193,6 +198,8 @@ impl Default for ServerFile {
             threads: 2,
             shutdown_grace: "30s".into(),
             read_buffer: crate::units::ByteSize::Text("4KiB".into()),
+            h2c: false,
+            tls: crate::tls::ListenerTlsFile::default(),
         }
     }
 }
@@ -288,6 +295,10 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Read buffer per client connection, in bytes.
     pub read_buffer: usize,
+    /// Cleartext HTTP/2 (prior knowledge) on a plaintext listener.
+    pub h2c: bool,
+    /// TLS on the public listener; `None` for plaintext.
+    pub tls: Option<crate::tls::ListenerTls>,
 }
 
 /// Typed `[admin]`.
@@ -396,6 +407,8 @@ impl Config {
                 }
                 None => 4096,
             },
+            h2c: file.server.h2c,
+            tls: crate::tls::ListenerTls::from_file(&file.server.tls, p),
         };
         let token = if file.admin.token_env.is_empty() {
             None

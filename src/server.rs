@@ -27,6 +27,9 @@ pub enum ServerError {
     /// The audit pipeline could not be set up (spool directory).
     #[error("cannot set up the audit pipeline: {0}")]
     Audit(crate::audit::AuditError),
+    /// The listener's TLS settings could not be built.
+    #[error("cannot set up TLS on server.listen: {0}")]
+    Tls(Box<pingora::Error>),
     /// A listener address cannot be bound (in use, not local, no permission).
     #[error("cannot listen on {addr} ({key}): {source}")]
     Listen {
@@ -109,6 +112,11 @@ pub fn run_with(
         upstreams,
         audit: audit.clone(),
         started: Instant::now(),
+        listener_cert: config
+            .server
+            .tls
+            .as_ref()
+            .map(|tls| crate::tls::ListenerCert::new(tls.certified.clone())),
     });
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
@@ -121,10 +129,22 @@ pub fn run_with(
         read: Some(config.server.read_buffer),
         write: None,
     };
-    proxy.add_listener(
-        pingora::listeners::ListenerConfig::tcp(config.server.listen.to_string())
-            .l4_buffer(buffers),
-    );
+    let mut listener = pingora::listeners::ListenerConfig::tcp(config.server.listen.to_string())
+        .l4_buffer(buffers);
+    if let (Some(tls), Some(cert)) = (&config.server.tls, &shared.listener_cert) {
+        if let Some(warning) = tls.key_permission_warning() {
+            tracing::warn!(key = "server.tls.key", "{warning}");
+        }
+        listener = listener.tls(tls.settings(cert.clone()).map_err(ServerError::Tls)?);
+    } else if config.server.h2c {
+        // HTTP/1.1 keeps working: Pingora tells the two apart by the HTTP/2 connection preface.
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2c = true;
+        if let Some(app) = proxy.app_logic_mut() {
+            app.server_options = Some(options);
+        }
+    }
+    proxy.add_listener(listener);
 
     let mut admin_app = crate::admin::Admin::new(shared.clone());
     if let Some(path) = &opts.config_path {
@@ -152,6 +172,8 @@ pub fn run_with(
 
     tracing::info!(
         listen = %config.server.listen,
+        tls = config.server.tls.is_some(),
+        h2c = config.server.h2c && config.server.tls.is_none(),
         admin = %config.admin.listen,
         upstreams = ?config.upstream.servers,
         "omsgate starting."

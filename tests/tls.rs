@@ -1,0 +1,485 @@
+//! TLS and HTTP/2 on every link omsgate terminates or opens (issue 16), against real endpoints:
+//! certificates come from a throwaway CA generated per test (rcgen), clients are `curl` (with
+//! nghttp2) and a rustls client, servers are the gateway itself, a TLS test upstream and a
+//! `redis-server --tls-port`.
+
+mod common;
+
+use common::{Gateway, TestDir, TestUpstream};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+// === Throwaway PKI ===
+
+/// A CA generated for one test, able to sign server and client certificates.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+    dir: PathBuf,
+}
+
+/// A certificate and key written as PEM files.
+struct Issued {
+    cert: PathBuf,
+    key: PathBuf,
+    der: Vec<u8>,
+}
+
+impl Ca {
+    /// A new CA whose certificate is written to `dir/NAME-ca.pem`.
+    fn new(dir: &Path, name: &str) -> Ca {
+        let key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("omsgate test CA {name}"));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key).expect("CA certificate");
+        std::fs::write(dir.join(format!("{name}-ca.pem")), cert.pem()).expect("write CA");
+        Ca {
+            cert,
+            key,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn pem_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}-ca.pem"))
+    }
+
+    /// A certificate for `names` (DNS names or IP literals) written to `dir/FILE.pem` and
+    /// `dir/FILE.key`, for a server (`client = false`) or a client.
+    fn issue(&self, file: &str, names: &[&str], client: bool) -> Issued {
+        let key = KeyPair::generate().expect("leaf key");
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("leaf params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, names.first().copied().unwrap_or(file));
+        params.extended_key_usages = vec![if client {
+            ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .expect("leaf certificate");
+        let issued = Issued {
+            cert: self.dir.join(format!("{file}.pem")),
+            key: self.dir.join(format!("{file}.key")),
+            der: cert.der().to_vec(),
+        };
+        std::fs::write(&issued.cert, cert.pem()).expect("write cert");
+        write_key(&issued.key, &key.serialize_pem());
+        issued
+    }
+}
+
+/// Writes a key file readable by its owner only (what an operator should do; the gateway warns
+/// otherwise).
+fn write_key(path: &Path, pem: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, pem).expect("write key");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
+}
+
+// === Clients ===
+
+/// `curl` with `args` against `url`; returns `(http_version, status, body)`, or the exit code
+/// and stderr on failure.
+fn curl(args: &[&str], url: &str) -> Result<(String, u16, String), String> {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "-w",
+            "\n%{http_version} %{http_code}",
+        ])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl runs");
+    if !out.status.success() {
+        return Err(format!(
+            "curl exit {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, last) = text.rsplit_once('\n').expect("curl -w line");
+    let (version, status) = last.split_once(' ').expect("version and status");
+    Ok((
+        version.to_string(),
+        status.parse().expect("status"),
+        body.to_string(),
+    ))
+}
+
+/// What a rustls client saw of a handshake with `addr` (server name `localhost`).
+struct Handshake {
+    version: Option<rustls::ProtocolVersion>,
+    alpn: Option<Vec<u8>>,
+    leaf: Vec<u8>,
+    /// The first line of the answer to `GET /echo` over HTTP/1.1 (when ALPN was not h2).
+    status_line: Option<String>,
+}
+
+fn rustls_client(
+    addr: SocketAddr,
+    ca: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> Result<Handshake, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in omsgate::tls::read_certificates(ca).expect("CA file") {
+        roots.add(cert).expect("CA cert");
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let mut tls = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
+            .await
+            .map_err(|_| "handshake timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        let (_, conn) = tls.get_ref();
+        let mut seen = Handshake {
+            version: conn.protocol_version(),
+            alpn: conn.alpn_protocol().map(|p| p.to_vec()),
+            leaf: conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.to_vec())
+                .unwrap_or_default(),
+            status_line: None,
+        };
+        if seen.alpn.as_deref() != Some(b"h2") {
+            tls.write_all(b"GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut answer = Vec::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer)).await;
+            let text = String::from_utf8_lossy(&answer);
+            seen.status_line = text.lines().next().map(str::to_string);
+        }
+        Ok(seen)
+    })
+}
+
+// === Gateway configs ===
+
+fn server_tls(cert: &Issued, client_ca: Option<&Path>) -> String {
+    let client_ca = client_ca
+        .map(|p| format!(", client_ca = \"{}\"", p.display()))
+        .unwrap_or_default();
+    format!(
+        "tls = {{ cert = \"{}\", key = \"{}\"{client_ca} }}\n",
+        cert.cert.display(),
+        cert.key.display()
+    )
+}
+
+fn gateway_config(upstream: &str, server_extra: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "{{listen}}"
+threads = 1
+shutdown_grace = "5s"
+{server_extra}
+[admin]
+listen = "{{admin}}"
+[upstream]
+servers = ["{upstream}"]
+health_check = {{ path = "/health", interval = "200ms", timeout = "500ms" }}
+connect_timeout = "1s"
+read_timeout = "10s"
+{extra}
+"#
+    )
+}
+
+fn https(gw: &Gateway, path: &str) -> String {
+    format!("https://localhost:{}{path}", gw.listen_addr().port())
+}
+
+fn resolve(gw: &Gateway) -> String {
+    format!("localhost:{}:127.0.0.1", gw.listen_addr().port())
+}
+
+// === 1. Client listener ===
+
+#[test]
+fn tls_listener_speaks_h2_and_http11_over_tls13_and_12() {
+    let dir = TestDir::new("tls-listener");
+    let ca = Ca::new(dir.path(), "gw");
+    let leaf = ca.issue("gw", &["localhost", "127.0.0.1"], false);
+    let upstream = TestUpstream::start();
+    let gw = Gateway::start(&gateway_config(
+        &upstream.addr.to_string(),
+        &server_tls(&leaf, None),
+        "",
+    ));
+    let ca_pem = ca.pem_path("gw");
+    let cacert = ca_pem.display().to_string();
+    let resolve = resolve(&gw);
+
+    // curl over HTTP/2 (ALPN) and over HTTP/1.1, both verifying against the throwaway CA.
+    let (version, status, body) = curl(
+        &["--cacert", &cacert, "--resolve", &resolve, "--http2"],
+        &https(&gw, "/echo?via=h2"),
+    )
+    .expect("h2 over TLS");
+    assert_eq!((version.as_str(), status), ("2", 200), "{body}");
+    assert!(body.contains("\"via=h2\""), "{body}");
+    let (version, status, _) = curl(
+        &["--cacert", &cacert, "--resolve", &resolve, "--http1.1"],
+        &https(&gw, "/echo"),
+    )
+    .expect("HTTP/1.1 over TLS");
+    assert_eq!((version.as_str(), status), ("1.1", 200));
+    // Plain HTTP on the TLS port is not served.
+    assert!(curl(&["--http1.1"], &gw.url("/echo")).map_or(true, |(_, s, _)| s != 200));
+    // A client that does not trust the CA refuses the certificate.
+    let err = curl(&["--resolve", &resolve], &https(&gw, "/echo")).unwrap_err();
+    assert!(err.contains("exit Some(60)"), "{err}");
+
+    // A rustls client: TLS 1.3 with ALPN h2 chosen; TLS 1.2 accepted; HTTP/1.1 over ALPN.
+    let addr = gw.listen_addr();
+    let tls13 = rustls_client(
+        addr,
+        &ca_pem,
+        &[&rustls::version::TLS13],
+        &[b"h2", b"http/1.1"],
+    )
+    .expect("TLS 1.3 handshake");
+    assert_eq!(tls13.version, Some(rustls::ProtocolVersion::TLSv1_3));
+    assert_eq!(tls13.alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(tls13.leaf, leaf.der);
+    let tls12 = rustls_client(addr, &ca_pem, &[&rustls::version::TLS12], &[b"http/1.1"])
+        .expect("TLS 1.2 handshake");
+    assert_eq!(tls12.version, Some(rustls::ProtocolVersion::TLSv1_2));
+    assert_eq!(tls12.alpn.as_deref(), Some(&b"http/1.1"[..]));
+    assert_eq!(tls12.status_line.as_deref(), Some("HTTP/1.1 200 OK"));
+}
+
+#[test]
+fn h2c_prior_knowledge_and_http11_share_a_plaintext_listener() {
+    let upstream = TestUpstream::start();
+    let gw = Gateway::start(&gateway_config(
+        &upstream.addr.to_string(),
+        "h2c = true",
+        "",
+    ));
+    let (version, status, body) =
+        curl(&["--http2-prior-knowledge"], &gw.url("/echo?via=h2c")).expect("h2c");
+    assert_eq!((version.as_str(), status), ("2", 200), "{body}");
+    assert!(body.contains("\"via=h2c\""), "{body}");
+    let (version, status, _) = curl(&["--http1.1"], &gw.url("/echo")).expect("HTTP/1.1");
+    assert_eq!((version.as_str(), status), ("1.1", 200));
+
+    // Without h2c, prior-knowledge HTTP/2 is not understood.
+    let plain = Gateway::start(&gateway_config(&upstream.addr.to_string(), "", ""));
+    assert!(curl(&["--http2-prior-knowledge"], &plain.url("/echo")).is_err());
+}
+
+#[test]
+fn mtls_refuses_a_client_without_a_certificate_from_client_ca() {
+    let dir = TestDir::new("tls-mtls");
+    let ca = Ca::new(dir.path(), "gw");
+    let leaf = ca.issue("gw", &["localhost"], false);
+    let clients = Ca::new(dir.path(), "clients");
+    let good = clients.issue("client", &["client-a"], true);
+    let stranger = ca.issue("stranger", &["client-b"], true);
+    let upstream = TestUpstream::start();
+    let gw = Gateway::start(&gateway_config(
+        &upstream.addr.to_string(),
+        &server_tls(&leaf, Some(&clients.pem_path("clients"))),
+        "",
+    ));
+    let cacert = ca.pem_path("gw").display().to_string();
+    let resolve = resolve(&gw);
+    let base = ["--cacert", cacert.as_str(), "--resolve", resolve.as_str()];
+
+    let no_cert = curl(&base, &https(&gw, "/echo"));
+    assert!(no_cert.is_err(), "{no_cert:?}");
+    let (wrong_cert, wrong_key) = (
+        stranger.cert.display().to_string(),
+        stranger.key.display().to_string(),
+    );
+    let wrong = curl(
+        &[&base[..], &["--cert", &wrong_cert, "--key", &wrong_key]].concat(),
+        &https(&gw, "/echo"),
+    );
+    assert!(wrong.is_err(), "{wrong:?}");
+    let (cert, key) = (
+        good.cert.display().to_string(),
+        good.key.display().to_string(),
+    );
+    let (version, status, _) = curl(
+        &[&base[..], &["--cert", &cert, "--key", &key, "--http2"]].concat(),
+        &https(&gw, "/echo"),
+    )
+    .expect("client certificate accepted");
+    assert_eq!((version.as_str(), status), ("2", 200));
+}
+
+#[test]
+fn sighup_rotates_the_certificate_without_failing_a_request_in_flight() {
+    let dir = TestDir::new("tls-rotate");
+    let ca = Ca::new(dir.path(), "gw");
+    let first = ca.issue("gw", &["localhost"], false);
+    let upstream = TestUpstream::start();
+    let gw = Gateway::start(&gateway_config(
+        &upstream.addr.to_string(),
+        &server_tls(&first, None),
+        "",
+    ));
+    let ca_pem = ca.pem_path("gw");
+    let addr = gw.listen_addr();
+    let seen = rustls_client(addr, &ca_pem, &[&rustls::version::TLS13], &[b"h2"]).unwrap();
+    assert_eq!(seen.leaf, first.der);
+
+    // A slow request over the first certificate's connection, in flight during the reload.
+    let (cacert, resolve, url) = (
+        ca_pem.display().to_string(),
+        resolve(&gw),
+        https(&gw, "/slow/3000"),
+    );
+    let in_flight = std::thread::spawn(move || {
+        curl(
+            &["--cacert", &cacert, "--resolve", &resolve, "--http2"],
+            &url,
+        )
+    });
+    assert!(common::wait_for(Duration::from_secs(5), || upstream
+        .hits_for("/slow")
+        == 1));
+
+    // New certificate and key at the same paths, then SIGHUP.
+    let second = ca.issue("gw-next", &["localhost"], false);
+    std::fs::copy(&second.cert, &first.cert).unwrap();
+    std::fs::copy(&second.key, &first.key).unwrap();
+    gw.signal("HUP");
+    assert!(
+        common::wait_for(Duration::from_secs(10), || gw
+            .metric_value("omsgate_config_reloads_total", &[("result", "ok")])
+            == Some(1.0)),
+        "reload did not happen:\n{}",
+        gw.log()
+    );
+    let seen = rustls_client(addr, &ca_pem, &[&rustls::version::TLS13], &[b"h2"]).unwrap();
+    assert_eq!(
+        seen.leaf, second.der,
+        "new handshakes get the new certificate"
+    );
+
+    // A bad key file on reload is refused; the certificate in force stays.
+    write_key(
+        &first.key,
+        "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n",
+    );
+    gw.signal("HUP");
+    assert!(common::wait_for(Duration::from_secs(10), || gw
+        .metric_value(
+            "omsgate_config_reloads_total",
+            &[("result", "rejected")]
+        )
+        == Some(1.0)));
+    assert!(gw.log().contains("server.tls.key"), "{}", gw.log());
+    let seen = rustls_client(addr, &ca_pem, &[&rustls::version::TLS13], &[b"h2"]).unwrap();
+    assert_eq!(seen.leaf, second.der);
+
+    let (version, status, body) = in_flight.join().unwrap().expect("in-flight request");
+    assert_eq!(
+        (version.as_str(), status, body.as_str()),
+        ("2", 200, "slow")
+    );
+}
+
+#[test]
+fn check_config_names_each_bad_listener_tls_key() {
+    let dir = TestDir::new("tls-check");
+    let ca = Ca::new(dir.path(), "gw");
+    let leaf = ca.issue("gw", &["localhost"], false);
+    let other = ca.issue("other", &["localhost"], false);
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "junk\n").unwrap();
+    let cases = [
+        (
+            format!("tls = {{ cert = \"{}\" }}", leaf.cert.display()),
+            "server.tls.key",
+        ),
+        (
+            format!(
+                "tls = {{ cert = \"{}\", key = \"{}\" }}",
+                leaf.cert.display(),
+                other.key.display()
+            ),
+            "server.tls.key",
+        ),
+        (
+            format!(
+                "tls = {{ cert = \"{}\", key = \"{}\" }}",
+                junk.display(),
+                leaf.key.display()
+            ),
+            "server.tls.cert",
+        ),
+        (
+            format!(
+                "tls = {{ cert = \"{}\", key = \"{}\", client_ca = \"{}\" }}",
+                leaf.cert.display(),
+                leaf.key.display(),
+                junk.display()
+            ),
+            "server.tls.client_ca",
+        ),
+        (
+            format!(
+                "tls = {{ client_ca = \"{}\" }}",
+                ca.pem_path("gw").display()
+            ),
+            "server.tls.client_ca",
+        ),
+    ];
+    for (server, key) in cases {
+        let (code, stderr) = Gateway::check_config(&gateway_config("127.0.0.1:1", &server, ""));
+        assert_eq!(code, 64, "{server}: {stderr}");
+        assert!(stderr.contains(key), "{server}: {stderr}");
+    }
+    let (code, stderr) =
+        Gateway::check_config(&gateway_config("127.0.0.1:1", &server_tls(&leaf, None), ""));
+    assert_eq!(code, 0, "{stderr}");
+}
