@@ -458,7 +458,7 @@ impl Config {
                 format!("`{}` is not a level or directive: {e}", file.log.level),
             );
         }
-        let upstream = crate::upstream::UpstreamConfig::from_file(&file.upstream, p);
+        let mut upstream = crate::upstream::UpstreamConfig::from_file(&file.upstream, p);
         let identity = crate::identity::IdentityConfig::from_file(&file.identity, p);
         let cache = crate::cache::CacheConfig::from_file(&file.cache, p);
         let compression = crate::compress::CompressionConfig::from_file(&file.compression, p);
@@ -474,6 +474,7 @@ impl Config {
         let database = crate::db::DatabaseConfig::from_file(&file.database, p);
         let paths = crate::canonical::PathsConfig::from_file(&file.paths, p);
         let tls = crate::tls::TlsConfig::from_file(&file.tls, p);
+        upstream.trust = tls.clone();
         let routes = crate::routes::Router::from_file(&file.routes, &rate_limit, p);
         if database.url.is_none() {
             for (i, r) in file.routes.iter().enumerate() {

@@ -34,6 +34,10 @@ pub struct TlsConfig {
     /// The certificates read from `ca_file` (validated at config load, so a bad file is a
     /// config problem, not a failure on the first connection).
     pub extra_roots: Arc<Vec<CertificateDer<'static>>>,
+    /// The trust store in the form Pingora's connector takes per peer (the system roots plus
+    /// `ca_file`), built once when `ca_file` is set; `None` leaves Pingora's own store (the
+    /// system roots) in place.
+    pub upstream_ca: Option<Arc<pingora::protocols::tls::CaType>>,
 }
 
 impl TlsConfig {
@@ -44,10 +48,15 @@ impl TlsConfig {
         }
         let path = PathBuf::from(&file.ca_file);
         match read_certificates(&path) {
-            Ok(certs) => TlsConfig {
-                ca_file: Some(path),
-                extra_roots: Arc::new(certs),
-            },
+            Ok(certs) => {
+                let mut tls = TlsConfig {
+                    ca_file: Some(path),
+                    extra_roots: Arc::new(certs),
+                    upstream_ca: None,
+                };
+                tls.upstream_ca = Some(tls.pingora_ca());
+                tls
+            }
             Err(e) => {
                 p.push("tls.ca_file", e);
                 TlsConfig::default()
@@ -76,6 +85,26 @@ impl TlsConfig {
             let _ = roots.add(cert.clone());
         }
         roots
+    }
+
+    /// [`Self::root_store`]'s certificates as Pingora's per-peer CA list. Certificates that
+    /// cannot be parsed are left out (rustls could not use them either).
+    fn pingora_ca(&self) -> Arc<pingora::protocols::tls::CaType> {
+        use pingora::utils::tls::WrappedX509;
+        let mut ders: Vec<Vec<u8>> = self.extra_roots.iter().map(|c| c.to_vec()).collect();
+        if let Ok(native) = rustls_native_certs::load_native_certs() {
+            ders.extend(native.into_iter().map(|c| c.to_vec()));
+        }
+        let list: Vec<WrappedX509> = ders
+            .into_iter()
+            .filter_map(|der| {
+                WrappedX509::try_new(der, |raw| {
+                    x509_parser::parse_x509_certificate(raw).map(|(_, cert)| cert)
+                })
+                .ok()
+            })
+            .collect();
+        Arc::from(list)
     }
 
     /// A rustls client configuration verifying servers against [`Self::root_store`], with the

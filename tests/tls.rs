@@ -483,3 +483,190 @@ fn check_config_names_each_bad_listener_tls_key() {
         Gateway::check_config(&gateway_config("127.0.0.1:1", &server_tls(&leaf, None), ""));
     assert_eq!(code, 0, "{stderr}");
 }
+
+// === 2. OMS upstream over HTTPS ===
+
+/// A TLS terminator in front of a plain upstream (the OMS behind HTTPS): accepts TLS with
+/// `cert`, records the SNI of every handshake, and pipes the bytes to `backend`.
+struct TlsFront {
+    addr: SocketAddr,
+    sni: Arc<parking_lot::Mutex<Vec<Option<String>>>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl TlsFront {
+    fn start(cert: &Issued, backend: SocketAddr) -> TlsFront {
+        let (chain, key) = omsgate::tls::load_certified_key(&cert.cert, &cert.key)
+            .map(|k| (k.cert.clone(), cert.key.clone()))
+            .expect("front certificate");
+        let pem = std::fs::read(&key).unwrap();
+        let private = rustls_pemfile::private_key(&mut pem.as_slice())
+            .unwrap()
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sni = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let seen = sni.clone();
+        runtime.spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, seen) = (acceptor.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    seen.lock()
+                        .push(tls.get_ref().1.server_name().map(str::to_string));
+                    if let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await {
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                    }
+                });
+            }
+        });
+        TlsFront {
+            addr,
+            sni,
+            _runtime: runtime,
+        }
+    }
+
+    fn handshakes(&self) -> usize {
+        self.sni.lock().len()
+    }
+}
+
+#[test]
+fn https_upstream_is_verified_with_sni_and_health_checked_over_tls() {
+    let dir = TestDir::new("tls-upstream");
+    let ca = Ca::new(dir.path(), "oms");
+    let oms_cert = ca.issue("oms", &["localhost"], false);
+    let upstream = TestUpstream::start();
+    let front = TlsFront::start(&oms_cert, upstream.addr);
+    let tls = format!("[tls]\nca_file = \"{}\"\n", ca.pem_path("oms").display());
+    let server = format!("https://localhost:{}", front.addr.port());
+    let gw = Gateway::start(&gateway_config(&server, "", &tls));
+
+    let client = reqwest::blocking_get(&gw.url("/echo?over=tls"));
+    assert_eq!(client.0, 200, "{}", client.1);
+    assert!(client.1.contains("\"over=tls\""), "{}", client.1);
+    let sni = front.sni.lock().clone();
+    assert!(!sni.is_empty());
+    assert!(
+        sni.iter().all(|s| s.as_deref() == Some("localhost")),
+        "every handshake sends the host name as SNI: {sni:?}"
+    );
+    // Health checks run over TLS too: more handshakes than requests, and the server is healthy.
+    let before = front.handshakes();
+    assert!(common::wait_for(Duration::from_secs(5), || front
+        .handshakes()
+        > before + 2));
+    let healthy = gw.metric_value(
+        "omsgate_upstream_healthy",
+        &[("server", &front.addr.to_string())],
+    );
+    assert_eq!(healthy, Some(1.0), "{}", gw.metrics_text());
+}
+
+#[test]
+fn https_upstream_with_an_untrusted_certificate_is_a_502_naming_the_cause() {
+    let dir = TestDir::new("tls-upstream-bad");
+    let ca = Ca::new(dir.path(), "oms");
+    let _other = Ca::new(dir.path(), "other");
+    let oms_cert = ca.issue("oms", &["localhost"], false);
+    let wrong_name = ca.issue("elsewhere", &["elsewhere.example"], false);
+    let upstream = TestUpstream::start();
+    let front = TlsFront::start(&oms_cert, upstream.addr);
+    let misnamed = TlsFront::start(&wrong_name, upstream.addr);
+
+    for (front, ca_name, cause) in [
+        (&front, "other", "invalid peer certificate: UnknownIssuer"),
+        (
+            &misnamed,
+            "oms",
+            "invalid peer certificate: certificate not valid for name \"localhost\"",
+        ),
+    ] {
+        let tls = format!(
+            "[tls]\nca_file = \"{}\"\n",
+            dir.path().join(format!("{ca_name}-ca.pem")).display()
+        );
+        let server = format!("https://localhost:{}", front.addr.port());
+        let gw = Gateway::start(&gateway_config(&server, "", &tls));
+        let (status, body) = reqwest::blocking_get(&gw.url("/echo"));
+        assert_eq!(status, 502, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).expect("JSON error body");
+        assert!(json.is_object(), "{body}");
+        assert!(
+            common::wait_for(Duration::from_secs(5), || gw.log().contains(cause)),
+            "the log names the cause ({cause}):\n{}",
+            gw.log()
+        );
+        assert_eq!(upstream.hits_for("/echo"), 0, "nothing reached the OMS");
+        assert!(
+            gw.metric_value("omsgate_upstream_errors_total", &[("kind", "connect")])
+                .unwrap_or(0.0)
+                >= 1.0
+        );
+    }
+}
+
+#[test]
+fn check_config_refuses_mixed_or_unknown_upstream_schemes() {
+    for (servers, key) in [
+        (
+            r#"["https://localhost:8443", "127.0.0.1:8000"]"#,
+            "upstream.servers",
+        ),
+        (r#"["ftp://localhost:21"]"#, "upstream.servers[0]"),
+        (r#"["https://localhost:8443/api"]"#, "upstream.servers[0]"),
+    ] {
+        let config = format!(
+            "[server]\nlisten = \"{{listen}}\"\n[admin]\nlisten = \"{{admin}}\"\n[upstream]\nservers = {servers}\n"
+        );
+        let (code, stderr) = Gateway::check_config(&config);
+        assert_eq!(code, 64, "{servers}: {stderr}");
+        assert!(stderr.contains(key), "{servers}: {stderr}");
+    }
+    let (code, stderr) = Gateway::check_config(
+        "[server]\nlisten = \"{listen}\"\n[admin]\nlisten = \"{admin}\"\n[upstream]\nservers = [\"https://localhost\", \"https://127.0.0.1:8443\"]\n",
+    );
+    assert_eq!(code, 0, "{stderr}");
+}
+
+/// Minimal blocking GET for these tests: `(status, body)`.
+mod reqwest {
+    pub fn blocking_get(url: &str) -> (u16, String) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let resp = ::reqwest::Client::new()
+                .get(url)
+                .timeout(std::time::Duration::from_secs(15))
+                .send()
+                .await
+                .expect("request");
+            let status = resp.status().as_u16();
+            (status, resp.text().await.unwrap_or_default())
+        })
+    }
+}

@@ -16,7 +16,9 @@ use crate::config::Problems;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct UpstreamFile {
-    /// The OMS instances as `host:port`. Default `["127.0.0.1:8000"]`.
+    /// The OMS instances as `host:port` (plain HTTP) or `https://host:port` (TLS, SNI and
+    /// certificate check against the host name; port 443 when left out). Default
+    /// `["127.0.0.1:8000"]`.
     pub servers: Vec<String>,
     /// `"round_robin"` or `"least_conn"`. Default `"round_robin"`.
     pub selection: String,
@@ -190,6 +192,13 @@ pub struct OverloadConfig {
 pub struct UpstreamConfig {
     /// Server addresses.
     pub servers: Vec<SocketAddr>,
+    /// The host name of each server as written (parallel to `servers`): the SNI and the name
+    /// its certificate is checked against.
+    pub names: Vec<String>,
+    /// The servers speak HTTPS (`https://` URLs).
+    pub tls: bool,
+    /// Trust for HTTPS servers (`[tls]`, filled in by [`crate::config::Config`]).
+    pub trust: crate::tls::TlsConfig,
     /// Algorithm.
     pub selection: Selection,
     /// Health-check path.
@@ -235,16 +244,64 @@ impl UpstreamConfig {
     /// Converts the file layer.
     pub fn from_file(f: &UpstreamFile, p: &mut Problems) -> UpstreamConfig {
         let mut servers = Vec::new();
+        let mut names = Vec::new();
         if f.servers.is_empty() {
             p.push("upstream.servers", "at least one server is needed");
         }
+        let https = f
+            .servers
+            .iter()
+            .filter(|s| s.starts_with("https://"))
+            .count();
+        let tls = https > 0;
+        if tls && https < f.servers.len() {
+            p.push(
+                "upstream.servers",
+                "mixes https:// and plain servers: every server of the pool speaks the same \
+                 protocol",
+            );
+        }
         for (i, s) in f.servers.iter().enumerate() {
             use std::net::ToSocketAddrs;
-            match s.to_socket_addrs().map(|mut a| a.next()) {
-                Ok(Some(a)) => servers.push(a),
+            let key = format!("upstream.servers[{i}]");
+            let (host_port, default_port) = match s.split_once("://") {
+                Some(("https", rest)) => (rest.trim_end_matches('/'), 443),
+                Some(("http", rest)) => (rest.trim_end_matches('/'), 80),
+                Some((scheme, _)) => {
+                    p.push(
+                        key,
+                        format!("`{scheme}://` is not one of \"https://\", \"http://\" or none"),
+                    );
+                    continue;
+                }
+                None => (s.as_str(), 0),
+            };
+            if host_port.contains('/') {
+                p.push(
+                    key,
+                    format!("`{s}` has a path: give scheme, host and port only"),
+                );
+                continue;
+            }
+            let (host, with_port) = match host_port.rsplit_once(':') {
+                Some((h, port)) if port.parse::<u16>().is_ok() && !h.ends_with(':') => {
+                    (h, host_port.to_string())
+                }
+                _ if default_port != 0 => (host_port, format!("{host_port}:{default_port}")),
+                _ => (host_port, host_port.to_string()),
+            };
+            match with_port.to_socket_addrs().map(|mut a| a.next()) {
+                Ok(Some(a)) => {
+                    servers.push(a);
+                    names.push(
+                        host.trim_start_matches('[')
+                            .trim_end_matches(']')
+                            .to_string(),
+                    );
+                }
                 _ => p.push(
-                    format!("upstream.servers[{i}]"),
-                    format!("`{s}` is not a resolvable `host:port`"),
+                    key,
+                    format!("`{s}` is not a resolvable `host:port` or `https://host:port`"),
                 ),
             }
         }
@@ -286,6 +343,9 @@ impl UpstreamConfig {
         }
         let cfg = UpstreamConfig {
             servers,
+            names,
+            tls,
+            trust: crate::tls::TlsConfig::default(),
             selection,
             health_path: hc.path.clone(),
             health_interval,
