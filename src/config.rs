@@ -460,9 +460,9 @@ impl Config {
         }
         let mut upstream = crate::upstream::UpstreamConfig::from_file(&file.upstream, p);
         let identity = crate::identity::IdentityConfig::from_file(&file.identity, p);
-        let cache = crate::cache::CacheConfig::from_file(&file.cache, p);
+        let mut cache = crate::cache::CacheConfig::from_file(&file.cache, p);
         let compression = crate::compress::CompressionConfig::from_file(&file.compression, p);
-        let rate_limit = crate::limit::RateLimitConfig::from_file(&file.rate_limit, p);
+        let mut rate_limit = crate::limit::RateLimitConfig::from_file(&file.rate_limit, p);
         if identity.is_header_mode() && rate_limit.trusted_proxies.is_empty() {
             p.push(
                 "identity.mode",
@@ -475,6 +475,8 @@ impl Config {
         let paths = crate::canonical::PathsConfig::from_file(&file.paths, p);
         let tls = crate::tls::TlsConfig::from_file(&file.tls, p);
         upstream.trust = tls.clone();
+        cache.trust = tls.clone();
+        rate_limit.trust = tls.clone();
         let routes = crate::routes::Router::from_file(&file.routes, &rate_limit, p);
         if database.url.is_none() {
             for (i, r) in file.routes.iter().enumerate() {

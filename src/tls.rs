@@ -87,6 +87,47 @@ impl TlsConfig {
         roots
     }
 
+    /// A Redis client for `url`. A `rediss://` URL connects with TLS (rustls), verifying the
+    /// server's certificate and host name against the system roots plus `ca_file`; there is
+    /// no way to turn verification off (the `#insecure` fragment is refused on connect).
+    pub fn redis_client(&self, url: &str) -> redis::RedisResult<redis::Client> {
+        install_provider();
+        if !url.starts_with("rediss://") || self.extra_roots.is_empty() {
+            // Without ca_file the redis crate's own store is the system roots.
+            return redis::Client::open(url);
+        }
+        let mut pem = String::new();
+        let mut add = |der: &[u8]| {
+            use base64::Engine;
+            let text = base64::engine::general_purpose::STANDARD.encode(der);
+            pem.push_str("-----BEGIN CERTIFICATE-----\n");
+            for line in text.as_bytes().chunks(64) {
+                pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+                pem.push('\n');
+            }
+            pem.push_str("-----END CERTIFICATE-----\n");
+        };
+        for cert in self.extra_roots.iter() {
+            add(cert);
+        }
+        if let Ok(native) = rustls_native_certs::load_native_certs() {
+            // Only those rustls accepts: the redis crate refuses the whole store otherwise.
+            let mut probe = RootCertStore::empty();
+            for cert in native {
+                if probe.add(cert.clone()).is_ok() {
+                    add(&cert);
+                }
+            }
+        }
+        redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.into_bytes()),
+            },
+        )
+    }
+
     /// [`Self::root_store`]'s certificates as Pingora's per-peer CA list. Certificates that
     /// cannot be parsed are left out (rustls could not use them either).
     fn pingora_ca(&self) -> Arc<pingora::protocols::tls::CaType> {
@@ -120,6 +161,13 @@ impl TlsConfig {
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(config)
     }
+}
+
+/// Makes ring the process's rustls provider, for libraries that build their TLS configuration
+/// from the process default (the redis crate). Pingora does the same; calling it again is a
+/// no-op.
+pub fn install_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Reads every certificate of a PEM file; a file with none, or one rustls rejects, is an error

@@ -670,3 +670,207 @@ mod reqwest {
         })
     }
 }
+
+// === 3. Redis over TLS (rediss://) ===
+
+/// A `redis-server` speaking TLS only (`--port 0 --tls-port P`), with a certificate of `ca`.
+struct TlsRedis {
+    port: u16,
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl TlsRedis {
+    fn start(ca: &Ca, dir: &Path) -> TlsRedis {
+        let cert = ca.issue("redis", &["localhost"], false);
+        let port = common::free_port();
+        let log = dir.join("redis.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .arg("--tls-cert-file")
+            .arg(&cert.cert)
+            .arg("--tls-key-file")
+            .arg(&cert.key)
+            .arg("--tls-ca-cert-file")
+            .arg(ca.pem_path("redis"))
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("redis-server (with TLS support) is installed");
+        let redis = TlsRedis { port, child, log };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        assert!(
+            common::wait_for(Duration::from_secs(10), || common::port_open(addr)),
+            "redis-server --tls-port did not start:\n{}",
+            std::fs::read_to_string(&redis.log).unwrap_or_default()
+        );
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("rediss://localhost:{}", self.port)
+    }
+
+    /// Keys starting with `prefix`, read over TLS with the gateway's own client code.
+    fn keys(&self, trust: &omsgate::tls::TlsConfig, prefix: &str) -> Result<Vec<String>, String> {
+        let client = trust.redis_client(&self.url()).map_err(|e| e.to_string())?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| e.to_string())?;
+            redis::cmd("KEYS")
+                .arg(format!("{prefix}*"))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn trust(ca_file: &Path) -> omsgate::tls::TlsConfig {
+    let mut p = omsgate::config::Problems::default();
+    let tls = omsgate::tls::TlsConfig::from_file(
+        &omsgate::tls::TlsFile {
+            ca_file: ca_file.display().to_string(),
+        },
+        &mut p,
+    );
+    assert!(p.is_empty());
+    tls
+}
+
+fn redis_config(upstream: &TestUpstream, redis: &str, prefix: &str, ca: Option<&Path>) -> String {
+    let tls = ca
+        .map(|p| format!("[tls]\nca_file = \"{}\"\n", p.display()))
+        .unwrap_or_default();
+    gateway_config(
+        &upstream.addr.to_string(),
+        "",
+        &format!(
+            r#"
+{tls}
+[cache]
+redis_url = "{redis}"
+key_prefix = "{prefix}:c:"
+redis_timeout = "1s"
+[rate_limit]
+mode = "distributed"
+redis_url = "{redis}"
+key_prefix = "{prefix}:rl:"
+redis_timeout = "2s"
+[rate_limit.policies.three]
+key = "ip"
+quota = "3/hour"
+[[route]]
+name = "cached"
+path = "/cached/{{x}}"
+cache = {{ ttl = "60s", scope = "public", resource = "thing:{{x}}" }}
+[[route]]
+name = "limited"
+path = "/limited"
+rate_limit = ["three"]
+"#
+        ),
+    )
+}
+
+#[test]
+fn cache_and_distributed_limits_work_over_rediss() {
+    let dir = TestDir::new("tls-redis");
+    let ca = Ca::new(dir.path(), "redis");
+    let redis = TlsRedis::start(&ca, dir.path());
+    let trust = trust(&ca.pem_path("redis"));
+    let upstream = TestUpstream::start();
+    let prefix = common::unique("omsgate-tls");
+    let gw = Gateway::start(&redis_config(
+        &upstream,
+        &redis.url(),
+        &prefix,
+        Some(&ca.pem_path("redis")),
+    ));
+
+    // Cache: the entry is stored in Redis (over TLS) and answers the next request.
+    for _ in 0..2 {
+        let (status, _) = reqwest::blocking_get(&gw.url("/cached/a"));
+        assert_eq!(status, 200);
+    }
+    assert_eq!(upstream.hits_for("/cached"), 1);
+    assert!(
+        common::wait_for(Duration::from_secs(5), || redis
+            .keys(&trust, &format!("{prefix}:c:"))
+            .is_ok_and(|k| !k.is_empty())),
+        "no cache key in the TLS Redis: {:?}\n{}",
+        redis.keys(&trust, &format!("{prefix}:c:")),
+        gw.log()
+    );
+
+    // Distributed limit: 3/hour per IP, kept in Redis.
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| reqwest::blocking_get(&gw.url("/limited")).0)
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 429], "{}", gw.log());
+    let keys = redis.keys(&trust, &format!("{prefix}:rl:")).unwrap();
+    assert!(!keys.is_empty(), "no rate-limit key in the TLS Redis");
+    assert_eq!(
+        gw.metric_value("omsgate_rate_limit_backend_errors_total", &[])
+            .unwrap_or(0.0),
+        0.0
+    );
+}
+
+#[test]
+fn rediss_without_the_private_ca_is_refused_and_the_cache_fails_open() {
+    let dir = TestDir::new("tls-redis-untrusted");
+    let ca = Ca::new(dir.path(), "redis");
+    let redis = TlsRedis::start(&ca, dir.path());
+    let upstream = TestUpstream::start();
+    let prefix = common::unique("omsgate-tls");
+    // No [tls] ca_file: the system roots do not know the throwaway CA.
+    let gw = Gateway::start(&redis_config(&upstream, &redis.url(), &prefix, None));
+    for _ in 0..2 {
+        let (status, _) = reqwest::blocking_get(&gw.url("/cached/b"));
+        assert_eq!(status, 200);
+    }
+    assert!(
+        common::wait_for(Duration::from_secs(5), || gw
+            .log()
+            .contains("invalid peer certificate: UnknownIssuer")),
+        "{}",
+        gw.log()
+    );
+    let keys = redis
+        .keys(&trust(&ca.pem_path("redis")), &format!("{prefix}:"))
+        .unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
+}
