@@ -471,12 +471,13 @@ impl Config {
             );
         }
         let audit = crate::audit::AuditConfig::from_file(&file.audit, p);
-        let database = crate::db::DatabaseConfig::from_file(&file.database, p);
+        let mut database = crate::db::DatabaseConfig::from_file(&file.database, p);
         let paths = crate::canonical::PathsConfig::from_file(&file.paths, p);
         let tls = crate::tls::TlsConfig::from_file(&file.tls, p);
         upstream.trust = tls.clone();
         cache.trust = tls.clone();
         rate_limit.trust = tls.clone();
+        database.trust_roots = tls.extra_roots.clone();
         let routes = crate::routes::Router::from_file(&file.routes, &rate_limit, p);
         if database.url.is_none() {
             for (i, r) in file.routes.iter().enumerate() {

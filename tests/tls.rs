@@ -874,3 +874,280 @@ fn rediss_without_the_private_ca_is_refused_and_the_cache_fails_open() {
         .unwrap();
     assert!(keys.is_empty(), "{keys:?}");
 }
+
+// === 4. PostgreSQL sslmode ===
+
+/// A private PostgreSQL cluster (initdb per test) on a private port, with `ssl = on` and a
+/// certificate of the test CA for `localhost`; run as the `postgres` user when the tests run as
+/// root (PostgreSQL refuses root).
+struct PrivatePg {
+    bin: PathBuf,
+    data: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    ids: Option<(u32, u32)>,
+    child: Option<std::process::Child>,
+}
+
+impl PrivatePg {
+    fn start(dir: &Path, cert: &Issued) -> PrivatePg {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries in /usr/lib/postgresql")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .filter(|p| p.join("postgres").exists())
+            .max()
+            .expect("a PostgreSQL version with bin/postgres");
+        let ids = (unsafe { libc::geteuid() } == 0).then(|| {
+            let id = |flag: &str| -> u32 {
+                let out = Command::new("id")
+                    .args([flag, "postgres"])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse()
+                    .expect("postgres user")
+            };
+            (id("-u"), id("-g"))
+        });
+        let data = dir.join("pgdata");
+        // The server's key and certificate, owned by the server's user, mode 600.
+        let (crt, key) = (dir.join("pg-server.crt"), dir.join("pg-server.key"));
+        std::fs::copy(&cert.cert, &crt).unwrap();
+        std::fs::copy(&cert.key, &key).unwrap();
+        if let Some((uid, gid)) = ids {
+            for p in [dir, crt.as_path(), key.as_path()] {
+                std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+            }
+        }
+        let mut pg = PrivatePg {
+            bin,
+            data,
+            dir: dir.to_path_buf(),
+            port: common::free_port(),
+            ids,
+            child: None,
+        };
+        let out = pg
+            .command("initdb")
+            .arg("-D")
+            .arg(&pg.data)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .output()
+            .expect("initdb runs");
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pg.run(true);
+        pg
+    }
+
+    fn command(&self, program: &str) -> Command {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(self.bin.join(program));
+        if let Some((uid, gid)) = self.ids {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd.current_dir(&self.dir);
+        cmd
+    }
+
+    /// Starts the server, with or without TLS, and waits until it accepts connections.
+    fn run(&mut self, ssl: bool) {
+        let log = std::fs::File::create(self.dir.join(format!("pg-{ssl}.log"))).unwrap();
+        let child = self
+            .command("postgres")
+            .arg("-D")
+            .arg(&self.data)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+            ])
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", self.dir.display()))
+            .args(["-c", &format!("ssl={}", if ssl { "on" } else { "off" })])
+            .arg("-c")
+            .arg(format!(
+                "ssl_cert_file={}",
+                self.dir.join("pg-server.crt").display()
+            ))
+            .arg("-c")
+            .arg(format!(
+                "ssl_key_file={}",
+                self.dir.join("pg-server.key").display()
+            ))
+            .args(["-c", "fsync=off"])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("postgres starts");
+        self.child = Some(child);
+        let plain = format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?sslmode=prefer",
+            self.port
+        );
+        let ready = common::wait_for(Duration::from_secs(20), || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(omsgate::db::connect(&plain))
+                .is_ok()
+        });
+        assert!(
+            ready,
+            "private PostgreSQL did not start:\n{}",
+            std::fs::read_to_string(self.dir.join(format!("pg-{ssl}.log"))).unwrap_or_default()
+        );
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            common::send_signal(child.id(), "QUIT");
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self, host: &str, query: &str) -> String {
+        format!("postgres://postgres@{host}:{}/postgres?{query}", self.port)
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `(ssl in use, error)` of one connection with `url`, asking the server.
+fn pg_ssl(url: &str) -> Result<bool, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let client = omsgate::db::connect(url).await.map_err(|e| e.to_string())?;
+            let row = client
+                .query_one(
+                    "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(row.get::<_, bool>(0))
+        })
+}
+
+#[test]
+fn postgres_sslmodes_as_libpq_with_the_pool_and_migrate_over_verify_full() {
+    let dir = TestDir::new("tls-pg");
+    let ca = Ca::new(dir.path(), "pg");
+    let cert = ca.issue("pg", &["localhost"], false);
+    let mut pg = PrivatePg::start(dir.path(), &cert);
+    let root = ca.pem_path("pg").display().to_string();
+
+    // verify-full with the CA: TLS, verified. verify-ca accepts another name; verify-full not.
+    let full = pg.url(
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={root}"),
+    );
+    assert_eq!(pg_ssl(&full), Ok(true));
+    let by_ip = pg.url(
+        "127.0.0.1",
+        &format!("sslmode=verify-full&sslrootcert={root}"),
+    );
+    let err = pg_ssl(&by_ip).unwrap_err();
+    assert!(err.contains("not valid for name"), "{err}");
+    let ca_only = pg.url(
+        "127.0.0.1",
+        &format!("sslmode=verify-ca&sslrootcert={root}"),
+    );
+    assert_eq!(pg_ssl(&ca_only), Ok(true));
+    // Without the CA the system roots do not know the server: refused.
+    let err = pg_ssl(&pg.url("localhost", "sslmode=verify-full")).unwrap_err();
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    // require and prefer encrypt without verifying (libpq); disable does not encrypt.
+    assert_eq!(pg_ssl(&pg.url("localhost", "sslmode=require")), Ok(true));
+    assert_eq!(pg_ssl(&pg.url("localhost", "sslmode=prefer")), Ok(true));
+    assert_eq!(pg_ssl(&pg.url("localhost", "sslmode=disable")), Ok(false));
+
+    // migrate over verify-full.
+    // The cluster is the test's own: the OMS's reference tables go into its `public` schema
+    // (over verify-full too), then migrate runs as an operator would.
+    let schema = "public".to_string();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let client = omsgate::db::connect(&full).await.unwrap();
+            client
+                .batch_execute(omsgate::db::REFERENCE_SCHEMA)
+                .await
+                .unwrap();
+        });
+    let out = Command::new(Gateway::bin())
+        .args(["migrate", "--database-url", &full, "--schema", &schema])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "migrate: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The pooled query path over verify-full, trusting the CA through [tls] ca_file.
+    let file = omsgate::db::DatabaseFile {
+        url: pg.url("localhost", "sslmode=verify-full"),
+        schema: schema.clone(),
+        ..Default::default()
+    };
+    let mut problems = omsgate::config::Problems::default();
+    let mut config = omsgate::db::DatabaseConfig::from_file(&file, &mut problems);
+    assert!(problems.is_empty(), "{:?}", problems.list());
+    config.trust_roots = trust(&ca.pem_path("pg")).extra_roots.clone();
+    let answered = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let paths = omsgate::db::query::QueryPaths::new(&config).map_err(|e| e.to_string())?;
+            paths
+                .invoices_by_ids("tenant-a", &[uuid::Uuid::nil()])
+                .await
+                .map_err(|e| e.to_string())
+        });
+    assert_eq!(answered.as_deref(), Ok(&b"[]"[..]));
+
+    // sslmode=require against a server without TLS fails with a clear message.
+    pg.stop();
+    pg.run(false);
+    let err = pg_ssl(&pg.url("localhost", "sslmode=require")).unwrap_err();
+    assert!(err.contains("server does not support TLS"), "{err}");
+    assert_eq!(pg_ssl(&pg.url("localhost", "sslmode=prefer")), Ok(false));
+}
+
+#[test]
+fn check_config_accepts_verify_modes_and_names_a_bad_sslmode_or_rootcert() {
+    let base = "[server]\nlisten = \"{listen}\"\n[admin]\nlisten = \"{admin}\"\n[database]\n";
+    let (code, stderr) = Gateway::check_config(&format!(
+        "{base}url = \"postgres://oms@db.example/oms?sslmode=verify-full\"\n"
+    ));
+    assert_eq!(code, 0, "{stderr}");
+    for url in [
+        "postgres://oms@db.example/oms?sslmode=verify-everything",
+        "postgres://oms@db.example/oms?sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem",
+    ] {
+        let (code, stderr) = Gateway::check_config(&format!("{base}url = \"{url}\"\n"));
+        assert_eq!(code, 64, "{url}: {stderr}");
+        assert!(stderr.contains("database.url"), "{url}: {stderr}");
+    }
+}
