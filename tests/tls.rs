@@ -1151,3 +1151,37 @@ fn check_config_accepts_verify_modes_and_names_a_bad_sslmode_or_rootcert() {
         assert!(stderr.contains("database.url"), "{url}: {stderr}");
     }
 }
+
+#[test]
+fn a_listener_key_readable_by_others_is_warned_about_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TestDir::new("tls-key-mode");
+    let ca = Ca::new(dir.path(), "gw");
+    let leaf = ca.issue("gw", &["localhost"], false);
+    std::fs::set_permissions(&leaf.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let upstream = TestUpstream::start();
+    let gw = Gateway::start(&gateway_config(
+        &upstream.addr.to_string(),
+        &server_tls(&leaf, None),
+        "",
+    ));
+    assert!(
+        common::wait_for(Duration::from_secs(5), || gw.log().contains("chmod 600")),
+        "{}",
+        gw.log()
+    );
+    let log = gw.log();
+    assert!(
+        !log.contains("BEGIN PRIVATE KEY"),
+        "the key never reaches the log"
+    );
+    drop(gw);
+
+    std::fs::set_permissions(&leaf.key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let quiet = Gateway::start(&gateway_config(
+        &upstream.addr.to_string(),
+        &server_tls(&leaf, None),
+        "",
+    ));
+    assert!(!quiet.log().contains("chmod 600"), "{}", quiet.log());
+}
