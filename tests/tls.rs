@@ -491,11 +491,18 @@ fn check_config_names_each_bad_listener_tls_key() {
 struct TlsFront {
     addr: SocketAddr,
     sni: Arc<parking_lot::Mutex<Vec<Option<String>>>>,
+    /// The ALPN protocol chosen in each handshake.
+    alpn: Arc<parking_lot::Mutex<Vec<Option<Vec<u8>>>>>,
     _runtime: tokio::runtime::Runtime,
 }
 
 impl TlsFront {
     fn start(cert: &Issued, backend: SocketAddr) -> TlsFront {
+        TlsFront::start_with_alpn(cert, backend, &[])
+    }
+
+    /// [`start`](Self::start), offering `alpn` (the bytes are piped whatever is chosen).
+    fn start_with_alpn(cert: &Issued, backend: SocketAddr, alpn: &[&[u8]]) -> TlsFront {
         let (chain, key) = omsgate::tls::load_certified_key(&cert.cert, &cert.key)
             .map(|k| (k.cert.clone(), cert.key.clone()))
             .expect("front certificate");
@@ -503,7 +510,7 @@ impl TlsFront {
         let private = rustls_pemfile::private_key(&mut pem.as_slice())
             .unwrap()
             .unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
@@ -511,6 +518,7 @@ impl TlsFront {
         .with_no_client_auth()
         .with_single_cert(chain, private)
         .unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -522,19 +530,24 @@ impl TlsFront {
             .unwrap();
         let addr = listener.local_addr().unwrap();
         let sni = Arc::new(parking_lot::Mutex::new(Vec::new()));
-        let seen = sni.clone();
+        let alpns = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let (seen, seen_alpn) = (sni.clone(), alpns.clone());
         runtime.spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
-                let (acceptor, seen) = (acceptor.clone(), seen.clone());
+                let (acceptor, seen, seen_alpn) =
+                    (acceptor.clone(), seen.clone(), seen_alpn.clone());
                 tokio::spawn(async move {
                     let Ok(mut tls) = acceptor.accept(tcp).await else {
                         return;
                     };
                     seen.lock()
                         .push(tls.get_ref().1.server_name().map(str::to_string));
+                    seen_alpn
+                        .lock()
+                        .push(tls.get_ref().1.alpn_protocol().map(|p| p.to_vec()));
                     if let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await {
                         let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
                     }
@@ -544,6 +557,7 @@ impl TlsFront {
         TlsFront {
             addr,
             sni,
+            alpn: alpns,
             _runtime: runtime,
         }
     }
@@ -583,6 +597,55 @@ fn https_upstream_is_verified_with_sni_and_health_checked_over_tls() {
         &[("server", &front.addr.to_string())],
     );
     assert_eq!(healthy, Some(1.0), "{}", gw.metrics_text());
+}
+
+#[test]
+fn h2_to_an_https_upstream_when_asked_for() {
+    let dir = TestDir::new("tls-upstream-h2");
+    let ca = Ca::new(dir.path(), "oms");
+    let oms_cert = ca.issue("oms", &["localhost"], false);
+    let upstream = TestUpstream::start();
+    // The OMS side: a gateway speaking h2c (prior knowledge) behind a TLS front offering h2.
+    let h2_oms = Gateway::start(&gateway_config(
+        &upstream.addr.to_string(),
+        "h2c = true",
+        "",
+    ));
+    let front = TlsFront::start_with_alpn(&oms_cert, h2_oms.listen_addr(), &[b"h2", b"http/1.1"]);
+    let tls = format!("[tls]\nca_file = \"{}\"\n", ca.pem_path("oms").display());
+    let server = format!("https://localhost:{}", front.addr.port());
+    let gw = Gateway::start(&gateway_config(&server, "", &format!("{tls}\n")).replace(
+        "connect_timeout = \"1s\"",
+        "connect_timeout = \"1s\"\nh2 = true",
+    ));
+    for i in 0..3 {
+        let (status, body) = reqwest::blocking_get(&gw.url(&format!("/echo?n={i}")));
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(&format!("\"n={i}\"")), "{body}");
+    }
+    let chosen = front.alpn.lock().clone();
+    assert!(
+        chosen.iter().any(|a| a.as_deref() == Some(&b"h2"[..])),
+        "requests negotiated h2: {chosen:?}"
+    );
+
+    // Without h2 = true only http/1.1 is offered.
+    let h1 = Gateway::start(&gateway_config(&server, "", &tls));
+    front.alpn.lock().clear();
+    let (status, _) = reqwest::blocking_get(&h1.url("/echo"));
+    assert_eq!(status, 200);
+    let chosen = front.alpn.lock().clone();
+    assert!(
+        !chosen.is_empty() && chosen.iter().all(|a| a.as_deref() != Some(&b"h2"[..])),
+        "{chosen:?}"
+    );
+
+    // h2 on plain servers is a config problem.
+    let (code, stderr) = Gateway::check_config(
+        "[server]\nlisten = \"{listen}\"\n[admin]\nlisten = \"{admin}\"\n[upstream]\nservers = [\"127.0.0.1:8000\"]\nh2 = true\n",
+    );
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("upstream.h2"), "{stderr}");
 }
 
 #[test]

@@ -53,6 +53,8 @@ pub struct UpstreamFile {
     /// Retries on another (or the same) server when connecting fails (idempotent methods
     /// only). Default 1.
     pub retries: usize,
+    /// Offer HTTP/2 (ALPN `h2`, then `http/1.1`) to `https://` servers. Default false.
+    pub h2: bool,
 }
 
 impl Default for UpstreamFile {
@@ -71,6 +73,7 @@ impl Default for UpstreamFile {
             keepalive_timeout: None,
             keepalive_pool: 128,
             retries: 1,
+            h2: false,
         }
     }
 }
@@ -231,6 +234,8 @@ pub struct UpstreamConfig {
     pub keepalive_pool: usize,
     /// Retries on connect failure.
     pub retries: usize,
+    /// HTTP/2 offered to HTTPS servers.
+    pub h2: bool,
 }
 
 impl Default for UpstreamConfig {
@@ -385,7 +390,14 @@ impl UpstreamConfig {
                 .and_then(|t| p.duration("upstream.keepalive_timeout", t)),
             keepalive_pool: f.keepalive_pool,
             retries: f.retries,
+            h2: f.h2,
         };
+        if f.h2 && !tls {
+            p.push(
+                "upstream.h2",
+                "HTTP/2 to the OMS is negotiated with TLS (ALPN): it needs https:// servers",
+            );
+        }
         for (key, d) in [
             ("upstream.connect_timeout", cfg.connect_timeout),
             ("upstream.read_timeout", cfg.read_timeout),

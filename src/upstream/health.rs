@@ -45,6 +45,8 @@ fn http_check(cfg: &UpstreamConfig, https: Option<SocketAddr>) -> HttpHealthChec
             let host = peer.sni.clone();
             let mut hc = HttpHealthCheck::new(&host, true);
             hc.peer_template = peer;
+            // The check itself stays HTTP/1.1 (one fresh connection per check).
+            hc.peer_template.options.alpn = pingora::protocols::ALPN::H1;
             (host, hc)
         }
         None => (

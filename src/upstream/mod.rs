@@ -239,6 +239,10 @@ pub(crate) fn https_peer(cfg: &UpstreamConfig, addr: SocketAddr) -> HttpPeer {
     peer.options.verify_cert = true;
     peer.options.verify_hostname = true;
     peer.options.ca = cfg.trust.upstream_ca.clone();
+    if cfg.h2 {
+        // h2 preferred, http/1.1 when the server does not offer it.
+        peer.options.alpn = pingora::protocols::ALPN::H2H1;
+    }
     peer
 }
 
