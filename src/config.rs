@@ -184,6 +184,11 @@ pub struct ServerFile {
     /// Pingora's own default is 64 KiB. Default `"4KiB"`: requests are small, and 10 000 idle
     /// keepalive connections then hold 40 MiB of buffers instead of 640 MiB.
     pub read_buffer: crate::units::ByteSize,
+    /// Cleartext HTTP/2 with prior knowledge on a plaintext listener, next to HTTP/1.1 (told
+    /// apart by the connection preface). Default false.
+    pub h2c: bool,
+    /// TLS on the public listener (`cert` and `key` set), with optional client certificates.
+    pub tls: crate::tls::ListenerTlsFile,
 }
 
 impl Default for ServerFile {
@@ -193,6 +198,8 @@ impl Default for ServerFile {
             threads: 2,
             shutdown_grace: "30s".into(),
             read_buffer: crate::units::ByteSize::Text("4KiB".into()),
+            h2c: false,
+            tls: crate::tls::ListenerTlsFile::default(),
         }
     }
 }
@@ -288,6 +295,10 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Read buffer per client connection, in bytes.
     pub read_buffer: usize,
+    /// Cleartext HTTP/2 (prior knowledge) on a plaintext listener.
+    pub h2c: bool,
+    /// TLS on the public listener; `None` for plaintext.
+    pub tls: Option<crate::tls::ListenerTls>,
 }
 
 /// Typed `[admin]`.
@@ -396,6 +407,8 @@ impl Config {
                 }
                 None => 4096,
             },
+            h2c: file.server.h2c,
+            tls: crate::tls::ListenerTls::from_file(&file.server.tls, p),
         };
         let token = if file.admin.token_env.is_empty() {
             None
@@ -445,12 +458,12 @@ impl Config {
                 format!("`{}` is not a level or directive: {e}", file.log.level),
             );
         }
-        let upstream = crate::upstream::UpstreamConfig::from_file(&file.upstream, p);
+        let mut upstream = crate::upstream::UpstreamConfig::from_file(&file.upstream, p);
         let tls = crate::tls::TlsConfig::from_file(&file.tls, p);
         let identity = crate::identity::IdentityConfig::from_file(&file.identity, &tls, p);
-        let cache = crate::cache::CacheConfig::from_file(&file.cache, p);
+        let mut cache = crate::cache::CacheConfig::from_file(&file.cache, p);
         let compression = crate::compress::CompressionConfig::from_file(&file.compression, p);
-        let rate_limit = crate::limit::RateLimitConfig::from_file(&file.rate_limit, p);
+        let mut rate_limit = crate::limit::RateLimitConfig::from_file(&file.rate_limit, p);
         if identity.is_header_mode() && rate_limit.trusted_proxies.is_empty() {
             p.push(
                 "identity.mode",
@@ -459,8 +472,12 @@ impl Config {
             );
         }
         let audit = crate::audit::AuditConfig::from_file(&file.audit, p);
-        let database = crate::db::DatabaseConfig::from_file(&file.database, p);
+        let mut database = crate::db::DatabaseConfig::from_file(&file.database, p);
         let paths = crate::canonical::PathsConfig::from_file(&file.paths, p);
+        upstream.trust = tls.clone();
+        cache.trust = tls.clone();
+        rate_limit.trust = tls.clone();
+        database.trust_roots = tls.extra_roots.clone();
         let routes = crate::routes::Router::from_file(&file.routes, &rate_limit, p);
         if database.url.is_none() {
             for (i, r) in file.routes.iter().enumerate() {

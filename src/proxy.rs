@@ -131,6 +131,8 @@ pub struct Shared {
     pub audit: crate::audit::Audit,
     /// Process start.
     pub started: Instant,
+    /// The public listener's certificate when it speaks TLS; a reload replaces it.
+    pub listener_cert: Option<Arc<crate::tls::ListenerCert>>,
 }
 
 /// The gateway's [`ProxyHttp`] implementation.

@@ -117,6 +117,10 @@ impl Reloader {
             }
         };
         self.shared.pipeline.store(Arc::new(pipeline));
+        if let (Some(cert), Some(tls)) = (&self.shared.listener_cert, &config.server.tls) {
+            // Read and checked by Config::load: a bad file rejected the reload above.
+            cert.replace(tls.certified.clone());
+        }
 
         let level = crate::logging::set_level(&config.log.level);
         metrics::CONFIG_INFO.reset();
@@ -197,6 +201,13 @@ pub fn restart_required(old: &Config, new: &Config) -> Vec<String> {
         "server.read_buffer",
         old.server.read_buffer != new.server.read_buffer,
     );
+    check("server.h2c", old.server.h2c != new.server.h2c);
+    let (old_tls, new_tls) = (&old.server.tls, &new.server.tls);
+    check("server.tls", old_tls.is_some() != new_tls.is_some());
+    check(
+        "server.tls.client_ca",
+        matches!((old_tls, new_tls), (Some(o), Some(n)) if o.client_ca != n.client_ca),
+    );
     check("admin.listen", old.admin.listen != new.admin.listen);
     check(
         "upstream.keepalive_pool",
@@ -213,6 +224,15 @@ fn keep_restart_only(old: &Config, mut new: Config) -> Config {
     new.server.threads = old.server.threads;
     new.server.shutdown_grace = old.server.shutdown_grace;
     new.server.read_buffer = old.server.read_buffer;
+    new.server.h2c = old.server.h2c;
+    match (&old.server.tls, &mut new.server.tls) {
+        // The certificate and key are re-read; TLS on or off and the client CA are not.
+        (Some(o), Some(n)) => {
+            n.client_ca = o.client_ca.clone();
+            n.client_roots = o.client_roots.clone();
+        }
+        (o, n) => *n = o.clone(),
+    }
     new.admin.listen = old.admin.listen;
     new.upstream.keepalive_pool = old.upstream.keepalive_pool;
     new.log.format = old.log.format;

@@ -27,6 +27,9 @@ pub enum ServerError {
     /// The audit pipeline could not be set up (spool directory).
     #[error("cannot set up the audit pipeline: {0}")]
     Audit(crate::audit::AuditError),
+    /// The listener's TLS settings could not be built.
+    #[error("cannot set up TLS on server.listen: {0}")]
+    Tls(Box<pingora::Error>),
     /// A listener address cannot be bound (in use, not local, no permission).
     #[error("cannot listen on {addr} ({key}): {source}")]
     Listen {
@@ -109,26 +112,41 @@ pub fn run_with(
         upstreams,
         audit: audit.clone(),
         started: Instant::now(),
+        listener_cert: config
+            .server
+            .tls
+            .as_ref()
+            .map(|tls| crate::tls::ListenerCert::new(tls.certified.clone())),
     });
 
     // The proxy application inside `Handover`, which keeps client connections open (answered
     // with `Connection: close`) for a moment after the listeners stop instead of resetting them.
+    let mut proxy_app =
+        pingora::proxy::http_proxy(&server.configuration, Gateway::new(shared.clone()));
+    if config.server.tls.is_none() && config.server.h2c {
+        // HTTP/1.1 keeps working: Pingora tells the two apart by the HTTP/2 connection preface.
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2c = true;
+        proxy_app.server_options = Some(options);
+    }
     let mut proxy = Service::new(
         "omsgate proxy".to_string(),
-        crate::lifecycle::Handover::new(pingora::proxy::http_proxy(
-            &server.configuration,
-            Gateway::new(shared.clone()),
-        )),
+        crate::lifecycle::Handover::new(proxy_app),
     );
     // Every client connection holds a read buffer of this size, idle or not.
     let buffers = pingora::protocols::l4::stream::L4BufferSettings {
         read: Some(config.server.read_buffer),
         write: None,
     };
-    proxy.add_listener(
-        pingora::listeners::ListenerConfig::tcp(config.server.listen.to_string())
-            .l4_buffer(buffers),
-    );
+    let mut listener = pingora::listeners::ListenerConfig::tcp(config.server.listen.to_string())
+        .l4_buffer(buffers);
+    if let (Some(tls), Some(cert)) = (&config.server.tls, &shared.listener_cert) {
+        if let Some(warning) = tls.key_permission_warning() {
+            tracing::warn!(key = "server.tls.key", "{warning}");
+        }
+        listener = listener.tls(tls.settings(cert.clone()).map_err(ServerError::Tls)?);
+    }
+    proxy.add_listener(listener);
 
     let mut admin_app = crate::admin::Admin::new(shared.clone());
     if let Some(path) = &opts.config_path {
@@ -156,6 +174,8 @@ pub fn run_with(
 
     tracing::info!(
         listen = %config.server.listen,
+        tls = config.server.tls.is_some(),
+        h2c = config.server.h2c && config.server.tls.is_none(),
         admin = %config.admin.listen,
         upstreams = ?config.upstream.servers,
         "omsgate starting."

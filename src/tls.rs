@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::CertificateDer;
+use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +34,10 @@ pub struct TlsConfig {
     /// The certificates read from `ca_file` (validated at config load, so a bad file is a
     /// config problem, not a failure on the first connection).
     pub extra_roots: Arc<Vec<CertificateDer<'static>>>,
+    /// The trust store in the form Pingora's connector takes per peer (the system roots plus
+    /// `ca_file`), built once when `ca_file` is set; `None` leaves Pingora's own store (the
+    /// system roots) in place.
+    pub upstream_ca: Option<Arc<pingora::protocols::tls::CaType>>,
 }
 
 impl TlsConfig {
@@ -43,10 +48,15 @@ impl TlsConfig {
         }
         let path = PathBuf::from(&file.ca_file);
         match read_certificates(&path) {
-            Ok(certs) => TlsConfig {
-                ca_file: Some(path),
-                extra_roots: Arc::new(certs),
-            },
+            Ok(certs) => {
+                let mut tls = TlsConfig {
+                    ca_file: Some(path),
+                    extra_roots: Arc::new(certs),
+                    upstream_ca: None,
+                };
+                tls.upstream_ca = Some(tls.pingora_ca());
+                tls
+            }
             Err(e) => {
                 p.push("tls.ca_file", e);
                 TlsConfig::default()
@@ -77,6 +87,67 @@ impl TlsConfig {
         roots
     }
 
+    /// A Redis client for `url`. A `rediss://` URL connects with TLS (rustls), verifying the
+    /// server's certificate and host name against the system roots plus `ca_file`; there is
+    /// no way to turn verification off (the `#insecure` fragment is refused on connect).
+    pub fn redis_client(&self, url: &str) -> redis::RedisResult<redis::Client> {
+        install_provider();
+        if !url.starts_with("rediss://") || self.extra_roots.is_empty() {
+            // Without ca_file the redis crate's own store is the system roots.
+            return redis::Client::open(url);
+        }
+        let mut pem = String::new();
+        let mut add = |der: &[u8]| {
+            use base64::Engine;
+            let text = base64::engine::general_purpose::STANDARD.encode(der);
+            pem.push_str("-----BEGIN CERTIFICATE-----\n");
+            for line in text.as_bytes().chunks(64) {
+                pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+                pem.push('\n');
+            }
+            pem.push_str("-----END CERTIFICATE-----\n");
+        };
+        for cert in self.extra_roots.iter() {
+            add(cert);
+        }
+        if let Ok(native) = rustls_native_certs::load_native_certs() {
+            // Only those rustls accepts: the redis crate refuses the whole store otherwise.
+            let mut probe = RootCertStore::empty();
+            for cert in native {
+                if probe.add(cert.clone()).is_ok() {
+                    add(&cert);
+                }
+            }
+        }
+        redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.into_bytes()),
+            },
+        )
+    }
+
+    /// [`Self::root_store`]'s certificates as Pingora's per-peer CA list. Certificates that
+    /// cannot be parsed are left out (rustls could not use them either).
+    fn pingora_ca(&self) -> Arc<pingora::protocols::tls::CaType> {
+        use pingora::utils::tls::WrappedX509;
+        let mut ders: Vec<Vec<u8>> = self.extra_roots.iter().map(|c| c.to_vec()).collect();
+        if let Ok(native) = rustls_native_certs::load_native_certs() {
+            ders.extend(native.into_iter().map(|c| c.to_vec()));
+        }
+        let list: Vec<WrappedX509> = ders
+            .into_iter()
+            .filter_map(|der| {
+                WrappedX509::try_new(der, |raw| {
+                    x509_parser::parse_x509_certificate(raw).map(|(_, cert)| cert)
+                })
+                .ok()
+            })
+            .collect();
+        Arc::from(list)
+    }
+
     /// A rustls client configuration verifying servers against [`Self::root_store`], with the
     /// given ALPN protocols (e.g. `[b"http/1.1".to_vec()]`).
     pub fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
@@ -90,6 +161,13 @@ impl TlsConfig {
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(config)
     }
+}
+
+/// Makes ring the process's rustls provider, for libraries that build their TLS configuration
+/// from the process default (the redis crate). Pingora does the same; calling it again is a
+/// no-op.
+pub fn install_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Reads every certificate of a PEM file; a file with none, or one rustls rejects, is an error
@@ -114,6 +192,220 @@ pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, St
                 i + 1
             )
         })?;
+    }
+    Ok(certs)
+}
+
+// === The client listener ===
+
+/// `[server.tls]` as written in the file: the public listener speaks TLS when `cert` is set.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ListenerTlsFile {
+    /// PEM certificate chain of the listener (leaf first, intermediates after). Default `""`
+    /// (plaintext listener).
+    pub cert: String,
+    /// PEM private key of `cert` (PKCS#8, PKCS#1 or SEC1). Default `""`.
+    pub key: String,
+    /// PEM CA certificates that client certificates must chain to: when set, a client without a
+    /// valid certificate is refused during the handshake (mTLS). Default `""` (no client
+    /// certificates asked for).
+    pub client_ca: String,
+}
+
+/// The validated `[server.tls]`: file paths and what was read from them.
+#[derive(Clone)]
+pub struct ListenerTls {
+    /// The certificate chain file.
+    pub cert: PathBuf,
+    /// The private key file.
+    pub key: PathBuf,
+    /// The certificate and key, read and matched at config load.
+    pub certified: Arc<CertifiedKey>,
+    /// The mTLS CA file, if any.
+    pub client_ca: Option<PathBuf>,
+    /// The certificates of `client_ca`.
+    pub client_roots: Arc<Vec<CertificateDer<'static>>>,
+}
+
+impl std::fmt::Debug for ListenerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key material.
+        f.debug_struct("ListenerTls")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("client_ca", &self.client_ca)
+            .finish()
+    }
+}
+
+impl ListenerTls {
+    /// Validates `[server.tls]`: `None` for a plaintext listener; problems name their key.
+    pub fn from_file(file: &ListenerTlsFile, p: &mut Problems) -> Option<ListenerTls> {
+        if file.cert.is_empty() && file.key.is_empty() {
+            if !file.client_ca.is_empty() {
+                p.push(
+                    "server.tls.client_ca",
+                    "needs server.tls.cert and server.tls.key: client certificates are only asked for on a TLS listener",
+                );
+            }
+            return None;
+        }
+        if file.cert.is_empty() || file.key.is_empty() {
+            let missing = if file.cert.is_empty() { "cert" } else { "key" };
+            p.push(
+                format!("server.tls.{missing}"),
+                "server.tls needs both cert and key (PEM files)",
+            );
+            return None;
+        }
+        let (cert, key) = (PathBuf::from(&file.cert), PathBuf::from(&file.key));
+        let certified = match load_certified_key(&cert, &key) {
+            Ok(c) => Arc::new(c),
+            Err((k, e)) => {
+                p.push(format!("server.tls.{k}"), e);
+                return None;
+            }
+        };
+        let (client_ca, client_roots) = if file.client_ca.is_empty() {
+            (None, Vec::new())
+        } else {
+            let path = PathBuf::from(&file.client_ca);
+            match read_certificates(&path) {
+                Ok(certs) => (Some(path), certs),
+                Err(e) => {
+                    p.push("server.tls.client_ca", e);
+                    return None;
+                }
+            }
+        };
+        Some(ListenerTls {
+            cert,
+            key,
+            certified,
+            client_ca,
+            client_roots: Arc::new(client_roots),
+        })
+    }
+
+    /// Pingora's TLS settings for the listener: the certificate served by `resolver` (which a
+    /// reload updates), ALPN `h2` then `http/1.1`, TLS 1.2 and 1.3, and client certificates
+    /// verified against `client_ca` when it is set.
+    pub fn settings(
+        &self,
+        resolver: Arc<ListenerCert>,
+    ) -> pingora::Result<pingora::listeners::tls::TlsSettings> {
+        let mut settings = pingora::listeners::tls::TlsSettings::intermediate("", "")?;
+        settings.set_cert_resolver(resolver);
+        settings.enable_h2();
+        if !self.client_roots.is_empty() {
+            let mut roots = RootCertStore::empty();
+            for cert in self.client_roots.iter() {
+                let _ = roots.add(cert.clone());
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                Arc::new(rustls::crypto::ring::default_provider()),
+            )
+            .build()
+            .map_err(|e| {
+                pingora::Error::because(
+                    pingora::ErrorType::InternalError,
+                    "server.tls.client_ca",
+                    e,
+                )
+            })?;
+            settings.set_client_cert_verifier(verifier);
+        }
+        Ok(settings)
+    }
+
+    /// A warning when the key file can be read by its group or by everyone.
+    pub fn key_permission_warning(&self) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&self.key).ok()?.permissions().mode();
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "{} is readable by its group or others (mode {:o}); chmod 600 it",
+                self.key.display(),
+                mode & 0o777
+            )
+        })
+    }
+}
+
+/// The listener's certificate, swapped by a reload: handshakes after the swap get the new one,
+/// connections already open keep theirs.
+#[derive(Debug)]
+pub struct ListenerCert {
+    current: arc_swap::ArcSwap<CertifiedKey>,
+}
+
+impl ListenerCert {
+    /// Serves `certified` until the next [`Self::replace`].
+    pub fn new(certified: Arc<CertifiedKey>) -> Arc<ListenerCert> {
+        Arc::new(ListenerCert {
+            current: arc_swap::ArcSwap::new(certified),
+        })
+    }
+
+    /// Serves `certified` to every handshake from now on.
+    pub fn replace(&self, certified: Arc<CertifiedKey>) {
+        self.current.store(certified);
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ListenerCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// Reads a certificate chain and its private key and checks that they belong together; an
+/// error names the key (`cert` or `key`) it is about.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, (&'static str, String)> {
+    let chain = read_chain(cert).map_err(|e| ("cert", e))?;
+    let pem =
+        std::fs::read(key).map_err(|e| ("key", format!("cannot read {}: {e}", key.display())))?;
+    let private = rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|e| {
+            (
+                "key",
+                format!("{} is not a PEM key file: {e}", key.display()),
+            )
+        })?
+        .ok_or_else(|| {
+            (
+                "key",
+                format!(
+                    "{} holds no PEM private key (\"-----BEGIN PRIVATE KEY-----\")",
+                    key.display()
+                ),
+            )
+        })?;
+    CertifiedKey::from_der(chain, private, &rustls::crypto::ring::default_provider()).map_err(|e| {
+        (
+            "key",
+            format!(
+                "{} cannot be used with the certificate {}: {e}",
+                key.display(),
+                cert.display()
+            ),
+        )
+    })
+}
+
+/// Every certificate of a PEM chain file (no CA check: a leaf is not a CA).
+fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not a PEM certificate file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{} holds no PEM certificate (\"-----BEGIN CERTIFICATE-----\")",
+            path.display()
+        ));
     }
     Ok(certs)
 }

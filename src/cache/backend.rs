@@ -46,9 +46,14 @@ impl std::fmt::Debug for Redis {
 
 impl Redis {
     /// A handle for `url` (parsed, not connected: the connection is made on first use).
-    pub fn new(url: &str, timeout: Duration) -> redis::RedisResult<Redis> {
+    /// A `rediss://` URL is verified against `trust`.
+    pub fn new(
+        url: &str,
+        timeout: Duration,
+        trust: &crate::tls::TlsConfig,
+    ) -> redis::RedisResult<Redis> {
         Ok(Redis {
-            client: redis::Client::open(url)?,
+            client: trust.redis_client(url)?,
             timeout,
             conn: watch::Sender::new(None),
             connecting: AtomicBool::new(false),

@@ -155,6 +155,8 @@ pub struct CacheConfig {
     pub max_ttl: Duration,
     /// Status codes stored by default.
     pub statuses: Vec<u16>,
+    /// Trust for a `rediss://` URL (`[tls]`, filled in by [`crate::config::Config`]).
+    pub trust: crate::tls::TlsConfig,
 }
 
 impl Default for CacheConfig {
@@ -232,6 +234,7 @@ impl CacheConfig {
             lock_timeout,
             max_ttl,
             statuses: f.statuses.clone(),
+            trust: crate::tls::TlsConfig::default(),
         }
     }
 

@@ -120,7 +120,7 @@ impl Cache {
         // version in `key.rs` with it. Setting it twice is a no-op.
         pingora::cache::set_compression_dict_content(std::borrow::Cow::Borrowed(HEADER_DICT));
         let redis = config.redis_url.as_deref().and_then(|url| {
-            match Redis::new(url, config.redis_timeout) {
+            match Redis::new(url, config.redis_timeout, &config.trust) {
                 Ok(r) => Some(&*Box::leak(Box::new(r))),
                 Err(e) => {
                     tracing::error!(error = %e, "Cache Redis URL unusable; caching in memory only.");

@@ -40,13 +40,16 @@ pub enum SinkError {
     #[error("Kafka consumer: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     /// The database could not be prepared (connect, create table/index).
-    #[error("database {what}: {source}")]
+    #[error("database {what}: {}", crate::db::with_causes(source))]
     Database {
         /// What was being done.
         what: &'static str,
         /// The error.
         source: tokio_postgres::Error,
     },
+    /// The database URL's `sslmode` or `sslrootcert` is unusable.
+    #[error("database URL: {0}")]
+    DatabaseTls(String),
 }
 
 /// What the sink did (returned when it stops).
@@ -420,7 +423,10 @@ fn is_data_error(e: &tokio_postgres::Error) -> bool {
 }
 
 async fn connect(url: &str) -> Result<tokio_postgres::Client, SinkError> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    // The URL's sslmode and sslrootcert apply, with the system roots as the default trust.
+    let tls = crate::db::tls::prepare(url, &crate::tls::TlsConfig::default())
+        .map_err(SinkError::DatabaseTls)?;
+    let (client, conn) = tokio_postgres::connect(&tls.url, tls.connector)
         .await
         .map_err(|source| SinkError::Database {
             what: "connect",

@@ -21,6 +21,7 @@ pub mod migrate;
 pub mod query;
 pub mod seed;
 pub mod serve;
+pub mod tls;
 
 pub use query::{PooledResponse, QueryPaths};
 
@@ -99,6 +100,9 @@ pub struct DatabaseConfig {
     pub prepared_statements: bool,
     /// Schema of the OMS tables (a plain identifier).
     pub schema: String,
+    /// `[tls] ca_file`'s certificates, trusted next to the system roots by `verify-ca` and
+    /// `verify-full` without `sslrootcert` (filled in by [`crate::config::Config`]).
+    pub trust_roots: std::sync::Arc<Vec<rustls::pki_types::CertificateDer<'static>>>,
 }
 
 impl Default for DatabaseConfig {
@@ -135,7 +139,12 @@ impl DatabaseConfig {
             (v, format!("${}", f.url_env))
         };
         if let Some(u) = &url {
-            if let Err(e) = tokio_postgres::Config::from_str(u) {
+            let checked = tls::prepare(u, &crate::tls::TlsConfig::default()).and_then(|t| {
+                tokio_postgres::Config::from_str(&t.url)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            });
+            if let Err(e) = checked {
                 let key = if f.url.is_empty() {
                     "database.url_env"
                 } else {
@@ -202,6 +211,7 @@ impl DatabaseConfig {
             statement_timeout,
             prepared_statements: f.prepared_statements,
             schema: f.schema.clone(),
+            trust_roots: Default::default(),
         }
     }
 
@@ -393,11 +403,29 @@ fn pg_message(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// Connects one client (outside any pool) and drives its connection on a Tokio task.
+/// An error with its causes (`error performing TLS handshake: invalid peer certificate:
+/// UnknownIssuer`): tokio-postgres's `Display` leaves the cause out.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.ends_with(&s_text) {
+            text = format!("{text}: {s_text}");
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Connects one client (outside any pool) and drives its connection on a Tokio task. The URL's
+/// `sslmode` and `sslrootcert` apply ([`tls`]), with the system roots as the default trust.
 pub async fn connect(url: &str) -> Result<tokio_postgres::Client, DbError> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let tls = tls::prepare(url, &crate::tls::TlsConfig::default())
+        .map_err(|e| DbError::Connect(format!("{e} ({})", redact_url(url))))?;
+    let (client, connection) = tokio_postgres::connect(&tls.url, tls.connector)
         .await
-        .map_err(|e| DbError::Connect(format!("{} ({})", e, redact_url(url))))?;
+        .map_err(|e| DbError::Connect(format!("{} ({})", with_causes(&e), redact_url(url))))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "Database connection closed with an error.");

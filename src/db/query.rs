@@ -21,7 +21,6 @@ use deadpool_postgres::{
 };
 use parking_lot::Mutex;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::NoTls;
 
 use super::metrics::{count_error, count_fallback, observe_query, set_pool, FallbackReason};
 use super::{quote_ident, redact_url, DatabaseConfig, DbError, QueryName};
@@ -86,6 +85,8 @@ pub struct QueryPaths {
     sent: AtomicU64,
     /// Until when the path is off after a failed connect.
     down_until: Mutex<Option<Instant>>,
+    /// The TLS connector of the pool, for cancel requests.
+    connector: tokio_postgres_rustls::MakeRustlsConnect,
 }
 
 impl std::fmt::Debug for QueryPaths {
@@ -101,7 +102,14 @@ impl QueryPaths {
     /// it.
     pub fn new(config: &DatabaseConfig) -> Result<QueryPaths, DbError> {
         let url = config.require_url()?;
-        let mut pg: tokio_postgres::Config = url.parse().map_err(|e| {
+        let trust = crate::tls::TlsConfig {
+            extra_roots: config.trust_roots.clone(),
+            ..Default::default()
+        };
+        let tls = super::tls::prepare(url, &trust).map_err(|e| {
+            DbError::Config(format!("{}: {e} ({})", config.url_source, redact_url(url)))
+        })?;
+        let mut pg: tokio_postgres::Config = tls.url.parse().map_err(|e| {
             DbError::Config(format!("{}: {e} ({})", config.url_source, redact_url(url)))
         })?;
         pg.connect_timeout(config.connect_timeout);
@@ -120,7 +128,7 @@ impl QueryPaths {
         }
         let manager = Manager::from_config(
             pg,
-            NoTls,
+            tls.connector.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -141,6 +149,7 @@ impl QueryPaths {
             query_timeout: config.statement_timeout + TIMEOUT_MARGIN,
             sent: AtomicU64::new(0),
             down_until: Mutex::new(None),
+            connector: tls.connector,
         })
     }
 
@@ -346,9 +355,10 @@ impl QueryPaths {
                 // The server did not answer in time: cancel the query and retire the
                 // connection, whose protocol state is now unknown.
                 let token = client.cancel_token();
+                let connector = self.connector.clone();
                 drop(Object::take(client));
                 tokio::spawn(async move {
-                    let _ = token.cancel_query(NoTls).await;
+                    let _ = token.cancel_query(connector).await;
                 });
                 Err(DbError::Timeout)
             }
@@ -375,6 +385,7 @@ impl QueryPaths {
                     .lock()
                     .replace(Instant::now() + DOWN_BACKOFF)
                     .is_none();
+                let e = super::with_causes(&e);
                 if first {
                     tracing::warn!(
                         error = %e,
@@ -382,7 +393,7 @@ impl QueryPaths {
                         "Database unreachable; pooled query paths fall back to the OMS."
                     );
                 }
-                Err(DbError::Connect(e.to_string()))
+                Err(DbError::Connect(e))
             }
         }
     }

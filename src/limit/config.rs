@@ -283,6 +283,8 @@ pub struct RateLimitConfig {
     pub cleanup_interval: Duration,
     /// Policies, sorted by name.
     pub policies: Vec<Policy>,
+    /// Trust for a `rediss://` URL (`[tls]`, filled in by [`crate::config::Config`]).
+    pub trust: crate::tls::TlsConfig,
 }
 
 impl Default for RateLimitConfig {
@@ -417,6 +419,7 @@ impl RateLimitConfig {
             max_keys: f.max_keys.max(1),
             cleanup_interval: cleanup_interval.max(Duration::from_millis(1)),
             policies,
+            trust: crate::tls::TlsConfig::default(),
         }
     }
 

@@ -106,9 +106,10 @@ impl Distributed {
         url: &str,
         timeout: Duration,
         prefix: &str,
+        trust: &crate::tls::TlsConfig,
     ) -> Result<Arc<Distributed>, BackendError> {
         Ok(Arc::new(Distributed {
-            client: redis::Client::open(url)?,
+            client: trust.redis_client(url)?,
             timeout,
             prefix: prefix.to_string(),
             script: redis::Script::new(GCRA_SCRIPT),

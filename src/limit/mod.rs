@@ -173,7 +173,8 @@ impl Limiter {
             .collect();
         let backend = match &config.mode {
             Mode::Distributed { url } => {
-                match Distributed::new(url, config.redis_timeout, &config.key_prefix) {
+                match Distributed::new(url, config.redis_timeout, &config.key_prefix, &config.trust)
+                {
                     Ok(d) => Backend::Distributed(d),
                     Err(e) => {
                         // `from_file` already checked the URL; keep serving, limited locally.

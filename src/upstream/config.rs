@@ -16,7 +16,9 @@ use crate::config::Problems;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct UpstreamFile {
-    /// The OMS instances as `host:port`. Default `["127.0.0.1:8000"]`.
+    /// The OMS instances as `host:port` (plain HTTP) or `https://host:port` (TLS, SNI and
+    /// certificate check against the host name; port 443 when left out). Default
+    /// `["127.0.0.1:8000"]`.
     pub servers: Vec<String>,
     /// `"round_robin"` or `"least_conn"`. Default `"round_robin"`.
     pub selection: String,
@@ -51,6 +53,8 @@ pub struct UpstreamFile {
     /// Retries on another (or the same) server when connecting fails (idempotent methods
     /// only). Default 1.
     pub retries: usize,
+    /// Offer HTTP/2 (ALPN `h2`, then `http/1.1`) to `https://` servers. Default false.
+    pub h2: bool,
 }
 
 impl Default for UpstreamFile {
@@ -69,6 +73,7 @@ impl Default for UpstreamFile {
             keepalive_timeout: None,
             keepalive_pool: 128,
             retries: 1,
+            h2: false,
         }
     }
 }
@@ -194,6 +199,13 @@ pub struct OverloadConfig {
 pub struct UpstreamConfig {
     /// Server addresses.
     pub servers: Vec<SocketAddr>,
+    /// The host name of each server as written (parallel to `servers`): the SNI and the name
+    /// its certificate is checked against.
+    pub names: Vec<String>,
+    /// The servers speak HTTPS (`https://` URLs).
+    pub tls: bool,
+    /// Trust for HTTPS servers (`[tls]`, filled in by [`crate::config::Config`]).
+    pub trust: crate::tls::TlsConfig,
     /// Algorithm.
     pub selection: Selection,
     /// Health-check path.
@@ -226,6 +238,8 @@ pub struct UpstreamConfig {
     pub keepalive_pool: usize,
     /// Retries on connect failure.
     pub retries: usize,
+    /// HTTP/2 offered to HTTPS servers.
+    pub h2: bool,
 }
 
 impl Default for UpstreamConfig {
@@ -239,16 +253,64 @@ impl UpstreamConfig {
     /// Converts the file layer.
     pub fn from_file(f: &UpstreamFile, p: &mut Problems) -> UpstreamConfig {
         let mut servers = Vec::new();
+        let mut names = Vec::new();
         if f.servers.is_empty() {
             p.push("upstream.servers", "at least one server is needed");
         }
+        let https = f
+            .servers
+            .iter()
+            .filter(|s| s.starts_with("https://"))
+            .count();
+        let tls = https > 0;
+        if tls && https < f.servers.len() {
+            p.push(
+                "upstream.servers",
+                "mixes https:// and plain servers: every server of the pool speaks the same \
+                 protocol",
+            );
+        }
         for (i, s) in f.servers.iter().enumerate() {
             use std::net::ToSocketAddrs;
-            match s.to_socket_addrs().map(|mut a| a.next()) {
-                Ok(Some(a)) => servers.push(a),
+            let key = format!("upstream.servers[{i}]");
+            let (host_port, default_port) = match s.split_once("://") {
+                Some(("https", rest)) => (rest.trim_end_matches('/'), 443),
+                Some(("http", rest)) => (rest.trim_end_matches('/'), 80),
+                Some((scheme, _)) => {
+                    p.push(
+                        key,
+                        format!("`{scheme}://` is not one of \"https://\", \"http://\" or none"),
+                    );
+                    continue;
+                }
+                None => (s.as_str(), 0),
+            };
+            if host_port.contains('/') {
+                p.push(
+                    key,
+                    format!("`{s}` has a path: give scheme, host and port only"),
+                );
+                continue;
+            }
+            let (host, with_port) = match host_port.rsplit_once(':') {
+                Some((h, port)) if port.parse::<u16>().is_ok() && !h.ends_with(':') => {
+                    (h, host_port.to_string())
+                }
+                _ if default_port != 0 => (host_port, format!("{host_port}:{default_port}")),
+                _ => (host_port, host_port.to_string()),
+            };
+            match with_port.to_socket_addrs().map(|mut a| a.next()) {
+                Ok(Some(a)) => {
+                    servers.push(a);
+                    names.push(
+                        host.trim_start_matches('[')
+                            .trim_end_matches(']')
+                            .to_string(),
+                    );
+                }
                 _ => p.push(
-                    format!("upstream.servers[{i}]"),
-                    format!("`{s}` is not a resolvable `host:port`"),
+                    key,
+                    format!("`{s}` is not a resolvable `host:port` or `https://host:port`"),
                 ),
             }
         }
@@ -290,6 +352,9 @@ impl UpstreamConfig {
         }
         let cfg = UpstreamConfig {
             servers,
+            names,
+            tls,
+            trust: crate::tls::TlsConfig::default(),
             selection,
             health_path: hc.path.clone(),
             health_interval,
@@ -329,7 +394,14 @@ impl UpstreamConfig {
                 .and_then(|t| p.duration("upstream.keepalive_timeout", t)),
             keepalive_pool: f.keepalive_pool,
             retries: f.retries,
+            h2: f.h2,
         };
+        if f.h2 && !tls {
+            p.push(
+                "upstream.h2",
+                "HTTP/2 to the OMS is negotiated with TLS (ALPN): it needs https:// servers",
+            );
+        }
         for (key, d) in [
             ("upstream.connect_timeout", cfg.connect_timeout),
             ("upstream.read_timeout", cfg.read_timeout),

@@ -8,19 +8,56 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pingora::lb::health_check::HttpHealthCheck;
+use std::net::SocketAddr;
+
+use pingora::lb::health_check::{HealthCheck, HttpHealthCheck};
+use pingora::lb::Backend;
 use pingora::lb::HealthRegistry;
 
 use super::config::{PassiveConfig, UpstreamConfig};
 use crate::metrics;
 
-/// The active health check's registry for `cfg`.
+/// The active health check's registry for `cfg`. HTTPS servers get a check each, with their
+/// own SNI and the pool's trust store (the same peer settings as requests).
 pub fn registry(cfg: &UpstreamConfig) -> Arc<HealthRegistry> {
-    let mut hc = HttpHealthCheck::new("localhost", false);
+    let registry = Arc::new(HealthRegistry::new());
+    if cfg.tls {
+        registry.set_health_check(Box::new(PerServer {
+            checks: cfg
+                .servers
+                .iter()
+                .map(|addr| (*addr, http_check(cfg, Some(*addr))))
+                .collect(),
+            failures: cfg.health_failures,
+            successes: cfg.health_successes,
+        }));
+    } else {
+        registry.set_health_check(Box::new(http_check(cfg, None)));
+    }
+    registry
+}
+
+/// The HTTP check of one HTTPS server (`Some`), or of every plain server (`None`).
+fn http_check(cfg: &UpstreamConfig, https: Option<SocketAddr>) -> HttpHealthCheck {
+    let (host, mut hc) = match https {
+        Some(addr) => {
+            let peer = super::https_peer(cfg, addr);
+            let host = peer.sni.clone();
+            let mut hc = HttpHealthCheck::new(&host, true);
+            hc.peer_template = peer;
+            // The check itself stays HTTP/1.1 (one fresh connection per check).
+            hc.peer_template.options.alpn = pingora::protocols::ALPN::H1;
+            (host, hc)
+        }
+        None => (
+            "localhost".to_string(),
+            HttpHealthCheck::new("localhost", false),
+        ),
+    };
     if let Ok(mut req) =
         pingora::http::RequestHeader::build("GET", cfg.health_path.as_bytes(), None)
     {
-        let _ = req.append_header("Host", "localhost");
+        let _ = req.append_header("Host", host.as_str());
         let _ = req.append_header("User-Agent", "omsgate-health-check");
         hc.req = req;
     }
@@ -40,9 +77,39 @@ pub fn registry(cfg: &UpstreamConfig) -> Arc<HealthRegistry> {
             )
         }
     }));
-    let registry = Arc::new(HealthRegistry::new());
-    registry.set_health_check(Box::new(hc));
-    registry
+    hc
+}
+
+/// One HTTP check per HTTPS server (each has its own SNI).
+struct PerServer {
+    checks: Vec<(SocketAddr, HttpHealthCheck)>,
+    failures: usize,
+    successes: usize,
+}
+
+#[async_trait::async_trait]
+impl HealthCheck for PerServer {
+    async fn check(&self, target: &Backend) -> pingora::Result<()> {
+        match self
+            .checks
+            .iter()
+            .find(|(addr, _)| target.addr.as_inet() == Some(addr))
+        {
+            Some((_, check)) => check.check(target).await,
+            None => pingora::Error::e_explain(
+                pingora::ErrorType::ConnectError,
+                "no health check for this server",
+            ),
+        }
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        if success {
+            self.successes
+        } else {
+            self.failures
+        }
+    }
 }
 
 // === Passive ===

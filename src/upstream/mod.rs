@@ -194,7 +194,10 @@ pub struct PoolChange {
 
 /// Whether two configs check health the same way (then the health state can be kept).
 fn same_health_check(a: &UpstreamConfig, b: &UpstreamConfig) -> bool {
-    a.health_path == b.health_path
+    a.tls == b.tls
+        && a.names == b.names
+        && a.trust.extra_roots == b.trust.extra_roots
+        && a.health_path == b.health_path
         && a.health_timeout == b.health_timeout
         && a.health_failures == b.health_failures
         && a.health_successes == b.health_successes
@@ -219,6 +222,28 @@ fn load_balancer(
         Some(Err(e)) => Err(std::io::Error::other(e.to_string())),
         None => Err(std::io::Error::other("static discovery did not answer")),
     }
+}
+
+/// The peer of an HTTPS server: SNI and the certificate check use the host name the config
+/// gives for `addr`; the trust store is `[tls]`'s (Pingora's own, the system roots, when no
+/// `ca_file` is set). Verification is always on.
+pub(crate) fn https_peer(cfg: &UpstreamConfig, addr: SocketAddr) -> HttpPeer {
+    let name = cfg
+        .servers
+        .iter()
+        .position(|a| *a == addr)
+        .and_then(|i| cfg.names.get(i))
+        .cloned()
+        .unwrap_or_else(|| addr.ip().to_string());
+    let mut peer = HttpPeer::new(addr, true, name);
+    peer.options.verify_cert = true;
+    peer.options.verify_hostname = true;
+    peer.options.ca = cfg.trust.upstream_ca.clone();
+    if cfg.h2 {
+        // h2 preferred, http/1.1 when the server does not offer it.
+        peer.options.alpn = pingora::protocols::ALPN::H2H1;
+    }
+    peer
 }
 
 fn warn_about(cfg: &UpstreamConfig) {
@@ -278,7 +303,9 @@ impl Upstreams {
         warn_about(cfg);
         let old = self.pool.load_full();
         let change = PoolChange {
-            servers: old.cfg.servers != cfg.servers,
+            servers: old.cfg.servers != cfg.servers
+                || old.cfg.names != cfg.names
+                || old.cfg.tls != cfg.tls,
             health_check: !same_health_check(&old.cfg, cfg),
         };
         let servers = Servers::carry_over(cfg, Some(&old.servers));
@@ -488,7 +515,11 @@ impl Upstreams {
     /// The peer for `addr` with the configured timeouts and keepalive.
     pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
         let cfg = &self.pool.load().cfg;
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let mut peer = if cfg.tls {
+            https_peer(cfg, addr)
+        } else {
+            HttpPeer::new(addr, false, String::new())
+        };
         peer.options.connection_timeout = Some(cfg.connect_timeout);
         peer.options.read_timeout = Some(cfg.read_timeout);
         peer.options.write_timeout = Some(cfg.write_timeout);

@@ -1,0 +1,1250 @@
+//! TLS and HTTP/2 on every link omsgate terminates or opens (issue 16), against real endpoints:
+//! certificates come from a throwaway CA generated per test (rcgen), clients are `curl` (with
+//! nghttp2) and a rustls client, servers are the gateway itself, a TLS test upstream and a
+//! `redis-server --tls-port`.
+
+mod common;
+
+use common::{Gateway, TestDir, TestUpstream};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+// === Throwaway PKI ===
+
+/// A CA generated for one test, able to sign server and client certificates.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+    dir: PathBuf,
+}
+
+/// A certificate and key written as PEM files.
+struct Issued {
+    cert: PathBuf,
+    key: PathBuf,
+    der: Vec<u8>,
+}
+
+impl Ca {
+    /// A new CA whose certificate is written to `dir/NAME-ca.pem`.
+    fn new(dir: &Path, name: &str) -> Ca {
+        let key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("omsgate test CA {name}"));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key).expect("CA certificate");
+        std::fs::write(dir.join(format!("{name}-ca.pem")), cert.pem()).expect("write CA");
+        Ca {
+            cert,
+            key,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn pem_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}-ca.pem"))
+    }
+
+    /// A certificate for `names` (DNS names or IP literals) written to `dir/FILE.pem` and
+    /// `dir/FILE.key`, for a server (`client = false`) or a client.
+    fn issue(&self, file: &str, names: &[&str], client: bool) -> Issued {
+        let key = KeyPair::generate().expect("leaf key");
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("leaf params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, names.first().copied().unwrap_or(file));
+        params.extended_key_usages = vec![if client {
+            ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .expect("leaf certificate");
+        let issued = Issued {
+            cert: self.dir.join(format!("{file}.pem")),
+            key: self.dir.join(format!("{file}.key")),
+            der: cert.der().to_vec(),
+        };
+        std::fs::write(&issued.cert, cert.pem()).expect("write cert");
+        write_key(&issued.key, &key.serialize_pem());
+        issued
+    }
+}
+
+/// Writes a key file readable by its owner only (what an operator should do; the gateway warns
+/// otherwise).
+fn write_key(path: &Path, pem: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, pem).expect("write key");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
+}
+
+// === Clients ===
+
+/// `curl` with `args` against `url`; returns `(http_version, status, body)`, or the exit code
+/// and stderr on failure.
+fn curl(args: &[&str], url: &str) -> Result<(String, u16, String), String> {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "-w",
+            "\n%{http_version} %{http_code}",
+        ])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl runs");
+    if !out.status.success() {
+        return Err(format!(
+            "curl exit {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, last) = text.rsplit_once('\n').expect("curl -w line");
+    let (version, status) = last.split_once(' ').expect("version and status");
+    Ok((
+        version.to_string(),
+        status.parse().expect("status"),
+        body.to_string(),
+    ))
+}
+
+/// What a rustls client saw of a handshake with `addr` (server name `localhost`).
+struct Handshake {
+    version: Option<rustls::ProtocolVersion>,
+    alpn: Option<Vec<u8>>,
+    leaf: Vec<u8>,
+    /// The first line of the answer to `GET /echo` over HTTP/1.1 (when ALPN was not h2).
+    status_line: Option<String>,
+}
+
+fn rustls_client(
+    addr: SocketAddr,
+    ca: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> Result<Handshake, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in omsgate::tls::read_certificates(ca).expect("CA file") {
+        roots.add(cert).expect("CA cert");
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let mut tls = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
+            .await
+            .map_err(|_| "handshake timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        let (_, conn) = tls.get_ref();
+        let mut seen = Handshake {
+            version: conn.protocol_version(),
+            alpn: conn.alpn_protocol().map(|p| p.to_vec()),
+            leaf: conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.to_vec())
+                .unwrap_or_default(),
+            status_line: None,
+        };
+        if seen.alpn.as_deref() != Some(b"h2") {
+            tls.write_all(b"GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut answer = Vec::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer)).await;
+            let text = String::from_utf8_lossy(&answer);
+            seen.status_line = text.lines().next().map(str::to_string);
+        }
+        Ok(seen)
+    })
+}
+
+// === Gateway configs ===
+
+fn server_tls(cert: &Issued, client_ca: Option<&Path>) -> String {
+    let client_ca = client_ca
+        .map(|p| format!(", client_ca = \"{}\"", p.display()))
+        .unwrap_or_default();
+    format!(
+        "tls = {{ cert = \"{}\", key = \"{}\"{client_ca} }}\n",
+        cert.cert.display(),
+        cert.key.display()
+    )
+}
+
+fn gateway_config(upstream: &str, server_extra: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "{{listen}}"
+threads = 1
+shutdown_grace = "5s"
+{server_extra}
+[admin]
+listen = "{{admin}}"
+[upstream]
+servers = ["{upstream}"]
+health_check = {{ path = "/health", interval = "200ms", timeout = "500ms" }}
+connect_timeout = "1s"
+read_timeout = "10s"
+{extra}
+"#
+    )
+}
+
+fn https(gw: &Gateway, path: &str) -> String {
+    format!("https://localhost:{}{path}", gw.listen_addr().port())
+}
+
+fn resolve(gw: &Gateway) -> String {
+    format!("localhost:{}:127.0.0.1", gw.listen_addr().port())
+}
+
+// === 1. Client listener ===
+
+#[test]
+fn tls_listener_speaks_h2_and_http11_over_tls13_and_12() {
+    let dir = TestDir::new("tls-listener");
+    let ca = Ca::new(dir.path(), "gw");
+    let leaf = ca.issue("gw", &["localhost", "127.0.0.1"], false);
+    let upstream = TestUpstream::start();
+    let gw = Gateway::start(&gateway_config(
+        &upstream.addr.to_string(),
+        &server_tls(&leaf, None),
+        "",
+    ));
+    let ca_pem = ca.pem_path("gw");
+    let cacert = ca_pem.display().to_string();
+    let resolve = resolve(&gw);
+
+    // curl over HTTP/2 (ALPN) and over HTTP/1.1, both verifying against the throwaway CA.
+    let (version, status, body) = curl(
+        &["--cacert", &cacert, "--resolve", &resolve, "--http2"],
+        &https(&gw, "/echo?via=h2"),
+    )
+    .expect("h2 over TLS");
+    assert_eq!((version.as_str(), status), ("2", 200), "{body}");
+    assert!(body.contains("\"via=h2\""), "{body}");
+    let (version, status, _) = curl(
+        &["--cacert", &cacert, "--resolve", &resolve, "--http1.1"],
+        &https(&gw, "/echo"),
+    )
+    .expect("HTTP/1.1 over TLS");
+    assert_eq!((version.as_str(), status), ("1.1", 200));
+    // Plain HTTP on the TLS port is not served.
+    assert!(curl(&["--http1.1"], &gw.url("/echo")).map_or(true, |(_, s, _)| s != 200));
+    // A client that does not trust the CA refuses the certificate.
+    let err = curl(&["--resolve", &resolve], &https(&gw, "/echo")).unwrap_err();
+    assert!(err.contains("exit Some(60)"), "{err}");
+
+    // A rustls client: TLS 1.3 with ALPN h2 chosen; TLS 1.2 accepted; HTTP/1.1 over ALPN.
+    let addr = gw.listen_addr();
+    let tls13 = rustls_client(
+        addr,
+        &ca_pem,
+        &[&rustls::version::TLS13],
+        &[b"h2", b"http/1.1"],
+    )
+    .expect("TLS 1.3 handshake");
+    assert_eq!(tls13.version, Some(rustls::ProtocolVersion::TLSv1_3));
+    assert_eq!(tls13.alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(tls13.leaf, leaf.der);
+    let tls12 = rustls_client(addr, &ca_pem, &[&rustls::version::TLS12], &[b"http/1.1"])
+        .expect("TLS 1.2 handshake");
+    assert_eq!(tls12.version, Some(rustls::ProtocolVersion::TLSv1_2));
+    assert_eq!(tls12.alpn.as_deref(), Some(&b"http/1.1"[..]));
+    assert_eq!(tls12.status_line.as_deref(), Some("HTTP/1.1 200 OK"));
+}
+
+#[test]
+fn h2c_prior_knowledge_and_http11_share_a_plaintext_listener() {
+    let upstream = TestUpstream::start();
+    let gw = Gateway::start(&gateway_config(
+        &upstream.addr.to_string(),
+        "h2c = true",
+        "",
+    ));
+    let (version, status, body) =
+        curl(&["--http2-prior-knowledge"], &gw.url("/echo?via=h2c")).expect("h2c");
+    assert_eq!((version.as_str(), status), ("2", 200), "{body}");
+    assert!(body.contains("\"via=h2c\""), "{body}");
+    let (version, status, _) = curl(&["--http1.1"], &gw.url("/echo")).expect("HTTP/1.1");
+    assert_eq!((version.as_str(), status), ("1.1", 200));
+
+    // Without h2c, prior-knowledge HTTP/2 is not understood.
+    let plain = Gateway::start(&gateway_config(&upstream.addr.to_string(), "", ""));
+    assert!(curl(&["--http2-prior-knowledge"], &plain.url("/echo")).is_err());
+}
+
+#[test]
+fn mtls_refuses_a_client_without_a_certificate_from_client_ca() {
+    let dir = TestDir::new("tls-mtls");
+    let ca = Ca::new(dir.path(), "gw");
+    let leaf = ca.issue("gw", &["localhost"], false);
+    let clients = Ca::new(dir.path(), "clients");
+    let good = clients.issue("client", &["client-a"], true);
+    let stranger = ca.issue("stranger", &["client-b"], true);
+    let upstream = TestUpstream::start();
+    let gw = Gateway::start(&gateway_config(
+        &upstream.addr.to_string(),
+        &server_tls(&leaf, Some(&clients.pem_path("clients"))),
+        "",
+    ));
+    let cacert = ca.pem_path("gw").display().to_string();
+    let resolve = resolve(&gw);
+    let base = ["--cacert", cacert.as_str(), "--resolve", resolve.as_str()];
+
+    let no_cert = curl(&base, &https(&gw, "/echo"));
+    assert!(no_cert.is_err(), "{no_cert:?}");
+    let (wrong_cert, wrong_key) = (
+        stranger.cert.display().to_string(),
+        stranger.key.display().to_string(),
+    );
+    let wrong = curl(
+        &[&base[..], &["--cert", &wrong_cert, "--key", &wrong_key]].concat(),
+        &https(&gw, "/echo"),
+    );
+    assert!(wrong.is_err(), "{wrong:?}");
+    let (cert, key) = (
+        good.cert.display().to_string(),
+        good.key.display().to_string(),
+    );
+    let (version, status, _) = curl(
+        &[&base[..], &["--cert", &cert, "--key", &key, "--http2"]].concat(),
+        &https(&gw, "/echo"),
+    )
+    .expect("client certificate accepted");
+    assert_eq!((version.as_str(), status), ("2", 200));
+}
+
+#[test]
+fn sighup_rotates_the_certificate_without_failing_a_request_in_flight() {
+    let dir = TestDir::new("tls-rotate");
+    let ca = Ca::new(dir.path(), "gw");
+    let first = ca.issue("gw", &["localhost"], false);
+    let upstream = TestUpstream::start();
+    let gw = Gateway::start(&gateway_config(
+        &upstream.addr.to_string(),
+        &server_tls(&first, None),
+        "",
+    ));
+    let ca_pem = ca.pem_path("gw");
+    let addr = gw.listen_addr();
+    let seen = rustls_client(addr, &ca_pem, &[&rustls::version::TLS13], &[b"h2"]).unwrap();
+    assert_eq!(seen.leaf, first.der);
+
+    // A slow request over the first certificate's connection, in flight during the reload.
+    let (cacert, resolve, url) = (
+        ca_pem.display().to_string(),
+        resolve(&gw),
+        https(&gw, "/slow/3000"),
+    );
+    let in_flight = std::thread::spawn(move || {
+        curl(
+            &["--cacert", &cacert, "--resolve", &resolve, "--http2"],
+            &url,
+        )
+    });
+    assert!(common::wait_for(Duration::from_secs(5), || upstream
+        .hits_for("/slow")
+        == 1));
+
+    // New certificate and key at the same paths, then SIGHUP.
+    let second = ca.issue("gw-next", &["localhost"], false);
+    std::fs::copy(&second.cert, &first.cert).unwrap();
+    std::fs::copy(&second.key, &first.key).unwrap();
+    gw.signal("HUP");
+    assert!(
+        common::wait_for(Duration::from_secs(10), || gw
+            .metric_value("omsgate_config_reloads_total", &[("result", "ok")])
+            == Some(1.0)),
+        "reload did not happen:\n{}",
+        gw.log()
+    );
+    let seen = rustls_client(addr, &ca_pem, &[&rustls::version::TLS13], &[b"h2"]).unwrap();
+    assert_eq!(
+        seen.leaf, second.der,
+        "new handshakes get the new certificate"
+    );
+
+    // A bad key file on reload is refused; the certificate in force stays.
+    write_key(
+        &first.key,
+        "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n",
+    );
+    gw.signal("HUP");
+    assert!(common::wait_for(Duration::from_secs(10), || gw
+        .metric_value(
+            "omsgate_config_reloads_total",
+            &[("result", "rejected")]
+        )
+        == Some(1.0)));
+    assert!(gw.log().contains("server.tls.key"), "{}", gw.log());
+    let seen = rustls_client(addr, &ca_pem, &[&rustls::version::TLS13], &[b"h2"]).unwrap();
+    assert_eq!(seen.leaf, second.der);
+
+    let (version, status, body) = in_flight.join().unwrap().expect("in-flight request");
+    assert_eq!(
+        (version.as_str(), status, body.as_str()),
+        ("2", 200, "slow")
+    );
+}
+
+#[test]
+fn check_config_names_each_bad_listener_tls_key() {
+    let dir = TestDir::new("tls-check");
+    let ca = Ca::new(dir.path(), "gw");
+    let leaf = ca.issue("gw", &["localhost"], false);
+    let other = ca.issue("other", &["localhost"], false);
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "junk\n").unwrap();
+    let cases = [
+        (
+            format!("tls = {{ cert = \"{}\" }}", leaf.cert.display()),
+            "server.tls.key",
+        ),
+        (
+            format!(
+                "tls = {{ cert = \"{}\", key = \"{}\" }}",
+                leaf.cert.display(),
+                other.key.display()
+            ),
+            "server.tls.key",
+        ),
+        (
+            format!(
+                "tls = {{ cert = \"{}\", key = \"{}\" }}",
+                junk.display(),
+                leaf.key.display()
+            ),
+            "server.tls.cert",
+        ),
+        (
+            format!(
+                "tls = {{ cert = \"{}\", key = \"{}\", client_ca = \"{}\" }}",
+                leaf.cert.display(),
+                leaf.key.display(),
+                junk.display()
+            ),
+            "server.tls.client_ca",
+        ),
+        (
+            format!(
+                "tls = {{ client_ca = \"{}\" }}",
+                ca.pem_path("gw").display()
+            ),
+            "server.tls.client_ca",
+        ),
+    ];
+    for (server, key) in cases {
+        let (code, stderr) = Gateway::check_config(&gateway_config("127.0.0.1:1", &server, ""));
+        assert_eq!(code, 64, "{server}: {stderr}");
+        assert!(stderr.contains(key), "{server}: {stderr}");
+    }
+    let (code, stderr) =
+        Gateway::check_config(&gateway_config("127.0.0.1:1", &server_tls(&leaf, None), ""));
+    assert_eq!(code, 0, "{stderr}");
+}
+
+// === 2. OMS upstream over HTTPS ===
+
+/// A TLS terminator in front of a plain upstream (the OMS behind HTTPS): accepts TLS with
+/// `cert`, records the SNI of every handshake, and pipes the bytes to `backend`.
+struct TlsFront {
+    addr: SocketAddr,
+    sni: Arc<parking_lot::Mutex<Vec<Option<String>>>>,
+    /// The ALPN protocol chosen in each handshake.
+    alpn: Arc<parking_lot::Mutex<Vec<Option<Vec<u8>>>>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl TlsFront {
+    fn start(cert: &Issued, backend: SocketAddr) -> TlsFront {
+        TlsFront::start_with_alpn(cert, backend, &[])
+    }
+
+    /// [`start`](Self::start), offering `alpn` (the bytes are piped whatever is chosen).
+    fn start_with_alpn(cert: &Issued, backend: SocketAddr, alpn: &[&[u8]]) -> TlsFront {
+        let (chain, key) = omsgate::tls::load_certified_key(&cert.cert, &cert.key)
+            .map(|k| (k.cert.clone(), cert.key.clone()))
+            .expect("front certificate");
+        let pem = std::fs::read(&key).unwrap();
+        let private = rustls_pemfile::private_key(&mut pem.as_slice())
+            .unwrap()
+            .unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sni = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let alpns = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let (seen, seen_alpn) = (sni.clone(), alpns.clone());
+        runtime.spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, seen, seen_alpn) =
+                    (acceptor.clone(), seen.clone(), seen_alpn.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    seen.lock()
+                        .push(tls.get_ref().1.server_name().map(str::to_string));
+                    seen_alpn
+                        .lock()
+                        .push(tls.get_ref().1.alpn_protocol().map(|p| p.to_vec()));
+                    if let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await {
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                    }
+                });
+            }
+        });
+        TlsFront {
+            addr,
+            sni,
+            alpn: alpns,
+            _runtime: runtime,
+        }
+    }
+
+    fn handshakes(&self) -> usize {
+        self.sni.lock().len()
+    }
+}
+
+#[test]
+fn https_upstream_is_verified_with_sni_and_health_checked_over_tls() {
+    let dir = TestDir::new("tls-upstream");
+    let ca = Ca::new(dir.path(), "oms");
+    let oms_cert = ca.issue("oms", &["localhost"], false);
+    let upstream = TestUpstream::start();
+    let front = TlsFront::start(&oms_cert, upstream.addr);
+    let tls = format!("[tls]\nca_file = \"{}\"\n", ca.pem_path("oms").display());
+    let server = format!("https://localhost:{}", front.addr.port());
+    let gw = Gateway::start(&gateway_config(&server, "", &tls));
+
+    let client = reqwest::blocking_get(&gw.url("/echo?over=tls"));
+    assert_eq!(client.0, 200, "{}", client.1);
+    assert!(client.1.contains("\"over=tls\""), "{}", client.1);
+    let sni = front.sni.lock().clone();
+    assert!(!sni.is_empty());
+    assert!(
+        sni.iter().all(|s| s.as_deref() == Some("localhost")),
+        "every handshake sends the host name as SNI: {sni:?}"
+    );
+    // Health checks run over TLS too: more handshakes than requests, and the server is healthy.
+    let before = front.handshakes();
+    assert!(common::wait_for(Duration::from_secs(5), || front
+        .handshakes()
+        > before + 2));
+    let healthy = gw.metric_value(
+        "omsgate_upstream_healthy",
+        &[("server", &front.addr.to_string())],
+    );
+    assert_eq!(healthy, Some(1.0), "{}", gw.metrics_text());
+}
+
+#[test]
+fn h2_to_an_https_upstream_when_asked_for() {
+    let dir = TestDir::new("tls-upstream-h2");
+    let ca = Ca::new(dir.path(), "oms");
+    let oms_cert = ca.issue("oms", &["localhost"], false);
+    let upstream = TestUpstream::start();
+    // The OMS side: a gateway speaking h2c (prior knowledge) behind a TLS front offering h2.
+    let h2_oms = Gateway::start(&gateway_config(
+        &upstream.addr.to_string(),
+        "h2c = true",
+        "",
+    ));
+    let front = TlsFront::start_with_alpn(&oms_cert, h2_oms.listen_addr(), &[b"h2", b"http/1.1"]);
+    let tls = format!("[tls]\nca_file = \"{}\"\n", ca.pem_path("oms").display());
+    let server = format!("https://localhost:{}", front.addr.port());
+    let gw = Gateway::start(&gateway_config(&server, "", &format!("{tls}\n")).replace(
+        "connect_timeout = \"1s\"",
+        "connect_timeout = \"1s\"\nh2 = true",
+    ));
+    for i in 0..3 {
+        let (status, body) = reqwest::blocking_get(&gw.url(&format!("/echo?n={i}")));
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(&format!("\"n={i}\"")), "{body}");
+    }
+    let chosen = front.alpn.lock().clone();
+    assert!(
+        chosen.iter().any(|a| a.as_deref() == Some(&b"h2"[..])),
+        "requests negotiated h2: {chosen:?}"
+    );
+
+    // Without h2 = true only http/1.1 is offered.
+    let h1 = Gateway::start(&gateway_config(&server, "", &tls));
+    front.alpn.lock().clear();
+    let (status, _) = reqwest::blocking_get(&h1.url("/echo"));
+    assert_eq!(status, 200);
+    let chosen = front.alpn.lock().clone();
+    assert!(
+        !chosen.is_empty() && chosen.iter().all(|a| a.as_deref() != Some(&b"h2"[..])),
+        "{chosen:?}"
+    );
+
+    // h2 on plain servers is a config problem.
+    let (code, stderr) = Gateway::check_config(
+        "[server]\nlisten = \"{listen}\"\n[admin]\nlisten = \"{admin}\"\n[upstream]\nservers = [\"127.0.0.1:8000\"]\nh2 = true\n",
+    );
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("upstream.h2"), "{stderr}");
+}
+
+#[test]
+fn https_upstream_with_an_untrusted_certificate_is_a_502_naming_the_cause() {
+    let dir = TestDir::new("tls-upstream-bad");
+    let ca = Ca::new(dir.path(), "oms");
+    let _other = Ca::new(dir.path(), "other");
+    let oms_cert = ca.issue("oms", &["localhost"], false);
+    let wrong_name = ca.issue("elsewhere", &["elsewhere.example"], false);
+    let upstream = TestUpstream::start();
+    let front = TlsFront::start(&oms_cert, upstream.addr);
+    let misnamed = TlsFront::start(&wrong_name, upstream.addr);
+
+    for (front, ca_name, cause) in [
+        (&front, "other", "invalid peer certificate: UnknownIssuer"),
+        (
+            &misnamed,
+            "oms",
+            "invalid peer certificate: certificate not valid for name \"localhost\"",
+        ),
+    ] {
+        let tls = format!(
+            "[tls]\nca_file = \"{}\"\n",
+            dir.path().join(format!("{ca_name}-ca.pem")).display()
+        );
+        let server = format!("https://localhost:{}", front.addr.port());
+        let gw = Gateway::start(&gateway_config(&server, "", &tls));
+        let (status, body) = reqwest::blocking_get(&gw.url("/echo"));
+        assert_eq!(status, 502, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).expect("JSON error body");
+        assert!(json.is_object(), "{body}");
+        assert!(
+            common::wait_for(Duration::from_secs(5), || gw.log().contains(cause)),
+            "the log names the cause ({cause}):\n{}",
+            gw.log()
+        );
+        assert_eq!(upstream.hits_for("/echo"), 0, "nothing reached the OMS");
+        assert!(
+            gw.metric_value("omsgate_upstream_errors_total", &[("kind", "connect")])
+                .unwrap_or(0.0)
+                >= 1.0
+        );
+    }
+}
+
+#[test]
+fn check_config_refuses_mixed_or_unknown_upstream_schemes() {
+    for (servers, key) in [
+        (
+            r#"["https://localhost:8443", "127.0.0.1:8000"]"#,
+            "upstream.servers",
+        ),
+        (r#"["ftp://localhost:21"]"#, "upstream.servers[0]"),
+        (r#"["https://localhost:8443/api"]"#, "upstream.servers[0]"),
+    ] {
+        let config = format!(
+            "[server]\nlisten = \"{{listen}}\"\n[admin]\nlisten = \"{{admin}}\"\n[upstream]\nservers = {servers}\n"
+        );
+        let (code, stderr) = Gateway::check_config(&config);
+        assert_eq!(code, 64, "{servers}: {stderr}");
+        assert!(stderr.contains(key), "{servers}: {stderr}");
+    }
+    let (code, stderr) = Gateway::check_config(
+        "[server]\nlisten = \"{listen}\"\n[admin]\nlisten = \"{admin}\"\n[upstream]\nservers = [\"https://localhost\", \"https://127.0.0.1:8443\"]\n",
+    );
+    assert_eq!(code, 0, "{stderr}");
+}
+
+/// Minimal blocking GET for these tests: `(status, body)`.
+mod reqwest {
+    pub fn blocking_get(url: &str) -> (u16, String) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let resp = ::reqwest::Client::new()
+                .get(url)
+                .timeout(std::time::Duration::from_secs(15))
+                .send()
+                .await
+                .expect("request");
+            let status = resp.status().as_u16();
+            (status, resp.text().await.unwrap_or_default())
+        })
+    }
+}
+
+// === 3. Redis over TLS (rediss://) ===
+
+/// A `redis-server` speaking TLS only (`--port 0 --tls-port P`), with a certificate of `ca`.
+struct TlsRedis {
+    port: u16,
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl TlsRedis {
+    fn start(ca: &Ca, dir: &Path) -> TlsRedis {
+        let cert = ca.issue("redis", &["localhost"], false);
+        let port = common::free_port();
+        let log = dir.join("redis.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .arg("--tls-cert-file")
+            .arg(&cert.cert)
+            .arg("--tls-key-file")
+            .arg(&cert.key)
+            .arg("--tls-ca-cert-file")
+            .arg(ca.pem_path("redis"))
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("redis-server (with TLS support) is installed");
+        let redis = TlsRedis { port, child, log };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        assert!(
+            common::wait_for(Duration::from_secs(10), || common::port_open(addr)),
+            "redis-server --tls-port did not start:\n{}",
+            std::fs::read_to_string(&redis.log).unwrap_or_default()
+        );
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("rediss://localhost:{}", self.port)
+    }
+
+    /// Keys starting with `prefix`, read over TLS with the gateway's own client code.
+    fn keys(&self, trust: &omsgate::tls::TlsConfig, prefix: &str) -> Result<Vec<String>, String> {
+        let client = trust.redis_client(&self.url()).map_err(|e| e.to_string())?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| e.to_string())?;
+            redis::cmd("KEYS")
+                .arg(format!("{prefix}*"))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn trust(ca_file: &Path) -> omsgate::tls::TlsConfig {
+    let mut p = omsgate::config::Problems::default();
+    let tls = omsgate::tls::TlsConfig::from_file(
+        &omsgate::tls::TlsFile {
+            ca_file: ca_file.display().to_string(),
+        },
+        &mut p,
+    );
+    assert!(p.is_empty());
+    tls
+}
+
+fn redis_config(upstream: &TestUpstream, redis: &str, prefix: &str, ca: Option<&Path>) -> String {
+    let tls = ca
+        .map(|p| format!("[tls]\nca_file = \"{}\"\n", p.display()))
+        .unwrap_or_default();
+    gateway_config(
+        &upstream.addr.to_string(),
+        "",
+        &format!(
+            r#"
+{tls}
+[cache]
+redis_url = "{redis}"
+key_prefix = "{prefix}:c:"
+redis_timeout = "1s"
+[rate_limit]
+mode = "distributed"
+redis_url = "{redis}"
+key_prefix = "{prefix}:rl:"
+redis_timeout = "2s"
+[rate_limit.policies.three]
+key = "ip"
+quota = "3/hour"
+[[route]]
+name = "cached"
+path = "/cached/{{x}}"
+cache = {{ ttl = "60s", scope = "public", resource = "thing:{{x}}" }}
+[[route]]
+name = "limited"
+path = "/limited"
+rate_limit = ["three"]
+"#
+        ),
+    )
+}
+
+#[test]
+fn cache_and_distributed_limits_work_over_rediss() {
+    let dir = TestDir::new("tls-redis");
+    let ca = Ca::new(dir.path(), "redis");
+    let redis = TlsRedis::start(&ca, dir.path());
+    let trust = trust(&ca.pem_path("redis"));
+    let upstream = TestUpstream::start();
+    let prefix = common::unique("omsgate-tls");
+    let gw = Gateway::start(&redis_config(
+        &upstream,
+        &redis.url(),
+        &prefix,
+        Some(&ca.pem_path("redis")),
+    ));
+
+    // Cache: the entry is stored in Redis (over TLS) and answers the next request.
+    for _ in 0..2 {
+        let (status, _) = reqwest::blocking_get(&gw.url("/cached/a"));
+        assert_eq!(status, 200);
+    }
+    assert_eq!(upstream.hits_for("/cached"), 1);
+    assert!(
+        common::wait_for(Duration::from_secs(5), || redis
+            .keys(&trust, &format!("{prefix}:c:"))
+            .is_ok_and(|k| !k.is_empty())),
+        "no cache key in the TLS Redis: {:?}\n{}",
+        redis.keys(&trust, &format!("{prefix}:c:")),
+        gw.log()
+    );
+
+    // Distributed limit: 3/hour per IP, kept in Redis.
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| reqwest::blocking_get(&gw.url("/limited")).0)
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 429], "{}", gw.log());
+    let keys = redis.keys(&trust, &format!("{prefix}:rl:")).unwrap();
+    assert!(!keys.is_empty(), "no rate-limit key in the TLS Redis");
+    assert_eq!(
+        gw.metric_value("omsgate_rate_limit_backend_errors_total", &[])
+            .unwrap_or(0.0),
+        0.0
+    );
+}
+
+#[test]
+fn rediss_without_the_private_ca_is_refused_and_the_cache_fails_open() {
+    let dir = TestDir::new("tls-redis-untrusted");
+    let ca = Ca::new(dir.path(), "redis");
+    let redis = TlsRedis::start(&ca, dir.path());
+    let upstream = TestUpstream::start();
+    let prefix = common::unique("omsgate-tls");
+    // No [tls] ca_file: the system roots do not know the throwaway CA.
+    let gw = Gateway::start(&redis_config(&upstream, &redis.url(), &prefix, None));
+    for _ in 0..2 {
+        let (status, _) = reqwest::blocking_get(&gw.url("/cached/b"));
+        assert_eq!(status, 200);
+    }
+    assert!(
+        common::wait_for(Duration::from_secs(5), || gw
+            .log()
+            .contains("invalid peer certificate: UnknownIssuer")),
+        "{}",
+        gw.log()
+    );
+    let keys = redis
+        .keys(&trust(&ca.pem_path("redis")), &format!("{prefix}:"))
+        .unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
+}
+
+// === 4. PostgreSQL sslmode ===
+
+/// A private PostgreSQL cluster (initdb per test) on a private port, with `ssl = on` and a
+/// certificate of the test CA for `localhost`; run as the `postgres` user when the tests run as
+/// root (PostgreSQL refuses root).
+struct PrivatePg {
+    bin: PathBuf,
+    data: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    ids: Option<(u32, u32)>,
+    child: Option<std::process::Child>,
+}
+
+impl PrivatePg {
+    fn start(dir: &Path, cert: &Issued) -> PrivatePg {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries in /usr/lib/postgresql")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .filter(|p| p.join("postgres").exists())
+            .max()
+            .expect("a PostgreSQL version with bin/postgres");
+        let ids = (unsafe { libc::geteuid() } == 0).then(|| {
+            let id = |flag: &str| -> u32 {
+                let out = Command::new("id")
+                    .args([flag, "postgres"])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse()
+                    .expect("postgres user")
+            };
+            (id("-u"), id("-g"))
+        });
+        let data = dir.join("pgdata");
+        // The server's key and certificate, owned by the server's user, mode 600.
+        let (crt, key) = (dir.join("pg-server.crt"), dir.join("pg-server.key"));
+        std::fs::copy(&cert.cert, &crt).unwrap();
+        std::fs::copy(&cert.key, &key).unwrap();
+        if let Some((uid, gid)) = ids {
+            for p in [dir, crt.as_path(), key.as_path()] {
+                std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+            }
+        }
+        let mut pg = PrivatePg {
+            bin,
+            data,
+            dir: dir.to_path_buf(),
+            port: common::free_port(),
+            ids,
+            child: None,
+        };
+        let out = pg
+            .command("initdb")
+            .arg("-D")
+            .arg(&pg.data)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .output()
+            .expect("initdb runs");
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pg.run(true);
+        pg
+    }
+
+    fn command(&self, program: &str) -> Command {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(self.bin.join(program));
+        if let Some((uid, gid)) = self.ids {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd.current_dir(&self.dir);
+        cmd
+    }
+
+    /// Starts the server, with or without TLS, and waits until it accepts connections.
+    fn run(&mut self, ssl: bool) {
+        let log = std::fs::File::create(self.dir.join(format!("pg-{ssl}.log"))).unwrap();
+        let child = self
+            .command("postgres")
+            .arg("-D")
+            .arg(&self.data)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+            ])
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", self.dir.display()))
+            .args(["-c", &format!("ssl={}", if ssl { "on" } else { "off" })])
+            .arg("-c")
+            .arg(format!(
+                "ssl_cert_file={}",
+                self.dir.join("pg-server.crt").display()
+            ))
+            .arg("-c")
+            .arg(format!(
+                "ssl_key_file={}",
+                self.dir.join("pg-server.key").display()
+            ))
+            .args(["-c", "fsync=off"])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("postgres starts");
+        self.child = Some(child);
+        let plain = format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?sslmode=prefer",
+            self.port
+        );
+        let ready = common::wait_for(Duration::from_secs(20), || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(omsgate::db::connect(&plain))
+                .is_ok()
+        });
+        assert!(
+            ready,
+            "private PostgreSQL did not start:\n{}",
+            std::fs::read_to_string(self.dir.join(format!("pg-{ssl}.log"))).unwrap_or_default()
+        );
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            common::send_signal(child.id(), "QUIT");
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self, host: &str, query: &str) -> String {
+        format!("postgres://postgres@{host}:{}/postgres?{query}", self.port)
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `(ssl in use, error)` of one connection with `url`, asking the server.
+fn pg_ssl(url: &str) -> Result<bool, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let client = omsgate::db::connect(url).await.map_err(|e| e.to_string())?;
+            let row = client
+                .query_one(
+                    "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(row.get::<_, bool>(0))
+        })
+}
+
+#[test]
+fn postgres_sslmodes_as_libpq_with_the_pool_and_migrate_over_verify_full() {
+    let dir = TestDir::new("tls-pg");
+    let ca = Ca::new(dir.path(), "pg");
+    let cert = ca.issue("pg", &["localhost"], false);
+    let mut pg = PrivatePg::start(dir.path(), &cert);
+    let root = ca.pem_path("pg").display().to_string();
+
+    // verify-full with the CA: TLS, verified. verify-ca accepts another name; verify-full not.
+    let full = pg.url(
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={root}"),
+    );
+    assert_eq!(pg_ssl(&full), Ok(true));
+    let by_ip = pg.url(
+        "127.0.0.1",
+        &format!("sslmode=verify-full&sslrootcert={root}"),
+    );
+    let err = pg_ssl(&by_ip).unwrap_err();
+    assert!(err.contains("not valid for name"), "{err}");
+    let ca_only = pg.url(
+        "127.0.0.1",
+        &format!("sslmode=verify-ca&sslrootcert={root}"),
+    );
+    assert_eq!(pg_ssl(&ca_only), Ok(true));
+    // Without the CA the system roots do not know the server: refused.
+    let err = pg_ssl(&pg.url("localhost", "sslmode=verify-full")).unwrap_err();
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    // require and prefer encrypt without verifying (libpq); disable does not encrypt.
+    assert_eq!(pg_ssl(&pg.url("localhost", "sslmode=require")), Ok(true));
+    assert_eq!(pg_ssl(&pg.url("localhost", "sslmode=prefer")), Ok(true));
+    assert_eq!(pg_ssl(&pg.url("localhost", "sslmode=disable")), Ok(false));
+
+    // migrate over verify-full.
+    // The cluster is the test's own: the OMS's reference tables go into its `public` schema
+    // (over verify-full too), then migrate runs as an operator would.
+    let schema = "public".to_string();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let client = omsgate::db::connect(&full).await.unwrap();
+            client
+                .batch_execute(omsgate::db::REFERENCE_SCHEMA)
+                .await
+                .unwrap();
+        });
+    let out = Command::new(Gateway::bin())
+        .args(["migrate", "--database-url", &full, "--schema", &schema])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "migrate: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The pooled query path over verify-full, trusting the CA through [tls] ca_file.
+    let file = omsgate::db::DatabaseFile {
+        url: pg.url("localhost", "sslmode=verify-full"),
+        schema: schema.clone(),
+        ..Default::default()
+    };
+    let mut problems = omsgate::config::Problems::default();
+    let mut config = omsgate::db::DatabaseConfig::from_file(&file, &mut problems);
+    assert!(problems.is_empty(), "{:?}", problems.list());
+    config.trust_roots = trust(&ca.pem_path("pg")).extra_roots.clone();
+    let answered = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let paths = omsgate::db::query::QueryPaths::new(&config).map_err(|e| e.to_string())?;
+            paths
+                .invoices_by_ids("tenant-a", &[uuid::Uuid::nil()])
+                .await
+                .map_err(|e| e.to_string())
+        });
+    assert_eq!(answered.as_deref(), Ok(&b"[]"[..]));
+
+    // sslmode=require against a server without TLS fails with a clear message.
+    pg.stop();
+    pg.run(false);
+    let err = pg_ssl(&pg.url("localhost", "sslmode=require")).unwrap_err();
+    assert!(err.contains("server does not support TLS"), "{err}");
+    assert_eq!(pg_ssl(&pg.url("localhost", "sslmode=prefer")), Ok(false));
+}
+
+#[test]
+fn check_config_accepts_verify_modes_and_names_a_bad_sslmode_or_rootcert() {
+    let base = "[server]\nlisten = \"{listen}\"\n[admin]\nlisten = \"{admin}\"\n[database]\n";
+    let (code, stderr) = Gateway::check_config(&format!(
+        "{base}url = \"postgres://oms@db.example/oms?sslmode=verify-full\"\n"
+    ));
+    assert_eq!(code, 0, "{stderr}");
+    for url in [
+        "postgres://oms@db.example/oms?sslmode=verify-everything",
+        "postgres://oms@db.example/oms?sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem",
+    ] {
+        let (code, stderr) = Gateway::check_config(&format!("{base}url = \"{url}\"\n"));
+        assert_eq!(code, 64, "{url}: {stderr}");
+        assert!(stderr.contains("database.url"), "{url}: {stderr}");
+    }
+}
+
+#[test]
+fn a_listener_key_readable_by_others_is_warned_about_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TestDir::new("tls-key-mode");
+    let ca = Ca::new(dir.path(), "gw");
+    let leaf = ca.issue("gw", &["localhost"], false);
+    std::fs::set_permissions(&leaf.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let upstream = TestUpstream::start();
+    let gw = Gateway::start(&gateway_config(
+        &upstream.addr.to_string(),
+        &server_tls(&leaf, None),
+        "",
+    ));
+    assert!(
+        common::wait_for(Duration::from_secs(5), || gw.log().contains("chmod 600")),
+        "{}",
+        gw.log()
+    );
+    let log = gw.log();
+    assert!(
+        !log.contains("BEGIN PRIVATE KEY"),
+        "the key never reaches the log"
+    );
+    drop(gw);
+
+    std::fs::set_permissions(&leaf.key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let quiet = Gateway::start(&gateway_config(
+        &upstream.addr.to_string(),
+        &server_tls(&leaf, None),
+        "",
+    ));
+    assert!(!quiet.log().contains("chmod 600"), "{}", quiet.log());
+}
