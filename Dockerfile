@@ -15,11 +15,12 @@ ARG DEBIAN_RELEASE=bookworm
 
 # === build ===
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS build
-# librdkafka is built from source by rdkafka-sys (configure/make; cmake for its cmake builds).
+# librdkafka is built from source by rdkafka-sys (configure/make; cmake for its cmake builds),
+# with TLS from the system's OpenSSL (libssl-dev).
 # Packages are not pinned (DL3008): the release's current security updates are what we want.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends cmake \
+    && apt-get install -y --no-install-recommends cmake libssl-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -32,7 +33,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM debian:${DEBIAN_RELEASE}-slim
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && apt-get install -y --no-install-recommends ca-certificates curl libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 omsgate \
     && useradd --system --uid 10001 --gid omsgate --home-dir /var/lib/omsgate \

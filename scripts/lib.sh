@@ -51,14 +51,16 @@ install_wanted_packages() {
 }
 
 # want_build_prereqs: the C toolchain and tools the crate's native dependencies build with
-# (pingora needs cmake; librdkafka needs a C/C++ compiler and make; zlib is found through
-# pkg-config).
+# (pingora needs cmake; librdkafka needs a C/C++ compiler, make and OpenSSL's headers; zlib is
+# found through pkg-config).
 want_build_prereqs() {
     want_command cc build-essential
     want_command c++ build-essential
     want_command make build-essential
     want_command cmake cmake
     want_command pkg-config pkg-config
+    # librdkafka's TLS and SASL (Kafka over TLS) link the system's OpenSSL.
+    [[ -e /usr/include/openssl/ssl.h ]] || want_package libssl-dev
     if ! command -v cargo >/dev/null 2>&1 && [[ ! -x $HOME/.cargo/bin/cargo ]]; then
         want_command curl curl
         want_package ca-certificates

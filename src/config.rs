@@ -471,13 +471,14 @@ impl Config {
                  list its addresses in rate_limit.trusted_proxies",
             );
         }
-        let audit = crate::audit::AuditConfig::from_file(&file.audit, p);
+        let mut audit = crate::audit::AuditConfig::from_file(&file.audit, p);
         let mut database = crate::db::DatabaseConfig::from_file(&file.database, p);
         let paths = crate::canonical::PathsConfig::from_file(&file.paths, p);
         upstream.trust = tls.clone();
         cache.trust = tls.clone();
         rate_limit.trust = tls.clone();
         database.trust_roots = tls.extra_roots.clone();
+        audit.tls_ca_file = tls.ca_file.clone();
         let routes = crate::routes::Router::from_file(&file.routes, &rate_limit, p);
         if database.url.is_none() {
             for (i, r) in file.routes.iter().enumerate() {

@@ -1248,3 +1248,250 @@ fn a_listener_key_readable_by_others_is_warned_about_at_start() {
     ));
     assert!(!quiet.log().contains("chmod 600"), "{}", quiet.log());
 }
+
+// === Kafka over TLS ===
+
+/// A private in-memory tansu behind stunnel: tansu listens in plaintext on one port and
+/// advertises `localhost:TLS`, where stunnel terminates TLS with a certificate of `ca` (tansu
+/// has no TLS of its own). Topics are created on the plaintext port; clients only ever see the
+/// TLS port.
+struct TlsKafka {
+    tansu: std::process::Child,
+    stunnel: std::process::Child,
+    plain: u16,
+    tls: u16,
+    dir: PathBuf,
+}
+
+impl TlsKafka {
+    fn start(ca: &Ca, dir: &Path) -> TlsKafka {
+        let cert = ca.issue("kafka", &["localhost"], false);
+        let (plain, tls) = (common::free_port(), common::free_port());
+        let log = std::fs::File::create(dir.join("tansu.log")).unwrap();
+        let tansu = Command::new(common::tansu_bin())
+            .args(["broker", "--listener-url"])
+            .arg(format!("tcp://127.0.0.1:{plain}"))
+            .arg("--advertised-listener-url")
+            .arg(format!("tcp://localhost:{tls}"))
+            .args(["--storage-engine", "memory://tansu/"])
+            .current_dir(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("tansu starts (is it installed? OMSGATE_TANSU_BIN)");
+        let conf = dir.join("stunnel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "foreground = yes\npid =\noutput = {out}\n[kafka]\naccept = 127.0.0.1:{tls}\n\
+                 connect = 127.0.0.1:{plain}\ncert = {cert}\nkey = {key}\n",
+                out = dir.join("stunnel.log").display(),
+                cert = cert.cert.display(),
+                key = cert.key.display(),
+            ),
+        )
+        .unwrap();
+        let stunnel = Command::new("stunnel4")
+            .arg(&conf)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("stunnel4 is installed (scripts/test installs it)");
+        let kafka = TlsKafka {
+            tansu,
+            stunnel,
+            plain,
+            tls,
+            dir: dir.to_path_buf(),
+        };
+        for port in [plain, tls] {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            assert!(
+                common::wait_for(Duration::from_secs(30), || common::port_open(addr)),
+                "port {port} of tansu/stunnel did not open:\n{}\n{}",
+                std::fs::read_to_string(kafka.dir.join("tansu.log")).unwrap_or_default(),
+                std::fs::read_to_string(kafka.dir.join("stunnel.log")).unwrap_or_default()
+            );
+        }
+        kafka
+    }
+
+    fn brokers(&self) -> String {
+        format!("localhost:{}", self.tls)
+    }
+
+    /// Every record of `topic` (one partition), read over TLS trusting `ca_file`, until `n`
+    /// arrived and the partition's end was seen, or `timeout` passed.
+    fn consume(
+        &self,
+        topic: &str,
+        ca_file: &Path,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<serde_json::Value> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::Message;
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .set("security.protocol", "ssl")
+            .set("ssl.ca.location", ca_file.display().to_string())
+            .set("group.id", common::unique("tls_reader"))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .create()
+            .expect("consumer");
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+            .unwrap();
+        consumer.assign(&tpl).expect("assign");
+        let mut out = Vec::new();
+        let deadline = std::time::Instant::now() + timeout;
+        let mut at_end = false;
+        while std::time::Instant::now() < deadline && !(at_end && out.len() >= n) {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    at_end = false;
+                    out.push(
+                        serde_json::from_slice(m.payload().unwrap_or_default())
+                            .unwrap_or(serde_json::Value::Null),
+                    );
+                }
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => at_end = true,
+                Some(Err(e)) => eprintln!("consumer: {e}"),
+                None => {}
+            }
+        }
+        out
+    }
+}
+
+impl Drop for TlsKafka {
+    fn drop(&mut self) {
+        for child in [&mut self.stunnel, &mut self.tansu] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `n` GETs through the gateway: each answer's status and `x-request-id`.
+fn request_ids(gw: &Gateway, n: usize) -> Vec<(u16, String)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = ::reqwest::Client::new();
+        let mut out = Vec::new();
+        for i in 0..n {
+            let resp = client
+                .get(gw.url(&format!("/api/v1/things/{i}")))
+                .timeout(Duration::from_secs(15))
+                .send()
+                .await
+                .expect("request");
+            let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+            out.push((resp.status().as_u16(), id));
+        }
+        out
+    })
+}
+
+fn kafka_tls_config(upstream: &TestUpstream, brokers: &str, topic: &str, tls: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "{{listen}}"
+[admin]
+listen = "{{admin}}"
+[upstream]
+servers = ["{upstream}"]
+[audit]
+brokers = "{brokers}"
+topic = "{topic}"
+spool_dir = "{{dir}}/spool"
+compression = "zstd"
+delivery_timeout = "2s"
+shutdown_timeout = "2s"
+kafka_options = {{ "security.protocol" = "ssl" }}
+{tls}
+"#,
+        upstream = upstream.addr,
+    )
+}
+
+#[test]
+fn audit_records_reach_kafka_over_tls_with_the_tls_ca_file_and_zstd() {
+    let dir = TestDir::new("tls-kafka");
+    let ca = Ca::new(dir.path(), "kafka");
+    let kafka = TlsKafka::start(&ca, dir.path());
+    let topic = common::unique("audit_tls");
+    common::create_topic(&format!("127.0.0.1:{}", kafka.plain), &topic, 1);
+    let upstream = TestUpstream::start();
+    let config = kafka_tls_config(
+        &upstream,
+        &kafka.brokers(),
+        &topic,
+        &format!("[tls]\nca_file = \"{}\"", ca.pem_path("kafka").display()),
+    );
+    let gw = Gateway::start(&config);
+    let mut ids = std::collections::BTreeSet::new();
+    for (status, id) in request_ids(&gw, 20) {
+        assert_eq!(status, 200);
+        ids.insert(id);
+    }
+    let got = kafka.consume(
+        &topic,
+        &ca.pem_path("kafka"),
+        ids.len(),
+        Duration::from_secs(30),
+    );
+    let seen: std::collections::BTreeSet<String> = got
+        .iter()
+        .filter_map(|r| r["request_id"].as_str().map(String::from))
+        .collect();
+    assert_eq!(
+        seen,
+        ids,
+        "every request's record arrives over TLS; gateway log:\n{}",
+        common::tail(&gw.log(), 30)
+    );
+    assert_eq!(
+        gw.metric_value("omsgate_audit_records_total", &[("outcome", "delivered")]),
+        Some(ids.len() as f64)
+    );
+}
+
+#[test]
+fn kafka_over_tls_without_the_private_ca_delivers_nothing_and_names_the_cause() {
+    let dir = TestDir::new("tls-kafka-untrusted");
+    let ca = Ca::new(dir.path(), "kafka");
+    let kafka = TlsKafka::start(&ca, dir.path());
+    let topic = common::unique("audit_tls_untrusted");
+    common::create_topic(&format!("127.0.0.1:{}", kafka.plain), &topic, 1);
+    let upstream = TestUpstream::start();
+    let gw = Gateway::start(&kafka_tls_config(&upstream, &kafka.brokers(), &topic, ""));
+    for (status, _) in request_ids(&gw, 5) {
+        assert_eq!(status, 200, "audit never fails a request");
+    }
+    assert!(
+        common::wait_for(Duration::from_secs(20), || {
+            gw.log().contains("certificate verify failed")
+        }),
+        "the log names the TLS failure:\n{}",
+        common::tail(&gw.log(), 30)
+    );
+    assert_eq!(
+        gw.metric_value("omsgate_audit_records_total", &[("outcome", "delivered")])
+            .unwrap_or(0.0),
+        0.0
+    );
+    assert!(
+        kafka
+            .consume(&topic, &ca.pem_path("kafka"), 1, Duration::from_secs(3))
+            .is_empty(),
+        "nothing reached the topic"
+    );
+}

@@ -204,6 +204,9 @@ pub enum Fsync {
 pub struct AuditConfig {
     /// Whether records are produced.
     pub enabled: bool,
+    /// `[tls] ca_file`: the CA of a TLS connection to the brokers unless `kafka_options` names
+    /// one (set by `Config::from_file`).
+    pub tls_ca_file: Option<PathBuf>,
     /// Bootstrap servers; `None` is file audit.
     pub brokers: Option<String>,
     /// Topic.
@@ -295,7 +298,7 @@ pub const REFUSED_KAFKA_OPTIONS: &[(&str, &str)] = &[
     ("enable.auto.offset.store", "is managed by the sink"),
 ];
 
-const COMPRESSIONS: &[&str] = &["none", "gzip", "snappy", "lz4"];
+const COMPRESSIONS: &[&str] = &["none", "gzip", "snappy", "lz4", "zstd"];
 
 impl AuditConfig {
     /// Converts the file layer, recording every problem with its key.
@@ -392,12 +395,7 @@ impl AuditConfig {
             p.push("audit.linger", "must be at most 15m");
         }
         let compression = f.compression.to_ascii_lowercase();
-        if compression == "zstd" {
-            p.push(
-                "audit.compression",
-                "zstd is not built into this binary (librdkafka without zstd); use \"lz4\"",
-            );
-        } else if !COMPRESSIONS.contains(&compression.as_str()) {
+        if !COMPRESSIONS.contains(&compression.as_str()) {
             p.push(
                 "audit.compression",
                 format!(
@@ -441,6 +439,7 @@ impl AuditConfig {
         let sink = SinkConfig::from_file(&f.sink, p);
         AuditConfig {
             enabled: f.enabled,
+            tls_ca_file: None,
             brokers,
             topic: f.topic.clone(),
             queue_capacity: f.queue_capacity.max(1),
@@ -464,13 +463,31 @@ impl AuditConfig {
         }
     }
 
-    /// The librdkafka settings of the audit producer: the guarantees, the typed keys, and the
-    /// pass-through options.
-    pub fn producer_config(&self) -> rdkafka::ClientConfig {
+    /// The pass-through `kafka_options`, plus the `[tls] ca_file` as `ssl.ca.location` when the
+    /// connection uses TLS (`security.protocol` `ssl` or `sasl_ssl`) and the options name no CA
+    /// of their own. Both the producer and `audit-sink`'s consumer start from this.
+    pub fn kafka_client_config(&self) -> rdkafka::ClientConfig {
         let mut c = rdkafka::ClientConfig::new();
         for (k, v) in &self.kafka_options {
             c.set(k, v);
         }
+        let tls = self
+            .kafka_options
+            .get("security.protocol")
+            .is_some_and(|p| p.eq_ignore_ascii_case("ssl") || p.eq_ignore_ascii_case("sasl_ssl"));
+        let own_ca = ["ssl.ca.location", "ssl.ca.pem"]
+            .iter()
+            .any(|k| self.kafka_options.contains_key(*k));
+        if let (true, false, Some(ca)) = (tls, own_ca, &self.tls_ca_file) {
+            c.set("ssl.ca.location", ca.display().to_string());
+        }
+        c
+    }
+
+    /// The librdkafka settings of the audit producer: the guarantees, the typed keys, and the
+    /// pass-through options.
+    pub fn producer_config(&self) -> rdkafka::ClientConfig {
+        let mut c = self.kafka_client_config();
         c.set("bootstrap.servers", self.brokers.as_deref().unwrap_or(""))
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -661,6 +678,43 @@ mod tests {
     }
 
     #[test]
+    fn tls_sasl_and_zstd_are_built_in() {
+        // librdkafka refuses these when built without OpenSSL or zstd.
+        let p = problems(
+            r#"
+            compression = "zstd"
+            [kafka_options]
+            "security.protocol" = "sasl_ssl"
+            "sasl.mechanism" = "SCRAM-SHA-512"
+            "sasl.username" = "omsgate"
+            "sasl.password" = "secret"
+            "ssl.endpoint.identification.algorithm" = "https"
+            "#,
+        );
+        assert!(p.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn the_tls_ca_file_is_the_brokers_ca_unless_the_options_name_one() {
+        let get = |c: &AuditConfig| {
+            c.kafka_client_config()
+                .get("ssl.ca.location")
+                .map(String::from)
+        };
+        let mut c = AuditConfig {
+            tls_ca_file: Some(PathBuf::from("/etc/omsgate/ca.pem")),
+            ..AuditConfig::default()
+        };
+        assert_eq!(get(&c), None, "plaintext brokers need no CA");
+        c.kafka_options
+            .insert("security.protocol".into(), "SSL".into());
+        assert_eq!(get(&c).as_deref(), Some("/etc/omsgate/ca.pem"));
+        c.kafka_options
+            .insert("ssl.ca.location".into(), "/own.pem".into());
+        assert_eq!(get(&c).as_deref(), Some("/own.pem"));
+    }
+
+    #[test]
     fn defaults_are_valid_and_file_audit() {
         assert!(problems("").is_empty());
         let c = AuditConfig::default();
@@ -701,7 +755,7 @@ mod tests {
             topic = "bad topic"
             queue_capacity = 0
             fsync = "sometimes"
-            compression = "zstd"
+            compression = "brotli"
             delivery_timeout = "5"
             spool_max_bytes = "1KiB"
             body_max_bytes = "2MiB"

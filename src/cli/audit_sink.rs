@@ -225,10 +225,7 @@ pub async fn run(
 }
 
 fn consumer(config: &AuditConfig) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
-    let mut c = rdkafka::ClientConfig::new();
-    for (k, v) in &config.kafka_options {
-        c.set(k, v);
-    }
+    let mut c = config.kafka_client_config();
     c.set("bootstrap.servers", config.brokers.as_deref().unwrap_or(""))
         .set("group.id", &config.sink.group_id)
         .set("enable.auto.commit", "false")
