@@ -1,22 +1,109 @@
-//! Process lifecycle: graceful shutdown with a deadline.
+//! Process lifecycle: graceful shutdown with a deadline, and a clean connection handover.
 //!
 //! Pingora's own SIGTERM handling stops the listeners and then sleeps for a fixed grace period
 //! before tearing the runtimes down. omsgate keeps Pingora's stop-accepting step but ends the
-//! wait as soon as there is nothing left to do: every in-flight request has finished and every
-//! background service holding a [`FlushGuard`] (the audit shipper flushing Kafka and its spool)
-//! has released it. If the deadline (`server.shutdown_grace`) passes first, a warning says what
-//! was still pending and the process exits anyway.
+//! wait as soon as there is nothing left to do: every in-flight request has finished, every
+//! client connection has closed (see [`Handover`]) and every background service holding a
+//! [`FlushGuard`] (the audit shipper flushing Kafka and its spool) has released it. If the
+//! deadline (`server.shutdown_grace`) passes first, a warning says what was still pending and
+//! the process exits anyway.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
+use pingora::apps::ServerApp;
+use pingora::protocols::Stream;
+use pingora::server::{ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use tokio::signal::unix::{signal, SignalKind};
 
 static IN_FLIGHT: AtomicI64 = AtomicI64::new(0);
 static DRAINING: AtomicBool = AtomicBool::new(false);
 static PENDING_FLUSHES: AtomicUsize = AtomicUsize::new(0);
+static OPEN_CONNECTIONS: AtomicI64 = AtomicI64::new(0);
+static CONNECTIONS_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// How long client connections of the proxy may stay open once its listeners have stopped
+/// (SIGTERM, or 5 s after SIGQUIT handed them to a new process): each one gets its next request
+/// answered, with `Connection: close`, until then; connections still idle at the end are closed
+/// (FIN, not reset). The wait ends early when every connection has closed.
+pub const IDLE_DRAIN: Duration = Duration::from_secs(2);
+
+/// The proxy application with a clean end for its client connections.
+///
+/// Pingora closes every connection that is waiting for its next request the moment the listeners
+/// stop (`HttpProxy::http_cleanup` wakes `await_shutdown` in `handle_new_request`, pingora-proxy
+/// 0.9.1). A client that sent a request on such a connection in that instant, or whose fresh
+/// connection the old process accepted just before, gets a reset or an empty answer. This
+/// wrapper counts the open connections and passes that cleanup on only after [`IDLE_DRAIN`] (or
+/// once none is open): until then a request that arrives is read and answered with
+/// `Connection: close` (Pingora drops keepalive for requests read after the shutdown signal).
+pub struct Handover<A> {
+    inner: Arc<A>,
+}
+
+impl<A> Handover<A> {
+    /// Wraps the proxy application.
+    pub fn new(inner: A) -> Handover<A> {
+        Handover {
+            inner: Arc::new(inner),
+        }
+    }
+}
+
+/// Counts one open client connection until dropped.
+struct ConnectionGuard(());
+
+impl ConnectionGuard {
+    fn new() -> ConnectionGuard {
+        OPEN_CONNECTIONS.fetch_add(1, Ordering::SeqCst);
+        ConnectionGuard(())
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        OPEN_CONNECTIONS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Handover<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let _open = ConnectionGuard::new();
+        // Pingora's HTTP application serves every request of a connection in one call; a stream
+        // handed back for reuse is served here too, so the guard spans the whole connection.
+        let mut next = self.inner.process_new(stream, shutdown).await;
+        while let Some(stream) = next {
+            next = self.inner.process_new(stream, shutdown).await;
+        }
+        None
+    }
+
+    /// Called once the listeners have stopped.
+    async fn cleanup(&self) {
+        let started = Instant::now();
+        tracing::info!(
+            open = OPEN_CONNECTIONS.load(Ordering::SeqCst),
+            idle_drain_ms = IDLE_DRAIN.as_millis() as u64,
+            "Shutdown: listeners stopped; client connections get their next request answered with Connection: close."
+        );
+        while OPEN_CONNECTIONS.load(Ordering::SeqCst) > 0 && started.elapsed() < IDLE_DRAIN {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let open = OPEN_CONNECTIONS.load(Ordering::SeqCst);
+        if open > 0 {
+            tracing::info!(open, "Shutdown: closing the idle client connections.");
+        }
+        self.inner.cleanup().await;
+        CONNECTIONS_CLOSED.store(true, Ordering::SeqCst);
+    }
+}
 
 /// Marks a request as in flight until dropped.
 #[derive(Debug)]
@@ -81,10 +168,10 @@ pub fn in_flight() -> i64 {
     IN_FLIGHT.load(Ordering::Relaxed)
 }
 
-/// How long the old process of a graceful upgrade keeps serving after SIGQUIT before it may
-/// exit: Pingora's own close timeout (5 s, `CLOSE_TIMEOUT` in pingora-core, during which both
-/// processes accept on the shared sockets) plus a margin for its listeners to stop.
-pub const UPGRADE_CLOSE_WAIT: Duration = Duration::from_secs(6);
+/// Client connections of the proxy currently open.
+pub fn open_connections() -> i64 {
+    OPEN_CONNECTIONS.load(Ordering::SeqCst)
+}
 
 /// Pingora's signal watch with an early exit once draining is done.
 ///
@@ -116,10 +203,10 @@ impl ShutdownSignalWatch for DrainingSignals {
             _ = int.recv() => ShutdownSignal::FastShutdown,
             _ = quit.recv() => {
                 DRAINING.store(true, Ordering::Relaxed);
-                // After handing the listeners over, Pingora keeps accepting on them for
-                // UPGRADE_CLOSE_WAIT before it stops; exiting earlier would drop connections
-                // this process has accepted but not read a request from yet.
-                spawn_drain_watch(self.grace, UPGRADE_CLOSE_WAIT);
+                // After handing the listeners over, Pingora keeps accepting on them for 5 s
+                // (`CLOSE_TIMEOUT` in pingora-core) before they stop; the drain watch waits for
+                // that through `CONNECTIONS_CLOSED`, set by `Handover` after they stopped.
+                spawn_drain_watch(self.grace, Duration::from_millis(100));
                 ShutdownSignal::GracefulUpgrade
             }
         }
@@ -127,7 +214,8 @@ impl ShutdownSignalWatch for DrainingSignals {
 }
 
 /// Watches the drain from a plain thread (the runtimes are being torn down) and exits the
-/// process as soon as nothing is pending, or at the deadline.
+/// process as soon as nothing is pending (no request in flight, the listeners stopped and every
+/// client connection closed, no flush pending), or at the deadline.
 fn spawn_drain_watch(grace: Duration, min_wait: Duration) {
     let started = Instant::now();
     std::thread::spawn(move || {
@@ -140,7 +228,9 @@ fn spawn_drain_watch(grace: Duration, min_wait: Duration) {
         loop {
             let requests = in_flight();
             let flushes = PENDING_FLUSHES.load(Ordering::SeqCst);
-            if requests <= 0 && flushes == 0 {
+            let connections = open_connections();
+            let closed = CONNECTIONS_CLOSED.load(Ordering::SeqCst);
+            if requests <= 0 && flushes == 0 && closed && connections <= 0 {
                 tracing::info!(
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "Shutdown: drained; exiting."
@@ -151,6 +241,8 @@ fn spawn_drain_watch(grace: Duration, min_wait: Duration) {
                 tracing::warn!(
                     requests,
                     flushes,
+                    connections,
+                    listeners_stopped = closed,
                     "Shutdown: grace period over with work still pending; exiting anyway."
                 );
                 std::process::exit(0);

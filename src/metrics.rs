@@ -309,7 +309,7 @@ pub static RATE_LIMIT_KEY_RESETS: Lazy<IntCounter> = Lazy::new(|| {
 /// for good, e.g. too large) is kept in the spool directory's `rejected.jsonl`.
 pub static AUDIT_RECORDS: Lazy<IntCounterVec> = counter_vec!(
     "omsgate_audit_records_total",
-    "Audit records by outcome: queued, delivered, spooled, replayed, dropped, rejected.",
+    "Audit records by outcome: queued, delivered, spooled, replayed, dropped, rejected, uncertain.",
     &["outcome"]
 );
 /// Records waiting in the in-memory audit queue.
@@ -335,6 +335,15 @@ pub static AUDIT_KAFKA_ERRORS: Lazy<IntCounterVec> = counter_vec!(
     "Kafka producer errors by librdkafka error code.",
     &["code"]
 );
+/// Times the audit producer was purged and recreated (fatal error, or no acknowledgement within
+/// `audit.stall_timeout`).
+pub static AUDIT_PRODUCER_RECREATIONS: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "omsgate_audit_producer_recreations_total",
+        "Times the Kafka audit producer was purged and recreated."
+    )
+    .expect("register omsgate_audit_producer_recreations_total")
+});
 /// Damaged spool records (torn by a crash mid-write, or a bad checksum) skipped on replay.
 pub static AUDIT_SPOOL_TORN: Lazy<IntCounter> = Lazy::new(|| {
     register_int_counter!(
@@ -467,6 +476,7 @@ pub fn init(config_hash: &str, routes: &[&str]) {
     Lazy::force(&AUDIT_DELIVERY);
     Lazy::force(&AUDIT_KAFKA_ERRORS);
     Lazy::force(&AUDIT_SPOOL_TORN);
+    Lazy::force(&AUDIT_PRODUCER_RECREATIONS);
     Lazy::force(&DB_POOL);
     Lazy::force(&DB_QUERY_DURATION);
     Lazy::force(&DB_FALLBACKS);

@@ -111,10 +111,14 @@ pub fn run_with(
         started: Instant::now(),
     });
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(shared.clone()),
-        "omsgate proxy",
+    // The proxy application inside `Handover`, which keeps client connections open (answered
+    // with `Connection: close`) for a moment after the listeners stop instead of resetting them.
+    let mut proxy = Service::new(
+        "omsgate proxy".to_string(),
+        crate::lifecycle::Handover::new(pingora::proxy::http_proxy(
+            &server.configuration,
+            Gateway::new(shared.clone()),
+        )),
     );
     // Every client connection holds a read buffer of this size, idle or not.
     let buffers = pingora::protocols::l4::stream::L4BufferSettings {

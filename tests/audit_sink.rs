@@ -1,6 +1,7 @@
 //! `omsgate audit-sink` against the shared broker and PostgreSQL: every record lands in
-//! `audit_events` once, also when the sink is killed mid-batch and restarted, and when the topic
-//! holds duplicates.
+//! `audit_events` once, also when the sink is killed mid-batch (a batch read from Kafka, its
+//! INSERT waiting inside an open transaction, its offsets uncommitted — observed in
+//! `pg_stat_activity` at the kill) and restarted, and when the topic holds duplicates.
 
 mod audit_common;
 
@@ -111,8 +112,10 @@ async fn sink_writes_every_record_once_across_a_kill_mid_batch() {
     };
     let rows = format!("SELECT count(*) FROM {schema}.audit_events");
 
-    // First run: killed (SIGKILL) as soon as part of the topic is in: mid-batch, offsets of the
-    // batch in hand uncommitted.
+    // First run: killed (SIGKILL) mid-batch. Once part of the topic is in, the test locks the
+    // table, so the sink's next batch — read from Kafka, its offsets not committed — waits in
+    // its INSERT inside an open transaction; the kill comes while the database shows that
+    // INSERT waiting, and the batch must then be neither in the table nor lost.
     let mut first = sink(&config_path);
     let mut seen = 0;
     for _ in 0..600 {
@@ -122,11 +125,58 @@ async fn sink_writes_every_record_once_across_a_kill_mid_batch() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(seen > 0, "the first sink wrote nothing");
+    let (locker, lock_conn) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(lock_conn);
+    locker
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE {schema}.audit_events IN EXCLUSIVE MODE"
+        ))
+        .await
+        .unwrap();
+    let written_before_kill = count(rows.clone()).await;
+    let batch_waiting = format!(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE state = 'active' AND xact_start IS NOT NULL AND wait_event_type = 'Lock'
+           AND query LIKE 'INSERT INTO {schema}.audit_events%'"
+    );
+    let mut waiting = 0;
+    for _ in 0..600 {
+        waiting = count(batch_waiting.clone()).await;
+        if waiting > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        waiting, 1,
+        "the sink never had a batch in hand waiting for the table ({written_before_kill} rows written)"
+    );
     first.kill().unwrap();
     first.wait().unwrap();
-    assert!(seen > 0, "the first sink wrote nothing");
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    // The killed sink's transaction never commits: its database session ends with it.
+    let sessions = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'INSERT INTO {schema}.audit_events%'"
+    );
+    for _ in 0..600 {
+        if count(sessions.clone()).await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let after_kill = count(rows.clone()).await;
-    println!("rows when killed: {after_kill} of 3000");
+    println!("rows when killed mid-batch: {after_kill} of 3000");
+    assert_eq!(
+        after_kill, written_before_kill,
+        "the batch in hand at the kill was not rolled back"
+    );
+    assert!(
+        after_kill < 3000,
+        "the sink had written everything before the kill"
+    );
 
     // Meanwhile more records, and a redelivery of 200 old ones (at-least-once upstream).
     let (a, c, t) = (audit.clone(), cfg.clone(), topic.clone());

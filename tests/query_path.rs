@@ -6,7 +6,9 @@ mod db_support;
 
 use std::time::Duration;
 
-use db_support::{seeded_schema, sim_get, sim_with, TestSchema};
+use db_support::{
+    check_accepted, seeded_schema, sim_get, sim_with, TestSchema, ACCEPTED, REJECTED,
+};
 use omsgate::db::query::INVOICE_NOT_FOUND;
 use omsgate::db::seed::{seed_with, SeedOptions};
 use omsgate::db::{DatabaseConfig, DbError, QueryPaths};
@@ -91,7 +93,8 @@ async fn pooled_answers_are_byte_identical_to_the_simulated_oms() {
             ("acme", "/api/v1/invoices/not-a-uuid".to_string()),
             ("acme", format!("/api/v1/invoices/{}", acme.id.simple())),
             ("nobody", format!("/api/v1/invoices/{}", acme.id)),
-            // Listings: defaults, filters, pages, the last page, beyond it, and every 422.
+            // Listings: defaults, filters, pages, the last page, beyond it (the 422s are in
+            // `validation_answers_are_the_legacy_apis`, against literal answers).
             ("acme", "/api/v1/invoices".to_string()),
             (
                 "globex",
@@ -115,11 +118,7 @@ async fn pooled_answers_are_byte_identical_to_the_simulated_oms() {
                 "/api/v1/invoices?limit=3&limit=4&st%61tus=open".to_string(),
             ),
             ("nobody", "/api/v1/invoices".to_string()),
-            ("acme", "/api/v1/invoices?limit=0".to_string()),
-            ("acme", "/api/v1/invoices?limit=101".to_string()),
-            ("acme", "/api/v1/invoices?offset=-1".to_string()),
-            ("acme", "/api/v1/invoices?status=unpaid".to_string()),
-            // Payments: all of a tenant's, one invoice's, another tenant's invoice, 422.
+            // Payments: all of a tenant's, one invoice's, another tenant's invoice.
             ("acme", "/api/v1/payments".to_string()),
             ("acme", "/api/v1/payments?limit=5&offset=2".to_string()),
             (
@@ -127,7 +126,6 @@ async fn pooled_answers_are_byte_identical_to_the_simulated_oms() {
                 format!("/api/v1/payments?invoice_id={}", paid.id),
             ),
             ("globex", format!("/api/v1/payments?invoice_id={}", paid.id)),
-            ("acme", "/api/v1/payments?invoice_id=42".to_string()),
         ] {
             requests.push((tenant.to_string(), path));
         }
@@ -144,11 +142,7 @@ async fn pooled_answers_are_byte_identical_to_the_simulated_oms() {
         }
         let counts: Vec<(u16, i32)> = statuses.into_iter().collect();
         let by_id = dataset.invoices.len().div_ceil(37) as i32;
-        assert_eq!(
-            counts,
-            [(200, by_id + 13), (404, 4), (422, 5)],
-            "statuses compared"
-        );
+        assert_eq!(counts, [(200, by_id + 13), (404, 4)], "statuses compared");
         // The reference JSON of the generator itself, as well as the server's.
         let (status, body) =
             from_pool(&paths, "acme", &format!("/api/v1/invoices/{}", acme.id)).await;
@@ -160,6 +154,45 @@ async fn pooled_answers_are_byte_identical_to_the_simulated_oms() {
         let (status, body) =
             from_pool(&paths, "acme", &format!("/api/v1/invoices/{}", globex.id)).await;
         assert_eq!((status, text(&body)), (404, INVOICE_NOT_FOUND.to_string()));
+    }
+    sim.shutdown().await;
+    s.drop_schema().await;
+}
+
+/// The pooled path's answers to invalid and unusual listing parameters are the legacy API's,
+/// written out in `db_support` (`REJECTED`, `ACCEPTED`) — not compared with the simulated OMS,
+/// which shares the query-string code. The simulated OMS must give the same literal answers.
+#[tokio::test]
+async fn validation_answers_are_the_legacy_apis() {
+    let (s, _dataset) = seeded("qp_valid").await;
+    let sim = sim().await;
+    for prepared in [true, false] {
+        let paths = QueryPaths::new(&s.config(prepared)).unwrap();
+        for &(path, status, body) in REJECTED {
+            let got = from_pool(&paths, "acme", path).await;
+            assert_eq!(
+                (got.0, text(&got.1).as_str()),
+                (status, body),
+                "pooled: acme {path} (prepared statements: {prepared})"
+            );
+        }
+        for &row in ACCEPTED {
+            let (status, body) = from_pool(&paths, "acme", row.0).await;
+            check_accepted(status, &text(&body), row)
+                .unwrap_or_else(|e| panic!("pooled (prepared statements: {prepared}): {e}"));
+        }
+    }
+    for &(path, status, body) in REJECTED {
+        let got = from_sim(&sim, "acme", path).await;
+        assert_eq!(
+            (got.0, text(&got.1).as_str()),
+            (status, body),
+            "simulated OMS: acme {path}"
+        );
+    }
+    for &row in ACCEPTED {
+        let (status, body) = from_sim(&sim, "acme", row.0).await;
+        check_accepted(status, &text(&body), row).unwrap_or_else(|e| panic!("simulated OMS: {e}"));
     }
     sim.shutdown().await;
     s.drop_schema().await;

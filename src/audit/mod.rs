@@ -28,10 +28,13 @@
 //! * The only loss: the spool is full (`spool_max_bytes`) or cannot be written. Such records
 //!   are counted as `dropped` and logged at error level.
 //!
-//! Delivery is at least once. Duplicates arise only when the producer is purged (shutdown
-//! deadline, fatal error) with records in flight that the broker did store, or when a broker
-//! acknowledges records and then loses them (a restarted in-memory broker): those are the
-//! broker's loss, re-sent records are not. `audit-sink` deduplicates on `request_id`.
+//! Delivery is at least once. Duplicates arise only when a delivery fails after the record may
+//! have reached the broker — the producer purged (shutdown deadline, fatal error, stall) with
+//! records in flight that the broker did store — and the record is spooled and re-sent: such
+//! records are counted as `uncertain`, which bounds the duplicates (docs/audit.md), or when a
+//! crash replays a partly sent spool segment. A broker that acknowledges records and then loses
+//! them (a restarted in-memory broker) loses them: that is the broker's loss. `audit-sink`
+//! deduplicates on `event_id`.
 //!
 //! Without `brokers` ("file audit") the spool is the destination: records stay in its
 //! segment files, which a later run with `brokers` set replays.
@@ -111,6 +114,8 @@ struct Stats {
     dropped: AtomicU64,
     rejected: AtomicU64,
     torn: AtomicU64,
+    uncertain: AtomicU64,
+    producers_recreated: AtomicU64,
 }
 
 /// Kafka's state as the shipper sees it (shared with the producer's delivery callback).
@@ -171,6 +176,10 @@ pub enum Outcome {
     Dropped,
     /// Refused by Kafka for good (e.g. too large); kept in `rejected.jsonl`. Always logged.
     Rejected,
+    /// Failed after it may have reached the broker (purged while in flight, or a transient
+    /// error), so spooled and re-sent: the only records that can be in the topic twice (short
+    /// of a crash). Also counted as `spooled`.
+    Uncertain,
 }
 
 impl Outcome {
@@ -183,6 +192,7 @@ impl Outcome {
             Outcome::Replayed => "replayed",
             Outcome::Dropped => "dropped",
             Outcome::Rejected => "rejected",
+            Outcome::Uncertain => "uncertain",
         }
     }
 }
@@ -204,6 +214,11 @@ pub struct AuditStats {
     pub rejected: u64,
     /// Damaged spool records skipped on replay.
     pub torn: u64,
+    /// Records whose delivery failed after they may have reached the broker (spooled and
+    /// re-sent): an upper bound of the duplicates in the topic, short of a crash.
+    pub uncertain: u64,
+    /// Times the producer was purged and recreated (fatal error or stall).
+    pub producers_recreated: u64,
 }
 
 /// Where records go.
@@ -286,6 +301,7 @@ impl Audit {
             "replayed",
             "dropped",
             "rejected",
+            "uncertain",
         ] {
             crate::metrics::AUDIT_RECORDS.with_label_values(&[outcome]);
         }
@@ -393,6 +409,8 @@ impl Inner {
             dropped: l(&s.dropped),
             rejected: l(&s.rejected),
             torn: l(&s.torn),
+            uncertain: l(&s.uncertain),
+            producers_recreated: l(&s.producers_recreated),
         }
     }
 
@@ -406,6 +424,7 @@ impl Inner {
             Outcome::Replayed => &s.replayed,
             Outcome::Dropped => &s.dropped,
             Outcome::Rejected => &s.rejected,
+            Outcome::Uncertain => &s.uncertain,
         };
         a.fetch_add(n, Ordering::Relaxed);
         crate::metrics::AUDIT_RECORDS

@@ -201,6 +201,12 @@ impl ProducerContext for ShipperContext {
                     h.last_failure_ms.store(h.now_ms(), Ordering::Relaxed);
                     h.failures.fetch_add(1, Ordering::Relaxed);
                     *h.last_error.lock() = error.to_string();
+                    // Purged before it was sent: the broker cannot have it. Any other failure
+                    // (purged in flight, a transient error) leaves its fate unknown, and the
+                    // copy re-sent from the spool may be a second one.
+                    if code != Some(RDKafkaErrorCode::PurgeQueue) {
+                        inner.count(Outcome::Uncertain, 1);
+                    }
                     // A replayed record is already counted in the spool's size: let it pass the
                     // limit, its old segment will be deleted.
                     inner.spool_bytes(key, payload, Flush::Now, replay, "")
@@ -211,6 +217,15 @@ impl ProducerContext for ShipperContext {
             }
         }
     }
+}
+
+/// Counts a producer purged and recreated.
+fn count_recreation(inner: &Inner) {
+    inner
+        .stats
+        .producers_recreated
+        .fetch_add(1, Ordering::Relaxed);
+    crate::metrics::AUDIT_PRODUCER_RECREATIONS.inc();
 }
 
 /// Keeps a record Kafka refuses for good in `rejected.jsonl`, counted and logged.
@@ -449,6 +464,7 @@ impl Shipper {
                 "Recreating the Kafka audit producer; its unacknowledged records are spooled and \
                  re-sent."
             );
+            count_recreation(&self.inner);
             p.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
             let _ = p.flush(Duration::from_secs(2));
             drop(p);

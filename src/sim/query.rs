@@ -32,24 +32,30 @@ impl QueryString {
     }
 
     /// `limit` (1..=100, default 20) and `offset` (>= 0, default 0), or the legacy API's 422
-    /// message (the `detail` of its body).
+    /// message (the `detail` of its body). Numbers are plain decimal digits, as the legacy API's
+    /// `str.isdigit()` check takes them: no sign (`%2B5` is rejected, although Rust's integer
+    /// parser would take `+5`).
     pub fn page(&self) -> Result<(usize, usize), &'static str> {
         let limit = match self.get("limit") {
             None | Some("") => DEFAULT_LIMIT,
-            Some(v) => v
-                .parse::<usize>()
-                .ok()
+            Some(v) => digits(v)
                 .filter(|n| (1..=MAX_LIMIT).contains(n))
                 .ok_or("limit must be an integer from 1 to 100")?,
         };
         let offset = match self.get("offset") {
             None | Some("") => 0,
-            Some(v) => v
-                .parse::<usize>()
-                .map_err(|_| "offset must be a non-negative integer")?,
+            Some(v) => digits(v).ok_or("offset must be a non-negative integer")?,
         };
         Ok((limit, offset))
     }
+}
+
+/// A number written in decimal digits only (and small enough for a `usize`).
+fn digits(v: &str) -> Option<usize> {
+    if !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse().ok()
 }
 
 #[cfg(test)]
@@ -74,14 +80,21 @@ mod tests {
             QueryString::parse("limit=100&offset=7").page(),
             Ok((100, 7))
         );
-        for bad in ["limit=0", "limit=101", "limit=x", "limit=-1", "limit=+5"] {
+        for bad in [
+            "limit=0",
+            "limit=101",
+            "limit=x",
+            "limit=-1",
+            "limit=+5",
+            "limit=%2B5",
+        ] {
             assert_eq!(
                 QueryString::parse(bad).page(),
                 Err("limit must be an integer from 1 to 100"),
                 "{bad}"
             );
         }
-        for bad in ["offset=-1", "offset=1.5"] {
+        for bad in ["offset=-1", "offset=1.5", "offset=%2B1"] {
             assert_eq!(
                 QueryString::parse(bad).page(),
                 Err("offset must be a non-negative integer"),

@@ -432,3 +432,37 @@ pub fn spooled_ids(dir: &Path) -> Vec<String> {
     }
     ids
 }
+
+/// The `[audit]` section of a whole gateway config file, as the gateway reads it.
+pub fn audit_config_of(gateway_toml: &str) -> AuditConfig {
+    let file: toml::Value = toml::from_str(gateway_toml).unwrap();
+    let section: AuditFile = file
+        .get("audit")
+        .cloned()
+        .map(|v| v.try_into().unwrap())
+        .unwrap_or_default();
+    let mut p = Problems::default();
+    let c = AuditConfig::from_file(&section, &mut p);
+    assert!(p.is_empty(), "{:?}", p.list());
+    c
+}
+
+/// librdkafka's `max.in.flight.requests.per.connection` for the idempotent producer (5, the
+/// most idempotence allows; `[audit.kafka_options]` may not change it).
+pub const IDEMPOTENT_IN_FLIGHT_REQUESTS: u64 = 5;
+/// librdkafka's default `batch.num.messages`.
+pub const LIBRDKAFKA_BATCH_NUM_MESSAGES: u64 = 10_000;
+
+/// The most records one purge of the producer can leave with an unknown fate, so the most
+/// duplicates it can cause (docs/audit.md, "Duplicates"): those in requests sent and not
+/// answered — at most `max.in.flight.requests.per.connection` requests, each with one batch of
+/// at most `batch.num.messages` records per partition — and never more than
+/// `audit.max_in_flight` (records in the producer at all).
+pub fn records_in_flight_ceiling(cfg: &AuditConfig, partitions: u64) -> u64 {
+    let batch = cfg
+        .kafka_options
+        .get("batch.num.messages")
+        .map(|v| v.parse::<u64>().unwrap())
+        .unwrap_or(LIBRDKAFKA_BATCH_NUM_MESSAGES);
+    (IDEMPOTENT_IN_FLIGHT_REQUESTS * batch * partitions).min(cfg.max_in_flight as u64)
+}

@@ -1,5 +1,6 @@
 //! A bounded client loop against the gateway, for tests that change something (reload, upgrade)
-//! while requests keep coming: `workers` loops of `GET url` on their own thread and tokio
+//! while requests keep coming: `workers` loops of `GET url` (or `POST url` with a small JSON
+//! body, [`Load::start_posts`]) on their own thread and tokio
 //! runtime, until [`Load::stop`], `max_requests` in total, or a 60 s safety deadline, whichever
 //! comes first. Every request's outcome is kept; assertions are on outcomes, never on timing.
 
@@ -56,6 +57,38 @@ impl Load {
         connections: Connections,
         max_requests: usize,
     ) -> Load {
+        Load::start_method(
+            reqwest::Method::GET,
+            url,
+            workers,
+            connections,
+            max_requests,
+        )
+    }
+
+    /// Starts `workers` loops of `POST url` with a small JSON body.
+    pub fn start_posts(
+        url: String,
+        workers: usize,
+        connections: Connections,
+        max_requests: usize,
+    ) -> Load {
+        Load::start_method(
+            reqwest::Method::POST,
+            url,
+            workers,
+            connections,
+            max_requests,
+        )
+    }
+
+    fn start_method(
+        method: reqwest::Method,
+        url: String,
+        workers: usize,
+        connections: Connections,
+        max_requests: usize,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicUsize::new(0));
         let outcomes = Arc::new(Mutex::new(Vec::new()));
@@ -82,7 +115,7 @@ impl Load {
                     let deadline = Instant::now() + SAFETY_DEADLINE;
                     let mut tasks = Vec::new();
                     for _ in 0..workers {
-                        let (client, url) = (client.clone(), url.clone());
+                        let (client, url, method) = (client.clone(), url.clone(), method.clone());
                         let (stop, done, outcomes) =
                             (t_stop.clone(), t_done.clone(), t_outcomes.clone());
                         tasks.push(tokio::spawn(async move {
@@ -90,7 +123,7 @@ impl Load {
                                 && Instant::now() < deadline
                                 && done.fetch_add(1, Ordering::SeqCst) < max_requests
                             {
-                                let outcome = request(&client, &url).await;
+                                let outcome = request(&client, &method, &url).await;
                                 outcomes.lock().push(outcome);
                             }
                         }));
@@ -150,8 +183,14 @@ impl Drop for Load {
     }
 }
 
-async fn request(client: &reqwest::Client, url: &str) -> Outcome {
-    match client.get(url).send().await {
+async fn request(client: &reqwest::Client, method: &reqwest::Method, url: &str) -> Outcome {
+    let mut builder = client.request(method.clone(), url);
+    if method == reqwest::Method::POST {
+        builder = builder
+            .header("content-type", "application/json")
+            .body(r#"{"note":"load"}"#);
+    }
+    match builder.send().await {
         Ok(resp) => {
             let status = resp.status().as_u16();
             let upstream = resp

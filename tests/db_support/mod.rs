@@ -195,3 +195,114 @@ pub async fn sim_get(sim: &SimHandle, tenant: &str, path: &str) -> (u16, String,
         .to_string();
     (status, content_type, resp.bytes().await.unwrap().to_vec())
 }
+
+/// The legacy API's 422 for a bad `limit` (examples/legacy-oms/app.py `page`).
+pub const LIMIT_422: &str = r#"{"detail":"limit must be an integer from 1 to 100"}"#;
+/// The legacy API's 422 for a bad `offset`.
+pub const OFFSET_422: &str = r#"{"detail":"offset must be a non-negative integer"}"#;
+/// The legacy API's 422 for an unknown invoice `status` filter.
+pub const STATUS_422: &str = r#"{"detail":"status must be one of draft, open, paid, void"}"#;
+/// The legacy API's 422 for a payments `invoice_id` filter that is not a UUID.
+pub const INVOICE_ID_422: &str = r#"{"detail":"invoice_id must be a UUID"}"#;
+/// The legacy API's 404 for an invoice id that is not a UUID (or not the tenant's).
+pub const NOT_FOUND_404: &str = r#"{"detail":"Invoice not found"}"#;
+
+/// Rejected requests of the pooled routes and their exact answers, written out here rather than
+/// taken from the simulated OMS: the simulated OMS and the pooled path share the query-string
+/// code (`sim::query::QueryString`), so comparing the two cannot catch a rule both get wrong.
+/// The answers are those of the Python legacy OMS (examples/legacy-oms/app.py): the first
+/// problem in the order limit, offset, filter; a repeated name's last value counts; names and
+/// values are percent-decoded and `+` is a space; only plain decimal digits are numbers.
+pub const REJECTED: &[(&str, u16, &str)] = &[
+    ("/api/v1/invoices?limit=0", 422, LIMIT_422),
+    ("/api/v1/invoices?limit=101", 422, LIMIT_422),
+    ("/api/v1/invoices?limit=x", 422, LIMIT_422),
+    ("/api/v1/invoices?limit=-1", 422, LIMIT_422),
+    ("/api/v1/invoices?limit=1.0", 422, LIMIT_422),
+    ("/api/v1/invoices?limit=+5", 422, LIMIT_422),
+    ("/api/v1/invoices?limit=%2B5", 422, LIMIT_422),
+    ("/api/v1/invoices?limit=5&limit=0", 422, LIMIT_422),
+    ("/api/v1/invoices?lim%69t=0", 422, LIMIT_422),
+    ("/api/v1/invoices?offset=-1", 422, OFFSET_422),
+    ("/api/v1/invoices?offset=1.5", 422, OFFSET_422),
+    ("/api/v1/invoices?offset=%2B1", 422, OFFSET_422),
+    ("/api/v1/invoices?status=unpaid", 422, STATUS_422),
+    ("/api/v1/invoices?status=PAID", 422, STATUS_422),
+    ("/api/v1/invoices?status=paid+", 422, STATUS_422),
+    (
+        "/api/v1/invoices?status=unpaid&offset=-1&limit=0",
+        422,
+        LIMIT_422,
+    ),
+    ("/api/v1/invoices?status=unpaid&offset=-1", 422, OFFSET_422),
+    ("/api/v1/payments?limit=0", 422, LIMIT_422),
+    ("/api/v1/payments?offset=x", 422, OFFSET_422),
+    ("/api/v1/payments?invoice_id=42", 422, INVOICE_ID_422),
+    (
+        "/api/v1/payments?invoice_id=not-a-uuid",
+        422,
+        INVOICE_ID_422,
+    ),
+    ("/api/v1/payments?invoice_id=42&limit=101", 422, LIMIT_422),
+    ("/api/v1/invoices/not-a-uuid", 404, NOT_FOUND_404),
+    (
+        "/api/v1/invoices/00000000-0000-4000-8000-00000000000",
+        404,
+        NOT_FOUND_404,
+    ),
+];
+
+/// Accepted listing parameters and the page they must give: path, `limit` and `offset` of the
+/// answer, and the invoice status every item must have (written out, as for [`REJECTED`]).
+pub const ACCEPTED: &[(&str, u64, u64, Option<&str>)] = &[
+    ("/api/v1/invoices", 20, 0, None),
+    ("/api/v1/invoices?status=&limit=&offset=", 20, 0, None),
+    (
+        "/api/v1/invoices?limit=3&limit=4&st%61tus=open",
+        4,
+        0,
+        Some("open"),
+    ),
+    ("/api/v1/invoices?lim%69t=%35&offset=2", 5, 2, None),
+    ("/api/v1/invoices?limit=007&status=paid", 7, 0, Some("paid")),
+    ("/api/v1/invoices?limit=100&offset=0", 100, 0, None),
+    ("/api/v1/payments?limit=2&offset=1&invoice_id=", 2, 1, None),
+    ("/api/v1/payments?unknown=1", 20, 0, None),
+];
+
+/// Checks an accepted listing's answer against its [`ACCEPTED`] row; a description of the
+/// first mismatch, if any.
+pub fn check_accepted(
+    status: u16,
+    body: &str,
+    (path, limit, offset, item_status): (&str, u64, u64, Option<&str>),
+) -> Result<(), String> {
+    if status != 200 {
+        return Err(format!("{path}: status {status}, body {body}"));
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| format!("{path}: not JSON ({e}): {body}"))?;
+    let field = |name: &str| v.get(name).and_then(serde_json::Value::as_u64);
+    let items = v
+        .get("items")
+        .and_then(serde_json::Value::as_array)
+        .ok_or_else(|| format!("{path}: no items: {body}"))?;
+    let total = field("total").ok_or_else(|| format!("{path}: no total: {body}"))?;
+    let want_len = limit.min(total.saturating_sub(offset));
+    if (field("limit"), field("offset"), items.len() as u64)
+        != (Some(limit), Some(offset), want_len)
+    {
+        return Err(format!(
+            "{path}: want limit {limit}, offset {offset}, {want_len} items (total {total}); got {body}"
+        ));
+    }
+    if let Some(want) = item_status {
+        if let Some(bad) = items
+            .iter()
+            .find(|i| i.get("invoice_status").and_then(|s| s.as_str()) != Some(want))
+        {
+            return Err(format!("{path}: an item is not {want}: {bad}"));
+        }
+    }
+    Ok(())
+}
