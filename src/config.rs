@@ -164,6 +164,9 @@ pub struct FileConfig {
     /// Trust shared by every outgoing TLS client.
     #[serde(default)]
     pub tls: crate::tls::TlsFile,
+    /// Pooled queries (`[queries.NAME]`), bound to routes with `query = "NAME"`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub queries: std::collections::BTreeMap<String, crate::db::queries::QueryFile>,
     /// Routes, matched in order; unmatched requests belong to the route `other`.
     #[serde(default, rename = "route")]
     pub routes: Vec<crate::routes::RouteFile>,
@@ -267,6 +270,8 @@ pub struct Config {
     pub audit: crate::audit::AuditConfig,
     /// Database.
     pub database: crate::db::DatabaseConfig,
+    /// Pooled queries by name.
+    pub queries: crate::db::queries::Queries,
     /// Path canonicalisation.
     pub paths: crate::canonical::PathsConfig,
     /// Trust of outgoing TLS clients.
@@ -462,6 +467,24 @@ impl Config {
         let database = crate::db::DatabaseConfig::from_file(&file.database, p);
         let paths = crate::canonical::PathsConfig::from_file(&file.paths, p);
         let routes = crate::routes::Router::from_file(&file.routes, &rate_limit, p);
+        let queries = crate::db::queries::Queries::from_file(&file.queries, p);
+        for (i, r) in file.routes.iter().enumerate() {
+            let Some(q) = &r.query else { continue };
+            let pattern = crate::routes::PathPattern::parse(&r.path).ok();
+            let methods: Vec<http::Method> = r
+                .methods
+                .iter()
+                .filter_map(|m| http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok())
+                .collect();
+            // A query with problems of its own is reported under its key, not again here.
+            if !file.queries.contains_key(q) || queries.get(q).is_some() {
+                if let Err(e) =
+                    crate::db::queries::check_binding(q, &queries, pattern.as_ref(), &methods)
+                {
+                    p.push(format!("route[{i}].query"), e);
+                }
+            }
+        }
         if database.url.is_none() {
             for (i, r) in file.routes.iter().enumerate() {
                 if r.query.is_some() {
@@ -487,6 +510,7 @@ impl Config {
             rate_limit,
             audit,
             database,
+            queries,
             paths,
             tls,
             routes,

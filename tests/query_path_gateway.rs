@@ -50,7 +50,9 @@ async fn seeded_with_sim(prefix: &str) -> (TestSchema, Dataset, SimHandle) {
 
 fn gateway_config(sim: &SimHandle, database: &str) -> String {
     let base = config(sim.addr, "", ROUTES);
-    format!("{base}\n[database]\n{database}\n")
+    // The routes use the queries of the annotated config.toml.
+    let queries = db_support::reference_queries_toml();
+    format!("{base}\n[database]\n{database}\n\n{queries}")
 }
 
 fn database_section(url: &str, schema: &str) -> String {
