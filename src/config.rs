@@ -347,6 +347,18 @@ impl Config {
     /// (reported with their key and left out, see [`parse_file_lenient`]), unknown keys, and
     /// everything the sections' validation finds in the rest.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let (config, problems) = Config::parse_with_problems(text)?;
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// [`Config::parse`] that returns the config with every problem found (the config is only
+    /// meaningful where no problem names it), for checks that add their own problems to the
+    /// list (`check-config --database`).
+    pub fn parse_with_problems(text: &str) -> Result<(Config, Vec<Problem>), ConfigError> {
         let parsed = parse_file_lenient(text)?;
         let mut problems = Problems::default();
         for key in &parsed.unknown {
@@ -356,18 +368,14 @@ impl Config {
             );
         }
         let config = Config::from_file(&parsed.file, text, &mut problems);
-        if problems.is_empty() && parsed.problems.is_empty() {
-            Ok(config)
-        } else {
-            // The type problems name routes by their index in the text already; the others
-            // by their index among the routes left.
-            let mut list = parsed.problems.clone();
-            list.extend(problems.list.into_iter().map(|p| Problem {
-                key: parsed.original_key(&p.key),
-                reason: p.reason,
-            }));
-            Err(ConfigError::Invalid(list))
-        }
+        // The type problems name routes by their index in the text already; the others by
+        // their index among the routes left.
+        let mut list = parsed.problems.clone();
+        list.extend(problems.list.into_iter().map(|p| Problem {
+            key: parsed.original_key(&p.key),
+            reason: p.reason,
+        }));
+        Ok((config, list))
     }
 
     /// Converts the file layer; problems are recorded, and the returned value is only

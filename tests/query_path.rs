@@ -649,3 +649,100 @@ params.from = { type = "int", default = 0 }
     }
     s.drop_schema().await;
 }
+
+/// `check-config --database` lists every problem of the queries at once, those of the config
+/// (SQL without `$tenant`, an unknown parameter) and those only the database can tell (a result
+/// of the wrong type, two columns, a missing function, parameter types no function takes), and
+/// exits 64; the same file without them passes.
+#[tokio::test]
+async fn check_config_database_lists_every_query_problem() {
+    let s = TestSchema::empty("qp_check").await;
+    s.client
+        .batch_execute(
+            "CREATE FUNCTION doc(t text, id bigint) RETURNS json LANGUAGE sql STABLE
+                 AS $$ SELECT json_build_object('t', t, 'id', id) $$;
+             CREATE FUNCTION count_of(t text) RETURNS bigint LANGUAGE sql STABLE AS $$ SELECT 1::bigint $$;",
+        )
+        .await
+        .unwrap();
+    let good = r#"
+[queries.good]
+sql = "SELECT doc($tenant, $id)"
+params.id = { from = "query", type = "int" }
+[queries.good_text]
+sql = "SELECT doc($tenant, 1)::text"
+"#;
+    let bad = r#"
+[queries.no_tenant]
+sql = "SELECT doc('acme', 1)"
+[queries.unknown_param]
+sql = "SELECT doc($tenant, $nope)"
+[queries.wrong_type]
+sql = "SELECT count_of($tenant)"
+[queries.two_columns]
+sql = "SELECT doc($tenant, 1), 2"
+[queries.missing_function]
+sql = "SELECT no_such_function($tenant)"
+[queries.wrong_param_type]
+sql = "SELECT doc($tenant, $id)"
+params.id = { type = "uuid" }
+"#;
+    let dir = std::env::temp_dir().join(db_support::unique("qp_check"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |name: &str, queries: &str| {
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[upstream]\nservers = [\"127.0.0.1:9\"]\n[database]\nurl = \"{}\"\nschema = \"{}\"\n{queries}",
+                db_support::database_url(),
+                s.name
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_omsgate"))
+            .args(["check-config", "--database"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = run("good.toml", good);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("2 queries prepared against the database"),
+        "{stdout}"
+    );
+
+    let (code, _, stderr) = run("bad.toml", &format!("{good}{bad}"));
+    assert_eq!(code, Some(64), "{stderr}");
+    for (key, reason) in [
+        ("queries.no_tenant.sql", "does not use $tenant"),
+        ("queries.unknown_param.sql", "unknown parameter `$nope`"),
+        ("queries.wrong_type.sql", "of type int8"),
+        ("queries.two_columns.sql", "returns 2 columns"),
+        (
+            "queries.missing_function.sql",
+            "function no_such_function(text) does not exist",
+        ),
+        (
+            "queries.wrong_param_type.sql",
+            "function doc(text, uuid) does not exist",
+        ),
+    ] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(&format!("{key}: ")) && l.contains(reason)),
+            "`{key}: ...{reason}...` missing from:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("6 configuration problem(s)"), "{stderr}");
+    assert!(!stderr.contains("queries.good"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+    s.drop_schema().await;
+}

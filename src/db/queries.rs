@@ -631,6 +631,96 @@ impl Param {
     }
 }
 
+/// Prepares every query against the database at `url` (names resolved in `schema`, as the pool
+/// resolves them) and returns a problem per query the database refuses (a missing function,
+/// table or column, parameter types that fit no function) or whose result is not exactly one
+/// `json`, `jsonb` or `text` column. `Err` only when the database cannot be reached.
+pub async fn check_against_database(
+    url: &str,
+    schema: &str,
+    queries: &Queries,
+) -> Result<Vec<crate::config::Problem>, super::DbError> {
+    let client = super::connect(url).await?;
+    if schema != "public" {
+        client
+            .batch_execute(&format!(
+                "SET search_path TO {}",
+                super::quote_ident(schema)
+            ))
+            .await?;
+    }
+    let mut problems = Vec::new();
+    let mut push = |name: &str, reason: String| {
+        problems.push(crate::config::Problem {
+            key: format!("queries.{name}.sql"),
+            reason,
+        })
+    };
+    for q in queries.iter() {
+        let statement = match client.prepare_typed(&q.sql, &q.types).await {
+            Ok(s) => s,
+            Err(e) => {
+                let reason = match e.as_db_error() {
+                    Some(db) => format!(
+                        "the database refuses it: {} (SQLSTATE {}){}",
+                        db.message(),
+                        db.code().code(),
+                        db.hint()
+                            .map(|h| format!("; hint: {h}"))
+                            .unwrap_or_default()
+                    ),
+                    None => format!("cannot prepare it: {e}"),
+                };
+                push(&q.name, reason);
+                continue;
+            }
+        };
+        let given: Vec<String> = q.types.iter().map(|t| t.name().to_string()).collect();
+        let taken: Vec<String> = statement
+            .params()
+            .iter()
+            .map(|t| t.name().to_string())
+            .collect();
+        if given != taken {
+            push(
+                &q.name,
+                format!(
+                    "the database takes its parameters as ({}), the gateway sends ({})",
+                    taken.join(", "),
+                    given.join(", ")
+                ),
+            );
+        }
+        let columns = statement.columns();
+        match columns {
+            [one] if super::query::RESULT_TYPES.contains(one.type_()) => {}
+            [one] => push(
+                &q.name,
+                format!(
+                    "returns a column `{}` of type {}: a pooled query returns one json, jsonb or \
+                     text column (cast it, e.g. `::json`)",
+                    one.name(),
+                    one.type_().name()
+                ),
+            ),
+            _ => push(
+                &q.name,
+                format!(
+                    "returns {} columns ({}): a pooled query returns one json, jsonb or text \
+                     column",
+                    columns.len(),
+                    columns
+                        .iter()
+                        .map(|c| format!("{} {}", c.name(), c.type_().name()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+        }
+    }
+    Ok(problems)
+}
+
 /// The `[queries.*]` tables of the annotated `config.toml` (the reference schema's queries over
 /// the functions of the bundled migration 0006), as TOML text: `demo --seed-db` and the bench
 /// bind routes to them.
