@@ -329,11 +329,61 @@ pub struct RunReport {
     pub waited_for_lock: bool,
 }
 
+/// The `source` of the bundled migrations in `omsgate_migrations`.
+pub const BUNDLED: &str = "bundled";
+/// The `source` of the operator's migrations (`omsgate migrate --dir`).
+pub const OPERATOR: &str = "operator";
+
+/// The operator's migrations of `dir`: every `NNNN_name.sql` file (`name` of
+/// `[A-Za-z0-9_]`), as `(version, name, sql)` sorted by version. Any other `.sql` file name, or
+/// two files with one version, is an error; files not ending in `.sql` are ignored.
+pub fn load_dir(dir: &std::path::Path) -> Result<Vec<(u32, String, String)>, DbError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| DbError::Config(format!("--dir {}: {e}", dir.display())))?;
+    let mut out: Vec<(u32, String, String)> = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| DbError::Config(format!("--dir {}: {e}", dir.display())))?;
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(stem) = file.strip_suffix(".sql") else {
+            continue;
+        };
+        let parsed = stem.split_once('_').and_then(|(v, n)| {
+            let ok = !v.is_empty()
+                && v.bytes().all(|b| b.is_ascii_digit())
+                && !n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            ok.then(|| Some((v.parse::<u32>().ok()?, n.to_string())))
+                .flatten()
+        });
+        let Some((version, name)) = parsed else {
+            return Err(DbError::Config(format!(
+                "--dir {}: `{file}` is not named NNNN_name.sql (digits, `_`, then letters, digits \
+                 and `_`)",
+                dir.display()
+            )));
+        };
+        let sql = std::fs::read_to_string(entry.path())
+            .map_err(|e| DbError::Config(format!("{}: {e}", entry.path().display())))?;
+        if let Some(other) = out.iter().find(|m| m.0 == version) {
+            return Err(DbError::Config(format!(
+                "--dir {}: `{file}` and `{:04}_{}.sql` have the same version {version}",
+                dir.display(),
+                other.0,
+                other.1
+            )));
+        }
+        out.push((version, name, sql));
+    }
+    out.sort_by_key(|m| m.0);
+    Ok(out)
+}
+
 /// Applies migrations to one schema over one connection.
 pub struct Migrator<'m> {
     schema: String,
     migrations: &'m [Migration<'m>],
     lock_poll: Duration,
+    source: &'static str,
 }
 
 impl Migrator<'static> {
@@ -359,7 +409,20 @@ impl<'m> Migrator<'m> {
             schema: schema.to_string(),
             migrations,
             lock_poll: Duration::from_millis(200),
+            source: BUNDLED,
         })
+    }
+
+    /// The same runner recording its migrations under `source` ([`BUNDLED`] by default,
+    /// [`OPERATOR`] for `--dir`).
+    pub fn with_source(mut self, source: &'static str) -> Migrator<'m> {
+        self.source = source;
+        self
+    }
+
+    /// The source its migrations are recorded under.
+    pub fn source(&self) -> &'static str {
+        self.source
     }
 
     /// The advisory lock key: one per schema, so runners on different schemas do not wait for
@@ -413,13 +476,24 @@ impl<'m> Migrator<'m> {
         )
         .await?;
         let mut recorded: Vec<(u32, String, String, String, i64)> = Vec::new();
-        if exists.first().and_then(|r| r.first()).map(String::as_str) == Some("t") {
+        let exists = exists.first().and_then(|r| r.first()).map(String::as_str) == Some("t");
+        // A table of an older omsgate has no `source` column: all its rows are bundled ones.
+        let filter = if !exists {
+            None
+        } else if self.has_source_column(client).await? {
+            Some(format!("WHERE source = {}", literal(self.source)))
+        } else if self.source == BUNDLED {
+            Some(String::new())
+        } else {
+            None
+        };
+        if let Some(filter) = filter {
             for r in simple_rows(
                 client,
                 &format!(
                     "SELECT version, name, checksum, \
                      to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
-                     duration_ms FROM {table} ORDER BY version"
+                     duration_ms FROM {table} {filter} ORDER BY version"
                 ),
             )
             .await?
@@ -460,6 +534,64 @@ impl<'m> Migrator<'m> {
             .map(|r| (r.0, r.1.clone()))
             .collect();
         Ok(status)
+    }
+
+    async fn has_source_column(&self, client: &Client) -> Result<bool, DbError> {
+        let rows = simple_rows(
+            client,
+            &format!(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = {} \
+                 AND table_name = 'omsgate_migrations' AND column_name = 'source'",
+                literal(&self.schema)
+            ),
+        )
+        .await?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Creates the tracking table, or upgrades one of an older omsgate: adds `source` (its rows
+    /// are bundled ones) and makes the key `(source, version)`.
+    async fn ensure_table(&self, client: &Client) -> Result<(), DbError> {
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS omsgate_migrations (\
+                   source      text NOT NULL DEFAULT 'bundled',\
+                   version     integer NOT NULL,\
+                   name        text NOT NULL,\
+                   checksum    text NOT NULL,\
+                   applied_at  timestamptz NOT NULL DEFAULT now(),\
+                   duration_ms bigint NOT NULL,\
+                   PRIMARY KEY (source, version));\
+                 ALTER TABLE omsgate_migrations \
+                   ADD COLUMN IF NOT EXISTS source text NOT NULL DEFAULT 'bundled'",
+            )
+            .await?;
+        let key = simple_rows(
+            client,
+            "SELECT conname, array_length(conkey, 1) FROM pg_constraint \
+             WHERE conrelid = 'omsgate_migrations'::regclass AND contype = 'p'",
+        )
+        .await?;
+        match key.first() {
+            Some(r) if r[1] == "2" => {}
+            Some(r) => {
+                client
+                    .batch_execute(&format!(
+                        "ALTER TABLE omsgate_migrations DROP CONSTRAINT {}, \
+                         ADD PRIMARY KEY (source, version)",
+                        quote_ident(&r[0])
+                    ))
+                    .await?
+            }
+            None => {
+                client
+                    .batch_execute(
+                        "ALTER TABLE omsgate_migrations ADD PRIMARY KEY (source, version)",
+                    )
+                    .await?
+            }
+        }
+        Ok(())
     }
 
     /// Names of the bundled migrations' indexes that exist in the schema but are invalid.
@@ -557,16 +689,7 @@ impl<'m> Migrator<'m> {
         out: &mut dyn Write,
         report: &mut RunReport,
     ) -> Result<(), DbError> {
-        client
-            .batch_execute(
-                "CREATE TABLE IF NOT EXISTS omsgate_migrations (\
-                   version     integer PRIMARY KEY,\
-                   name        text NOT NULL,\
-                   checksum    text NOT NULL,\
-                   applied_at  timestamptz NOT NULL DEFAULT now(),\
-                   duration_ms bigint NOT NULL)",
-            )
-            .await?;
+        self.ensure_table(client).await?;
         let status = self.read_status(client).await?;
         self.refuse_changed(&status)?;
         let steps: Vec<(&Migration, &MigrationStatus)> = self
@@ -576,12 +699,22 @@ impl<'m> Migrator<'m> {
             .filter(|(_, s)| s.state == State::Pending || !s.invalid_indexes.is_empty())
             .collect();
         if steps.is_empty() {
-            writeln!(
-                out,
-                "Schema `{}` is up to date ({} migrations applied).",
-                self.schema,
-                self.migrations.len()
-            )?;
+            if self.source == BUNDLED {
+                writeln!(
+                    out,
+                    "Schema `{}` is up to date ({} migrations applied).",
+                    self.schema,
+                    self.migrations.len()
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "Schema `{}`: the {} migrations are up to date ({} applied).",
+                    self.schema,
+                    self.source,
+                    self.migrations.len()
+                )?;
+            }
             return Ok(());
         }
         let total = Instant::now();
@@ -607,7 +740,11 @@ impl<'m> Migrator<'m> {
                 report.rebuilt.push(idx.clone());
             }
             let started = Instant::now();
-            write!(out, "[{}/{}] {} ... ", n + 1, steps.len(), m.label())?;
+            let label = match self.source {
+                BUNDLED => m.label(),
+                other => format!("{other} {}", m.label()),
+            };
+            write!(out, "[{}/{}] {label} ... ", n + 1, steps.len())?;
             out.flush()?;
             match self.apply(client, m, s.state == State::Pending).await {
                 Ok(()) => {
@@ -645,8 +782,8 @@ impl<'m> Migrator<'m> {
                         .map(|m| m.checksum())
                         .unwrap_or_default();
                     Some(format!(
-                        "  - {} (recorded {recorded}, bundled {now})",
-                        s.label
+                        "  - {} (recorded {recorded}, {} {now})",
+                        s.label, self.source
                     ))
                 }
                 _ => None,
@@ -656,11 +793,12 @@ impl<'m> Migrator<'m> {
             return Ok(());
         }
         Err(DbError::Refused(format!(
-            "refusing to migrate schema `{}`: {} applied migration(s) differ from the bundled \
+            "refusing to migrate schema `{}`: {} applied migration(s) differ from the {} \
              file(s):\n{}\nAn applied migration must never change; restore the original file and \
              put the change in a new migration.",
             self.schema,
             changed.len(),
+            self.source,
             changed.join("\n")
         )))
     }
@@ -671,8 +809,9 @@ impl<'m> Migrator<'m> {
         let started = Instant::now();
         let insert = |duration: Duration| {
             format!(
-                "INSERT INTO omsgate_migrations (version, name, checksum, duration_ms) \
-                 VALUES ({}, {}, {}, {})",
+                "INSERT INTO omsgate_migrations (source, version, name, checksum, duration_ms) \
+                 VALUES ({}, {}, {}, {}, {})",
+                literal(self.source),
                 m.version,
                 literal(m.name),
                 literal(&m.checksum()),
