@@ -581,3 +581,65 @@ async fn an_older_tracking_table_gets_its_source_column() {
     );
     s.drop_schema().await;
 }
+
+/// A bundled index migration whose table or column the OMS's schema lacks is skipped with a
+/// clear message instead of failing the run, shown as skipped by `status` (which counts it as up
+/// to date), and applied by a later run once the column exists.
+#[tokio::test]
+async fn index_migrations_for_a_missing_table_or_column_are_skipped() {
+    let s = TestSchema::reference("mig_skip").await;
+    s.client
+        .batch_execute("ALTER TABLE payments DROP COLUMN payment_date; DROP TABLE audit_events;")
+        .await
+        .unwrap();
+    let indexes = &MIGRATIONS[..5];
+    let migrator = Migrator::with_migrations(&s.name, indexes).unwrap();
+    let out = SharedBuf::default();
+    let report = migrator
+        .run(&s.client, RunOptions::default(), &mut out.clone())
+        .await
+        .unwrap();
+    let text = out.text();
+    assert_eq!(
+        report.applied,
+        [
+            "0001_idx_invoices_tenant_status_date",
+            "0004_idx_invoice_lines_invoice",
+            "0005_idx_payments_invoice"
+        ],
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "Skipping 0002_idx_payments_tenant_date: table payments has no column payment_date"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("Skipping 0003_idx_audit_events_tenant_timestamp: no table audit_events"),
+        "{text}"
+    );
+    let status = migrator.status(&s.client).await.unwrap();
+    assert_eq!(status.skipped(), 2, "{status:?}");
+    assert!(status.up_to_date());
+    assert!(
+        status.migrations[1]
+            .to_string()
+            .contains("skipped          (table payments has no column payment_date"),
+        "{}",
+        status.migrations[1]
+    );
+
+    // The operator's schema gains the column: the next run builds the index.
+    s.client
+        .batch_execute("ALTER TABLE payments ADD COLUMN payment_date date")
+        .await
+        .unwrap();
+    let report = migrator
+        .run(&s.client, RunOptions::default(), &mut SharedBuf::default())
+        .await
+        .unwrap();
+    assert_eq!(report.applied, ["0002_idx_payments_tenant_date"]);
+    assert_eq!(migrator.status(&s.client).await.unwrap().skipped(), 1);
+    s.drop_schema().await;
+}

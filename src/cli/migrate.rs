@@ -174,10 +174,11 @@ async fn print_status(
         .filter(|m| matches!(m.state, crate::db::migrate::State::Changed { .. }))
         .count();
     println!(
-        "{} applied, {} pending, {} changed-checksum.",
-        status.migrations.len() - status.pending() - changed,
+        "{} applied, {} pending, {} changed-checksum, {} skipped.",
+        status.migrations.len() - status.pending() - changed - status.skipped(),
         status.pending(),
-        changed
+        changed,
+        status.skipped()
     );
     Ok(status.up_to_date())
 }

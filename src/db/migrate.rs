@@ -126,6 +126,29 @@ fn concurrent_index_name(statement: &str) -> Option<String> {
     (name != "on").then(|| name.to_string())
 }
 
+/// The table and plain columns of a `CREATE [UNIQUE] INDEX CONCURRENTLY ... ON table (a, b)`
+/// statement (names unquoted, lower-cased; a schema prefix dropped; expressions left out).
+fn index_target(statement: &str) -> Option<(String, Vec<String>)> {
+    concurrent_index_name(statement)?;
+    let text = strip_comments(statement).to_ascii_lowercase();
+    let after = text.split_once(" on ")?.1.trim_start();
+    let after = after.strip_prefix("only ").unwrap_or(after).trim_start();
+    let open = after.find('(')?;
+    let table = after[..open].split_whitespace().next()?;
+    let table = table.rsplit('.').next()?.trim_matches('"').to_string();
+    let close = after.rfind(')')?;
+    let columns = after[open + 1..close]
+        .split(',')
+        .filter_map(|c| {
+            let word = c.split_whitespace().next()?.trim_matches('"');
+            word.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                .then(|| word.to_string())
+        })
+        .collect();
+    Some((table, columns))
+}
+
 fn strip_comments(sql: &str) -> String {
     sql.lines()
         .map(|l| match l.find("--") {
@@ -243,6 +266,12 @@ pub enum State {
         /// The checksum recorded when it was applied.
         recorded: String,
     },
+    /// Not recorded, and not applicable: a bundled index migration whose table or column the
+    /// OMS's schema lacks. Not recorded either, so it runs once the column exists.
+    Skipped {
+        /// What is missing (`table invoice_lines has no column line_no`).
+        reason: String,
+    },
 }
 
 /// One line of `omsgate migrate status`.
@@ -271,6 +300,11 @@ impl fmt::Display for MigrationStatus {
             )?,
             State::Pending => write!(f, "{:<42} pending", self.label)?,
             State::Changed { .. } => write!(f, "{:<42} CHANGED-CHECKSUM", self.label)?,
+            State::Skipped { reason } => write!(
+                f,
+                "{:<42} skipped          ({reason}: the schema differs from the reference one)",
+                self.label
+            )?,
         }
         for idx in &self.invalid_indexes {
             write!(
@@ -301,11 +335,20 @@ impl Status {
             .count()
     }
 
-    /// Whether everything is applied, unchanged and valid.
-    pub fn up_to_date(&self) -> bool {
+    /// Migrations skipped because the schema lacks their table or column.
+    pub fn skipped(&self) -> usize {
         self.migrations
             .iter()
-            .all(|m| matches!(m.state, State::Applied { .. }) && m.invalid_indexes.is_empty())
+            .filter(|m| matches!(m.state, State::Skipped { .. }))
+            .count()
+    }
+
+    /// Whether everything is applied (or skipped), unchanged and valid.
+    pub fn up_to_date(&self) -> bool {
+        self.migrations.iter().all(|m| {
+            matches!(m.state, State::Applied { .. } | State::Skipped { .. })
+                && m.invalid_indexes.is_empty()
+        })
     }
 }
 
@@ -507,7 +550,10 @@ impl<'m> Migrator<'m> {
         let mut status = Status::default();
         for m in self.migrations {
             let state = match recorded.iter().find(|r| r.0 == m.version) {
-                None => State::Pending,
+                None => match self.missing_for(client, m).await? {
+                    Some(reason) => State::Skipped { reason },
+                    None => State::Pending,
+                },
                 Some(r) if r.2 == m.checksum() => State::Applied {
                     applied_at: r.3.clone(),
                     duration_ms: r.4,
@@ -534,6 +580,46 @@ impl<'m> Migrator<'m> {
             .map(|r| (r.0, r.1.clone()))
             .collect();
         Ok(status)
+    }
+
+    /// For a bundled migration made only of `CREATE INDEX CONCURRENTLY ... ON table (columns)`:
+    /// the first table or column of it that the schema lacks.
+    async fn missing_for(
+        &self,
+        client: &Client,
+        m: &Migration<'_>,
+    ) -> Result<Option<String>, DbError> {
+        if self.source != BUNDLED {
+            return Ok(None);
+        }
+        let statements = split_statements(m.sql);
+        let targets: Vec<(String, Vec<String>)> =
+            statements.iter().filter_map(|s| index_target(s)).collect();
+        if targets.is_empty() || targets.len() != statements.len() {
+            return Ok(None);
+        }
+        for (table, columns) in targets {
+            let have: Vec<String> = simple_rows(
+                client,
+                &format!(
+                    "SELECT column_name FROM information_schema.columns \
+                     WHERE table_schema = {} AND table_name = {}",
+                    literal(&self.schema),
+                    literal(&table)
+                ),
+            )
+            .await?
+            .into_iter()
+            .filter_map(|r| r.into_iter().next())
+            .collect();
+            if have.is_empty() {
+                return Ok(Some(format!("no table {table}")));
+            }
+            if let Some(c) = columns.iter().find(|c| !have.contains(c)) {
+                return Ok(Some(format!("table {table} has no column {c}")));
+            }
+        }
+        Ok(None)
     }
 
     async fn has_source_column(&self, client: &Client) -> Result<bool, DbError> {
@@ -692,6 +778,16 @@ impl<'m> Migrator<'m> {
         self.ensure_table(client).await?;
         let status = self.read_status(client).await?;
         self.refuse_changed(&status)?;
+        for s in &status.migrations {
+            if let State::Skipped { reason } = &s.state {
+                writeln!(
+                    out,
+                    "Skipping {}: {reason} (the schema differs from the reference one; it runs \
+                     once they exist).",
+                    s.label
+                )?;
+            }
+        }
         let steps: Vec<(&Migration, &MigrationStatus)> = self
             .migrations
             .iter()
@@ -850,6 +946,9 @@ impl<'m> Migrator<'m> {
         self.refuse_changed(&status)?;
         let mut any = false;
         for (m, s) in self.migrations.iter().zip(&status.migrations) {
+            if let State::Skipped { reason } = &s.state {
+                writeln!(out, "-- {}: skipped ({reason})\n", m.label())?;
+            }
             for idx in &s.invalid_indexes {
                 any = true;
                 writeln!(out, "-- {}: rebuild invalid index {idx}", m.label())?;
@@ -925,6 +1024,27 @@ fn elapsed(since: Instant) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn index_targets_are_read_from_the_statement() {
+        assert_eq!(
+            index_target(
+                "-- c\nCREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS i\n ON public.\"Invoices\" (tenant_id, lower(x), \"line_no\" DESC)"
+            ),
+            Some((
+                "invoices".to_string(),
+                vec!["tenant_id".to_string(), "line_no".to_string()]
+            ))
+        );
+        assert_eq!(index_target("ALTER TABLE t ADD COLUMN c int"), None);
+        for m in &MIGRATIONS[..5] {
+            let targets: Vec<_> = split_statements(m.sql)
+                .iter()
+                .filter_map(|s| index_target(s))
+                .collect();
+            assert_eq!(targets.len(), 1, "{}", m.label());
+        }
+    }
 
     #[test]
     fn bundled_list_matches_the_directory() {
