@@ -75,6 +75,62 @@ pub static MIGRATIONS: &[Migration<'static>] = bundled![
     "0007" "audit_events_event_id",
 ];
 
+/// The tables and columns each bundled migration that is not made only of index builds needs
+/// (those of index builds are read from their statements). When the OMS's schema lacks one, the
+/// migration is skipped instead of failing the run. Kept here rather than in the files so that
+/// the files' checksums stay those already recorded.
+/// `(table, columns)` a migration needs.
+type Requires = &'static [(&'static str, &'static [&'static str])];
+
+const BUNDLED_REQUIRES: &[(u32, Requires)] = &[
+    (
+        6,
+        &[
+            (
+                "invoices",
+                &[
+                    "id",
+                    "tenant_id",
+                    "invoice_number",
+                    "invoice_status",
+                    "invoice_date",
+                    "customer",
+                    "currency",
+                    "total",
+                    "created_at",
+                    "updated_at",
+                ],
+            ),
+            (
+                "invoice_lines",
+                &[
+                    "id",
+                    "invoice_id",
+                    "tenant_id",
+                    "line_no",
+                    "sku",
+                    "description",
+                    "quantity",
+                    "unit_price",
+                    "amount",
+                ],
+            ),
+            (
+                "payments",
+                &[
+                    "id",
+                    "tenant_id",
+                    "invoice_id",
+                    "payment_date",
+                    "amount",
+                    "method",
+                ],
+            ),
+        ],
+    ),
+    (7, &[("audit_events", &["request_id"])]),
+];
+
 impl Migration<'_> {
     /// `0001_name`, as the file is named.
     pub fn label(&self) -> String {
@@ -582,8 +638,9 @@ impl<'m> Migrator<'m> {
         Ok(status)
     }
 
-    /// For a bundled migration made only of `CREATE INDEX CONCURRENTLY ... ON table (columns)`:
-    /// the first table or column of it that the schema lacks.
+    /// For a bundled migration made only of `CREATE INDEX CONCURRENTLY ... ON table (columns)`,
+    /// or listed in [`BUNDLED_REQUIRES`]: the first table or column it needs that the schema
+    /// lacks.
     async fn missing_for(
         &self,
         client: &Client,
@@ -592,12 +649,22 @@ impl<'m> Migrator<'m> {
         if self.source != BUNDLED {
             return Ok(None);
         }
-        let statements = split_statements(m.sql);
         let targets: Vec<(String, Vec<String>)> =
-            statements.iter().filter_map(|s| index_target(s)).collect();
-        if targets.is_empty() || targets.len() != statements.len() {
-            return Ok(None);
-        }
+            match BUNDLED_REQUIRES.iter().find(|(v, _)| *v == m.version) {
+                Some((_, tables)) => tables
+                    .iter()
+                    .map(|(t, cols)| (t.to_string(), cols.iter().map(|c| c.to_string()).collect()))
+                    .collect(),
+                None => {
+                    let statements = split_statements(m.sql);
+                    let targets: Vec<(String, Vec<String>)> =
+                        statements.iter().filter_map(|s| index_target(s)).collect();
+                    if targets.is_empty() || targets.len() != statements.len() {
+                        return Ok(None);
+                    }
+                    targets
+                }
+            };
         for (table, columns) in targets {
             let have: Vec<String> = simple_rows(
                 client,

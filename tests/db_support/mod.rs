@@ -349,3 +349,10 @@ pub fn reference_query(name: &str) -> &'static omsgate::db::queries::Query {
         .get(name)
         .unwrap_or_else(|| panic!("config.toml has no [queries.{name}]"))
 }
+
+/// The last value of `name` in a query string, decoded as the legacy API decodes it.
+pub fn query_value(query: Option<&str>, name: &str) -> Option<String> {
+    omsgate::sim::query::QueryString::parse(query.unwrap_or(""))
+        .get(name)
+        .map(str::to_string)
+}
