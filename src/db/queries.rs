@@ -45,6 +45,9 @@ pub struct QueryFile {
     pub status: u16,
     /// Content type of the answers. Default `"application/json"`.
     pub content_type: String,
+    /// For `omsgate query-check`: SQL returning sample requests, one per row, with a column
+    /// `tenant` and a column per parameter (by name; NULL or absent: not sent). Default empty.
+    pub samples: String,
 }
 
 impl Default for QueryFile {
@@ -57,6 +60,7 @@ impl Default for QueryFile {
             empty_body: String::new(),
             status: 200,
             content_type: "application/json".into(),
+            samples: String::new(),
         }
     }
 }
@@ -268,6 +272,8 @@ pub struct Query {
     pub status: u16,
     /// Content type of the answers.
     pub content_type: String,
+    /// SQL giving sample requests for `omsgate query-check` (empty: none).
+    pub samples: String,
 }
 
 /// Every checked query, by name.
@@ -433,6 +439,7 @@ impl Query {
             on_empty,
             status: f.status,
             content_type: f.content_type.clone(),
+            samples: f.samples.clone(),
         })
     }
 
