@@ -42,6 +42,9 @@ pub struct Args {
     /// `--ignore updated_at`.
     #[arg(long = "ignore", value_name = "FIELD")]
     pub ignore: Vec<String>,
+    /// Compare numbers as written (`37.50` differs from `37.5`) instead of by value.
+    #[arg(long)]
+    pub numbers_as_text: bool,
     /// Header telling the OMS the tenant, when no token is minted.
     #[arg(long, default_value = "x-tenant-id", value_name = "NAME")]
     pub tenant_header: String,
@@ -256,10 +259,13 @@ async fn check_route(
         )
         .await?;
         let (difference, declined) = match pooled {
-            Ok(Some(r)) => (
-                compare(&r.status, &r.body, &oms_answer, &args.ignore),
-                false,
-            ),
+            Ok(Some(r)) => {
+                let how = Compare {
+                    ignore: &args.ignore,
+                    numbers_as_text: args.numbers_as_text,
+                };
+                (compare(&r.status, &r.body, &oms_answer, &how), false)
+            }
             Ok(None) => (None, true),
             Err(e) => (Some(format!("the pooled query failed: {e}")), false),
         };
@@ -343,7 +349,7 @@ async fn oms_get(
 }
 
 /// The first difference between the pooled answer and the OMS's, if any.
-fn compare(status: &u16, body: &[u8], oms: &(u16, Bytes), ignore: &[String]) -> Option<String> {
+fn compare(status: &u16, body: &[u8], oms: &(u16, Bytes), how: &Compare) -> Option<String> {
     if *status != oms.0 {
         return Some(format!("status: pooled {status}, OMS {}", oms.0));
     }
@@ -351,7 +357,7 @@ fn compare(status: &u16, body: &[u8], oms: &(u16, Bytes), ignore: &[String]) -> 
         serde_json::from_slice::<Value>(body),
         serde_json::from_slice::<Value>(&oms.1),
     ) {
-        (Ok(a), Ok(b)) => first_difference("$", &a, &b, ignore)
+        (Ok(a), Ok(b)) => first_difference("$", &a, &b, how)
             .map(|(path, a, b)| format!("{path}: pooled {a}, OMS {b}")),
         _ if body == &oms.1[..] => None,
         _ => Some(format!(
@@ -362,14 +368,23 @@ fn compare(status: &u16, body: &[u8], oms: &(u16, Bytes), ignore: &[String]) -> 
     }
 }
 
-/// The first JSON path where `a` and `b` differ (keys in sorted order, numbers as numbers,
-/// `ignore`d keys left out), with both values.
+/// How two documents are compared.
+pub struct Compare<'a> {
+    /// Keys left out wherever they appear.
+    pub ignore: &'a [String],
+    /// Numbers compared as written rather than by value.
+    pub numbers_as_text: bool,
+}
+
+/// The first JSON path where `a` and `b` differ (keys in sorted order, numbers by value unless
+/// `numbers_as_text`, `ignore`d keys left out), with both values.
 pub fn first_difference(
     path: &str,
     a: &Value,
     b: &Value,
-    ignore: &[String],
+    how: &Compare,
 ) -> Option<(String, String, String)> {
+    let ignore = how.ignore;
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
             let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
@@ -379,7 +394,7 @@ pub fn first_difference(
                 let here = format!("{path}.{k}");
                 match (x.get(k), y.get(k)) {
                     (Some(u), Some(v)) => {
-                        if let Some(d) = first_difference(&here, u, v, ignore) {
+                        if let Some(d) = first_difference(&here, u, v, how) {
                             return Some(d);
                         }
                     }
@@ -394,7 +409,7 @@ pub fn first_difference(
         }
         (Value::Array(x), Value::Array(y)) => {
             for (i, (u, v)) in x.iter().zip(y).enumerate() {
-                if let Some(d) = first_difference(&format!("{path}[{i}]"), u, v, ignore) {
+                if let Some(d) = first_difference(&format!("{path}[{i}]"), u, v, how) {
                     return Some(d);
                 }
             }
@@ -406,7 +421,11 @@ pub fn first_difference(
                 )
             })
         }
-        (Value::Number(x), Value::Number(y)) if x.as_f64() == y.as_f64() => None,
+        (Value::Number(x), Value::Number(y))
+            if !how.numbers_as_text && x.as_f64() == y.as_f64() =>
+        {
+            None
+        }
         _ if a == b => None,
         _ => Some((path.to_string(), a.to_string(), b.to_string())),
     }
@@ -420,14 +439,31 @@ mod tests {
     fn documents_compare_semantically_and_name_the_first_difference() {
         let a: Value = serde_json::from_str(r#"{"b": [1, {"x": 2.0, "t": 1}], "a": "s"}"#).unwrap();
         let b: Value = serde_json::from_str(r#"{"a": "s", "b": [1.0, {"t": 9, "x": 2}]}"#).unwrap();
+        let by_value = Compare {
+            ignore: &[],
+            numbers_as_text: false,
+        };
         assert_eq!(
-            first_difference("$", &a, &b, &[]),
+            first_difference("$", &a, &b, &by_value),
             Some(("$.b[1].t".into(), "1".into(), "9".into()))
         );
-        assert_eq!(first_difference("$", &a, &b, &["t".into()]), None);
+        let ignore_t = ["t".to_string()];
+        let without_t = Compare {
+            ignore: &ignore_t,
+            numbers_as_text: false,
+        };
+        assert_eq!(first_difference("$", &a, &b, &without_t), None);
+        let as_text = Compare {
+            ignore: &ignore_t,
+            numbers_as_text: true,
+        };
+        assert_eq!(
+            first_difference("$", &a, &b, &as_text),
+            Some(("$.b[0]".into(), "1".into(), "1.0".into()))
+        );
         let c: Value = serde_json::from_str(r#"{"a": "s", "b": [1]}"#).unwrap();
         assert_eq!(
-            first_difference("$", &a, &c, &[]),
+            first_difference("$", &a, &c, &by_value),
             Some(("$.b.length".into(), "2".into(), "1".into()))
         );
     }
