@@ -206,6 +206,11 @@ async fn measure(
     let config = DatabaseConfig::from_file(&file, &mut omsgate::config::Problems::default());
     let paths = Arc::new(QueryPaths::new(&config).expect("pool"));
     paths.warm().await;
+    // The configured query of the annotated config.toml, not a built-in one.
+    let query = omsgate::db::queries::reference()
+        .get("invoice_with_lines")
+        .cloned()
+        .expect("config.toml defines [queries.invoice_with_lines]");
     let naive = {
         let mut pg: tokio_postgres::Config = url.parse().expect("url");
         pg.options(format!("-c search_path={SCHEMA}"));
@@ -223,18 +228,17 @@ async fn measure(
             .expect("pool")
     };
     let one = {
-        let (paths, naive, sample) = (paths.clone(), naive.clone(), sample.clone());
+        let (paths, naive, sample, query) =
+            (paths.clone(), naive.clone(), sample.clone(), query.clone());
         move |i: usize| {
-            let (paths, naive, sample) = (paths.clone(), naive.clone(), sample.clone());
+            let (paths, naive, sample, query) =
+                (paths.clone(), naive.clone(), sample.clone(), query.clone());
             async move {
                 let (tenant, id) = &sample[i % sample.len()];
                 match scenario {
                     Scenario::Pooled { .. } => {
                         let params = Params(vec![("id".into(), id.clone())]);
-                        match paths
-                            .answer("invoice_with_lines", tenant, &params, None)
-                            .await
-                        {
+                        match paths.answer(&query, tenant, None, &params, None).await {
                             Ok(Some(r)) if r.status == 200 => Ok(0),
                             other => Err(format!("{other:?}")),
                         }

@@ -164,6 +164,9 @@ pub struct FileConfig {
     /// Trust shared by every outgoing TLS client.
     #[serde(default)]
     pub tls: crate::tls::TlsFile,
+    /// Pooled queries (`[queries.NAME]`), bound to routes with `query = "NAME"`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub queries: std::collections::BTreeMap<String, crate::db::queries::QueryFile>,
     /// Routes, matched in order; unmatched requests belong to the route `other`.
     #[serde(default, rename = "route")]
     pub routes: Vec<crate::routes::RouteFile>,
@@ -274,6 +277,8 @@ pub struct Config {
     pub audit: crate::audit::AuditConfig,
     /// Database.
     pub database: crate::db::DatabaseConfig,
+    /// Pooled queries by name.
+    pub queries: crate::db::queries::Queries,
     /// Path canonicalisation.
     pub paths: crate::canonical::PathsConfig,
     /// Trust of outgoing TLS clients.
@@ -353,6 +358,18 @@ impl Config {
     /// (reported with their key and left out, see [`parse_file_lenient`]), unknown keys, and
     /// everything the sections' validation finds in the rest.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let (config, problems) = Config::parse_with_problems(text)?;
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// [`Config::parse`] that returns the config with every problem found (the config is only
+    /// meaningful where no problem names it), for checks that add their own problems to the
+    /// list (`check-config --database`).
+    pub fn parse_with_problems(text: &str) -> Result<(Config, Vec<Problem>), ConfigError> {
         let parsed = parse_file_lenient(text)?;
         let mut problems = Problems::default();
         for key in &parsed.unknown {
@@ -362,18 +379,14 @@ impl Config {
             );
         }
         let config = Config::from_file(&parsed.file, text, &mut problems);
-        if problems.is_empty() && parsed.problems.is_empty() {
-            Ok(config)
-        } else {
-            // The type problems name routes by their index in the text already; the others
-            // by their index among the routes left.
-            let mut list = parsed.problems.clone();
-            list.extend(problems.list.into_iter().map(|p| Problem {
-                key: parsed.original_key(&p.key),
-                reason: p.reason,
-            }));
-            Err(ConfigError::Invalid(list))
-        }
+        // The type problems name routes by their index in the text already; the others by
+        // their index among the routes left.
+        let mut list = parsed.problems.clone();
+        list.extend(problems.list.into_iter().map(|p| Problem {
+            key: parsed.original_key(&p.key),
+            reason: p.reason,
+        }));
+        Ok((config, list))
     }
 
     /// Converts the file layer; problems are recorded, and the returned value is only
@@ -480,6 +493,24 @@ impl Config {
         database.trust_roots = tls.extra_roots.clone();
         audit.tls_ca_file = tls.ca_file.clone();
         let routes = crate::routes::Router::from_file(&file.routes, &rate_limit, p);
+        let queries = crate::db::queries::Queries::from_file(&file.queries, p);
+        for (i, r) in file.routes.iter().enumerate() {
+            let Some(q) = &r.query else { continue };
+            let pattern = crate::routes::PathPattern::parse(&r.path).ok();
+            let methods: Vec<http::Method> = r
+                .methods
+                .iter()
+                .filter_map(|m| http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok())
+                .collect();
+            // A query with problems of its own is reported under its key, not again here.
+            if !file.queries.contains_key(q) || queries.get(q).is_some() {
+                if let Err(e) =
+                    crate::db::queries::check_binding(q, &queries, pattern.as_ref(), &methods)
+                {
+                    p.push(format!("route[{i}].query"), e);
+                }
+            }
+        }
         if database.url.is_none() {
             for (i, r) in file.routes.iter().enumerate() {
                 if r.query.is_some() {
@@ -505,6 +536,7 @@ impl Config {
             rate_limit,
             audit,
             database,
+            queries,
             paths,
             tls,
             routes,

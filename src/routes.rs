@@ -323,7 +323,7 @@ pub struct Route {
     pub compression: Option<bool>,
     /// Rate-limit policy names (validated against `[rate_limit.policies]`).
     pub rate_limit: Vec<String>,
-    /// Pooled query name (validated by the `db` module).
+    /// Pooled query name (a `[queries.NAME]`, checked by `Config::from_file`).
     pub query: Option<String>,
     /// Audit options.
     pub audit: crate::audit::RouteAudit,
@@ -457,11 +457,6 @@ impl Router {
                         format!("{key}.rate_limit[{j}]"),
                         format!("no policy `{name}` in [rate_limit.policies]"),
                     );
-                }
-            }
-            if let Some(q) = &f.query {
-                if let Err(e) = crate::db::check_query_binding(q, pattern.as_ref(), &methods) {
-                    p.push(format!("{key}.query"), e);
                 }
             }
             let audit =

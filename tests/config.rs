@@ -114,6 +114,9 @@ name = "invoice"
 path = "/api/v1/invoices/{id}"
 methods = ["GET"]
 query = "invoice_with_lines"
+[queries.invoice_with_lines]
+sql = "SELECT omsgate_invoice_with_lines($tenant, $id)"
+params.id = { from = "path", type = "uuid" }
 "#,
     );
     assert_eq!(code, 64, "{stderr}");

@@ -1160,9 +1160,10 @@ query = "invoice_with_lines"
 "#;
     let mut config = gateway_config(sim.addr, &pki, &server.url()).replace(TENANT_ROUTES, routes);
     config.push_str(&format!(
-        "\n[database]\nurl = \"{}\"\nschema = \"{}\"\nmin_idle = 1\nmax_connections = 2\n",
+        "\n[database]\nurl = \"{}\"\nschema = \"{}\"\nmin_idle = 1\nmax_connections = 2\n\n{}",
         db_support::database_url(),
-        schema.name
+        schema.name,
+        db_support::reference_queries_toml()
     ));
     let gw = Gateway::start(&config);
     let http = client();

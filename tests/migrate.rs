@@ -426,3 +426,220 @@ async fn the_subcommand_migrates_and_reports_status() {
     );
     s.drop_schema().await;
 }
+
+/// `migrate --dir DIR`: the operator's files run after the bundled ones, in the same table with
+/// `source = 'operator'` (their own numbering), with status, a no-op rerun, a changed file refused
+/// and a badly named file reported.
+#[tokio::test]
+async fn operator_migrations_run_after_the_bundled_ones() {
+    let s = TestSchema::reference("mig_dir").await;
+    let url = database_url();
+    let dir = std::env::temp_dir().join(db_support::unique("mig_dir"));
+    std::fs::create_dir_all(&dir).unwrap();
+    // 0001 uses the bundled migration 0006's view, so it must run after the bundled ones.
+    let function = "CREATE FUNCTION op_invoice_count(p_tenant text) RETURNS json LANGUAGE sql STABLE
+    AS $$ SELECT json_build_object('count', count(*)) FROM omsgate_invoice_docs WHERE tenant_id = p_tenant $$;\n";
+    std::fs::write(dir.join("0001_invoice_count.sql"), function).unwrap();
+    std::fs::write(
+        dir.join("0002_idx_customer.sql"),
+        "-- omsgate: no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS idx_op_customer ON invoices (tenant_id, customer);\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("README.txt"), "not a migration").unwrap();
+    let dir_arg = dir.display().to_string();
+    let base = [
+        "migrate",
+        "--database-url",
+        url.as_str(),
+        "--schema",
+        s.name.as_str(),
+        "--dir",
+        dir_arg.as_str(),
+    ];
+
+    let (code, text) = omsgate(&[&base[..], &["status"]].concat());
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("Operator migrations (--dir)"), "{text}");
+    assert!(
+        text.contains("0 applied, 2 pending, 0 changed-checksum"),
+        "{text}"
+    );
+
+    let (code, text) = omsgate(&base);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(&format!("Applied {} migration(s)", MIGRATIONS.len())),
+        "{text}"
+    );
+    assert!(
+        text.contains("operator 0001_invoice_count ... done"),
+        "{text}"
+    );
+    assert!(text.contains("Applied 2 migration(s)"), "{text}");
+    assert_eq!(
+        s.scalar("SELECT string_agg(source || ':' || version, ',' ORDER BY source, version) FROM omsgate_migrations")
+            .await
+            .as_deref(),
+        Some("bundled:1,bundled:2,bundled:3,bundled:4,bundled:5,bundled:6,bundled:7,operator:1,operator:2")
+    );
+    assert_eq!(
+        s.scalar("SELECT op_invoice_count('nobody')::text")
+            .await
+            .as_deref(),
+        Some(r#"{"count" : 0}"#)
+    );
+    assert_eq!(
+        s.scalar(
+            "SELECT indisvalid::text FROM pg_index WHERE indexrelid = 'idx_op_customer'::regclass"
+        )
+        .await
+        .as_deref(),
+        Some("true")
+    );
+
+    let (code, text) = omsgate(&[&base[..], &["status"]].concat());
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("2 applied, 0 pending, 0 changed-checksum"),
+        "{text}"
+    );
+    let (code, text) = omsgate(&base);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("the operator migrations are up to date (2 applied)"),
+        "{text}"
+    );
+
+    // An applied operator file changed: refused, nothing runs.
+    std::fs::write(
+        dir.join("0001_invoice_count.sql"),
+        format!("{function}-- edited\n"),
+    )
+    .unwrap();
+    let (code, text) = omsgate(&base);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("differ from the operator file(s)"), "{text}");
+    assert!(text.contains("0001_invoice_count"), "{text}");
+    std::fs::write(dir.join("0001_invoice_count.sql"), function).unwrap();
+
+    // A .sql file that is not NNNN_name.sql.
+    std::fs::write(dir.join("functions.sql"), "SELECT 1;").unwrap();
+    let (code, text) = omsgate(&base);
+    assert_eq!(code, 64, "{text}");
+    assert!(
+        text.contains("`functions.sql` is not named NNNN_name.sql"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    s.drop_schema().await;
+}
+
+/// A tracking table of an older omsgate (key `version`, no `source`) is upgraded in place: its
+/// rows become bundled ones, applied migrations stay applied.
+#[tokio::test]
+async fn an_older_tracking_table_gets_its_source_column() {
+    let s = TestSchema::reference("mig_upgrade").await;
+    s.client
+        .batch_execute(&format!(
+            "CREATE TABLE omsgate_migrations (version integer PRIMARY KEY, name text NOT NULL,
+                 checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(),
+                 duration_ms bigint NOT NULL);
+             CREATE INDEX idx_invoices_tenant_status_date ON invoices (tenant_id, invoice_status, invoice_date);
+             INSERT INTO omsgate_migrations (version, name, checksum, duration_ms)
+                 VALUES (1, '{}', '{}', 1);",
+            MIGRATIONS[0].name,
+            MIGRATIONS[0].checksum()
+        ))
+        .await
+        .unwrap();
+    let migrator = Migrator::new(&s.name).unwrap();
+    let status = migrator.status(&s.client).await.unwrap();
+    assert!(
+        matches!(status.migrations[0].state, State::Applied { .. }),
+        "{status:?}"
+    );
+    assert_eq!(status.pending(), MIGRATIONS.len() - 1);
+    let (report, _) = migrate(&s).await.unwrap();
+    assert_eq!(report.applied.len(), MIGRATIONS.len() - 1);
+    assert_eq!(
+        s.scalar("SELECT count(*) FILTER (WHERE source = 'bundled') || '/' || count(*) FROM omsgate_migrations")
+            .await
+            .as_deref(),
+        Some(format!("{0}/{0}", MIGRATIONS.len()).as_str())
+    );
+    assert_eq!(
+        s.scalar(
+            "SELECT string_agg(a.attname, ',' ORDER BY k.ord) FROM pg_constraint c,
+                 unnest(c.conkey) WITH ORDINALITY k(att, ord)
+                 JOIN pg_attribute a ON a.attnum = k.att
+             WHERE c.conrelid = 'omsgate_migrations'::regclass AND c.contype = 'p'
+               AND a.attrelid = c.conrelid"
+        )
+        .await
+        .as_deref(),
+        Some("source,version")
+    );
+    s.drop_schema().await;
+}
+
+/// A bundled index migration whose table or column the OMS's schema lacks is skipped with a
+/// clear message instead of failing the run, shown as skipped by `status` (which counts it as up
+/// to date), and applied by a later run once the column exists.
+#[tokio::test]
+async fn index_migrations_for_a_missing_table_or_column_are_skipped() {
+    let s = TestSchema::reference("mig_skip").await;
+    s.client
+        .batch_execute("ALTER TABLE payments DROP COLUMN payment_date; DROP TABLE audit_events;")
+        .await
+        .unwrap();
+    let indexes = &MIGRATIONS[..5];
+    let migrator = Migrator::with_migrations(&s.name, indexes).unwrap();
+    let out = SharedBuf::default();
+    let report = migrator
+        .run(&s.client, RunOptions::default(), &mut out.clone())
+        .await
+        .unwrap();
+    let text = out.text();
+    assert_eq!(
+        report.applied,
+        [
+            "0001_idx_invoices_tenant_status_date",
+            "0004_idx_invoice_lines_invoice",
+            "0005_idx_payments_invoice"
+        ],
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "Skipping 0002_idx_payments_tenant_date: table payments has no column payment_date"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("Skipping 0003_idx_audit_events_tenant_timestamp: no table audit_events"),
+        "{text}"
+    );
+    let status = migrator.status(&s.client).await.unwrap();
+    assert_eq!(status.skipped(), 2, "{status:?}");
+    assert!(status.up_to_date());
+    assert!(
+        status.migrations[1]
+            .to_string()
+            .contains("skipped          (table payments has no column payment_date"),
+        "{}",
+        status.migrations[1]
+    );
+
+    // The operator's schema gains the column: the next run builds the index.
+    s.client
+        .batch_execute("ALTER TABLE payments ADD COLUMN payment_date date")
+        .await
+        .unwrap();
+    let report = migrator
+        .run(&s.client, RunOptions::default(), &mut SharedBuf::default())
+        .await
+        .unwrap();
+    assert_eq!(report.applied, ["0002_idx_payments_tenant_date"]);
+    assert_eq!(migrator.status(&s.client).await.unwrap().skipped(), 1);
+    s.drop_schema().await;
+}

@@ -289,7 +289,10 @@ fn defaults_agree_between_print_config_the_docs_table_and_config_toml() {
         } else if let Some((key, value)) = line.split_once(" = ") {
             let path = format!("{section}.{}", key.trim());
             let said = std::mem::take(&mut comment).join(" ");
-            if section == "route" || section.starts_with("rate_limit.policies") {
+            if section == "route"
+                || section.starts_with("rate_limit.policies")
+                || section.starts_with("queries.")
+            {
                 continue;
             }
             if unset.contains(&path.as_str()) {

@@ -7,9 +7,9 @@ mod db_support;
 use std::time::Duration;
 
 use db_support::{
-    check_accepted, seeded_schema, sim_get, sim_with, TestSchema, ACCEPTED, REJECTED,
+    check_accepted, queries_from, reference_queries_toml, reference_query, seeded_schema, sim_get,
+    sim_with, TestSchema, ACCEPTED, NOT_FOUND_404, REJECTED,
 };
-use omsgate::db::query::INVOICE_NOT_FOUND;
 use omsgate::db::seed::{seed_with, SeedOptions};
 use omsgate::db::{DatabaseConfig, DbError, QueryPaths};
 use omsgate::routes::Params;
@@ -48,7 +48,7 @@ async fn from_pool(paths: &QueryPaths, tenant: &str, path: &str) -> (u16, Vec<u8
         None => ("payment_page", Params::default()),
     };
     let r = paths
-        .answer(name, tenant, &params, query)
+        .answer(reference_query(name), tenant, None, &params, query)
         .await
         .unwrap()
         .expect("answered");
@@ -153,7 +153,7 @@ async fn pooled_answers_are_byte_identical_to_the_simulated_oms() {
         );
         let (status, body) =
             from_pool(&paths, "acme", &format!("/api/v1/invoices/{}", globex.id)).await;
-        assert_eq!((status, text(&body)), (404, INVOICE_NOT_FOUND.to_string()));
+        assert_eq!((status, text(&body)), (404, NOT_FOUND_404.to_string()));
     }
     sim.shutdown().await;
     s.drop_schema().await;
@@ -314,6 +314,14 @@ async fn one_statement_per_request() {
     let (s, dataset) = seeded("qp_round_trips").await;
     let inv = &dataset.invoices[10];
     let params = Params(vec![("id".into(), inv.id.to_string())]);
+    // config.toml's queries with the functions qualified by this test's schema, so that the
+    // server's per-statement count (pg_stat_statements) tells this test's calls from those of
+    // tests running in parallel with the same SQL.
+    let queries = queries_from(
+        // (`\"` inside the TOML strings.)
+        &reference_queries_toml().replace("omsgate_", &format!("\\\"{}\\\".omsgate_", s.name)),
+    );
+    let query = |name: &str| queries.get(name).unwrap().clone();
     for prepared in [true, false] {
         let mut config = s.config(prepared);
         config.max_connections = 1;
@@ -322,7 +330,7 @@ async fn one_statement_per_request() {
         // are on), then steady state.
         for q in ["invoice_with_lines", "invoice_page", "payment_page"] {
             paths
-                .answer(q, &inv.tenant_id, &params, Some("limit=5"))
+                .answer(&query(q), &inv.tenant_id, None, &params, Some("limit=5"))
                 .await
                 .unwrap()
                 .unwrap();
@@ -333,7 +341,7 @@ async fn one_statement_per_request() {
         for _ in 0..20 {
             for q in ["invoice_with_lines", "invoice_page", "payment_page"] {
                 let r = paths
-                    .answer(q, &inv.tenant_id, &params, Some("limit=5"))
+                    .answer(&query(q), &inv.tenant_id, None, &params, Some("limit=5"))
                     .await
                     .unwrap();
                 assert_eq!(r.unwrap().status, 200);
@@ -358,12 +366,24 @@ async fn one_statement_per_request() {
         // A malformed id and a 422 need no database at all.
         let bad = Params(vec![("id".into(), "nope".into())]);
         paths
-            .answer("invoice_with_lines", "acme", &bad, None)
+            .answer(
+                reference_query("invoice_with_lines"),
+                "acme",
+                None,
+                &bad,
+                None,
+            )
             .await
             .unwrap()
             .unwrap();
         paths
-            .answer("invoice_page", "acme", &bad, Some("limit=0"))
+            .answer(
+                reference_query("invoice_page"),
+                "acme",
+                None,
+                &bad,
+                Some("limit=0"),
+            )
             .await
             .unwrap()
             .unwrap();
@@ -408,7 +428,13 @@ async fn slow_database_times_out_and_a_busy_pool_reports_exhaustion() {
         config.statement_timeout = Duration::from_millis(300);
         let paths = QueryPaths::new(&config).unwrap();
         paths
-            .answer("invoice_with_lines", &inv.tenant_id, &params, None)
+            .answer(
+                reference_query("invoice_with_lines"),
+                &inv.tenant_id,
+                None,
+                &params,
+                None,
+            )
             .await
             .unwrap();
 
@@ -419,12 +445,24 @@ async fn slow_database_times_out_and_a_busy_pool_reports_exhaustion() {
             .await
             .unwrap();
         let (timeouts, exhausted) = (fallbacks("db_timeout"), fallbacks("pool_timeout"));
-        let slow = paths.answer("invoice_with_lines", &inv.tenant_id, &params, None);
+        let slow = paths.answer(
+            reference_query("invoice_with_lines"),
+            &inv.tenant_id,
+            None,
+            &params,
+            None,
+        );
         let busy = async {
             // Let the slow request take the only connection first.
             tokio::time::sleep(Duration::from_millis(50)).await;
             paths
-                .answer("invoice_with_lines", &inv.tenant_id, &params, None)
+                .answer(
+                    reference_query("invoice_with_lines"),
+                    &inv.tenant_id,
+                    None,
+                    &params,
+                    None,
+                )
                 .await
         };
         let (slow, busy) = tokio::join!(slow, busy);
@@ -442,7 +480,13 @@ async fn slow_database_times_out_and_a_busy_pool_reports_exhaustion() {
 
         // The pool recovers: the next request is answered.
         let r = paths
-            .answer("invoice_with_lines", &inv.tenant_id, &params, None)
+            .answer(
+                reference_query("invoice_with_lines"),
+                &inv.tenant_id,
+                None,
+                &params,
+                None,
+            )
             .await
             .unwrap();
         assert_eq!(r.unwrap().status, 200);
@@ -469,7 +513,13 @@ async fn an_unreachable_database_falls_back_quickly() {
     )]);
     let before = fallbacks("db_unavailable");
     let first = paths
-        .answer("invoice_with_lines", "acme", &params, None)
+        .answer(
+            reference_query("invoice_with_lines"),
+            "acme",
+            None,
+            &params,
+            None,
+        )
         .await;
     assert!(
         matches!(first, Err(DbError::Connect(_)) | Err(DbError::Unavailable)),
@@ -477,7 +527,13 @@ async fn an_unreachable_database_falls_back_quickly() {
     );
     // Within the back-off the pool is not even asked.
     let second = paths
-        .answer("invoice_with_lines", "acme", &params, None)
+        .answer(
+            reference_query("invoice_with_lines"),
+            "acme",
+            None,
+            &params,
+            None,
+        )
         .await;
     assert!(matches!(second, Err(DbError::Unavailable)), "{second:?}");
     assert!(fallbacks("db_unavailable") >= before + 2);
@@ -508,5 +564,185 @@ async fn seeding_again_replaces_the_tenants_rows() {
     assert_eq!(count("invoice_lines").await, dataset.line_count());
     assert_eq!(count("payments").await, dataset.payments.len());
     assert_eq!(count("tenants").await, TENANTS);
+    s.drop_schema().await;
+}
+
+/// A configured query filters by `$tenant`: tenant A never gets B's rows, even for ids that exist
+/// for both; a tenant without the row gets the configured 404; the listing holds A's rows only.
+#[tokio::test]
+async fn a_configured_query_answers_only_the_verified_tenants_rows() {
+    let s = TestSchema::empty("qp_isolation").await;
+    s.client
+        .batch_execute(
+            "CREATE TABLE notes (tenant_id text, id bigint, body text, PRIMARY KEY (tenant_id, id));
+             INSERT INTO notes VALUES ('a', 1, 'a-one'), ('a', 2, 'a-two'),
+                                      ('b', 1, 'b-one'), ('b', 2, 'b-two'), ('b', 3, 'b-three');",
+        )
+        .await
+        .unwrap();
+    let queries = queries_from(
+        r#"
+[queries.note]
+sql = "SELECT json_build_object('id', id, 'body', body) FROM notes WHERE tenant_id = $tenant AND id = $id"
+params.id = { from = "path", type = "int", error_status = 404, error_body = '{"detail":"no"}' }
+on_empty = "404"
+empty_body = '{"detail":"Note not found"}'
+
+[queries.notes]
+sql = "SELECT coalesce(jsonb_agg(body ORDER BY id), '[]') FROM notes WHERE tenant_id = $tenant AND id >= $from"
+params.from = { type = "int", default = 0 }
+"#,
+    );
+    let note = queries.get("note").unwrap();
+    let notes = queries.get("notes").unwrap();
+    for prepared in [true, false] {
+        let paths = QueryPaths::new(&s.config(prepared)).unwrap();
+        let get = |tenant: &'static str, id: &'static str| {
+            let paths = &paths;
+            async move {
+                let params = Params(vec![("id".into(), id.into())]);
+                let r = paths
+                    .answer(note, tenant, None, &params, None)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                (r.status, text(&r.body))
+            }
+        };
+        assert_eq!(
+            get("a", "1").await,
+            (200, r#"{"id":1,"body":"a-one"}"#.into())
+        );
+        assert_eq!(
+            get("b", "1").await,
+            (200, r#"{"id":1,"body":"b-one"}"#.into())
+        );
+        assert_eq!(
+            get("a", "2").await,
+            (200, r#"{"id":2,"body":"a-two"}"#.into())
+        );
+        assert_eq!(
+            get("a", "3").await,
+            (404, r#"{"detail":"Note not found"}"#.into())
+        );
+        assert_eq!(
+            get("c", "1").await,
+            (404, r#"{"detail":"Note not found"}"#.into())
+        );
+        assert_eq!(get("a", "x").await, (404, r#"{"detail":"no"}"#.into()));
+        for (tenant, qs, want) in [
+            ("a", None, r#"["a-one","a-two"]"#),
+            ("b", Some("from=2"), r#"["b-two","b-three"]"#),
+            ("c", None, "[]"),
+        ] {
+            let r = paths
+                .answer(notes, tenant, None, &Params::default(), qs)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (r.status, text(&r.body)),
+                (200, want.to_string()),
+                "{tenant} {qs:?}"
+            );
+        }
+    }
+    s.drop_schema().await;
+}
+
+/// `check-config --database` lists every problem of the queries at once, those of the config
+/// (SQL without `$tenant`, an unknown parameter) and those only the database can tell (a result
+/// of the wrong type, two columns, a missing function, parameter types no function takes), and
+/// exits 64; the same file without them passes.
+#[tokio::test]
+async fn check_config_database_lists_every_query_problem() {
+    let s = TestSchema::empty("qp_check").await;
+    s.client
+        .batch_execute(
+            "CREATE FUNCTION doc(t text, id bigint) RETURNS json LANGUAGE sql STABLE
+                 AS $$ SELECT json_build_object('t', t, 'id', id) $$;
+             CREATE FUNCTION count_of(t text) RETURNS bigint LANGUAGE sql STABLE AS $$ SELECT 1::bigint $$;",
+        )
+        .await
+        .unwrap();
+    let good = r#"
+[queries.good]
+sql = "SELECT doc($tenant, $id)"
+params.id = { from = "query", type = "int" }
+[queries.good_text]
+sql = "SELECT doc($tenant, 1)::text"
+"#;
+    let bad = r#"
+[queries.no_tenant]
+sql = "SELECT doc('acme', 1)"
+[queries.unknown_param]
+sql = "SELECT doc($tenant, $nope)"
+[queries.wrong_type]
+sql = "SELECT count_of($tenant)"
+[queries.two_columns]
+sql = "SELECT doc($tenant, 1), 2"
+[queries.missing_function]
+sql = "SELECT no_such_function($tenant)"
+[queries.wrong_param_type]
+sql = "SELECT doc($tenant, $id)"
+params.id = { type = "uuid" }
+"#;
+    let dir = std::env::temp_dir().join(db_support::unique("qp_check"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |name: &str, queries: &str| {
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[upstream]\nservers = [\"127.0.0.1:9\"]\n[database]\nurl = \"{}\"\nschema = \"{}\"\n{queries}",
+                db_support::database_url(),
+                s.name
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_omsgate"))
+            .args(["check-config", "--database"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = run("good.toml", good);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("2 queries prepared against the database"),
+        "{stdout}"
+    );
+
+    let (code, _, stderr) = run("bad.toml", &format!("{good}{bad}"));
+    assert_eq!(code, Some(64), "{stderr}");
+    for (key, reason) in [
+        ("queries.no_tenant.sql", "does not use $tenant"),
+        ("queries.unknown_param.sql", "unknown parameter `$nope`"),
+        ("queries.wrong_type.sql", "of type int8"),
+        ("queries.two_columns.sql", "returns 2 columns"),
+        (
+            "queries.missing_function.sql",
+            "function no_such_function(text) does not exist",
+        ),
+        (
+            "queries.wrong_param_type.sql",
+            "function doc(text, uuid) does not exist",
+        ),
+    ] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(&format!("{key}: ")) && l.contains(reason)),
+            "`{key}: ...{reason}...` missing from:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("6 configuration problem(s)"), "{stderr}");
+    assert!(!stderr.contains("queries.good"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
     s.drop_schema().await;
 }

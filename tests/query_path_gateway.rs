@@ -50,7 +50,9 @@ async fn seeded_with_sim(prefix: &str) -> (TestSchema, Dataset, SimHandle) {
 
 fn gateway_config(sim: &SimHandle, database: &str) -> String {
     let base = config(sim.addr, "", ROUTES);
-    format!("{base}\n[database]\n{database}\n")
+    // The routes use the queries of the annotated config.toml.
+    let queries = db_support::reference_queries_toml();
+    format!("{base}\n[database]\n{database}\n\n{queries}")
 }
 
 fn database_section(url: &str, schema: &str) -> String {
@@ -314,5 +316,50 @@ async fn an_unreachable_database_sends_every_request_to_the_oms() {
         gw.metrics_text()
     );
     drop(gw);
+    schema.drop_schema().await;
+}
+
+/// `query-check` with the annotated config.toml's queries and their `samples` SQL finds every
+/// sample equal between the simulated OMS and the pooled queries over the same seeded data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn query_check_finds_the_reference_queries_equal_to_the_oms() {
+    let (schema, _dataset, sim) = seeded_with_sim("qpgw_check").await;
+    let text = gateway_config(
+        &sim,
+        &database_section(&db_support::database_url(), &schema.name),
+    )
+    .replace("{listen}", "127.0.0.1:0")
+    .replace("{admin}", "127.0.0.1:1");
+    let dir = common::TestDir::new("qpgw_check");
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(Gateway::bin())
+        .args(["query-check", "--samples", "40", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    // The listing's samples: every tenant x 3 statuses x 2 limits x 2 offsets.
+    let listings = (TENANTS * 3 * 2 * 2).min(40).to_string();
+    for (route, query, samples) in [
+        ("invoice", "invoice_with_lines", "40"),
+        ("invoice_list", "invoice_page", listings.as_str()),
+        ("payments", "payment_page", "40"),
+    ] {
+        let cells: Vec<&str> = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{route} ")))
+            .unwrap_or_else(|| panic!("no row for {route}: {text}"))
+            .split_whitespace()
+            .collect();
+        assert_eq!(cells[1], query, "{text}");
+        assert_eq!(cells[2..], [samples, samples, "0", "0"], "{text}");
+    }
+    sim.shutdown().await;
     schema.drop_schema().await;
 }

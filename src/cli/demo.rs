@@ -87,9 +87,10 @@ pub fn render_config(args: &Args) -> String {
     if let Some(url) = &args.seed_db {
         // toml::Value's Display quotes and escapes the strings.
         text.push_str(&format!(
-            "\n[database]\nurl = {}\nschema = {}\n",
+            "\n[database]\nurl = {}\nschema = {}\n\n{}",
             toml::Value::String(url.clone()),
-            toml::Value::String(args.db_schema.clone())
+            toml::Value::String(args.db_schema.clone()),
+            crate::db::queries::reference_toml()
         ));
     }
     text

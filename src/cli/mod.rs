@@ -7,6 +7,7 @@ pub mod check_config;
 pub mod demo;
 pub mod migrate;
 pub mod print_config;
+pub mod query_check;
 pub mod run;
 pub mod seed_db;
 pub mod sim;
@@ -49,6 +50,9 @@ pub enum Command {
     /// Apply the bundled migrations (indexes, query functions) to the OMS database, or show
     /// their `status`.
     Migrate(migrate::Args),
+    /// Ask the OMS and the pooled query the same sample requests and compare the answers (JSON,
+    /// semantically); exit 1 on any difference.
+    QueryCheck(query_check::Args),
     /// Fill a PostgreSQL database with the simulated OMS's data (reference schema included).
     SeedDb(seed_db::Args),
     /// Load the audit topic into the OMS's `audit_events` table (consumer group, batches,
@@ -65,6 +69,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::CheckConfig(a) => check_config::main(a),
         Command::PrintConfig(a) => print_config::main(a),
         Command::Migrate(a) => migrate::main(a),
+        Command::QueryCheck(a) => query_check::main(a),
         Command::SeedDb(a) => seed_db::main(a),
         Command::AuditSink(a) => audit_sink::main(a),
     }

@@ -47,9 +47,6 @@ impl FallbackReason {
 
 /// Registers every label value, so that `/metrics` lists them at zero from the start.
 pub fn init() {
-    for q in super::QueryName::ALL {
-        DB_QUERY_DURATION.with_label_values(&[q.as_str()]);
-    }
     for r in FallbackReason::ALL {
         DB_FALLBACKS.with_label_values(&[r.as_str()]);
     }
@@ -69,10 +66,15 @@ pub fn count_error() {
 }
 
 /// Records how long a pooled query took.
-pub fn observe_query(query: super::QueryName, seconds: f64) {
+pub fn observe_query(query: &str, seconds: f64) {
     DB_QUERY_DURATION
-        .with_label_values(&[query.as_str()])
+        .with_label_values(&[query])
         .observe(seconds);
+}
+
+/// Registers a configured query's duration series, so that `/metrics` lists it from the start.
+pub fn register_query(query: &str) {
+    DB_QUERY_DURATION.with_label_values(&[query]);
 }
 
 /// Sets the pool gauges from the pool's status.

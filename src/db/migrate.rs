@@ -75,6 +75,62 @@ pub static MIGRATIONS: &[Migration<'static>] = bundled![
     "0007" "audit_events_event_id",
 ];
 
+/// The tables and columns each bundled migration that is not made only of index builds needs
+/// (those of index builds are read from their statements). When the OMS's schema lacks one, the
+/// migration is skipped instead of failing the run. Kept here rather than in the files so that
+/// the files' checksums stay those already recorded.
+/// `(table, columns)` a migration needs.
+type Requires = &'static [(&'static str, &'static [&'static str])];
+
+const BUNDLED_REQUIRES: &[(u32, Requires)] = &[
+    (
+        6,
+        &[
+            (
+                "invoices",
+                &[
+                    "id",
+                    "tenant_id",
+                    "invoice_number",
+                    "invoice_status",
+                    "invoice_date",
+                    "customer",
+                    "currency",
+                    "total",
+                    "created_at",
+                    "updated_at",
+                ],
+            ),
+            (
+                "invoice_lines",
+                &[
+                    "id",
+                    "invoice_id",
+                    "tenant_id",
+                    "line_no",
+                    "sku",
+                    "description",
+                    "quantity",
+                    "unit_price",
+                    "amount",
+                ],
+            ),
+            (
+                "payments",
+                &[
+                    "id",
+                    "tenant_id",
+                    "invoice_id",
+                    "payment_date",
+                    "amount",
+                    "method",
+                ],
+            ),
+        ],
+    ),
+    (7, &[("audit_events", &["request_id"])]),
+];
+
 impl Migration<'_> {
     /// `0001_name`, as the file is named.
     pub fn label(&self) -> String {
@@ -124,6 +180,29 @@ fn concurrent_index_name(statement: &str) -> Option<String> {
     }
     let name = words.next()?.trim_matches('"');
     (name != "on").then(|| name.to_string())
+}
+
+/// The table and plain columns of a `CREATE [UNIQUE] INDEX CONCURRENTLY ... ON table (a, b)`
+/// statement (names unquoted, lower-cased; a schema prefix dropped; expressions left out).
+fn index_target(statement: &str) -> Option<(String, Vec<String>)> {
+    concurrent_index_name(statement)?;
+    let text = strip_comments(statement).to_ascii_lowercase();
+    let after = text.split_once(" on ")?.1.trim_start();
+    let after = after.strip_prefix("only ").unwrap_or(after).trim_start();
+    let open = after.find('(')?;
+    let table = after[..open].split_whitespace().next()?;
+    let table = table.rsplit('.').next()?.trim_matches('"').to_string();
+    let close = after.rfind(')')?;
+    let columns = after[open + 1..close]
+        .split(',')
+        .filter_map(|c| {
+            let word = c.split_whitespace().next()?.trim_matches('"');
+            word.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                .then(|| word.to_string())
+        })
+        .collect();
+    Some((table, columns))
 }
 
 fn strip_comments(sql: &str) -> String {
@@ -243,6 +322,12 @@ pub enum State {
         /// The checksum recorded when it was applied.
         recorded: String,
     },
+    /// Not recorded, and not applicable: a bundled index migration whose table or column the
+    /// OMS's schema lacks. Not recorded either, so it runs once the column exists.
+    Skipped {
+        /// What is missing (`table invoice_lines has no column line_no`).
+        reason: String,
+    },
 }
 
 /// One line of `omsgate migrate status`.
@@ -271,6 +356,11 @@ impl fmt::Display for MigrationStatus {
             )?,
             State::Pending => write!(f, "{:<42} pending", self.label)?,
             State::Changed { .. } => write!(f, "{:<42} CHANGED-CHECKSUM", self.label)?,
+            State::Skipped { reason } => write!(
+                f,
+                "{:<42} skipped          ({reason}: the schema differs from the reference one)",
+                self.label
+            )?,
         }
         for idx in &self.invalid_indexes {
             write!(
@@ -301,11 +391,20 @@ impl Status {
             .count()
     }
 
-    /// Whether everything is applied, unchanged and valid.
-    pub fn up_to_date(&self) -> bool {
+    /// Migrations skipped because the schema lacks their table or column.
+    pub fn skipped(&self) -> usize {
         self.migrations
             .iter()
-            .all(|m| matches!(m.state, State::Applied { .. }) && m.invalid_indexes.is_empty())
+            .filter(|m| matches!(m.state, State::Skipped { .. }))
+            .count()
+    }
+
+    /// Whether everything is applied (or skipped), unchanged and valid.
+    pub fn up_to_date(&self) -> bool {
+        self.migrations.iter().all(|m| {
+            matches!(m.state, State::Applied { .. } | State::Skipped { .. })
+                && m.invalid_indexes.is_empty()
+        })
     }
 }
 
@@ -329,11 +428,61 @@ pub struct RunReport {
     pub waited_for_lock: bool,
 }
 
+/// The `source` of the bundled migrations in `omsgate_migrations`.
+pub const BUNDLED: &str = "bundled";
+/// The `source` of the operator's migrations (`omsgate migrate --dir`).
+pub const OPERATOR: &str = "operator";
+
+/// The operator's migrations of `dir`: every `NNNN_name.sql` file (`name` of
+/// `[A-Za-z0-9_]`), as `(version, name, sql)` sorted by version. Any other `.sql` file name, or
+/// two files with one version, is an error; files not ending in `.sql` are ignored.
+pub fn load_dir(dir: &std::path::Path) -> Result<Vec<(u32, String, String)>, DbError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| DbError::Config(format!("--dir {}: {e}", dir.display())))?;
+    let mut out: Vec<(u32, String, String)> = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| DbError::Config(format!("--dir {}: {e}", dir.display())))?;
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(stem) = file.strip_suffix(".sql") else {
+            continue;
+        };
+        let parsed = stem.split_once('_').and_then(|(v, n)| {
+            let ok = !v.is_empty()
+                && v.bytes().all(|b| b.is_ascii_digit())
+                && !n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            ok.then(|| Some((v.parse::<u32>().ok()?, n.to_string())))
+                .flatten()
+        });
+        let Some((version, name)) = parsed else {
+            return Err(DbError::Config(format!(
+                "--dir {}: `{file}` is not named NNNN_name.sql (digits, `_`, then letters, digits \
+                 and `_`)",
+                dir.display()
+            )));
+        };
+        let sql = std::fs::read_to_string(entry.path())
+            .map_err(|e| DbError::Config(format!("{}: {e}", entry.path().display())))?;
+        if let Some(other) = out.iter().find(|m| m.0 == version) {
+            return Err(DbError::Config(format!(
+                "--dir {}: `{file}` and `{:04}_{}.sql` have the same version {version}",
+                dir.display(),
+                other.0,
+                other.1
+            )));
+        }
+        out.push((version, name, sql));
+    }
+    out.sort_by_key(|m| m.0);
+    Ok(out)
+}
+
 /// Applies migrations to one schema over one connection.
 pub struct Migrator<'m> {
     schema: String,
     migrations: &'m [Migration<'m>],
     lock_poll: Duration,
+    source: &'static str,
 }
 
 impl Migrator<'static> {
@@ -359,7 +508,20 @@ impl<'m> Migrator<'m> {
             schema: schema.to_string(),
             migrations,
             lock_poll: Duration::from_millis(200),
+            source: BUNDLED,
         })
+    }
+
+    /// The same runner recording its migrations under `source` ([`BUNDLED`] by default,
+    /// [`OPERATOR`] for `--dir`).
+    pub fn with_source(mut self, source: &'static str) -> Migrator<'m> {
+        self.source = source;
+        self
+    }
+
+    /// The source its migrations are recorded under.
+    pub fn source(&self) -> &'static str {
+        self.source
     }
 
     /// The advisory lock key: one per schema, so runners on different schemas do not wait for
@@ -413,13 +575,24 @@ impl<'m> Migrator<'m> {
         )
         .await?;
         let mut recorded: Vec<(u32, String, String, String, i64)> = Vec::new();
-        if exists.first().and_then(|r| r.first()).map(String::as_str) == Some("t") {
+        let exists = exists.first().and_then(|r| r.first()).map(String::as_str) == Some("t");
+        // A table of an older omsgate has no `source` column: all its rows are bundled ones.
+        let filter = if !exists {
+            None
+        } else if self.has_source_column(client).await? {
+            Some(format!("WHERE source = {}", literal(self.source)))
+        } else if self.source == BUNDLED {
+            Some(String::new())
+        } else {
+            None
+        };
+        if let Some(filter) = filter {
             for r in simple_rows(
                 client,
                 &format!(
                     "SELECT version, name, checksum, \
                      to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
-                     duration_ms FROM {table} ORDER BY version"
+                     duration_ms FROM {table} {filter} ORDER BY version"
                 ),
             )
             .await?
@@ -433,7 +606,10 @@ impl<'m> Migrator<'m> {
         let mut status = Status::default();
         for m in self.migrations {
             let state = match recorded.iter().find(|r| r.0 == m.version) {
-                None => State::Pending,
+                None => match self.missing_for(client, m).await? {
+                    Some(reason) => State::Skipped { reason },
+                    None => State::Pending,
+                },
                 Some(r) if r.2 == m.checksum() => State::Applied {
                     applied_at: r.3.clone(),
                     duration_ms: r.4,
@@ -460,6 +636,115 @@ impl<'m> Migrator<'m> {
             .map(|r| (r.0, r.1.clone()))
             .collect();
         Ok(status)
+    }
+
+    /// For a bundled migration made only of `CREATE INDEX CONCURRENTLY ... ON table (columns)`,
+    /// or listed in [`BUNDLED_REQUIRES`]: the first table or column it needs that the schema
+    /// lacks.
+    async fn missing_for(
+        &self,
+        client: &Client,
+        m: &Migration<'_>,
+    ) -> Result<Option<String>, DbError> {
+        if self.source != BUNDLED {
+            return Ok(None);
+        }
+        let targets: Vec<(String, Vec<String>)> =
+            match BUNDLED_REQUIRES.iter().find(|(v, _)| *v == m.version) {
+                Some((_, tables)) => tables
+                    .iter()
+                    .map(|(t, cols)| (t.to_string(), cols.iter().map(|c| c.to_string()).collect()))
+                    .collect(),
+                None => {
+                    let statements = split_statements(m.sql);
+                    let targets: Vec<(String, Vec<String>)> =
+                        statements.iter().filter_map(|s| index_target(s)).collect();
+                    if targets.is_empty() || targets.len() != statements.len() {
+                        return Ok(None);
+                    }
+                    targets
+                }
+            };
+        for (table, columns) in targets {
+            let have: Vec<String> = simple_rows(
+                client,
+                &format!(
+                    "SELECT column_name FROM information_schema.columns \
+                     WHERE table_schema = {} AND table_name = {}",
+                    literal(&self.schema),
+                    literal(&table)
+                ),
+            )
+            .await?
+            .into_iter()
+            .filter_map(|r| r.into_iter().next())
+            .collect();
+            if have.is_empty() {
+                return Ok(Some(format!("no table {table}")));
+            }
+            if let Some(c) = columns.iter().find(|c| !have.contains(c)) {
+                return Ok(Some(format!("table {table} has no column {c}")));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn has_source_column(&self, client: &Client) -> Result<bool, DbError> {
+        let rows = simple_rows(
+            client,
+            &format!(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = {} \
+                 AND table_name = 'omsgate_migrations' AND column_name = 'source'",
+                literal(&self.schema)
+            ),
+        )
+        .await?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Creates the tracking table, or upgrades one of an older omsgate: adds `source` (its rows
+    /// are bundled ones) and makes the key `(source, version)`.
+    async fn ensure_table(&self, client: &Client) -> Result<(), DbError> {
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS omsgate_migrations (\
+                   source      text NOT NULL DEFAULT 'bundled',\
+                   version     integer NOT NULL,\
+                   name        text NOT NULL,\
+                   checksum    text NOT NULL,\
+                   applied_at  timestamptz NOT NULL DEFAULT now(),\
+                   duration_ms bigint NOT NULL,\
+                   PRIMARY KEY (source, version));\
+                 ALTER TABLE omsgate_migrations \
+                   ADD COLUMN IF NOT EXISTS source text NOT NULL DEFAULT 'bundled'",
+            )
+            .await?;
+        let key = simple_rows(
+            client,
+            "SELECT conname, array_length(conkey, 1) FROM pg_constraint \
+             WHERE conrelid = 'omsgate_migrations'::regclass AND contype = 'p'",
+        )
+        .await?;
+        match key.first() {
+            Some(r) if r[1] == "2" => {}
+            Some(r) => {
+                client
+                    .batch_execute(&format!(
+                        "ALTER TABLE omsgate_migrations DROP CONSTRAINT {}, \
+                         ADD PRIMARY KEY (source, version)",
+                        quote_ident(&r[0])
+                    ))
+                    .await?
+            }
+            None => {
+                client
+                    .batch_execute(
+                        "ALTER TABLE omsgate_migrations ADD PRIMARY KEY (source, version)",
+                    )
+                    .await?
+            }
+        }
+        Ok(())
     }
 
     /// Names of the bundled migrations' indexes that exist in the schema but are invalid.
@@ -557,18 +842,19 @@ impl<'m> Migrator<'m> {
         out: &mut dyn Write,
         report: &mut RunReport,
     ) -> Result<(), DbError> {
-        client
-            .batch_execute(
-                "CREATE TABLE IF NOT EXISTS omsgate_migrations (\
-                   version     integer PRIMARY KEY,\
-                   name        text NOT NULL,\
-                   checksum    text NOT NULL,\
-                   applied_at  timestamptz NOT NULL DEFAULT now(),\
-                   duration_ms bigint NOT NULL)",
-            )
-            .await?;
+        self.ensure_table(client).await?;
         let status = self.read_status(client).await?;
         self.refuse_changed(&status)?;
+        for s in &status.migrations {
+            if let State::Skipped { reason } = &s.state {
+                writeln!(
+                    out,
+                    "Skipping {}: {reason} (the schema differs from the reference one; it runs \
+                     once they exist).",
+                    s.label
+                )?;
+            }
+        }
         let steps: Vec<(&Migration, &MigrationStatus)> = self
             .migrations
             .iter()
@@ -576,12 +862,22 @@ impl<'m> Migrator<'m> {
             .filter(|(_, s)| s.state == State::Pending || !s.invalid_indexes.is_empty())
             .collect();
         if steps.is_empty() {
-            writeln!(
-                out,
-                "Schema `{}` is up to date ({} migrations applied).",
-                self.schema,
-                self.migrations.len()
-            )?;
+            if self.source == BUNDLED {
+                writeln!(
+                    out,
+                    "Schema `{}` is up to date ({} migrations applied).",
+                    self.schema,
+                    self.migrations.len()
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "Schema `{}`: the {} migrations are up to date ({} applied).",
+                    self.schema,
+                    self.source,
+                    self.migrations.len()
+                )?;
+            }
             return Ok(());
         }
         let total = Instant::now();
@@ -607,7 +903,11 @@ impl<'m> Migrator<'m> {
                 report.rebuilt.push(idx.clone());
             }
             let started = Instant::now();
-            write!(out, "[{}/{}] {} ... ", n + 1, steps.len(), m.label())?;
+            let label = match self.source {
+                BUNDLED => m.label(),
+                other => format!("{other} {}", m.label()),
+            };
+            write!(out, "[{}/{}] {label} ... ", n + 1, steps.len())?;
             out.flush()?;
             match self.apply(client, m, s.state == State::Pending).await {
                 Ok(()) => {
@@ -645,8 +945,8 @@ impl<'m> Migrator<'m> {
                         .map(|m| m.checksum())
                         .unwrap_or_default();
                     Some(format!(
-                        "  - {} (recorded {recorded}, bundled {now})",
-                        s.label
+                        "  - {} (recorded {recorded}, {} {now})",
+                        s.label, self.source
                     ))
                 }
                 _ => None,
@@ -656,11 +956,12 @@ impl<'m> Migrator<'m> {
             return Ok(());
         }
         Err(DbError::Refused(format!(
-            "refusing to migrate schema `{}`: {} applied migration(s) differ from the bundled \
+            "refusing to migrate schema `{}`: {} applied migration(s) differ from the {} \
              file(s):\n{}\nAn applied migration must never change; restore the original file and \
              put the change in a new migration.",
             self.schema,
             changed.len(),
+            self.source,
             changed.join("\n")
         )))
     }
@@ -671,8 +972,9 @@ impl<'m> Migrator<'m> {
         let started = Instant::now();
         let insert = |duration: Duration| {
             format!(
-                "INSERT INTO omsgate_migrations (version, name, checksum, duration_ms) \
-                 VALUES ({}, {}, {}, {})",
+                "INSERT INTO omsgate_migrations (source, version, name, checksum, duration_ms) \
+                 VALUES ({}, {}, {}, {}, {})",
+                literal(self.source),
                 m.version,
                 literal(m.name),
                 literal(&m.checksum()),
@@ -711,6 +1013,9 @@ impl<'m> Migrator<'m> {
         self.refuse_changed(&status)?;
         let mut any = false;
         for (m, s) in self.migrations.iter().zip(&status.migrations) {
+            if let State::Skipped { reason } = &s.state {
+                writeln!(out, "-- {}: skipped ({reason})\n", m.label())?;
+            }
             for idx in &s.invalid_indexes {
                 any = true;
                 writeln!(out, "-- {}: rebuild invalid index {idx}", m.label())?;
@@ -786,6 +1091,27 @@ fn elapsed(since: Instant) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn index_targets_are_read_from_the_statement() {
+        assert_eq!(
+            index_target(
+                "-- c\nCREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS i\n ON public.\"Invoices\" (tenant_id, lower(x), \"line_no\" DESC)"
+            ),
+            Some((
+                "invoices".to_string(),
+                vec!["tenant_id".to_string(), "line_no".to_string()]
+            ))
+        );
+        assert_eq!(index_target("ALTER TABLE t ADD COLUMN c int"), None);
+        for m in &MIGRATIONS[..5] {
+            let targets: Vec<_> = split_statements(m.sql)
+                .iter()
+                .filter_map(|s| index_target(s))
+                .collect();
+            assert_eq!(targets.len(), 1, "{}", m.label());
+        }
+    }
 
     #[test]
     fn bundled_list_matches_the_directory() {

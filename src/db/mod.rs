@@ -14,10 +14,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Problems;
-use crate::routes::PathPattern;
 
 pub mod metrics;
 pub mod migrate;
+pub mod queries;
 pub mod query;
 pub mod seed;
 pub mod serve;
@@ -281,88 +281,6 @@ pub fn redact_url(url: &str) -> String {
     url.to_string()
 }
 
-// === Query bindings ===
-
-/// A pooled query path a route can be bound to with `query = "..."`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum QueryName {
-    /// One invoice with its lines (`omsgate_invoice_with_lines`); path parameter `id`.
-    InvoiceWithLines,
-    /// A page of the tenant's invoices with their lines (`omsgate_invoice_page`); query string
-    /// `status`, `limit`, `offset`.
-    InvoicePage,
-    /// A page of the tenant's payments, optionally of one invoice (`omsgate_payment_page`);
-    /// query string `invoice_id`, `limit`, `offset`.
-    PaymentPage,
-}
-
-impl QueryName {
-    /// Every query, in a stable order (for pre-registering metrics).
-    pub const ALL: [QueryName; 3] = [
-        QueryName::InvoiceWithLines,
-        QueryName::InvoicePage,
-        QueryName::PaymentPage,
-    ];
-
-    /// The name used in config and as the metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            QueryName::InvoiceWithLines => "invoice_with_lines",
-            QueryName::InvoicePage => "invoice_page",
-            QueryName::PaymentPage => "payment_page",
-        }
-    }
-
-    /// Parses a config name.
-    pub fn parse(name: &str) -> Option<QueryName> {
-        QueryName::ALL.into_iter().find(|q| q.as_str() == name)
-    }
-
-    /// Path parameters the query needs from the route pattern.
-    pub fn path_params(self) -> &'static [&'static str] {
-        match self {
-            QueryName::InvoiceWithLines => &["id"],
-            QueryName::InvoicePage | QueryName::PaymentPage => &[],
-        }
-    }
-}
-
-/// Checks a route's `query = "..."` binding: a known query, a GET route, the parameters it needs.
-pub fn check_query_binding(
-    name: &str,
-    pattern: Option<&PathPattern>,
-    methods: &[http::Method],
-) -> Result<(), String> {
-    let Some(query) = QueryName::parse(name) else {
-        let known: Vec<&str> = QueryName::ALL.iter().map(|q| q.as_str()).collect();
-        return Err(format!(
-            "unknown query `{name}` (known: {})",
-            known.join(", ")
-        ));
-    };
-    if methods.is_empty()
-        || methods
-            .iter()
-            .any(|m| m != http::Method::GET && m != http::Method::HEAD)
-    {
-        return Err(format!(
-            "query `{name}` answers reads only: set `methods = [\"GET\"]` on this route (writes \
-             always go to the OMS)"
-        ));
-    }
-    if let Some(pattern) = pattern {
-        for param in query.path_params() {
-            if !pattern.has_param(param) {
-                return Err(format!(
-                    "query `{name}` needs the path parameter `{{{param}}}`, which `{}` lacks",
-                    pattern.as_str()
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
 // === Errors ===
 
 /// Why a database operation failed.
@@ -496,22 +414,41 @@ mod tests {
 
     #[test]
     fn query_bindings_are_checked() {
+        use crate::routes::PathPattern;
+        let files: std::collections::BTreeMap<String, queries::QueryFile> = toml::from_str(
+            r#"
+one = { sql = "SELECT f($tenant, $id)", params = { id = { from = "path", type = "uuid" } } }
+list = { sql = "SELECT g($tenant)" }
+"#,
+        )
+        .unwrap();
+        let mut p = Problems::default();
+        let q = queries::Queries::from_file(&files, &mut p);
+        assert!(p.is_empty(), "{:?}", p.list());
+        let check = |name: &str, pattern: &str, methods: &[http::Method]| {
+            queries::check_binding(
+                name,
+                &q,
+                Some(&PathPattern::parse(pattern).unwrap()),
+                methods,
+            )
+        };
         let get = [http::Method::GET];
-        let one = PathPattern::parse("/api/v1/invoices/{id}").unwrap();
-        let list = PathPattern::parse("/api/v1/invoices").unwrap();
-        assert!(check_query_binding("invoice_with_lines", Some(&one), &get).is_ok());
-        assert!(check_query_binding("invoice_page", Some(&list), &get).is_ok());
-        assert!(check_query_binding("invoice_with_lines", Some(&list), &get)
+        assert!(check("one", "/api/v1/invoices/{id}", &get).is_ok());
+        assert!(check("one", "/api/v1/invoices/{id:uuid}", &get).is_ok());
+        assert!(check("list", "/api/v1/invoices", &get).is_ok());
+        assert!(check("one", "/api/v1/invoices", &get)
             .unwrap_err()
             .contains("{id}"));
-        assert!(
-            check_query_binding("invoice_with_lines", Some(&one), &[http::Method::POST])
-                .unwrap_err()
-                .contains("GET")
-        );
-        assert!(check_query_binding("invoice_with_lines", Some(&one), &[]).is_err());
-        assert!(check_query_binding("nope", Some(&one), &get)
+        assert!(check("one", "/api/v1/invoices/{id:int}", &get)
             .unwrap_err()
-            .contains("unknown"));
+            .contains("uuid"));
+        assert!(check("one", "/api/v1/invoices/{id}", &[http::Method::POST])
+            .unwrap_err()
+            .contains("GET"));
+        assert!(check("one", "/api/v1/invoices/{id}", &[]).is_err());
+        assert!(check("nope", "/api/v1/invoices/{id}", &get)
+            .unwrap_err()
+            .contains("[queries.nope]"));
     }
 }

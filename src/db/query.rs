@@ -1,12 +1,13 @@
-//! The pooled query paths: GET routes bound with `query = "..."` answered straight from
-//! PostgreSQL through the functions of `migrations/0006_query_functions.sql`, one statement (one
-//! round trip) per request, with the legacy API's status codes and JSON.
+//! The pooled query paths: GET routes bound with `query = "NAME"` answered straight from
+//! PostgreSQL by the operator's `[queries.NAME]` SQL ([`super::queries`]), one statement (one
+//! round trip) per request, with the OMS's status codes and JSON.
 //!
 //! [`QueryPaths`] is built inside the runtime (never before Pingora forks) and opens no
 //! connection until the first request or [`QueryPaths::warm`]. The tenant always comes from the
-//! caller (the verified identity) and is passed as the functions' first argument, so the path
-//! needs no session state (`SET`, `search_path`) and works behind transaction-mode poolers when
-//! `prepared_statements = false`.
+//! caller (the verified identity) and is bound as `$tenant`, so the path needs no session state
+//! (`SET`) and works behind transaction-mode poolers when `prepared_statements = false`. Names in
+//! the SQL resolve in `database.schema` (set as the connections' `search_path` when it is not
+//! `public`).
 //!
 //! Failure policy: fail open. `Ok(None)` (a request this path does not answer) and `Err` (pool
 //! exhausted, database unreachable, timeout, error) both mean "send the request to the OMS";
@@ -23,24 +24,24 @@ use parking_lot::Mutex;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::metrics::{count_error, count_fallback, observe_query, set_pool, FallbackReason};
-use super::{quote_ident, redact_url, DatabaseConfig, DbError, QueryName};
+use super::queries::{OnEmpty, Query};
+use super::{quote_ident, redact_url, DatabaseConfig, DbError};
 use crate::routes::Params;
-use crate::sim::query::QueryString;
 
-/// The body of the legacy API's 404 for an invoice it does not have (or not for this tenant).
-pub const INVOICE_NOT_FOUND: &str = r#"{"detail":"Invoice not found"}"#;
 /// How long the path stays off after a failed connect before it tries the database again.
 const DOWN_BACKOFF: Duration = Duration::from_secs(1);
 /// Extra time the client gives the server to report its own `statement_timeout`.
 const TIMEOUT_MARGIN: Duration = Duration::from_millis(100);
 
-/// A response produced from the pool: a JSON body and its status (`application/json`).
+/// A response produced from the pool: status, body and content type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PooledResponse {
     /// HTTP status code.
     pub status: u16,
-    /// JSON body, compact, as the legacy API writes it.
+    /// The body: a `json`/`jsonb` result compacted (as serde_json writes it), `text` as it is.
     pub body: Bytes,
+    /// The content type (`[queries.NAME] content_type`; `application/json` for error answers).
+    pub content_type: String,
 }
 
 impl PooledResponse {
@@ -48,28 +49,7 @@ impl PooledResponse {
         PooledResponse {
             status,
             body: body.into(),
-        }
-    }
-}
-
-/// The statement of each query, schema-qualified, with its parameter types.
-struct Statements {
-    invoice_with_lines: String,
-    invoice_page: String,
-    payment_page: String,
-    invoices_by_ids: String,
-}
-
-impl Statements {
-    fn new(schema: &str) -> Statements {
-        let s = quote_ident(schema);
-        Statements {
-            invoice_with_lines: format!(
-                "SELECT {s}.omsgate_invoice_with_lines($1, $2::uuid)::text"
-            ),
-            invoice_page: format!("SELECT {s}.omsgate_invoice_page($1, $2, $3, $4)::text"),
-            payment_page: format!("SELECT {s}.omsgate_payment_page($1, $2::uuid, $3, $4)::text"),
-            invoices_by_ids: format!("SELECT {s}.omsgate_invoices_by_ids($1, $2::uuid[])::text"),
+            content_type: "application/json".into(),
         }
     }
 }
@@ -77,7 +57,6 @@ impl Statements {
 /// The pooled query paths over a bounded PostgreSQL pool.
 pub struct QueryPaths {
     pool: Pool,
-    statements: Statements,
     prepared: bool,
     min_idle: usize,
     query_timeout: Duration,
@@ -126,6 +105,15 @@ impl QueryPaths {
             );
             pg.options(options.trim());
         }
+        if config.schema != "public" {
+            // Unqualified names in the queries' SQL resolve in the OMS's schema.
+            let options = format!(
+                "{} -c search_path={}",
+                pg.get_options().unwrap_or(""),
+                quote_ident(&config.schema)
+            );
+            pg.options(options.trim());
+        }
         let manager = Manager::from_config(
             pg,
             tls.connector.clone(),
@@ -143,7 +131,6 @@ impl QueryPaths {
             .map_err(|e| DbError::Config(format!("cannot build the database pool: {e}")))?;
         Ok(QueryPaths {
             pool,
-            statements: Statements::new(&config.schema),
             prepared: config.prepared_statements,
             min_idle: config.min_idle,
             query_timeout: config.statement_timeout + TIMEOUT_MARGIN,
@@ -174,150 +161,60 @@ impl QueryPaths {
         self.pool.status()
     }
 
-    /// Answers a request bound to `query` for `tenant` (the verified tenant, never a header the
-    /// client chose). `Ok(None)` and `Err` mean: send the request to the OMS; both are counted.
+    /// Answers a request bound to `query` for `tenant` and `subject` (the verified identity,
+    /// never a header the client chose). `Ok(None)` and `Err` mean: send the request to the OMS;
+    /// both are counted.
     pub async fn answer(
         &self,
-        query: &str,
+        query: &Query,
         tenant: &str,
+        subject: Option<&str>,
         params: &Params,
         query_string: Option<&str>,
     ) -> Result<Option<PooledResponse>, DbError> {
-        let Some(name) = QueryName::parse(query) else {
-            count_fallback(FallbackReason::Unsupported);
-            return Ok(None);
+        let values = match query.bind(tenant, subject, params, query_string) {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                count_fallback(FallbackReason::Unsupported);
+                return Ok(None);
+            }
+            Err(bad) => return Ok(Some(PooledResponse::json(bad.status, bad.body))),
         };
         let started = Instant::now();
-        let result = match name {
-            QueryName::InvoiceWithLines => self.invoice_with_lines(tenant, params).await,
-            QueryName::InvoicePage => self.invoice_page(tenant, query_string).await,
-            QueryName::PaymentPage => self.payment_page(tenant, query_string).await,
-        };
-        observe_query(name, started.elapsed().as_secs_f64());
+        let args: Vec<(&(dyn ToSql + Sync), Type)> = values
+            .iter()
+            .zip(&query.types)
+            .map(|(v, t)| (v as &(dyn ToSql + Sync), t.clone()))
+            .collect();
+        let result = self.query_one(&query.sql, &args).await;
+        observe_query(&query.name, started.elapsed().as_secs_f64());
         self.update_pool_gauges();
+        let result = result.map(|cell| match cell {
+            Some(body) => Some(PooledResponse {
+                status: query.status,
+                body,
+                content_type: query.content_type.clone(),
+            }),
+            None => match &query.on_empty {
+                OnEmpty::Oms => None,
+                OnEmpty::NotFound(body) => Some(PooledResponse::json(404, body.clone())),
+            },
+        });
         match &result {
             Ok(Some(_)) => {}
             Ok(None) => count_fallback(FallbackReason::Unsupported),
-            Err(e) => self.count_error(name, e),
+            Err(e) => self.count_error(&query.name, e),
         }
         result
     }
 
-    /// The tenant's invoices among `ids`, with their lines, in the order of `ids`, as a JSON
-    /// array (batch lookup; not bound to a route).
-    pub async fn invoices_by_ids(
-        &self,
-        tenant: &str,
-        ids: &[uuid::Uuid],
-    ) -> Result<Bytes, DbError> {
-        let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-        let json = self
-            .query_json(
-                &self.statements.invoices_by_ids,
-                &[(&tenant, Type::TEXT), (&ids, Type::TEXT_ARRAY)],
-            )
-            .await?;
-        Ok(json
-            .map(|j| compact_json(&j))
-            .unwrap_or_else(|| Bytes::from_static(b"[]")))
-    }
-
-    async fn invoice_with_lines(
-        &self,
-        tenant: &str,
-        params: &Params,
-    ) -> Result<Option<PooledResponse>, DbError> {
-        let Some(id) = params.get("id") else {
-            return Ok(None);
-        };
-        // The legacy API answers 404 for an id that is not a UUID; no need to ask the database.
-        let Ok(id) = uuid::Uuid::try_parse(id).map(|u| u.hyphenated().to_string()) else {
-            return Ok(Some(PooledResponse::json(404, INVOICE_NOT_FOUND)));
-        };
-        let json = self
-            .query_json(
-                &self.statements.invoice_with_lines,
-                &[(&tenant, Type::TEXT), (&id.as_str(), Type::TEXT)],
-            )
-            .await?;
-        Ok(Some(match json {
-            Some(j) => PooledResponse::json(200, compact_json(&j)),
-            None => PooledResponse::json(404, INVOICE_NOT_FOUND),
-        }))
-    }
-
-    async fn invoice_page(
-        &self,
-        tenant: &str,
-        query_string: Option<&str>,
-    ) -> Result<Option<PooledResponse>, DbError> {
-        let q = QueryString::parse(query_string.unwrap_or(""));
-        let page = match page(&q) {
-            Ok(Some(page)) => page,
-            Ok(None) => return Ok(None),
-            Err(rejected) => return Ok(Some(rejected)),
-        };
-        let status = match q.get("status") {
-            None | Some("") => None,
-            Some(s) if INVOICE_STATUSES.contains(&s) => Some(s),
-            Some(_) => {
-                return Ok(Some(unprocessable(
-                    "status must be one of draft, open, paid, void",
-                )))
-            }
-        };
-        let json = self
-            .query_json(
-                &self.statements.invoice_page,
-                &[
-                    (&tenant, Type::TEXT),
-                    (&status, Type::TEXT),
-                    (&page.limit, Type::INT4),
-                    (&page.offset, Type::INT8),
-                ],
-            )
-            .await?;
-        Ok(json.map(|j| PooledResponse::json(200, compact_json(&j))))
-    }
-
-    async fn payment_page(
-        &self,
-        tenant: &str,
-        query_string: Option<&str>,
-    ) -> Result<Option<PooledResponse>, DbError> {
-        let q = QueryString::parse(query_string.unwrap_or(""));
-        let page = match page(&q) {
-            Ok(Some(page)) => page,
-            Ok(None) => return Ok(None),
-            Err(rejected) => return Ok(Some(rejected)),
-        };
-        let invoice_id = match q.get("invoice_id") {
-            None | Some("") => None,
-            Some(id) => match uuid::Uuid::try_parse(id) {
-                Ok(u) => Some(u.hyphenated().to_string()),
-                Err(_) => return Ok(Some(unprocessable("invoice_id must be a UUID"))),
-            },
-        };
-        let json = self
-            .query_json(
-                &self.statements.payment_page,
-                &[
-                    (&tenant, Type::TEXT),
-                    (&invoice_id, Type::TEXT),
-                    (&page.limit, Type::INT4),
-                    (&page.offset, Type::INT8),
-                ],
-            )
-            .await?;
-        Ok(json.map(|j| PooledResponse::json(200, compact_json(&j))))
-    }
-
-    /// Runs one single-row, single-column statement returning JSON text (or NULL).
-    async fn query_json(
+    /// Runs one statement returning zero rows or one row of one `json`, `jsonb` or `text`
+    /// column; `None` for zero rows or NULL.
+    async fn query_one(
         &self,
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
-    ) -> Result<Option<String>, DbError> {
+    ) -> Result<Option<Bytes>, DbError> {
         let client = self.acquire().await?;
         let run = async {
             if self.prepared {
@@ -338,9 +235,18 @@ impl QueryPaths {
             }
         };
         match tokio::time::timeout(self.query_timeout, run).await {
-            // `SELECT f(...)` yields exactly one row; its one column is the JSON or NULL.
             Ok(Ok(rows)) => match rows.first() {
-                Some(row) => Ok(row.try_get::<_, Option<String>>(0)?),
+                Some(row) => {
+                    if rows.len() > 1 || row.len() != 1 {
+                        return Err(DbError::Config(format!(
+                            "a pooled query must return at most one row of one column; got {} \
+                             rows of {} columns",
+                            rows.len(),
+                            row.len()
+                        )));
+                    }
+                    Ok(row.try_get::<_, Option<Cell>>(0)?.map(|c| c.0))
+                }
                 None => Ok(None),
             },
             Ok(Err(e)) if is_statement_timeout(&e) => Err(DbError::Timeout),
@@ -398,7 +304,7 @@ impl QueryPaths {
         }
     }
 
-    fn count_error(&self, name: QueryName, e: &DbError) {
+    fn count_error(&self, name: &str, e: &DbError) {
         let reason = match e {
             DbError::PoolExhausted => FallbackReason::PoolTimeout,
             DbError::Unavailable | DbError::Connect(_) => FallbackReason::Unavailable,
@@ -411,7 +317,7 @@ impl QueryPaths {
             DbError::Connect(_) => count_error(),
             _ => {
                 count_error();
-                tracing::warn!(query = name.as_str(), error = %e, "Pooled query failed; falling back to the OMS.");
+                tracing::warn!(query = name, error = %e, "Pooled query failed; falling back to the OMS.");
             }
         }
     }
@@ -426,32 +332,34 @@ fn is_statement_timeout(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
 }
 
-// === Request parsing, exactly as the legacy API reads it ===
+/// One result cell: `json` and `jsonb` compacted, `text` as it is.
+struct Cell(Bytes);
 
-/// Invoice statuses the legacy API knows (`crate::sim::data::STATUSES`).
-const INVOICE_STATUSES: [&str; 4] = crate::sim::data::STATUSES;
+impl<'a> tokio_postgres::types::FromSql<'a> for Cell {
+    fn from_sql(
+        ty: &Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        if *ty == Type::JSONB {
+            // Binary jsonb: a version byte (1), then the JSON text.
+            match raw.split_first() {
+                Some((1, text)) => Ok(Cell(compact_json(std::str::from_utf8(text)?))),
+                _ => Err("unsupported jsonb version".into()),
+            }
+        } else if *ty == Type::JSON {
+            Ok(Cell(compact_json(std::str::from_utf8(raw)?)))
+        } else {
+            Ok(Cell(Bytes::copy_from_slice(raw)))
+        }
+    }
 
-/// The legacy API's 422: `{"detail": "..."}`.
-fn unprocessable(message: &str) -> PooledResponse {
-    PooledResponse::json(422, serde_json::json!({ "detail": message }).to_string())
-}
-
-/// `limit` and `offset` of a listing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Page {
-    limit: i32,
-    offset: i64,
-}
-
-/// `limit` and `offset` of a listing in the types the query functions take, or the legacy API's
-/// 422. `Ok(None)` for an offset beyond what PostgreSQL takes (the OMS answers that one).
-fn page(q: &QueryString) -> Result<Option<Page>, PooledResponse> {
-    let (limit, offset) = q.page().map_err(unprocessable)?;
-    match (i32::try_from(limit), i64::try_from(offset)) {
-        (Ok(limit), Ok(offset)) => Ok(Some(Page { limit, offset })),
-        _ => Ok(None),
+    fn accepts(ty: &Type) -> bool {
+        RESULT_TYPES.contains(ty)
     }
 }
+
+/// The column types a pooled query may return.
+pub const RESULT_TYPES: [Type; 4] = [Type::JSON, Type::JSONB, Type::TEXT, Type::VARCHAR];
 
 /// Removes the whitespace PostgreSQL's `json` output puts between tokens (`{"a" : 1, "b" : 2}`),
 /// giving the compact form serde_json writes. Strings are copied untouched.
@@ -489,66 +397,6 @@ mod tests {
         assert_eq!(
             &compact_json(pg)[..],
             br#"{"a":"x y\" : z","b":[1,2],"c":{"d":null}}"#
-        );
-    }
-
-    #[test]
-    fn listing_parameters_follow_the_legacy_rules() {
-        let page = |q: &str| page(&QueryString::parse(q));
-        assert_eq!(
-            page(""),
-            Ok(Some(Page {
-                limit: 20,
-                offset: 0
-            }))
-        );
-        assert_eq!(
-            page("limit=&offset="),
-            Ok(Some(Page {
-                limit: 20,
-                offset: 0
-            }))
-        );
-        assert_eq!(
-            page("limit=100&offset=7&x=1"),
-            Ok(Some(Page {
-                limit: 100,
-                offset: 7
-            }))
-        );
-        assert_eq!(
-            page("limit=1&limit=5"),
-            Ok(Some(Page {
-                limit: 5,
-                offset: 0
-            }))
-        );
-        assert_eq!(
-            page("lim%69t=%35"),
-            Ok(Some(Page {
-                limit: 5,
-                offset: 0
-            }))
-        );
-        for bad in ["limit=0", "limit=101", "limit=x", "limit=-1", "limit=+5"] {
-            let r = page(bad).unwrap_err();
-            assert_eq!(r.status, 422, "{bad}");
-            assert_eq!(
-                &r.body[..],
-                br#"{"detail":"limit must be an integer from 1 to 100"}"#
-            );
-        }
-        for bad in ["offset=-1", "offset=1.5"] {
-            let r = page(bad).unwrap_err();
-            assert_eq!(
-                &r.body[..],
-                br#"{"detail":"offset must be a non-negative integer"}"#
-            );
-        }
-        assert_eq!(page("offset=18446744073709551615"), Ok(None));
-        assert_eq!(
-            QueryString::parse("status=p%61id").get("status"),
-            Some("paid")
         );
     }
 }

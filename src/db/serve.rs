@@ -37,6 +37,9 @@ pub fn pool_for(config: &Config) -> Option<Arc<Pool>> {
     if !config.routes.routes.iter().any(|r| r.query.is_some()) {
         return None;
     }
+    for q in config.queries.iter() {
+        super::metrics::register_query(&q.name);
+    }
     config.database.url.as_ref()?;
     let mut current = POOL.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((settings, pool)) = current.as_ref() {
@@ -75,6 +78,7 @@ pub fn update_gauges() {
 pub async fn answer(session: &Session, ctx: &Ctx) -> Option<(ResponseHeader, Bytes)> {
     let route = ctx.route();
     let query = route.query.as_deref()?;
+    let query = ctx.pipeline.config.queries.get(query)?;
     let pool = ctx.pipeline.query_paths.as_ref()?;
     if !pool.warmed.swap(true, Ordering::Relaxed) {
         let p = pool.clone();
@@ -89,7 +93,13 @@ pub async fn answer(session: &Session, ctx: &Ctx) -> Option<(ResponseHeader, Byt
     };
     let req = session.req_header();
     let response = match paths
-        .answer(query, tenant, &ctx.params, req.uri.query())
+        .answer(
+            query,
+            tenant,
+            ctx.identity.subject.as_deref(),
+            &ctx.params,
+            req.uri.query(),
+        )
         .await
     {
         Ok(Some(r)) => r,
@@ -101,7 +111,7 @@ pub async fn answer(session: &Session, ctx: &Ctx) -> Option<(ResponseHeader, Byt
     };
     let mut header = ResponseHeader::build(response.status, Some(2)).ok()?;
     header
-        .insert_header(http::header::CONTENT_TYPE, "application/json")
+        .insert_header(http::header::CONTENT_TYPE, response.content_type.as_str())
         .ok()?;
     header
         .insert_header(

@@ -306,3 +306,53 @@ pub fn check_accepted(
     }
     Ok(())
 }
+
+/// The `[queries.*]` tables of the annotated `config.toml` (the reference schema's three
+/// queries), as TOML text to append to a test's config.
+pub fn reference_queries_toml() -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+    let mut out = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if line.starts_with('[') {
+            inside = line.starts_with("[queries.");
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    assert!(out.contains("[queries."), "config.toml has no [queries.*]");
+    out
+}
+
+/// Checked queries from `[queries.*]` TOML text (problems fail the test).
+pub fn queries_from(text: &str) -> omsgate::db::queries::Queries {
+    let (file, unknown) = omsgate::config::parse_file(text).expect("queries parse");
+    assert!(unknown.is_empty(), "unknown keys: {unknown:?}");
+    let mut problems = omsgate::config::Problems::default();
+    let q = omsgate::db::queries::Queries::from_file(&file.queries, &mut problems);
+    assert!(problems.is_empty(), "{:?}", problems.list());
+    q
+}
+
+/// The reference schema's queries, as the annotated `config.toml` defines them.
+pub fn reference_queries() -> &'static omsgate::db::queries::Queries {
+    static Q: std::sync::OnceLock<omsgate::db::queries::Queries> = std::sync::OnceLock::new();
+    Q.get_or_init(|| queries_from(&reference_queries_toml()))
+}
+
+/// The reference query called `name`.
+pub fn reference_query(name: &str) -> &'static omsgate::db::queries::Query {
+    reference_queries()
+        .get(name)
+        .unwrap_or_else(|| panic!("config.toml has no [queries.{name}]"))
+}
+
+/// The last value of `name` in a query string, decoded as the legacy API decodes it.
+pub fn query_value(query: Option<&str>, name: &str) -> Option<String> {
+    omsgate::sim::query::QueryString::parse(query.unwrap_or(""))
+        .get(name)
+        .map(str::to_string)
+}
