@@ -1183,12 +1183,23 @@ fn postgres_sslmodes_as_libpq_with_the_pool_and_migrate_over_verify_full() {
         .unwrap()
         .block_on(async {
             let paths = omsgate::db::query::QueryPaths::new(&config).map_err(|e| e.to_string())?;
+            let queries = omsgate::db::queries::reference();
+            let params =
+                omsgate::routes::Params(vec![("id".into(), uuid::Uuid::nil().to_string())]);
             paths
-                .invoices_by_ids("tenant-a", &[uuid::Uuid::nil()])
+                .answer(
+                    queries.get("invoice_with_lines").expect("reference query"),
+                    "tenant-a",
+                    None,
+                    &params,
+                    None,
+                )
                 .await
+                .map(|r| r.map(|r| r.status))
                 .map_err(|e| e.to_string())
         });
-    assert_eq!(answered.as_deref(), Ok(&b"[]"[..]));
+    // No such invoice: the query ran (over TLS) and answered its configured 404.
+    assert_eq!(answered, Ok(Some(404)));
 
     // sslmode=require against a server without TLS fails with a clear message.
     pg.stop();
