@@ -173,16 +173,7 @@ pub fn install_provider() {
 /// Reads every certificate of a PEM file; a file with none, or one rustls rejects, is an error
 /// worded for `check-config`.
 pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{} is not a PEM certificate file: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{} holds no PEM certificate (\"-----BEGIN CERTIFICATE-----\")",
-            path.display()
-        ));
-    }
+    let certs = read_chain(path)?;
     let mut probe = RootCertStore::empty();
     for (i, cert) in certs.iter().enumerate() {
         probe.add(cert.clone()).map_err(|e| {
