@@ -692,6 +692,63 @@ fn https_upstream_with_an_untrusted_certificate_is_a_502_naming_the_cause() {
 }
 
 #[test]
+fn upstream_tls_overrides_name_every_server_or_skip_verification_with_a_warning() {
+    let dir = TestDir::new("tls-upstream-overrides");
+    let ca = Ca::new(dir.path(), "oms");
+    let _other = Ca::new(dir.path(), "other");
+    let oms_cert = ca.issue("oms", &["oms.internal"], false);
+    let upstream = TestUpstream::start();
+    let front = TlsFront::start(&oms_cert, upstream.addr);
+    // Listed by IP address: the certificate is for oms.internal, so only the override verifies.
+    let server = format!("https://127.0.0.1:{}", front.addr.port());
+    let trusted = format!("[tls]\nca_file = \"{}\"\n", ca.pem_path("oms").display());
+
+    let plain = Gateway::start(&gateway_config(&server, "", &trusted));
+    let (status, body) = reqwest::blocking_get(&plain.url("/echo?by=ip"));
+    assert_eq!(status, 502, "the IP is not in the certificate: {body}");
+
+    let named = Gateway::start(&gateway_config(
+        &server,
+        "",
+        &format!("tls = {{ sni = \"oms.internal\" }}\n{trusted}"),
+    ));
+    front.sni.lock().clear();
+    let (status, body) = reqwest::blocking_get(&named.url("/echo?by=sni"));
+    assert_eq!(status, 200, "{body}");
+    let sni = front.sni.lock().clone();
+    assert!(
+        !sni.is_empty() && sni.iter().all(|s| s.as_deref() == Some("oms.internal")),
+        "the override is sent as SNI: {sni:?}"
+    );
+
+    // verify = false: a CA nobody trusts is accepted, and the gateway says what that means.
+    let untrusted = format!(
+        "tls = {{ verify = false }}\n[tls]\nca_file = \"{}\"\n",
+        ca.pem_path("other").display()
+    );
+    let unverified = Gateway::start(&gateway_config(&server, "", &untrusted));
+    let (status, body) = reqwest::blocking_get(&unverified.url("/echo?verify=off"));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        unverified.log().contains("upstream.tls.verify"),
+        "a warning at start:\n{}",
+        unverified.log()
+    );
+    let (code, out) = Gateway::check_config(&gateway_config(&server, "", &untrusted));
+    assert_eq!(code, 0, "a warning, not a problem: {out}");
+    assert!(out.contains("upstream.tls.verify"), "{out}");
+
+    // The overrides on plain servers are a problem.
+    let (code, out) = Gateway::check_config(&gateway_config(
+        &upstream.addr.to_string(),
+        "",
+        "tls = { sni = \"oms.internal\" }\n",
+    ));
+    assert_eq!(code, 64, "{out}");
+    assert!(out.contains("upstream.tls"), "{out}");
+}
+
+#[test]
 fn check_config_refuses_mixed_or_unknown_upstream_schemes() {
     for (servers, key) in [
         (

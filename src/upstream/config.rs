@@ -55,6 +55,32 @@ pub struct UpstreamFile {
     pub retries: usize,
     /// Offer HTTP/2 (ALPN `h2`, then `http/1.1`) to `https://` servers. Default false.
     pub h2: bool,
+    /// Overrides for `https://` servers: the SNI / verified name, and verification itself.
+    pub tls: UpstreamTlsFile,
+}
+
+/// `[upstream.tls]`: overrides for `https://` servers; the defaults need none.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct UpstreamTlsFile {
+    /// The name sent as SNI and checked against every server's certificate, instead of the host
+    /// name of each `https://` URL (e.g. servers listed by IP address behind one certificate).
+    /// Default `""` (each URL's host name).
+    pub sni: String,
+    /// Verify the servers' certificates and names. `false` accepts any certificate (a
+    /// self-signed OMS on a private network during a migration; prefer `[tls] ca_file`): the
+    /// connection is encrypted but not authenticated, and the gateway warns at start.
+    /// Default true.
+    pub verify: bool,
+}
+
+impl Default for UpstreamTlsFile {
+    fn default() -> Self {
+        Self {
+            sni: String::new(),
+            verify: true,
+        }
+    }
 }
 
 impl Default for UpstreamFile {
@@ -74,6 +100,7 @@ impl Default for UpstreamFile {
             keepalive_pool: 128,
             retries: 1,
             h2: false,
+            tls: UpstreamTlsFile::default(),
         }
     }
 }
@@ -204,6 +231,10 @@ pub struct UpstreamConfig {
     pub names: Vec<String>,
     /// The servers speak HTTPS (`https://` URLs).
     pub tls: bool,
+    /// `[upstream.tls] sni`: the SNI and verified name of every server, instead of each URL's.
+    pub tls_sni: Option<String>,
+    /// `[upstream.tls] verify`.
+    pub tls_verify: bool,
     /// Trust for HTTPS servers (`[tls]`, filled in by [`crate::config::Config`]).
     pub trust: crate::tls::TlsConfig,
     /// Algorithm.
@@ -354,6 +385,8 @@ impl UpstreamConfig {
             servers,
             names,
             tls,
+            tls_sni: (!f.tls.sni.trim().is_empty()).then(|| f.tls.sni.trim().to_string()),
+            tls_verify: f.tls.verify,
             trust: crate::tls::TlsConfig::default(),
             selection,
             health_path: hc.path.clone(),
@@ -396,6 +429,12 @@ impl UpstreamConfig {
             retries: f.retries,
             h2: f.h2,
         };
+        if !tls && (!f.tls.sni.is_empty() || !f.tls.verify) {
+            p.push(
+                "upstream.tls",
+                "applies to https:// servers only; the servers are plain HTTP",
+            );
+        }
         if f.h2 && !tls {
             p.push(
                 "upstream.h2",
@@ -418,6 +457,15 @@ impl UpstreamConfig {
     /// `check-config` and logged at start; they do not stop the gateway.
     pub fn warnings(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
+        if self.tls && !self.tls_verify {
+            out.push((
+                "upstream.tls.verify".to_string(),
+                "is false: the OMS's certificates are not verified, so the connection is \
+                 encrypted but anyone on the path can impersonate the OMS; trust its CA with \
+                 [tls] ca_file instead"
+                    .to_string(),
+            ));
+        }
         if let Some(ka) = self.keepalive_timeout {
             if self.idle_timeout >= ka {
                 out.push((

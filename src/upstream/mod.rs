@@ -224,20 +224,22 @@ fn load_balancer(
     }
 }
 
-/// The peer of an HTTPS server: SNI and the certificate check use the host name the config
-/// gives for `addr`; the trust store is `[tls]`'s (Pingora's own, the system roots, when no
-/// `ca_file` is set). Verification is always on.
+/// The peer of an HTTPS server: SNI and the certificate check use `[upstream.tls] sni`, else the
+/// host name the config gives for `addr`; the trust store is `[tls]`'s (Pingora's own, the
+/// system roots, when no `ca_file` is set). Verification is on unless `[upstream.tls] verify`
+/// is false.
 pub(crate) fn https_peer(cfg: &UpstreamConfig, addr: SocketAddr) -> HttpPeer {
-    let name = cfg
-        .servers
-        .iter()
-        .position(|a| *a == addr)
-        .and_then(|i| cfg.names.get(i))
-        .cloned()
-        .unwrap_or_else(|| addr.ip().to_string());
+    let name = cfg.tls_sni.clone().unwrap_or_else(|| {
+        cfg.servers
+            .iter()
+            .position(|a| *a == addr)
+            .and_then(|i| cfg.names.get(i))
+            .cloned()
+            .unwrap_or_else(|| addr.ip().to_string())
+    });
     let mut peer = HttpPeer::new(addr, true, name);
-    peer.options.verify_cert = true;
-    peer.options.verify_hostname = true;
+    peer.options.verify_cert = cfg.tls_verify;
+    peer.options.verify_hostname = cfg.tls_verify;
     peer.options.ca = cfg.trust.upstream_ca.clone();
     if cfg.h2 {
         // h2 preferred, http/1.1 when the server does not offer it.
@@ -305,7 +307,9 @@ impl Upstreams {
         let change = PoolChange {
             servers: old.cfg.servers != cfg.servers
                 || old.cfg.names != cfg.names
-                || old.cfg.tls != cfg.tls,
+                || old.cfg.tls != cfg.tls
+                || old.cfg.tls_sni != cfg.tls_sni
+                || old.cfg.tls_verify != cfg.tls_verify,
             health_check: !same_health_check(&old.cfg, cfg),
         };
         let servers = Servers::carry_over(cfg, Some(&old.servers));
