@@ -323,7 +323,7 @@ async fn an_unreachable_database_sends_every_request_to_the_oms() {
 /// sample equal between the simulated OMS and the pooled queries over the same seeded data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn query_check_finds_the_reference_queries_equal_to_the_oms() {
-    let (schema, _dataset, sim) = seeded_with_sim("qpgw_check").await;
+    let (schema, dataset, sim) = seeded_with_sim("qpgw_check").await;
     let text = gateway_config(
         &sim,
         &database_section(&db_support::database_url(), &schema.name),
@@ -360,6 +360,36 @@ async fn query_check_finds_the_reference_queries_equal_to_the_oms() {
         assert_eq!(cells[1], query, "{text}");
         assert_eq!(cells[2..], [samples, samples, "0", "0"], "{text}");
     }
+
+    // --samples-file: the operator's samples instead of the `samples` SQL; only the checked
+    // route's lines count.
+    let mut csv = String::from("# route,tenant and the query's parameters\nroute,tenant,id\n");
+    for inv in dataset.invoices.iter().step_by(7).take(3) {
+        csv.push_str(&format!("invoice,{},{}\n", inv.tenant_id, inv.id));
+    }
+    csv.push_str("payments,acme,\n");
+    let samples = dir.path().join("samples.csv");
+    std::fs::write(&samples, csv).unwrap();
+    let out = std::process::Command::new(Gateway::bin())
+        .args(["query-check", "--route", "invoice", "--samples-file"])
+        .arg(&samples)
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let cells: Vec<&str> = text
+        .lines()
+        .find(|l| l.starts_with("invoice "))
+        .unwrap_or_else(|| panic!("no row for invoice: {text}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(cells[2..], ["3", "3", "0", "0"], "{text}");
     sim.shutdown().await;
     schema.drop_schema().await;
 }

@@ -9,6 +9,7 @@
 //! each different sample and both values. Exit 0 when every sample is equal, 1 on any difference
 //! (or a route that could not be checked), 64 for a bad config.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use bytes::Bytes;
@@ -29,9 +30,14 @@ pub struct Args {
     /// Check only this route.
     #[arg(long, value_name = "NAME")]
     pub route: Option<String>,
-    /// Samples per route (the first N rows of the query's `samples` SQL).
+    /// Samples per route (the first N rows of the query's `samples` SQL, or of the file).
     #[arg(long, default_value_t = 20)]
     pub samples: usize,
+    /// Take the samples from this CSV file instead of the queries' `samples` SQL: a header line
+    /// naming the columns `route`, `tenant` and one per parameter, then one sample per line
+    /// (values without commas; `#` lines are skipped). A route with no line is not checked.
+    #[arg(long, value_name = "FILE")]
+    pub samples_file: Option<PathBuf>,
     /// Base URL of the OMS (plain HTTP). Default: `http://` and the first `[upstream] servers`.
     #[arg(long, value_name = "URL")]
     pub oms: Option<String>,
@@ -182,40 +188,13 @@ async fn check_route(
     route: &Route,
     query: &Query,
 ) -> Result<Vec<Outcome>, String> {
-    if query.samples.trim().is_empty() {
-        return Err(format!(
-            "no samples: set queries.{}.samples (SQL returning a `tenant` column and one per \
-             parameter)",
-            query.name
-        ));
-    }
-    let url = database.require_url().map_err(|e| e.to_string())?;
-    let client = crate::db::connect(url).await.map_err(|e| e.to_string())?;
-    if database.schema != "public" {
-        client
-            .batch_execute(&format!("SET search_path TO {}", database.schema_ident()))
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    let rows = client
-        .simple_query(&query.samples)
-        .await
-        .map_err(|e| format!("samples SQL: {}", crate::db::DbError::Query(e)))?;
+    let samples = match &args.samples_file {
+        Some(file) => samples_from_file(file, &route.name)?,
+        None => samples_from_sql(database, query).await?,
+    };
     let mut outcomes = Vec::new();
-    for row in rows.iter().filter_map(|m| match m {
-        SimpleQueryMessage::Row(r) => Some(r),
-        _ => None,
-    }) {
-        if outcomes.len() >= args.samples {
-            break;
-        }
-        let column = |name: &str| {
-            row.columns()
-                .iter()
-                .position(|c| c.name() == name)
-                .and_then(|i| row.get(i))
-                .map(str::to_string)
-        };
+    for row in samples.iter().take(args.samples) {
+        let column = |name: &str| row.get(name).cloned();
         let tenant = column("tenant").ok_or("the samples SQL returns no `tenant` column")?;
         let mut params = Params::default();
         let mut pairs = Vec::new();
@@ -277,6 +256,91 @@ async fn check_route(
         });
     }
     Ok(outcomes)
+}
+
+/// One sample: column name → value.
+type Sample = BTreeMap<String, String>;
+
+/// The rows of the query's `samples` SQL.
+async fn samples_from_sql(database: &DatabaseConfig, query: &Query) -> Result<Vec<Sample>, String> {
+    if query.samples.trim().is_empty() {
+        return Err(format!(
+            "no samples: set queries.{}.samples (SQL returning a `tenant` column and one per \
+             parameter), or pass --samples-file",
+            query.name
+        ));
+    }
+    let url = database.require_url().map_err(|e| e.to_string())?;
+    let client = crate::db::connect(url).await.map_err(|e| e.to_string())?;
+    if database.schema != "public" {
+        client
+            .batch_execute(&format!("SET search_path TO {}", database.schema_ident()))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let rows = client
+        .simple_query(&query.samples)
+        .await
+        .map_err(|e| format!("samples SQL: {}", crate::db::DbError::Query(e)))?;
+    Ok(rows
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                r.columns()
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, c)| Some((c.name().to_string(), r.get(i)?.to_string())))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The lines of a `--samples-file` for `route`.
+fn samples_from_file(file: &std::path::Path, route: &str) -> Result<Vec<Sample>, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    parse_samples(&text, route).map_err(|e| format!("{}: {e}", file.display()))
+}
+
+/// Parses the CSV of `--samples-file`, keeping the lines of `route`.
+fn parse_samples(text: &str, route: &str) -> Result<Vec<Sample>, String> {
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
+    let header: Vec<String> = match lines.next() {
+        Some((_, l)) => l.split(',').map(|c| c.trim().to_string()).collect(),
+        None => return Ok(Vec::new()),
+    };
+    for required in ["route", "tenant"] {
+        if !header.iter().any(|c| c == required) {
+            return Err(format!("the header line names no `{required}` column"));
+        }
+    }
+    let mut out = Vec::new();
+    for (n, line) in lines {
+        let values: Vec<&str> = line.split(',').map(str::trim).collect();
+        if values.len() != header.len() {
+            return Err(format!(
+                "line {}: {} values for {} columns",
+                n + 1,
+                values.len(),
+                header.len()
+            ));
+        }
+        let sample: Sample = header
+            .iter()
+            .cloned()
+            .zip(values.iter().map(|v| v.to_string()))
+            .filter(|(_, v)| !v.is_empty())
+            .collect();
+        if sample.get("route").map(String::as_str) == Some(route) {
+            out.push(sample);
+        }
+    }
+    Ok(out)
 }
 
 /// A query-string component: unreserved characters as they are, every other byte `%XX`.
@@ -434,6 +498,26 @@ pub fn first_difference(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_samples_file_keeps_its_routes_lines_and_names_what_is_wrong() {
+        let text =
+            "# samples\nroute,tenant,id,limit\ninvoice,acme,7,\npage,acme,,5\ninvoice,globex,9,\n";
+        let got = parse_samples(text, "invoice").unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0]["tenant"], "acme");
+        assert_eq!(got[0]["id"], "7");
+        assert!(
+            !got[0].contains_key("limit"),
+            "empty values are absent parameters"
+        );
+        assert_eq!(parse_samples(text, "page").unwrap()[0]["limit"], "5");
+        assert!(parse_samples(text, "payments").unwrap().is_empty());
+        let err = parse_samples("route,id\ninvoice,7\n", "invoice").unwrap_err();
+        assert!(err.contains("`tenant`"), "{err}");
+        let err = parse_samples("route,tenant\ninvoice,acme,extra\n", "invoice").unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+    }
 
     #[test]
     fn documents_compare_semantically_and_name_the_first_difference() {
