@@ -12,7 +12,11 @@
 //! Per row: client requests/s, mean, p50 and p99 latency, errors (no answer, or a 5xx other
 //! than a 503 shed), sheds (503), and OMS requests per client request (the OMS writes one
 //! `audit_events` row per API request it answers). A fresh OMS process and gateway per row.
-//! Prints a table and writes `target/bench-legacy-oms.json`.
+//! Also per row: the `x-cache: HIT` answers (count, p50, p99) and the OMS's own throughput
+//! (audit rows written / row seconds) next to the OMS-alone figure of the same level, with
+//! verdicts on the gateway rows with sheds (the OMS's queue full): HIT p99 ≤ 50 ms, and the OMS's
+//! throughput through omsgate ≥ alone (issue 14).
+//! Prints tables and writes `target/bench-legacy-oms.json`.
 //!
 //! Needs PostgreSQL (`OMSGATE_TEST_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/
 //! test`) and the reference OMS's Python (`OMSGATE_TEST_LEGACY_PYTHON`, else `.venv-legacy-oms`;
@@ -60,9 +64,27 @@ struct Row {
     writes: Class,
     /// 2xx answers only.
     answered: Class,
+    /// `x-cache: HIT` answers only.
+    hits: Class,
+    /// `x-cache: HIT` answers slower than `HIT_P99_TARGET_MS` (a HIT can be a request that
+    /// waited on the cache lock while another one filled the key from the OMS).
+    slow_hits: u64,
+    /// The OMS's own throughput: `backend_requests` / `seconds`.
+    oms_rps: f64,
+    /// Gateway rows: `oms_rps` of the OMS direct row at the same level.
+    oms_alone_rps: Option<f64>,
+    /// Gateway rows with sheds (the OMS's queue full): HIT p99 ≤ 50 ms (issue 14).
+    hit_p99_met: Option<bool>,
+    /// Gateway rows with sheds: `oms_rps` ≥ `oms_alone_rps` (issue 14).
+    oms_throughput_met: Option<bool>,
+    /// Load average (1, 5, 15 min) when the row ended.
+    load_average: Option<[f64; 3]>,
     /// Per (method, status, x-cache): count, mean, p99, max (ms).
     breakdown: Vec<String>,
 }
+
+/// Issue 14's bound on cache HITs while the OMS's queue is full.
+const HIT_P99_TARGET_MS: f64 = 50.0;
 
 /// Latency of one kind of request.
 #[derive(Debug, Default, serde::Serialize)]
@@ -375,6 +397,16 @@ fn row(target: &str, users: usize, samples: &[Sample], seconds: f64, backend: i6
         reads: class(samples, |s| !s.write),
         writes: class(samples, |s| s.write),
         answered: class(samples, |s| (200..300).contains(&s.status)),
+        hits: class(samples, |s| s.cache == "HIT"),
+        slow_hits: samples
+            .iter()
+            .filter(|s| s.cache == "HIT" && s.micros as f64 > HIT_P99_TARGET_MS * 1000.0)
+            .count() as u64,
+        oms_rps: backend as f64 / seconds.max(1e-9),
+        oms_alone_rps: None,
+        hit_p99_met: None,
+        oms_throughput_met: None,
+        load_average: omsgate::loadgen::load_average(),
         breakdown: breakdown(samples),
     }
 }
@@ -456,11 +488,26 @@ fn main() {
             // The OMS may still be working through its queue: let it drain before counting.
             std::thread::sleep(Duration::from_secs(1));
             let backend = psql(&rt, &audit_rows) - before;
-            let r = row(target, users, &samples, seconds, backend);
+            let mut r = row(target, users, &samples, seconds, backend);
+            if through_gateway {
+                // The OMS direct row of this level ran just before.
+                r.oms_alone_rps = rows
+                    .iter()
+                    .rev()
+                    .find(|d: &&Row| d.target == "OMS direct" && d.users == users)
+                    .map(|d| d.oms_rps);
+                if r.sheds > 0 {
+                    r.hit_p99_met = Some(r.hits.requests > 0 && r.hits.p99_ms <= HIT_P99_TARGET_MS);
+                    r.oms_throughput_met = r.oms_alone_rps.map(|alone| r.oms_rps >= alone);
+                }
+            }
             eprintln!(
-                "{} {} users: {:.1} req/s mean {:.1} p99 {:.1} errors {} sheds {} stale {} OMS/client {:.2}",
+                "{} {} users: {:.1} req/s mean {:.1} p99 {:.1} errors {} sheds {} stale {} OMS/client {:.2} \
+                 HIT n={} p50 {:.1} p99 {:.1} OMS {:.1} req/s (alone {}) load {:?}",
                 r.target, r.users, r.rps, r.mean_ms, r.p99_ms, r.errors, r.sheds, r.stale,
-                r.backend_per_client_request
+                r.backend_per_client_request, r.hits.requests, r.hits.p50_ms, r.hits.p99_ms,
+                r.oms_rps, r.oms_alone_rps.map_or("-".into(), |a| format!("{a:.1}")),
+                r.load_average
             );
             for line in &r.breakdown {
                 eprintln!("    {line}");
@@ -517,6 +564,39 @@ fn main() {
             r.answered.p99_ms
         );
     }
+    println!(
+        "\ncache HITs (`x-cache: HIT` answers only) and the OMS's own throughput (audit rows \
+         written / row seconds); verdicts on the omsgate rows with sheds (the OMS's queue full)"
+    );
+    println!(
+        "| target | users | sheds | HIT answers | HIT p50 ms | HIT p99 ms | HITs > {HIT_P99_TARGET_MS:.0} ms | HIT p99 ≤ {HIT_P99_TARGET_MS:.0} ms | OMS req/s | OMS alone req/s | OMS via omsgate ≥ alone | load avg (1 min) at end |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---:|");
+    let verdict = |v: Option<bool>, r: &Row| match v {
+        Some(true) => "met".to_string(),
+        Some(false) => "not met".to_string(),
+        None if r.target == "omsgate" => "— (no sheds)".to_string(),
+        None => "—".to_string(),
+    };
+    for r in &rows {
+        println!(
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {} | {} | {:.1} | {} | {} | {} |",
+            r.target,
+            r.users,
+            r.sheds,
+            r.hits.requests,
+            r.hits.p50_ms,
+            r.hits.p99_ms,
+            r.slow_hits,
+            verdict(r.hit_p99_met, r),
+            r.oms_rps,
+            r.oms_alone_rps
+                .map_or("—".to_string(), |a| format!("{a:.1}")),
+            verdict(r.oms_throughput_met, r),
+            r.load_average
+                .map_or("?".to_string(), |l| format!("{:.1}", l[0])),
+        );
+    }
     // The users the OMS alone sustains within the objective: the highest level at which it met
     // it with every lower level met too.
     let mut sustained = 0;
@@ -547,8 +627,27 @@ fn main() {
         }
     );
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-legacy-oms.json");
+    let all = |v: fn(&Row) -> Option<bool>| {
+        let judged: Vec<bool> = rows.iter().filter_map(v).collect();
+        (!judged.is_empty()).then(|| judged.iter().all(|m| *m))
+    };
+    let (hit_met, oms_met) = (all(|r| r.hit_p99_met), all(|r| r.oms_throughput_met));
+    let word = |v: Option<bool>| match v {
+        Some(true) => "met",
+        Some(false) => "not met",
+        None => "not judged (no row with sheds)",
+    };
+    println!(
+        "HIT p99 ≤ {HIT_P99_TARGET_MS:.0} ms while the queue is full: {}; OMS throughput through \
+         omsgate ≥ alone: {}",
+        word(hit_met),
+        word(oms_met)
+    );
     let json = serde_json::json!({
         "audit_ms": audit_ms,
+        "hit_p99_target_ms": HIT_P99_TARGET_MS,
+        "hit_p99_met": hit_met,
+        "oms_throughput_met": oms_met,
         "secs": secs,
         "load_average": omsgate::loadgen::load_average(),
         "rows": rows,
