@@ -12,7 +12,13 @@
 //! 20000), `OMSGATE_BENCH_IDLE` (idle connections, default 10000), `OMSGATE_BENCH_THREADS`
 //! (the gateway's `server.threads`, default 1), `OMSGATE_BENCH_KEEPALIVE` (its
 //! `upstream.keepalive_pool`, default 256), `OMSGATE_TEST_REDIS_URL`,
-//! `OMSGATE_BENCH_KAFKA_BROKERS` (else `OMSGATE_TEST_KAFKA_BROKERS`).
+//! `OMSGATE_BENCH_KAFKA_BROKERS` (else `OMSGATE_TEST_KAFKA_BROKERS`), `OMSGATE_BENCH_TLS` (0
+//! skips the TLS rows).
+//!
+//! TLS rows (issue 16): a throwaway CA and a `localhost` certificate (rcgen) for the gateway's
+//! `[server.tls]` and nginx's `ssl_certificate`; the load generator's rustls client (TLS 1.3,
+//! ALPN `http/1.1`) on keepalive connections (pass-through, L1 hit), and with a new TCP
+//! connection and a full handshake (no resumption) per request (new handshakes per second).
 
 mod common;
 
@@ -21,7 +27,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use omsgate::loadgen::{self, LoadReport, LoadSpec};
+use std::sync::Arc;
+
+use omsgate::loadgen::{self, LoadReport, LoadSpec, TlsLoad};
 
 use common::*;
 
@@ -60,7 +68,31 @@ path = "/__blob/{{size}}"
 /// nginx in front of `upstream`: a reverse proxy, or with `cache` a `proxy_cache` that stores
 /// every 200 for an hour (the equivalent of the gateway's `cache = { ttl = "1h" }`).
 fn start_nginx(upstream: SocketAddr, listen: SocketAddr, cache: bool) -> Option<Nginx> {
+    start_nginx_tls(upstream, listen, cache, None)
+}
+
+/// [`start_nginx`], terminating TLS with `tls`'s certificate and key when given (TLS 1.2/1.3,
+/// its default ciphers; keepalive connections not closed after 1 000 requests, as the gateway
+/// does not close them either, so that the keepalive rows measure no handshakes).
+fn start_nginx_tls(
+    upstream: SocketAddr,
+    listen: SocketAddr,
+    cache: bool,
+    tls: Option<&Pki>,
+) -> Option<Nginx> {
     let nginx = which("nginx")?;
+    let (ssl, ssl_conf) = match tls {
+        Some(pki) => (
+            " ssl",
+            format!(
+                "ssl_certificate {};\n    ssl_certificate_key {};\n    \
+                 ssl_protocols TLSv1.2 TLSv1.3;\n    keepalive_requests 100000000;",
+                pki.cert.display(),
+                pki.key.display()
+            ),
+        ),
+        None => ("", String::new()),
+    };
     let dir = bench_dir("proxy").join(format!("nginx-{}", listen.port()));
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::create_dir_all(dir.join("logs"));
@@ -89,7 +121,8 @@ http {{
   {cache_path}
   upstream oms {{ server {upstream}; keepalive 256; }}
   server {{
-    listen {listen} reuseport;
+    listen {listen}{ssl} reuseport;
+    {ssl_conf}
     location / {{
       proxy_pass http://oms;
       proxy_http_version 1.1;
@@ -226,6 +259,126 @@ async fn idle_connections(addr: SocketAddr, pid: u32, n: usize) -> Idle {
     }
 }
 
+/// A throwaway CA and a server certificate for `localhost` / `127.0.0.1` (rcgen), written as
+/// PEM files for the gateway's `[server.tls]` and nginx's `ssl_certificate`: the same
+/// certificate for both.
+struct Pki {
+    ca_der: Vec<u8>,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        use std::os::unix::fs::PermissionsExt;
+        let dir = bench_dir("proxy").join(format!("tls-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "omsgate bench CA");
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = params.self_signed(&ca_key).expect("CA certificate");
+        let key = KeyPair::generate().expect("server key");
+        let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".into()])
+            .expect("server params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params
+            .signed_by(&key, &ca, &ca_key)
+            .expect("server certificate");
+        let pki = Pki {
+            ca_der: ca.der().to_vec(),
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+        };
+        std::fs::write(&pki.cert, cert.pem()).expect("write certificate");
+        std::fs::write(&pki.key, key.serialize_pem()).expect("write key");
+        std::fs::set_permissions(&pki.key, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod key");
+        pki
+    }
+
+    /// The gateway's `[server.tls]` table.
+    fn gateway_table(&self) -> String {
+        format!(
+            "[server.tls]\ncert = \"{}\"\nkey = \"{}\"",
+            self.cert.display(),
+            self.key.display()
+        )
+    }
+
+    /// A rustls client trusting the CA, HTTP/1.1 by ALPN; `reconnect`: a new connection and a
+    /// full handshake (no resumption) per request.
+    fn client(&self, reconnect: bool) -> TlsLoad {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from(self.ca_der.clone()))
+            .expect("CA certificate");
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        if reconnect {
+            config.resumption = rustls::client::Resumption::disabled();
+        }
+        TlsLoad {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name: rustls::pki_types::ServerName::try_from("localhost").expect("server name"),
+            reconnect,
+        }
+    }
+}
+
+/// [`drive`] over TLS.
+fn drive_tls(
+    rt: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    secs: u64,
+    connections: usize,
+    path: &str,
+    tls: &TlsLoad,
+) -> LoadReport {
+    let reports = rt.block_on(async {
+        let tasks: Vec<_> = (0..connections)
+            .map(|_| {
+                let spec = LoadSpec {
+                    addr,
+                    paths: vec![path.to_string()],
+                    headers: Vec::new(),
+                    connections: 1,
+                    duration: Duration::from_secs(secs),
+                };
+                tokio::spawn(loadgen::run_tls(spec, tls.clone()))
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            if let Ok(r) = t.await {
+                out.push(r);
+            }
+        }
+        out
+    });
+    merge(&reports)
+}
+
 fn kafka_brokers() -> Option<String> {
     ["OMSGATE_BENCH_KAFKA_BROKERS", "OMSGATE_TEST_KAFKA_BROKERS"]
         .iter()
@@ -253,7 +406,20 @@ struct Row {
 fn measure(rt: &tokio::runtime::Runtime, name: &str, addr: SocketAddr, pid: Option<u32>) -> Row {
     let body = env_or("OMSGATE_BENCH_BODY", 20_000);
     let path = format!("/__blob/{body}");
-    measure_with(rt, name, addr, pid, &|_| vec![path.clone()], &[])
+    measure_with(rt, name, addr, pid, &|_| vec![path.clone()], &[], None)
+}
+
+/// [`measure`] over TLS.
+fn measure_tls(
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    addr: SocketAddr,
+    pid: Option<u32>,
+    tls: &TlsLoad,
+) -> Row {
+    let body = env_or("OMSGATE_BENCH_BODY", 20_000);
+    let path = format!("/__blob/{body}");
+    measure_with(rt, name, addr, pid, &|_| vec![path.clone()], &[], Some(tls))
 }
 
 /// [`measure`] with each connection's own paths and extra request headers.
@@ -264,13 +430,21 @@ fn measure_with(
     pid: Option<u32>,
     paths_for: &PathsFor,
     headers: &[(String, String)],
+    tls: Option<&TlsLoad>,
 ) -> Row {
     let secs = env_or("OMSGATE_BENCH_SECS", 8);
     let conns = env_or("OMSGATE_BENCH_CONNECTIONS", 64) as usize;
+    let run = |secs| match tls {
+        None => drive(rt, addr, secs, conns, paths_for, headers),
+        Some(tls) => {
+            let paths = paths_for(0);
+            drive_tls(rt, addr, secs, conns, &paths[0], tls)
+        }
+    };
     // Warm up keepalive pools and caches.
-    drive(rt, addr, 1, conns, paths_for, headers);
+    run(1);
     let cpu0 = pid.map(loadgen::cpu_seconds_of).unwrap_or(0.0);
-    let report = drive(rt, addr, secs, conns, paths_for, headers);
+    let report = run(secs);
     let cpu1 = pid.map(loadgen::cpu_seconds_of).unwrap_or(0.0);
     let rss = pid.map(loadgen::rss_of).unwrap_or(0);
     let cpu_us = if report.requests > 0 {
@@ -304,6 +478,12 @@ const L1_HIT: &str = "omsgate L1 cache hit";
 const NGINX_HIT: &str = "nginx proxy_cache hit";
 const REDIS_HIT: &str = "omsgate Redis-only hit";
 const ALL: &str = "omsgate all features";
+const TLS_PASS: &str = "omsgate TLS pass-through";
+const NGINX_TLS: &str = "nginx TLS reverse proxy";
+const TLS_L1_HIT: &str = "omsgate TLS L1 hit";
+const NGINX_TLS_HIT: &str = "nginx TLS proxy_cache hit";
+const TLS_HANDSHAKES: &str = "omsgate TLS new handshakes";
+const NGINX_TLS_HANDSHAKES: &str = "nginx TLS new handshakes";
 
 fn main() {
     // `cargo bench` passes `--bench`; any other argument selects nothing special yet.
@@ -401,6 +581,7 @@ fn main() {
         Some(gw.0.id()),
         &unique,
         &headers,
+        None,
     ));
     drop(gw);
 
@@ -444,13 +625,82 @@ fn main() {
     }
     let _ = std::fs::remove_dir_all(&spool);
 
+    // TLS (issue 16): the client -> proxy hop over TLS 1.3 (rustls client, HTTP/1.1 by ALPN),
+    // the gateway with [server.tls] and nginx with the same certificate; keepalive rows (one
+    // handshake per connection), then a new connection and full handshake per request.
+    // OMSGATE_BENCH_TLS=0 skips them.
+    if env_or("OMSGATE_BENCH_TLS", 1) != 0 {
+        let pki = Pki::new();
+        let (keepalive, fresh) = (pki.client(false), pki.client(true));
+        let tls_tables = format!("{NO_AUDIT}\n{}", pki.gateway_table());
+        let gw_addr = free_addr();
+        let gw = start_gateway(sim_addr, gw_addr, "", &tls_tables);
+        rows.push(measure_tls(
+            &rt,
+            TLS_PASS,
+            gw_addr,
+            Some(gw.0.id()),
+            &keepalive,
+        ));
+        rows.push(measure_tls(
+            &rt,
+            TLS_HANDSHAKES,
+            gw_addr,
+            Some(gw.0.id()),
+            &fresh,
+        ));
+        drop(gw);
+        let ngx_addr = free_addr();
+        if let Some(ngx) = start_nginx_tls(sim_addr, ngx_addr, false, Some(&pki)) {
+            let worker = ngx.worker();
+            rows.push(measure_tls(
+                &rt,
+                NGINX_TLS,
+                ngx_addr,
+                Some(worker),
+                &keepalive,
+            ));
+            rows.push(measure_tls(
+                &rt,
+                NGINX_TLS_HANDSHAKES,
+                ngx_addr,
+                Some(worker),
+                &fresh,
+            ));
+        }
+        let hit_tls = format!("{hit_tables}\n{}", pki.gateway_table());
+        let gw_addr = free_addr();
+        let gw = start_gateway(sim_addr, gw_addr, CACHED, &hit_tls);
+        rows.push(measure_tls(
+            &rt,
+            TLS_L1_HIT,
+            gw_addr,
+            Some(gw.0.id()),
+            &keepalive,
+        ));
+        drop(gw);
+        let ngx_addr = free_addr();
+        if let Some(ngx) = start_nginx_tls(sim_addr, ngx_addr, true, Some(&pki)) {
+            rows.push(measure_tls(
+                &rt,
+                NGINX_TLS_HIT,
+                ngx_addr,
+                Some(ngx.worker()),
+                &keepalive,
+            ));
+        }
+        if let Some(dir) = pki.cert.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
     println!(
-        "\n{:<26} {:>10} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7}",
+        "\n{:<28} {:>10} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7}",
         "target", "req/s", "p50 µs", "p99 µs", "p999 µs", "CPU µs/req", "RSS MiB", "errors"
     );
     for r in &rows {
         println!(
-            "{:<26} {:>10.0} {:>9} {:>9} {:>9} {:>10.1} {:>10.1} {:>7}",
+            "{:<28} {:>10.0} {:>9} {:>9} {:>9} {:>10.1} {:>10.1} {:>7}",
             r.target,
             r.report.rps,
             r.report.p50_us,
@@ -464,10 +714,14 @@ fn main() {
     let targets = targets(&rows);
     println!(
         "\n{:<48} {:>9} {:>8}",
-        "target (issue 9)", "measured", "met?"
+        "target (issues 9, 16)", "measured", "met?"
     );
     for t in &targets {
-        let measured = t.ratio.map_or("–".to_string(), |r| format!("{r:.2}×"));
+        let measured = match (t.ratio, t.delta_us) {
+            (_, Some(d)) => format!("{d:+.1} µs"),
+            (Some(r), None) => format!("{r:.2}×"),
+            (None, None) => "–".to_string(),
+        };
         let met = t.met.map_or("–", |m| if m { "yes" } else { "no" });
         println!("{:<48} {:>9} {:>8}", t.target, measured, met);
     }
@@ -509,6 +763,8 @@ fn main() {
 struct Target {
     target: String,
     ratio: Option<f64>,
+    /// For the CPU targets: the difference in CPU µs per request.
+    delta_us: Option<f64>,
     met: Option<bool>,
 }
 
@@ -524,6 +780,7 @@ fn targets(rows: &[Row]) -> Vec<Target> {
         Target {
             target: target.to_string(),
             ratio,
+            delta_us: None,
             met: ratio.map(|r| r >= min),
         }
     };
@@ -537,7 +794,44 @@ fn targets(rows: &[Row]) -> Vec<Target> {
         ),
         ratio("Redis-only hit >= 0.8x pass-through", REDIS_HIT, PASS, 0.8),
         ratio("all features within 15% of pass-through", ALL, PASS, 0.85),
+        ratio(
+            "TLS pass-through >= 0.9x nginx TLS proxy",
+            TLS_PASS,
+            NGINX_TLS,
+            0.9,
+        ),
     ];
+    // New full handshakes per second against nginx's: no target, for the record.
+    let mut handshakes = ratio(
+        "TLS new handshakes/s vs nginx's (no target)",
+        TLS_HANDSHAKES,
+        NGINX_TLS_HANDSHAKES,
+        0.0,
+    );
+    handshakes.met = None;
+    out.push(handshakes);
+    // Keepalive TLS: at most 10 µs more CPU per request than the same row in plaintext.
+    let cpu = |name: &str| {
+        rows.iter()
+            .find(|r| r.target == name)
+            .map(|r| r.cpu_us_per_request)
+    };
+    for (target, tls, plain) in [
+        (
+            "keepalive TLS pass-through CPU <= +10 µs/req",
+            TLS_PASS,
+            PASS,
+        ),
+        ("keepalive TLS L1 hit CPU <= +10 µs/req", TLS_L1_HIT, L1_HIT),
+    ] {
+        let delta = cpu(tls).zip(cpu(plain)).map(|(t, p)| t - p);
+        out.push(Target {
+            target: target.to_string(),
+            ratio: None,
+            delta_us: delta,
+            met: delta.map(|d| d <= 10.0),
+        });
+    }
     // p99 of pass-through no worse than nginx's: the ratio is nginx p99 / omsgate p99.
     let p = p99(PASS)
         .zip(p99(NGINX))
@@ -545,6 +839,7 @@ fn targets(rows: &[Row]) -> Vec<Target> {
     out.push(Target {
         target: "pass-through p99 no worse than nginx".to_string(),
         ratio: p,
+        delta_us: None,
         met: p.map(|r| r >= 1.0),
     });
     out

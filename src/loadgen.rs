@@ -1,13 +1,14 @@
 //! A small HTTP/1.1 keepalive load generator for the benches (`cargo bench`).
 //!
 //! Each connection sends requests back to back (closed loop) for a fixed duration; latencies
-//! are recorded per request and summarised as percentiles. It is deliberately minimal (no TLS,
-//! no pipelining) so that its own cost per request stays small next to the proxy's.
+//! are recorded per request and summarised as percentiles. It is deliberately minimal (no
+//! pipelining; TLS through rustls only when asked, [`run_tls`]) so that its own cost per request
+//! stays small next to the proxy's.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// What to send.
@@ -50,25 +51,47 @@ pub struct LoadReport {
     pub body_bytes: u64,
 }
 
+/// TLS for the load ([`run_tls`]): each connection is a rustls client session.
+#[derive(Clone)]
+pub struct TlsLoad {
+    /// The client (trust store, ALPN, resumption) to connect with.
+    pub connector: tokio_rustls::TlsConnector,
+    /// The server name sent (SNI) and verified.
+    pub server_name: rustls::pki_types::ServerName<'static>,
+    /// One request per connection (`Connection: close`), each on a new TCP connection and TLS
+    /// handshake; the latency then includes connect and handshake, and requests/s are new
+    /// handshakes per second (full ones when the connector's resumption is disabled).
+    pub reconnect: bool,
+}
+
 /// Runs the load on the current tokio runtime.
 pub async fn run(spec: LoadSpec) -> LoadReport {
+    run_with(spec, None).await
+}
+
+/// Runs the load over TLS on the current tokio runtime.
+pub async fn run_tls(spec: LoadSpec, tls: TlsLoad) -> LoadReport {
+    run_with(spec, Some(tls)).await
+}
+
+async fn run_with(spec: LoadSpec, tls: Option<TlsLoad>) -> LoadReport {
     let deadline = Instant::now() + spec.duration;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..spec.connections {
-        let spec = spec.clone();
-        tasks.push(tokio::spawn(
-            async move { connection(spec, c, deadline).await },
-        ));
+        let (spec, tls) = (spec.clone(), tls.clone());
+        tasks.push(tokio::spawn(async move {
+            connection(spec, tls, c, deadline).await
+        }));
     }
     let mut lat: Vec<u32> = Vec::new();
     let mut report = LoadReport::default();
     for t in tasks {
-        if let Ok((l, non_success, errors, bytes)) = t.await {
-            lat.extend(l);
-            report.non_success += non_success;
-            report.errors += errors;
-            report.body_bytes += bytes;
+        if let Ok(tally) = t.await {
+            lat.extend(tally.lat);
+            report.non_success += tally.non_success;
+            report.errors += tally.errors;
+            report.body_bytes += tally.bytes;
         }
     }
     report.seconds = started.elapsed().as_secs_f64();
@@ -93,15 +116,35 @@ pub async fn run(spec: LoadSpec) -> LoadReport {
     report
 }
 
-async fn connection(spec: LoadSpec, index: usize, deadline: Instant) -> (Vec<u32>, u64, u64, u64) {
-    let mut lat = Vec::with_capacity(4096);
-    let (mut non_success, mut errors, mut bytes) = (0u64, 0u64, 0u64);
+/// One connection's counts.
+#[derive(Default)]
+struct Tally {
+    lat: Vec<u32>,
+    non_success: u64,
+    errors: u64,
+    bytes: u64,
+}
+
+async fn connection(
+    spec: LoadSpec,
+    tls: Option<TlsLoad>,
+    index: usize,
+    deadline: Instant,
+) -> Tally {
+    let mut tally = Tally {
+        lat: Vec::with_capacity(4096),
+        ..Tally::default()
+    };
+    let once = tls.as_ref().is_some_and(|t| t.reconnect);
     let mut extra = String::new();
     for (k, v) in &spec.headers {
         extra.push_str(k);
         extra.push_str(": ");
         extra.push_str(v);
         extra.push_str("\r\n");
+    }
+    if once {
+        extra.push_str("Connection: close\r\n");
     }
     let requests: Vec<Vec<u8>> = spec
         .paths
@@ -110,44 +153,97 @@ async fn connection(spec: LoadSpec, index: usize, deadline: Instant) -> (Vec<u32
         .collect();
     let mut buf = vec![0u8; 64 * 1024];
     let mut i = index;
-    'outer: while Instant::now() < deadline {
-        let Ok(mut stream) = TcpStream::connect(spec.addr).await else {
-            errors += 1;
+    while Instant::now() < deadline {
+        let connecting = Instant::now();
+        let Ok(stream) = TcpStream::connect(spec.addr).await else {
+            tally.errors += 1;
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
         let _ = stream.set_nodelay(true);
-        while Instant::now() < deadline {
-            let req = &requests[i % requests.len()];
-            i += 1;
-            let t = Instant::now();
-            if stream.write_all(req).await.is_err() {
-                errors += 1;
-                continue 'outer;
+        let run = Session {
+            requests: &requests,
+            deadline,
+            once,
+            connecting,
+        };
+        match &tls {
+            None => {
+                let mut stream = stream;
+                run.drive(&mut stream, &mut buf, &mut i, &mut tally).await;
             }
-            match read_response(&mut stream, &mut buf).await {
+            Some(t) => match t.connector.connect(t.server_name.clone(), stream).await {
+                Ok(mut stream) => {
+                    run.drive(&mut stream, &mut buf, &mut i, &mut tally).await;
+                }
+                Err(_) => {
+                    tally.errors += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+        }
+    }
+    tally
+}
+
+/// Requests on one open connection.
+struct Session<'a> {
+    requests: &'a [Vec<u8>],
+    deadline: Instant,
+    /// One request, its latency counted from `connecting`.
+    once: bool,
+    connecting: Instant,
+}
+
+impl Session<'_> {
+    /// Sends requests back to back until the deadline, an error, a `Connection: close` answer
+    /// or (`once`) the first answer.
+    async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+        buf: &mut [u8],
+        i: &mut usize,
+        tally: &mut Tally,
+    ) {
+        while Instant::now() < self.deadline {
+            let req = &self.requests[*i % self.requests.len()];
+            *i += 1;
+            let t = if self.once {
+                self.connecting
+            } else {
+                Instant::now()
+            };
+            if stream.write_all(req).await.is_err() {
+                tally.errors += 1;
+                return;
+            }
+            match read_response(stream, buf).await {
                 Some((status, len, keep)) => {
-                    lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                    bytes += len as u64;
+                    tally
+                        .lat
+                        .push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    tally.bytes += len as u64;
                     if !(200..400).contains(&status) {
-                        non_success += 1;
+                        tally.non_success += 1;
                     }
-                    if !keep {
-                        continue 'outer;
+                    if !keep || self.once {
+                        return;
                     }
                 }
                 None => {
-                    errors += 1;
-                    continue 'outer;
+                    tally.errors += 1;
+                    return;
                 }
             }
         }
     }
-    (lat, non_success, errors, bytes)
 }
 
 /// Reads one response; returns (status, body length, keepalive).
-async fn read_response(stream: &mut TcpStream, buf: &mut [u8]) -> Option<(u16, usize, bool)> {
+async fn read_response<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut [u8],
+) -> Option<(u16, usize, bool)> {
     let mut filled = 0;
     let head_end = loop {
         if filled == buf.len() {
