@@ -308,21 +308,10 @@ pub fn check_accepted(
 }
 
 /// The `[queries.*]` tables of the annotated `config.toml` (the reference schema's three
-/// queries), as TOML text to append to a test's config.
+/// queries), as TOML text to append to a test's config: the gateway's own
+/// [`omsgate::db::queries::reference_toml`], which `demo --seed-db` and the benches use too.
 pub fn reference_queries_toml() -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
-    let mut out = String::new();
-    let mut inside = false;
-    for line in text.lines() {
-        if line.starts_with('[') {
-            inside = line.starts_with("[queries.");
-        }
-        if inside {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
+    let out = omsgate::db::queries::reference_toml();
     assert!(out.contains("[queries."), "config.toml has no [queries.*]");
     out
 }
