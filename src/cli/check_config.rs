@@ -56,6 +56,7 @@ pub fn main(args: Args) -> i32 {
                 let found = super::block_on(crate::db::queries::check_against_database(
                     url,
                     &database.schema,
+                    database.prepared_statements,
                     &c.queries,
                 ));
                 match found {

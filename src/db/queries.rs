@@ -642,21 +642,33 @@ impl Param {
 /// resolves them) and returns a problem per query the database refuses (a missing function,
 /// table or column, parameter types that fit no function) or whose result is not exactly one
 /// `json`, `jsonb` or `text` column. `Err` only when the database cannot be reached.
+///
+/// With `prepared_statements = false` (a transaction-mode pooler) the pool sets no session state,
+/// so a schema other than `public` must already be on the role's `search_path`: a problem under
+/// `database.schema` when it is not (and the queries are then checked as the pool would run them).
 pub async fn check_against_database(
     url: &str,
     schema: &str,
+    prepared_statements: bool,
     queries: &Queries,
 ) -> Result<Vec<crate::config::Problem>, super::DbError> {
     let client = super::connect(url).await?;
-    if schema != "public" {
-        client
-            .batch_execute(&format!(
-                "SET search_path TO {}",
-                super::quote_ident(schema)
-            ))
-            .await?;
-    }
     let mut problems = Vec::new();
+    if schema != "public" {
+        if prepared_statements {
+            client
+                .batch_execute(&format!(
+                    "SET search_path TO {}",
+                    super::quote_ident(schema)
+                ))
+                .await?;
+        } else if let Some(reason) = super::query::search_path_problem(&client, schema).await? {
+            problems.push(crate::config::Problem {
+                key: "database.schema".into(),
+                reason,
+            });
+        }
+    }
     let mut push = |name: &str, reason: String| {
         problems.push(crate::config::Problem {
             key: format!("queries.{name}.sql"),

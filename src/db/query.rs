@@ -7,7 +7,7 @@
 //! caller (the verified identity) and is bound as `$tenant`, so the path needs no session state
 //! (`SET`) and works behind transaction-mode poolers when `prepared_statements = false`. Names in
 //! the SQL resolve in `database.schema` (set as the connections' `search_path` when it is not
-//! `public`).
+//! `public`; behind a transaction-mode pooler it must be the role's own, checked per connection).
 //!
 //! Failure policy: fail open. `Ok(None)` (a request this path does not answer) and `Err` (pool
 //! exhausted, database unreachable, timeout, error) both mean "send the request to the OMS";
@@ -76,6 +76,39 @@ impl std::fmt::Debug for QueryPaths {
     }
 }
 
+/// Behind a transaction-mode pooler (`prepared_statements = false`) the gateway sets no session
+/// state, so a `database.schema` other than `public` must be on the connection's own
+/// `search_path`; otherwise the queries would resolve their names elsewhere. `Some(reason)` when
+/// it is not, naming the fixes.
+pub async fn search_path_problem(
+    client: &tokio_postgres::Client,
+    schema: &str,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    // One unnamed statement (`query_typed`): a named one would not survive the pooler.
+    let rows = client
+        .query_typed(
+            "SELECT $1::text = ANY(current_schemas(false)), current_user::text, \
+             current_setting('search_path')",
+            &[(&schema, Type::TEXT)],
+        )
+        .await?;
+    let Some(row) = rows.first() else {
+        return Ok(Some("the search_path check returned no row".into()));
+    };
+    if row.get::<_, bool>(0) {
+        return Ok(None);
+    }
+    let (role, path): (String, String) = (row.get(1), row.get(2));
+    Ok(Some(format!(
+        "database.schema {schema:?} is not on the search_path ({path}) of role {role:?}, and \
+         with prepared_statements = false (a transaction-mode pooler) the gateway sets none; \
+         run `ALTER ROLE {} SET search_path = {}, public` (or set the pooler's connect_query), \
+         or use a session-mode connection with prepared_statements = true",
+        quote_ident(&role),
+        quote_ident(schema)
+    )))
+}
+
 impl QueryPaths {
     /// Builds the pool (no connection is opened yet). Call inside the Tokio runtime that will use
     /// it.
@@ -105,8 +138,12 @@ impl QueryPaths {
             );
             pg.options(options.trim());
         }
-        if config.schema != "public" {
-            // Unqualified names in the queries' SQL resolve in the OMS's schema.
+        if config.schema != "public" && config.prepared_statements {
+            // Unqualified names in the queries' SQL resolve in the OMS's schema. A
+            // transaction-mode pooler refuses the `options` startup parameter (PgBouncer:
+            // "unsupported startup parameter: options"), so without prepared statements the
+            // schema must be on the role's own search_path: checked on every new connection
+            // below.
             let options = format!(
                 "{} -c search_path={}",
                 pg.get_options().unwrap_or(""),
@@ -121,7 +158,22 @@ impl QueryPaths {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
-        let pool = Pool::builder(manager)
+        let mut builder = Pool::builder(manager);
+        if config.schema != "public" && !config.prepared_statements {
+            let schema = config.schema.clone();
+            builder = builder.post_create(deadpool_postgres::Hook::async_fn(move |client, _| {
+                let schema = schema.clone();
+                Box::pin(async move {
+                    // The refusal reaches the log and the fallback counter through `acquire`.
+                    match search_path_problem(client, &schema).await {
+                        Ok(None) => Ok(()),
+                        Ok(Some(problem)) => Err(deadpool_postgres::HookError::message(problem)),
+                        Err(e) => Err(deadpool_postgres::HookError::Backend(e)),
+                    }
+                })
+            }));
+        }
+        let pool = builder
             .max_size(config.max_connections)
             .wait_timeout(Some(config.acquire_timeout))
             .create_timeout(Some(config.connect_timeout))
