@@ -263,9 +263,7 @@ async fn pooled_path_through_a_transaction_mode_pgbouncer_over_verify_full() {
     // one that has the schema.
     let queries = db_support::reference_queries();
     let problems = omsgate::db::queries::check_against_database(
-        &bouncer.url("plain", &ca),
-        &schema.name,
-        false,
+        &database(&bouncer.url("plain", &ca), &schema.name, false),
         queries,
     )
     .await
@@ -277,9 +275,7 @@ async fn pooled_path_through_a_transaction_mode_pgbouncer_over_verify_full() {
         "{problems:?}"
     );
     let problems = omsgate::db::queries::check_against_database(
-        &bouncer.url("oms", &ca),
-        &schema.name,
-        false,
+        &database(&bouncer.url("oms", &ca), &schema.name, false),
         queries,
     )
     .await

@@ -1223,6 +1223,58 @@ fn postgres_sslmodes_as_libpq_with_the_pool_and_migrate_over_verify_full() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // migrate and check-config --database read [tls] ca_file from the config file, as the
+    // pool does: verify-full without sslrootcert then trusts the private CA; without it the
+    // system roots do not know the server.
+    let with_ca = |name: &str, ca_file: Option<&Path>| {
+        let path = dir.path().join(name);
+        let tls = ca_file
+            .map(|f| format!("[tls]\nca_file = \"{}\"\n", f.display()))
+            .unwrap_or_default();
+        std::fs::write(
+            &path,
+            format!(
+                "{tls}[upstream]\nservers = [\"127.0.0.1:9\"]\n[database]\nurl = \"{}\"\n",
+                pg.url("localhost", "sslmode=verify-full")
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let trusted = with_ca("trusted.toml", Some(&ca.pem_path("pg")));
+    let untrusted = with_ca("untrusted.toml", None);
+    let run = |args: &[&str], config: &Path| {
+        let out = Command::new(Gateway::bin())
+            .args(args)
+            .arg(config)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = run(&["migrate", "status", "--config"], &trusted);
+    assert_eq!(
+        code,
+        Some(0),
+        "migrate status trusting [tls] ca_file: {text}"
+    );
+    let (code, text) = run(&["migrate", "status", "--config"], &untrusted);
+    assert_ne!(code, Some(0), "{text}");
+    assert!(text.contains("UnknownIssuer"), "{text}");
+    let (code, text) = run(&["check-config", "--database"], &trusted);
+    assert_eq!(
+        code,
+        Some(0),
+        "check-config --database trusting [tls] ca_file: {text}"
+    );
+    let (code, text) = run(&["check-config", "--database"], &untrusted);
+    assert_eq!(code, Some(64), "{text}");
+    assert!(text.contains("UnknownIssuer"), "{text}");
+
     // The pooled query path over verify-full, trusting the CA through [tls] ca_file.
     let file = omsgate::db::DatabaseFile {
         url: pg.url("localhost", "sslmode=verify-full"),

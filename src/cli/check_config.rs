@@ -52,12 +52,9 @@ pub fn main(args: Args) -> i32 {
                 key: "database.url".into(),
                 reason: format!("--database: {e}"),
             }),
-            Ok(url) => {
+            Ok(_) => {
                 let found = super::block_on(crate::db::queries::check_against_database(
-                    url,
-                    &database.schema,
-                    database.prepared_statements,
-                    &c.queries,
+                    &database, &c.queries,
                 ));
                 match found {
                     Ok(Ok(found)) => {

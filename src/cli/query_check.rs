@@ -271,7 +271,9 @@ async fn samples_from_sql(database: &DatabaseConfig, query: &Query) -> Result<Ve
         ));
     }
     let url = database.require_url().map_err(|e| e.to_string())?;
-    let client = crate::db::connect(url).await.map_err(|e| e.to_string())?;
+    let client = crate::db::connect_trusting(url, &database.trust_roots)
+        .await
+        .map_err(|e| e.to_string())?;
     if database.schema != "public" {
         client
             .batch_execute(&format!("SET search_path TO {}", database.schema_ident()))

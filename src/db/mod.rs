@@ -339,7 +339,20 @@ pub fn with_causes(e: &dyn std::error::Error) -> String {
 /// Connects one client (outside any pool) and drives its connection on a Tokio task. The URL's
 /// `sslmode` and `sslrootcert` apply ([`tls`]), with the system roots as the default trust.
 pub async fn connect(url: &str) -> Result<tokio_postgres::Client, DbError> {
-    let tls = tls::prepare(url, &crate::tls::TlsConfig::default())
+    connect_trusting(url, &Default::default()).await
+}
+
+/// [`connect`] with `roots` (the config's `[tls] ca_file`, [`DatabaseConfig::trust_roots`])
+/// trusted besides the system roots when the URL names no `sslrootcert`, as the pool does.
+pub async fn connect_trusting(
+    url: &str,
+    roots: &std::sync::Arc<Vec<rustls::pki_types::CertificateDer<'static>>>,
+) -> Result<tokio_postgres::Client, DbError> {
+    let trust = crate::tls::TlsConfig {
+        extra_roots: roots.clone(),
+        ..Default::default()
+    };
+    let tls = tls::prepare(url, &trust)
         .map_err(|e| DbError::Connect(format!("{e} ({})", redact_url(url))))?;
     let (client, connection) = tokio_postgres::connect(&tls.url, tls.connector)
         .await

@@ -647,12 +647,12 @@ impl Param {
 /// so a schema other than `public` must already be on the role's `search_path`: a problem under
 /// `database.schema` when it is not (and the queries are then checked as the pool would run them).
 pub async fn check_against_database(
-    url: &str,
-    schema: &str,
-    prepared_statements: bool,
+    database: &super::DatabaseConfig,
     queries: &Queries,
 ) -> Result<Vec<crate::config::Problem>, super::DbError> {
-    let client = super::connect(url).await?;
+    let url = database.require_url()?;
+    let (schema, prepared_statements) = (database.schema.as_str(), database.prepared_statements);
+    let client = super::connect_trusting(url, &database.trust_roots).await?;
     let mut problems = Vec::new();
     if schema != "public" {
         if prepared_statements {
