@@ -386,6 +386,79 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, (&'st
     })
 }
 
+/// A client certificate that omsgate presents to a server asking for one (mutual TLS), read and
+/// checked (certificate and key belong together) when the config loads.
+#[derive(Clone)]
+pub struct ClientCert {
+    /// The chain, leaf first, DER.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The private key, DER (PKCS#8, SEC1 or PKCS#1).
+    key: Vec<u8>,
+    /// The key file, for the permission warning.
+    pub key_path: PathBuf,
+    /// The same in the form Pingora's connector takes, parsed once.
+    pingora: Arc<pingora::utils::tls::CertKey>,
+}
+
+/// Same certificates and key (a reload that re-reads unchanged files changes nothing).
+impl PartialEq for ClientCert {
+    fn eq(&self, other: &Self) -> bool {
+        self.chain == other.chain && self.key == other.key
+    }
+}
+
+impl std::fmt::Debug for ClientCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCert")
+            .field("certificates", &self.chain.len())
+            .field("key_path", &self.key_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCert {
+    /// Reads `cert` (PEM chain) and `key` (PEM private key); an error names `cert` or `key`.
+    pub fn load(cert: &Path, key: &Path) -> Result<ClientCert, (&'static str, String)> {
+        let checked = load_certified_key(cert, key)?;
+        let pem = std::fs::read(key)
+            .map_err(|e| ("key", format!("cannot read {}: {e}", key.display())))?;
+        let private = rustls_pemfile::private_key(&mut pem.as_slice())
+            .ok()
+            .flatten()
+            .ok_or_else(|| ("key", format!("{} holds no PEM private key", key.display())))?;
+        let chain = checked.cert.clone();
+        let key_der = private.secret_der().to_vec();
+        let pingora = Arc::new(pingora::utils::tls::CertKey::new(
+            chain.iter().map(|c| c.to_vec()).collect(),
+            key_der.clone(),
+        ));
+        Ok(ClientCert {
+            chain,
+            key: key_der,
+            key_path: key.to_path_buf(),
+            pingora,
+        })
+    }
+
+    /// The form Pingora's connector takes (`HttpPeer::client_cert_key`).
+    pub fn pingora(&self) -> Arc<pingora::utils::tls::CertKey> {
+        self.pingora.clone()
+    }
+
+    /// A warning when the key file can be read by its group or by everyone.
+    pub fn key_permission_warning(&self) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&self.key_path).ok()?.permissions().mode();
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "{} is readable by its group or others (mode {:o}); chmod 600 it",
+                self.key_path.display(),
+                mode & 0o777
+            )
+        })
+    }
+}
+
 /// Every certificate of a PEM chain file (no CA check: a leaf is not a CA).
 fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;

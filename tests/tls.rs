@@ -503,6 +503,20 @@ impl TlsFront {
 
     /// [`start`](Self::start), offering `alpn` (the bytes are piped whatever is chosen).
     fn start_with_alpn(cert: &Issued, backend: SocketAddr, alpn: &[&[u8]]) -> TlsFront {
+        TlsFront::start_full(cert, backend, alpn, None)
+    }
+
+    /// [`start`](Self::start), refusing clients without a certificate from `client_ca`.
+    fn start_mtls(cert: &Issued, backend: SocketAddr, client_ca: &Path) -> TlsFront {
+        TlsFront::start_full(cert, backend, &[], Some(client_ca))
+    }
+
+    fn start_full(
+        cert: &Issued,
+        backend: SocketAddr,
+        alpn: &[&[u8]],
+        client_ca: Option<&Path>,
+    ) -> TlsFront {
         let (chain, key) = omsgate::tls::load_certified_key(&cert.cert, &cert.key)
             .map(|k| (k.cert.clone(), cert.key.clone()))
             .expect("front certificate");
@@ -510,14 +524,27 @@ impl TlsFront {
         let private = rustls_pemfile::private_key(&mut pem.as_slice())
             .unwrap()
             .unwrap();
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, private)
-        .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in omsgate::tls::read_certificates(ca).unwrap() {
+                    roots.add(c).unwrap();
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_single_cert(chain, private).unwrap();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -743,6 +770,79 @@ fn upstream_tls_overrides_name_every_server_or_skip_verification_with_a_warning(
         &upstream.addr.to_string(),
         "",
         "tls = { sni = \"oms.internal\" }\n",
+    ));
+    assert_eq!(code, 64, "{out}");
+    assert!(out.contains("upstream.tls"), "{out}");
+}
+
+#[test]
+fn an_oms_behind_mutual_tls_gets_the_client_certificate_of_upstream_tls() {
+    let dir = TestDir::new("tls-upstream-mtls");
+    let ca = Ca::new(dir.path(), "oms");
+    let clients = Ca::new(dir.path(), "clients");
+    let oms_cert = ca.issue("oms", &["localhost"], false);
+    let gateway_cert = clients.issue("gateway", &["omsgate"], true);
+    let stranger = ca.issue("stranger", &["omsgate"], true);
+    let upstream = TestUpstream::start();
+    let front = TlsFront::start_mtls(&oms_cert, upstream.addr, &clients.pem_path("clients"));
+    let server = format!("https://localhost:{}", front.addr.port());
+    let trusted = format!("[tls]\nca_file = \"{}\"\n", ca.pem_path("oms").display());
+    let with_cert = |c: &Issued| {
+        format!(
+            "tls = {{ cert = \"{}\", key = \"{}\" }}\n{trusted}",
+            c.cert.display(),
+            c.key.display()
+        )
+    };
+
+    // Without a client certificate the OMS refuses the handshake: a JSON 502.
+    let anonymous = Gateway::start(&gateway_config(&server, "", &trusted));
+    let (status, body) = reqwest::blocking_get(&anonymous.url("/echo?who=anonymous"));
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(upstream.hits_for("/echo"), 0);
+
+    // With the certificate of upstream.tls: requests and health checks get through.
+    let gw = Gateway::start(&gateway_config(&server, "", &with_cert(&gateway_cert)));
+    for i in 0..3 {
+        let (status, body) = reqwest::blocking_get(&gw.url(&format!("/echo?mtls={i}")));
+        assert_eq!(status, 200, "{body}\n{}", gw.log());
+    }
+    assert!(
+        common::wait_for(Duration::from_secs(5), || upstream.hits_for("/health") >= 1),
+        "health checks over mutual TLS reach the OMS"
+    );
+    // A certificate from a CA the OMS does not accept for clients is refused like none.
+    let wrong = Gateway::start(&gateway_config(&server, "", &with_cert(&stranger)));
+    let (status, body) = reqwest::blocking_get(&wrong.url("/echo?who=stranger"));
+    assert_eq!(status, 502, "{body}");
+
+    // cert without key, and a key that is not the certificate's: problems naming the key.
+    let (code, out) = Gateway::check_config(&gateway_config(
+        &server,
+        "",
+        &format!(
+            "tls = {{ cert = \"{}\" }}\n{trusted}",
+            gateway_cert.cert.display()
+        ),
+    ));
+    assert_eq!(code, 64, "{out}");
+    assert!(out.contains("upstream.tls.key"), "{out}");
+    let (code, out) = Gateway::check_config(&gateway_config(
+        &server,
+        "",
+        &format!(
+            "tls = {{ cert = \"{}\", key = \"{}\" }}\n{trusted}",
+            gateway_cert.cert.display(),
+            stranger.key.display()
+        ),
+    ));
+    assert_eq!(code, 64, "{out}");
+    assert!(out.contains("upstream.tls.key"), "{out}");
+    // On plain servers the client certificate is a problem like the other overrides.
+    let (code, out) = Gateway::check_config(&gateway_config(
+        &upstream.addr.to_string(),
+        "",
+        &with_cert(&gateway_cert),
     ));
     assert_eq!(code, 64, "{out}");
     assert!(out.contains("upstream.tls"), "{out}");

@@ -72,6 +72,11 @@ pub struct UpstreamTlsFile {
     /// connection is encrypted but not authenticated, and the gateway warns at start.
     /// Default true.
     pub verify: bool,
+    /// PEM certificate chain presented to servers that ask for a client certificate (an OMS
+    /// behind mutual TLS); needs `key`. Read when the config loads and on reload. Default `""`.
+    pub cert: String,
+    /// PEM private key of `cert` (mode 0600; the gateway warns otherwise). Default `""`.
+    pub key: String,
 }
 
 impl Default for UpstreamTlsFile {
@@ -79,6 +84,8 @@ impl Default for UpstreamTlsFile {
         Self {
             sni: String::new(),
             verify: true,
+            cert: String::new(),
+            key: String::new(),
         }
     }
 }
@@ -235,6 +242,8 @@ pub struct UpstreamConfig {
     pub tls_sni: Option<String>,
     /// `[upstream.tls] verify`.
     pub tls_verify: bool,
+    /// `[upstream.tls] cert` and `key`: the client certificate for mutual TLS.
+    pub tls_client: Option<crate::tls::ClientCert>,
     /// Trust for HTTPS servers (`[tls]`, filled in by [`crate::config::Config`]).
     pub trust: crate::tls::TlsConfig,
     /// Algorithm.
@@ -387,6 +396,7 @@ impl UpstreamConfig {
             tls,
             tls_sni: (!f.tls.sni.trim().is_empty()).then(|| f.tls.sni.trim().to_string()),
             tls_verify: f.tls.verify,
+            tls_client: client_cert(&f.tls, p),
             trust: crate::tls::TlsConfig::default(),
             selection,
             health_path: hc.path.clone(),
@@ -429,7 +439,7 @@ impl UpstreamConfig {
             retries: f.retries,
             h2: f.h2,
         };
-        if !tls && (!f.tls.sni.is_empty() || !f.tls.verify) {
+        if !tls && (!f.tls.sni.is_empty() || !f.tls.verify || !f.tls.cert.is_empty()) {
             p.push(
                 "upstream.tls",
                 "applies to https:// servers only; the servers are plain HTTP",
@@ -457,6 +467,13 @@ impl UpstreamConfig {
     /// `check-config` and logged at start; they do not stop the gateway.
     pub fn warnings(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
+        if let Some(w) = self
+            .tls_client
+            .as_ref()
+            .and_then(|c| c.key_permission_warning())
+        {
+            out.push(("upstream.tls.key".to_string(), w));
+        }
         if self.tls && !self.tls_verify {
             out.push((
                 "upstream.tls.verify".to_string(),
@@ -599,5 +616,31 @@ mod tests {
                 "upstream.overload.retry_after"
             ]
         );
+    }
+}
+
+/// `[upstream.tls] cert` and `key`, both or neither, read and checked.
+fn client_cert(f: &UpstreamTlsFile, p: &mut Problems) -> Option<crate::tls::ClientCert> {
+    let (cert, key) = (f.cert.trim(), f.key.trim());
+    match (cert.is_empty(), key.is_empty()) {
+        (true, true) => None,
+        (false, true) => {
+            p.push("upstream.tls.key", "is needed with upstream.tls.cert");
+            None
+        }
+        (true, false) => {
+            p.push("upstream.tls.cert", "is needed with upstream.tls.key");
+            None
+        }
+        (false, false) => match crate::tls::ClientCert::load(
+            std::path::Path::new(cert),
+            std::path::Path::new(key),
+        ) {
+            Ok(c) => Some(c),
+            Err((which, reason)) => {
+                p.push(format!("upstream.tls.{which}"), reason);
+                None
+            }
+        },
     }
 }

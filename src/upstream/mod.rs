@@ -241,6 +241,7 @@ pub(crate) fn https_peer(cfg: &UpstreamConfig, addr: SocketAddr) -> HttpPeer {
     peer.options.verify_cert = cfg.tls_verify;
     peer.options.verify_hostname = cfg.tls_verify;
     peer.options.ca = cfg.trust.upstream_ca.clone();
+    peer.client_cert_key = cfg.tls_client.as_ref().map(|c| c.pingora());
     if cfg.h2 {
         // h2 preferred, http/1.1 when the server does not offer it.
         peer.options.alpn = pingora::protocols::ALPN::H2H1;
@@ -309,7 +310,8 @@ impl Upstreams {
                 || old.cfg.names != cfg.names
                 || old.cfg.tls != cfg.tls
                 || old.cfg.tls_sni != cfg.tls_sni
-                || old.cfg.tls_verify != cfg.tls_verify,
+                || old.cfg.tls_verify != cfg.tls_verify
+                || old.cfg.tls_client != cfg.tls_client,
             health_check: !same_health_check(&old.cfg, cfg),
         };
         let servers = Servers::carry_over(cfg, Some(&old.servers));
