@@ -12,7 +12,9 @@
 //! Per row: client requests/s, mean, p50 and p99 latency, errors (no answer, or a 5xx other
 //! than a 503 shed), sheds (503), and OMS requests per client request (the OMS writes one
 //! `audit_events` row per API request it answers). A fresh OMS process and gateway per row.
-//! Also per row: the `x-cache: HIT` answers (count, p50, p99) and the OMS's own throughput
+//! Also per row: the `x-cache: HIT` answers (count, p50, p99), apart from the collapsed ones
+//! (`Cache-Status: ...; collapsed`: they waited on the cache lock while another request filled
+//! the entry, so their latency is that request's trip), and the OMS's own throughput
 //! (audit rows written / row seconds) next to the OMS-alone figure of the same level, with
 //! verdicts on the gateway rows with sheds (the OMS's queue full): HIT p99 ≤ 50 ms, and the OMS's
 //! throughput through omsgate ≥ alone (issue 14).
@@ -64,10 +66,12 @@ struct Row {
     writes: Class,
     /// 2xx answers only.
     answered: Class,
-    /// `x-cache: HIT` answers only.
+    /// `x-cache: HIT` answers that found the entry in the cache (not collapsed).
     hits: Class,
-    /// `x-cache: HIT` answers slower than `HIT_P99_TARGET_MS` (a HIT can be a request that
-    /// waited on the cache lock while another one filled the key from the OMS).
+    /// `x-cache: HIT` answers whose `Cache-Status` says `collapsed`: they waited on the cache
+    /// lock while another request filled the key from the OMS.
+    collapsed: Class,
+    /// HIT answers (collapsed ones left out) slower than `HIT_P99_TARGET_MS`.
     slow_hits: u64,
     /// The OMS's own throughput: `backend_requests` / `seconds`.
     oms_rps: f64,
@@ -189,12 +193,19 @@ struct Sample {
     /// 0 for no answer
     status: u16,
     write: bool,
-    /// `x-cache`: HIT, MISS, STALE, EXPIRED, BYPASS, or "-" (none)
+    /// `x-cache` class: HIT, COLLAPSED, MISS, STALE, EXPIRED, BYPASS, or "-" (none)
     cache: &'static str,
 }
 
-fn cache_status(v: Option<&reqwest::header::HeaderValue>) -> &'static str {
-    match v.map(|v| v.as_bytes()) {
+/// The `x-cache` class of an answer; a HIT whose RFC 9211 `Cache-Status` says `collapsed` (it
+/// waited on the cache lock for another request's fill) is `COLLAPSED`.
+fn cache_status(headers: &reqwest::header::HeaderMap) -> &'static str {
+    let collapsed = headers
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("collapsed"));
+    match headers.get("x-cache").map(|v| v.as_bytes()) {
+        Some(b"HIT") if collapsed => "COLLAPSED",
         Some(b"HIT") => "HIT",
         Some(b"MISS") => "MISS",
         Some(b"STALE") => "STALE",
@@ -307,7 +318,7 @@ fn run_users(
                     let (status, cache) = match req.send().await {
                         Ok(r) => {
                             let status = r.status().as_u16();
-                            let cache = cache_status(r.headers().get("x-cache"));
+                            let cache = cache_status(r.headers());
                             match r.bytes().await {
                                 Ok(_) => (status, cache),
                                 Err(_) => (0, "-"),
@@ -398,6 +409,7 @@ fn row(target: &str, users: usize, samples: &[Sample], seconds: f64, backend: i6
         writes: class(samples, |s| s.write),
         answered: class(samples, |s| (200..300).contains(&s.status)),
         hits: class(samples, |s| s.cache == "HIT"),
+        collapsed: class(samples, |s| s.cache == "COLLAPSED"),
         slow_hits: samples
             .iter()
             .filter(|s| s.cache == "HIT" && s.micros as f64 > HIT_P99_TARGET_MS * 1000.0)
@@ -503,9 +515,10 @@ fn main() {
             }
             eprintln!(
                 "{} {} users: {:.1} req/s mean {:.1} p99 {:.1} errors {} sheds {} stale {} OMS/client {:.2} \
-                 HIT n={} p50 {:.1} p99 {:.1} OMS {:.1} req/s (alone {}) load {:?}",
+                 HIT n={} p50 {:.1} p99 {:.1} collapsed n={} p99 {:.1} OMS {:.1} req/s (alone {}) load {:?}",
                 r.target, r.users, r.rps, r.mean_ms, r.p99_ms, r.errors, r.sheds, r.stale,
                 r.backend_per_client_request, r.hits.requests, r.hits.p50_ms, r.hits.p99_ms,
+                r.collapsed.requests, r.collapsed.p99_ms,
                 r.oms_rps, r.oms_alone_rps.map_or("-".into(), |a| format!("{a:.1}")),
                 r.load_average
             );
@@ -565,13 +578,15 @@ fn main() {
         );
     }
     println!(
-        "\ncache HITs (`x-cache: HIT` answers only) and the OMS's own throughput (audit rows \
-         written / row seconds); verdicts on the omsgate rows with sheds (the OMS's queue full)"
+        "\ncache HITs (`x-cache: HIT` answers, collapsed ones apart: `Cache-Status: ...; collapsed`, \
+         they waited on the cache lock for another request's trip to the OMS) and the OMS's own \
+         throughput (audit rows written / row seconds); verdicts on the omsgate rows with sheds \
+         (the OMS's queue full)"
     );
     println!(
-        "| target | users | sheds | HIT answers | HIT p50 ms | HIT p99 ms | HITs > {HIT_P99_TARGET_MS:.0} ms | HIT p99 ≤ {HIT_P99_TARGET_MS:.0} ms | OMS req/s | OMS alone req/s | OMS via omsgate ≥ alone | load avg (1 min) at end |"
+        "| target | users | sheds | HIT answers | HIT p50 ms | HIT p99 ms | HITs > {HIT_P99_TARGET_MS:.0} ms | HIT p99 ≤ {HIT_P99_TARGET_MS:.0} ms | collapsed answers | collapsed p50 ms | collapsed p99 ms | OMS req/s | OMS alone req/s | OMS via omsgate ≥ alone | load avg (1 min) at end |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---:|");
     let verdict = |v: Option<bool>, r: &Row| match v {
         Some(true) => "met".to_string(),
         Some(false) => "not met".to_string(),
@@ -580,7 +595,7 @@ fn main() {
     };
     for r in &rows {
         println!(
-            "| {} | {} | {} | {} | {:.1} | {:.1} | {} | {} | {:.1} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} |",
             r.target,
             r.users,
             r.sheds,
@@ -589,6 +604,9 @@ fn main() {
             r.hits.p99_ms,
             r.slow_hits,
             verdict(r.hit_p99_met, r),
+            r.collapsed.requests,
+            r.collapsed.p50_ms,
+            r.collapsed.p99_ms,
             r.oms_rps,
             r.oms_alone_rps
                 .map_or("—".to_string(), |a| format!("{a:.1}")),

@@ -211,6 +211,12 @@ pub static CACHE_REQUESTS: Lazy<IntCounterVec> = counter_vec!(
     "Cache lookups by route and result: hit, miss, stale, bypass, expired.",
     &["route", "result"]
 );
+/// Cache hits that waited on the cache lock while another request filled the entry.
+pub static CACHE_COLLAPSED: Lazy<IntCounterVec> = counter_vec!(
+    "omsgate_cache_collapsed_total",
+    "Cache hits that waited on the cache lock for another request's fill (request collapsing), by route; also counted as hit in omsgate_cache_requests_total.",
+    &["route"]
+);
 /// Responses stored in the cache, by route.
 pub static CACHE_STORES: Lazy<IntCounterVec> = counter_vec!(
     "omsgate_cache_store_total",
@@ -458,6 +464,7 @@ pub fn init(config_hash: &str, routes: &[&str]) {
     }
     Lazy::force(&CACHE_REQUESTS);
     Lazy::force(&CACHE_STORES);
+    Lazy::force(&CACHE_COLLAPSED);
     Lazy::force(&CACHE_INVALIDATIONS);
     Lazy::force(&CACHE_BACKEND_ERRORS);
     Lazy::force(&CACHE_L1_BYTES);

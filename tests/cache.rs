@@ -611,15 +611,48 @@ async fn concurrent_cold_misses_make_one_upstream_request() {
     }
     let mut bodies = std::collections::HashSet::new();
     let mut statuses: HashMap<String, usize> = HashMap::new();
+    let mut cache_statuses: HashMap<(String, String), usize> = HashMap::new();
     for t in tasks {
         let got = t.await.unwrap();
         assert_eq!(got.status, 200, "{got:?}");
+        let cache_status = got.header("cache-status");
+        *cache_statuses
+            .entry((got.x_cache.clone(), cache_status))
+            .or_default() += 1;
         bodies.insert(got.body);
         *statuses.entry(got.x_cache).or_default() += 1;
     }
     assert_eq!(oms_gets(&sim, "invoice_get"), 1, "x-cache: {statuses:?}");
     assert_eq!(bodies.len(), 1);
     assert_eq!(statuses.get("MISS"), Some(&1), "{statuses:?}");
+    // The requests that waited for the one fill say so (RFC 9211 `collapsed`), apart from
+    // plain hits, and are counted.
+    let key = |x: &str, c: &str| (x.to_string(), c.to_string());
+    assert_eq!(
+        cache_statuses.get(&key("MISS", "omsgate; fwd=miss")),
+        Some(&1),
+        "{cache_statuses:?}"
+    );
+    let collapsed = cache_statuses
+        .get(&key("HIT", "omsgate; fwd=miss; collapsed"))
+        .copied()
+        .unwrap_or(0);
+    let plain = cache_statuses
+        .get(&key("HIT", "omsgate; hit"))
+        .copied()
+        .unwrap_or(0);
+    assert!(collapsed >= 1, "{cache_statuses:?}");
+    assert_eq!(collapsed + plain, 49, "{cache_statuses:?}");
+    let counted = eventually(Duration::from_secs(5), || {
+        gw.metric_value("omsgate_cache_collapsed_total", &[("route", "invoice")])
+            == Some(collapsed as f64)
+    })
+    .await;
+    assert!(counted, "{collapsed} collapsed answers: {cache_statuses:?}");
+    // A later request finds the entry in place: a plain hit.
+    let later = get(&http, &url, Some(&tok)).await;
+    assert_eq!(later.x_cache, "HIT");
+    assert_eq!(later.header("cache-status"), "omsgate; hit");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

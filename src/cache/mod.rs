@@ -29,7 +29,8 @@
 //! | `response_cache_filter` | [`response_cache_filter`]  | store or not, TTL, stale windows         |
 //! | `cache_vary_filter`     | [`cache_vary_filter`]      | `Vary` variance                          |
 //! | `should_serve_stale`    | [`should_serve_stale`]     | stale-if-error on upstream failures      |
-//! | `response_filter`       | [`response_filter`]        | `x-cache`, `Age`, targeted cache fields  |
+//! | `response_filter`       | [`response_filter`]        | `x-cache`, `Cache-Status`, `Age`,        |
+//! |                         |                            | targeted cache fields                    |
 //! |                         |                            | removed, invalidation by writes          |
 //! | `logging`               | [`logging`]                | `omsgate_cache_requests_total`           |
 
@@ -72,6 +73,9 @@ use crate::proxy::Ctx;
 
 /// Response header with the cache status.
 pub const X_CACHE: &str = "x-cache";
+
+/// RFC 9211 response header; omsgate appends its own entry (`omsgate; ...`) to any the OMS sent.
+pub const CACHE_STATUS: &str = "cache-status";
 
 /// Raw zstd dictionary for stored response headers: the usual names and values of OMS answers.
 const HEADER_DICT: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: \r\n\
@@ -661,6 +665,19 @@ pub async fn response_filter(session: &Session, resp: &mut ResponseHeader, ctx: 
     if status.is_some() {
         ctx.cache_status = status;
     }
+    // A hit after waiting on the cache lock was filled by another request's trip to the OMS
+    // (request collapsing): `x-cache` says HIT (no request of its own reached the OMS), the
+    // `collapsed` entry of `Cache-Status` says it waited, and the counter counts it.
+    let collapsed =
+        status == Some("HIT") && session.cache.lock_duration().is_some_and(|d| !d.is_zero());
+    if collapsed {
+        metrics::CACHE_COLLAPSED
+            .with_label_values(&[&ctx.route().name])
+            .inc();
+    }
+    if let Some(entry) = status.map(|s| cache_status_entry(s, collapsed)) {
+        append_cache_status(resp, entry);
+    }
     if let (Some(len), Some("HIT"), 200) = (ctx.cache.decoded, status, resp.status.as_u16()) {
         crate::compress::decoded_headers(resp, len);
     }
@@ -729,6 +746,36 @@ fn same_origin_path(value: &str, host: Option<&str>) -> Option<String> {
                 .then(|| path.to_string())
         }
         _ => None,
+    }
+}
+
+/// This gateway's RFC 9211 `Cache-Status` entry for an `x-cache` status.
+fn cache_status_entry(status: &str, collapsed: bool) -> &'static str {
+    match (status, collapsed) {
+        ("HIT", true) => "omsgate; fwd=miss; collapsed",
+        ("HIT", false) => "omsgate; hit",
+        ("STALE", _) => "omsgate; hit; detail=stale",
+        ("EXPIRED", _) => "omsgate; fwd=stale",
+        ("BYPASS", _) => "omsgate; fwd=bypass",
+        _ => "omsgate; fwd=miss",
+    }
+}
+
+/// Appends `entry` to the response's `Cache-Status` list (RFC 9211 §2: each cache adds its own
+/// entry after those of the caches nearer the origin).
+fn append_cache_status(resp: &mut ResponseHeader, entry: &'static str) {
+    let value = match resp
+        .headers
+        .get(CACHE_STATUS)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.trim().is_empty())
+    {
+        Some(upstream) => http::HeaderValue::try_from(format!("{upstream}, {entry}")),
+        // The usual case: no copy.
+        None => Ok(http::HeaderValue::from_static(entry)),
+    };
+    if let Ok(value) = value {
+        let _ = resp.insert_header(CACHE_STATUS, value);
     }
 }
 
