@@ -18,6 +18,9 @@
 //! (audit rows written / row seconds) next to the OMS-alone figure of the same level, with
 //! verdicts on the gateway rows with sheds (the OMS's queue full): HIT p99 ≤ 50 ms, and the OMS's
 //! throughput through omsgate ≥ alone (issue 14).
+//! `OMSGATE_BENCH_PIN=1` (with two or more CPUs) pins the OMS to the last CPU and the bench (load
+//! generator and gateways) to the others, to separate the OMS's CPU from theirs (PostgreSQL
+//! stays unpinned, so the separation is partial; benches/README has runs both ways).
 //! Prints tables and writes `target/bench-legacy-oms.json`.
 //!
 //! Needs PostgreSQL (`OMSGATE_TEST_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/
@@ -119,10 +122,49 @@ fn psql(rt: &tokio::runtime::Runtime, sql: &str) -> i64 {
     })
 }
 
+/// The CPU the OMS runs on when the bench pins (`OMSGATE_BENCH_PIN=1`, with two or more CPUs;
+/// default 0): the last one. The bench process, and so the load generator and every gateway it
+/// starts, runs on the others; PostgreSQL is not pinned. Without pinning, the gateway rows'
+/// load generator and gateway (80–440 answers/s against the OMS's ~17) take CPU time from the
+/// OMS that the OMS-alone rows do not, which is what the "OMS throughput through omsgate ≥
+/// alone" comparison would then measure.
+fn oms_cpu() -> Option<usize> {
+    // Read once, before the pinning narrows what available_parallelism reports.
+    static CPU: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *CPU.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (env_or("OMSGATE_BENCH_PIN", 0) == 1 && cpus >= 2).then(|| cpus - 1)
+    })
+}
+
+/// Restricts this process (the threads it starts from now on, and its children) to every CPU
+/// but the OMS's; returns whether it did.
+fn pin_away_from_the_oms() -> bool {
+    let Some(oms) = oms_cpu() else {
+        return false;
+    };
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in 0..oms {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
 fn start_oms(schema: &str, addr: SocketAddr, audit_ms: u64) -> Proc {
     let log = bench_dir("legacy-oms").join("oms.log");
     let log = std::fs::File::create(log).expect("create the OMS log");
-    let child = Command::new(python())
+    let mut command = match oms_cpu() {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu.to_string()]).arg(python());
+            c
+        }
+        None => Command::new(python()),
+    };
+    let child = command
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/legacy-oms/app.py"))
         .args([
             "serve",
@@ -434,6 +476,7 @@ fn main() {
         .split(',')
         .filter_map(|v| v.trim().parse().ok())
         .collect();
+    let pinned = pin_away_from_the_oms();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -532,7 +575,14 @@ fn main() {
 
     println!(
         "\nseed scenario against the reference OMS (one uvicorn worker, {audit_ms} ms audit), \
-         think time 1 s, {secs} s per row"
+         think time 1 s, {secs} s per row; {}",
+        match (oms_cpu(), pinned) {
+            (Some(cpu), true) => format!(
+                "OMS pinned to CPU {cpu}, load generator and gateway to the other CPUs, \
+                 PostgreSQL unpinned"
+            ),
+            _ => "no CPU pinning".to_string(),
+        }
     );
     println!(
         "| target | users | req/s | mean ms | p50 ms | p99 ms | errors | sheds | stale | OMS req per client req | objective |"
@@ -663,6 +713,7 @@ fn main() {
     );
     let json = serde_json::json!({
         "audit_ms": audit_ms,
+        "oms_cpu": if pinned { oms_cpu() } else { None },
         "hit_p99_target_ms": HIT_P99_TARGET_MS,
         "hit_p99_met": hit_met,
         "oms_throughput_met": oms_met,
