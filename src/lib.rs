@@ -14,6 +14,7 @@ pub mod identity;
 pub mod lifecycle;
 pub mod limit;
 pub mod loadgen;
+pub mod loadtest;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
