@@ -205,7 +205,7 @@ enabled = false
         .unwrap();
         loadtest::run(scenario, quiet()).await.unwrap()
     });
-    let all = report.targets[0].main.all;
+    let all = report.targets[0].main.all.clone();
     // ~150 requests, a third of them scheduled during the stall: those waited from their
     // intended time to its end (1 s down to 0), so the top 1 % waited about 1 s and the top
     // 10 % more than half of it. A generator that counted from when it got to send (or waited

@@ -114,6 +114,9 @@ fn write_report(r: &loadtest::Report, json: &Path, html: &Path) -> Result<(), St
 /// `--short`: a few seconds per run, two capacity steps.
 fn shorten(s: &mut Scenario) {
     s.duration = s.duration.min(Duration::from_secs(3));
+    for t in &mut s.targets {
+        t.warmup = t.warmup.min(Duration::from_secs(1));
+    }
     s.drain = s.drain.min(Duration::from_secs(3));
     s.sample = s.sample.min(Duration::from_millis(500));
     if let Load::Users { users, ramp, think } = &mut s.load {
@@ -234,7 +237,8 @@ async fn demo(args: &Args, progress: Progress) -> Result<loadtest::Report, Strin
 }
 
 /// The seed scenario against the demo: 20 users (the seed's "10–20 users"), think time 2 s,
-/// the default mix; capacity steps of 8 s from 10 to 320 users.
+/// the default mix; capacity steps of 8 s from 10 to 320 users. The gateway gets a 10 s
+/// warm-up (its cache's steady state, not its cold start); the OMS alone has nothing to warm.
 fn demo_scenario(oms: SocketAddr, gateway: SocketAddr, admin: SocketAddr, pid: u32) -> Scenario {
     let defaults =
         Scenario::parse("[[target]]\nurl = \"http://127.0.0.1:1\"\n[identity]\nmode = \"none\"\n")
@@ -246,12 +250,14 @@ fn demo_scenario(oms: SocketAddr, gateway: SocketAddr, admin: SocketAddr, pid: u
                 url: format!("http://{oms}"),
                 metrics_url: None,
                 pid: None,
+                warmup: Duration::ZERO,
             },
             Target {
                 name: "through omsgate".into(),
                 url: format!("http://{gateway}"),
                 metrics_url: Some(format!("http://{admin}/metrics")),
                 pid: Some(pid),
+                warmup: Duration::from_secs(10),
             },
         ],
         identity: Identity::Jwt {

@@ -253,6 +253,27 @@ pub async fn run(scenario: Scenario, progress: Progress) -> Result<Report, Loadt
     for target in &scenario.targets {
         let t0 = Instant::now();
         let mut timeline = Vec::new();
+        if !target.warmup.is_zero() {
+            progress(&format!(
+                "{}: warm-up, {:.0} s (not measured) ...",
+                target.name,
+                target.warmup.as_secs_f64()
+            ));
+            let _ = run_phase(
+                &shared,
+                target,
+                pg.as_ref(),
+                Phase {
+                    label: "warm-up".into(),
+                    load: scenario.load,
+                    duration: target.warmup,
+                },
+                t0,
+                &mut timeline,
+                &mut notes,
+            )
+            .await;
+        }
         progress(&format!(
             "{}: main run, {} ...",
             target.name,
@@ -597,7 +618,11 @@ async fn run_phase(
             r = done_rx.recv() => r.is_none(),
         };
         let now = Instant::now();
-        let interval = (now - (tick - s.sample)).as_secs_f64().max(0.001);
+        // The last interval ends when the last request does, often a few ms in: rates over
+        // such a sliver would be noise, so no interval counts as shorter than half a sample.
+        let interval = (now - (tick - s.sample))
+            .as_secs_f64()
+            .max(s.sample.as_secs_f64() / 2.0);
         let window = recorder.take_window().summary();
         let counters = match scrape(shared.http.clone(), metrics.clone()).await {
             Some(Ok(c)) => Some(c),
@@ -756,7 +781,8 @@ fn spawn_request(
         let latency = Instant::now().saturating_duration_since(intended);
         let outcome = match result {
             Ok(Ok(a)) if a.status.as_u16() < 400 => Outcome::Ok { cached: a.cached },
-            Ok(_) => Outcome::Error,
+            Ok(Ok(a)) => Outcome::Error(a.status.as_u16()),
+            Ok(Err(_)) => Outcome::Error(0),
             Err(_) => Outcome::Timeout,
         };
         recorder.record(planned.kind, latency, outcome);

@@ -54,7 +54,8 @@ pub fn seed_table(r: &Report) -> String {
         "latency from the intended send time (no coordinated omission)\n"
     );
     let cols: Vec<&TargetReport> = r.targets.iter().collect();
-    let rows: Vec<(&str, Box<dyn Fn(&TargetReport) -> String>)> = vec![
+    type Cell = Box<dyn Fn(&TargetReport) -> String>;
+    let rows: Vec<(&str, Cell)> = vec![
         ("Mean response time", Box::new(|t| ms(t.main.all.mean_ms))),
         (
             "  p50 / p99 / p99.9",
@@ -87,7 +88,25 @@ pub fn seed_table(r: &Report) -> String {
         ),
         (
             "Errors / timeouts",
-            Box::new(|t| format!("{} / {}", t.main.all.errors, t.main.all.timeouts)),
+            Box::new(|t| {
+                let by_status: Vec<String> = t
+                    .main
+                    .all
+                    .error_statuses
+                    .iter()
+                    .map(|(s, n)| format!("{s}: {n}"))
+                    .collect();
+                if by_status.is_empty() {
+                    format!("{} / {}", t.main.all.errors, t.main.all.timeouts)
+                } else {
+                    format!(
+                        "{} ({}) / {}",
+                        t.main.all.errors,
+                        by_status.join(", "),
+                        t.main.all.timeouts
+                    )
+                }
+            }),
         ),
         ("Concurrent users sustained*", Box::new(capacity_cell)),
         (
@@ -158,7 +177,7 @@ pub fn seed_table(r: &Report) -> String {
 pub fn detail_tables(r: &Report) -> String {
     let mut out = String::new();
     let head = format!(
-        "{:<22} {:<14} {:>5} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>8} {:>7}\n",
+        "{:<30} {:<14} {:>5} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>8} {:>7}\n",
         "target / run",
         "route",
         "kind",
@@ -176,8 +195,8 @@ pub fn detail_tables(r: &Report) -> String {
     let row = |out: &mut String, who: &str, route: &str, kind: &str, s: &super::Summary| {
         let _ = writeln!(
             out,
-            "{:<22} {:<14} {:>5} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>8} {:>7}",
-            truncate(who, 22),
+            "{:<30} {:<14} {:>5} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>8} {:>7}",
+            truncate(who, 30),
             route,
             kind,
             s.requests,
@@ -235,7 +254,7 @@ struct Series {
 
 /// A line chart as inline SVG: axes with a few ticks, one polyline per series, a legend.
 fn svg_chart(title: &str, unit: &str, series: &[Series]) -> String {
-    let (w, h, left, right, top, bottom) = (560.0, 260.0, 56.0, 12.0, 28.0, 40.0);
+    let (w, h, left, right, top, bottom) = (560.0, 270.0, 56.0, 12.0, 44.0, 40.0);
     let pts = series.iter().flat_map(|s| s.points.iter());
     let x_max = pts.clone().map(|p| p.0).fold(0.0_f64, f64::max).max(1.0);
     let y_max = nice(pts.map(|p| p.1).fold(0.0_f64, f64::max));
@@ -278,7 +297,7 @@ fn svg_chart(title: &str, unit: &str, series: &[Series]) -> String {
         yb = h - bottom,
         xr = w - right,
     );
-    let mut legend_x = left + 200.0;
+    let mut legend_x = left;
     for s in series {
         if s.points.is_empty() {
             continue;
@@ -290,7 +309,7 @@ fn svg_chart(title: &str, unit: &str, series: &[Series]) -> String {
             .collect();
         let _ = write!(
             svg,
-            r##"<polyline fill="none" stroke="{c}" stroke-width="1.8" points="{p}"/><rect x="{legend_x:.0}" y="9" width="10" height="10" fill="{c}"/><text x="{lx:.0}" y="18" font-size="11">{n}</text>"##,
+            r##"<polyline fill="none" stroke="{c}" stroke-width="1.8" points="{p}"/><rect x="{legend_x:.0}" y="25" width="10" height="10" fill="{c}"/><text x="{lx:.0}" y="34" font-size="11">{n}</text>"##,
             c = s.color,
             p = path.join(" "),
             lx = legend_x + 13.0,

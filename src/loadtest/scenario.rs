@@ -50,10 +50,13 @@ pub struct TargetFile {
     pub metrics_url: String,
     /// Process id of the gateway, for its RSS and CPU from `/proc`. Default none (0).
     pub pid: u32,
+    /// Load this long before the main run, not measured (it shows in the time series as
+    /// "warm-up"): a cache's steady state rather than its cold start. Default `"0s"`.
+    pub warmup: String,
 }
 
 /// `[identity]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct IdentityFile {
     /// Read `[identity]` (mode, secret, claims, issuer, audience, trusted headers) from this
@@ -82,24 +85,6 @@ pub struct IdentityFile {
     /// Tenants the users belong to (user i to tenant i mod n). Default `["acme", "globex",
     /// "initech", "umbrella", "hooli"]` (the simulated OMS's).
     pub tenants: Vec<String>,
-}
-
-impl Default for IdentityFile {
-    fn default() -> Self {
-        IdentityFile {
-            gateway_config: String::new(),
-            mode: String::new(),
-            jwt_secret: String::new(),
-            jwt_secret_env: String::new(),
-            tenant_claim: String::new(),
-            subject_claim: String::new(),
-            issuer: String::new(),
-            audience: String::new(),
-            tenant_header: String::new(),
-            subject_header: String::new(),
-            tenants: Vec::new(),
-        }
-    }
 }
 
 /// `[load]`.
@@ -296,6 +281,8 @@ pub struct Target {
     pub metrics_url: Option<String>,
     /// The gateway's process id.
     pub pid: Option<u32>,
+    /// Unmeasured load before the main run.
+    pub warmup: Duration,
 }
 
 /// How requests identify themselves.
@@ -486,11 +473,17 @@ impl Scenario {
             } else {
                 t.name.clone()
             };
+            let warmup = if t.warmup.is_empty() {
+                Duration::ZERO
+            } else {
+                p.duration_or(&format!("{key}.warmup"), &t.warmup, Duration::ZERO)
+            };
             targets.push(Target {
                 name,
                 url,
                 metrics_url,
                 pid: (t.pid != 0).then_some(t.pid),
+                warmup,
             });
         }
         let (identity, tenants) = identity(&f.identity, dir, p);

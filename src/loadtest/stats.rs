@@ -62,8 +62,8 @@ pub enum Outcome {
         /// Served from the gateway's cache.
         cached: bool,
     },
-    /// A 4xx/5xx answer or a connection error.
-    Error,
+    /// A 4xx/5xx answer (its status) or a connection error (0).
+    Error(u16),
     /// No answer within the timeout (counted at the time it had waited).
     Timeout,
 }
@@ -79,6 +79,8 @@ pub struct Bucket {
     pub timeouts: u64,
     /// Answers served from the cache.
     pub cached: u64,
+    /// Errors by status (0: connection or protocol error).
+    pub error_statuses: BTreeMap<u16, u64>,
 }
 
 impl Default for Bucket {
@@ -88,6 +90,7 @@ impl Default for Bucket {
             errors: 0,
             timeouts: 0,
             cached: 0,
+            error_statuses: BTreeMap::new(),
         }
     }
 }
@@ -100,7 +103,10 @@ impl Bucket {
         match outcome {
             Outcome::Ok { cached: true } => self.cached += 1,
             Outcome::Ok { cached: false } => {}
-            Outcome::Error => self.errors += 1,
+            Outcome::Error(status) => {
+                self.errors += 1;
+                *self.error_statuses.entry(status).or_default() += 1;
+            }
             Outcome::Timeout => self.timeouts += 1,
         }
     }
@@ -111,6 +117,9 @@ impl Bucket {
         self.errors += other.errors;
         self.timeouts += other.timeouts;
         self.cached += other.cached;
+        for (status, n) in &other.error_statuses {
+            *self.error_statuses.entry(*status).or_default() += n;
+        }
     }
 
     /// The summary row.
@@ -130,6 +139,20 @@ impl Bucket {
             errors: self.errors,
             timeouts: self.timeouts,
             cached: self.cached,
+            error_statuses: self
+                .error_statuses
+                .iter()
+                .map(|(s, n)| {
+                    (
+                        if *s == 0 {
+                            "connection".to_string()
+                        } else {
+                            s.to_string()
+                        },
+                        *n,
+                    )
+                })
+                .collect(),
             mean_ms: if n == 0 { 0.0 } else { h.mean() / 1000.0 },
             p50_ms: q(0.50),
             p90_ms: q(0.90),
@@ -141,7 +164,7 @@ impl Bucket {
 }
 
 /// Latency summary of a set of requests (ms from the intended send time).
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {
     /// Requests (answered, failed or timed out).
     pub requests: u64,
@@ -151,6 +174,8 @@ pub struct Summary {
     pub timeouts: u64,
     /// Served from the cache (`x-cache: HIT|STALE`).
     pub cached: u64,
+    /// Errors by status (`"503"`, or `"connection"` for connection and protocol errors).
+    pub error_statuses: BTreeMap<String, u64>,
     /// Mean.
     pub mean_ms: f64,
     /// Median.
@@ -228,7 +253,7 @@ mod tests {
         r.record(
             RequestKind::InvoiceRead,
             Duration::from_millis(1000),
-            Outcome::Error,
+            Outcome::Error(503),
         );
         r.record(
             RequestKind::InvoiceWrite,
@@ -240,6 +265,7 @@ mod tests {
         assert_eq!((s.requests, s.errors, s.cached), (99, 1, 98));
         assert!((s.p50_ms - 10.0).abs() < 0.1, "{s:?}");
         assert!((s.max_ms - 1000.0).abs() < 1.0, "{s:?}");
+        assert_eq!(s.error_statuses["503"], 1);
         assert_eq!(writes.summary().timeouts, 1);
         assert_eq!(all.summary().requests, 100);
         assert_eq!(r.take_window().hist.len(), 100);
