@@ -43,6 +43,15 @@ pub struct Args {
     /// With --demo: workers of the simulated OMS.
     #[arg(long, default_value_t = 4, requires = "demo")]
     pub workers: usize,
+    /// With --demo: also serve the read routes from PostgreSQL through the pooled query paths,
+    /// as `omsgate demo --seed-db` does (creates the reference tables in `--db-schema`, loads the
+    /// simulated OMS's data, applies the migrations); `pg_stat_statements` is read there when
+    /// installed.
+    #[arg(long, value_name = "URL", requires = "demo")]
+    pub seed_db: Option<String>,
+    /// Schema that `--seed-db` fills.
+    #[arg(long, default_value = "public", value_name = "NAME", requires = "demo")]
+    pub db_schema: String,
 }
 
 /// Runs the load test; exit 0 when it ran (whatever the figures), 64 for a bad scenario, 1
@@ -61,6 +70,13 @@ pub fn main(args: Args) -> i32 {
     };
     let progress: Progress = Arc::new(|line: &str| eprintln!("{line}"));
     let result = if args.demo {
+        if let Some(url) = &args.seed_db {
+            // Before the runtime: seeding runs its own.
+            if let Err(e) = super::demo::seed_database(url, &args.db_schema, &demo_sim(&args)) {
+                eprintln!("omsgate loadtest --seed-db: {e}");
+                return 1;
+            }
+        }
         runtime.block_on(demo(&args, progress))
     } else {
         let path = args.scenario.clone().unwrap_or_default();
@@ -152,14 +168,19 @@ fn free_addr() -> Result<SocketAddr, String> {
         .map_err(|e| format!("cannot find a free port: {e}"))
 }
 
-/// The demo: the simulated OMS in this process, omsgate as a child process (so that its RSS
-/// and CPU are its own) with the `omsgate demo` configuration.
-async fn demo(args: &Args, progress: Progress) -> Result<loadtest::Report, String> {
-    let sim_opts = SimOptions {
+/// The simulated OMS of `--demo` (the data `--seed-db` loads is generated from the same options).
+fn demo_sim(args: &Args) -> SimOptions {
+    SimOptions {
         latency: Duration::from_millis(args.latency_ms),
         workers: args.workers.max(1),
         ..SimOptions::default()
-    };
+    }
+}
+
+/// The demo: the simulated OMS in this process, omsgate as a child process (so that its RSS
+/// and CPU are its own) with the `omsgate demo` configuration.
+async fn demo(args: &Args, progress: Progress) -> Result<loadtest::Report, String> {
+    let sim_opts = demo_sim(args);
     let sim = crate::sim::start(
         "127.0.0.1:0".parse().expect("a socket address"),
         sim_opts.clone(),
@@ -175,8 +196,8 @@ async fn demo(args: &Args, progress: Progress) -> Result<loadtest::Report, Strin
         workers: args.workers,
         invoices: sim_opts.invoices_per_tenant,
         tenants: sim_opts.tenants,
-        seed_db: None,
-        db_schema: "public".into(),
+        seed_db: args.seed_db.clone(),
+        db_schema: args.db_schema.clone(),
     };
     let dir = std::env::temp_dir().join(format!("omsgate-loadtest-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -222,6 +243,10 @@ async fn demo(args: &Args, progress: Progress) -> Result<loadtest::Report, Strin
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut scenario = demo_scenario(sim.addr, listen, admin, pid);
+    if args.seed_db.is_some() {
+        scenario.targets[1].name = "omsgate + pooled queries".into();
+    }
+    scenario.database_url = args.seed_db.clone();
     if args.no_capacity {
         scenario.capacity = None;
     }

@@ -235,7 +235,10 @@ impl PgStatements {
                 &[],
             )
             .await
-            .map_err(|e| format!("pg_stat_statements: {e}"))?;
+            .map_err(|e| match e.as_db_error() {
+                Some(db) => format!("pg_stat_statements: {}", db.message()),
+                None => format!("pg_stat_statements: {e}"),
+            })?;
         Ok(row.get(0))
     }
 }

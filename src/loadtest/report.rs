@@ -111,7 +111,13 @@ pub fn seed_table(r: &Report) -> String {
         ("Concurrent users sustained*", Box::new(capacity_cell)),
         (
             "Backend requests per request",
-            Box::new(|t| opt(t.main.backend_per_request, |v| format!("{v:.3}"))),
+            Box::new(|t| match (t.main.oms_per_request, t.main.pooled_per_request) {
+                (Some(oms), Some(db)) if db > 0.0 => {
+                    format!("{:.3} (OMS {oms:.3}, pooled {db:.3})", oms + db)
+                }
+                (Some(oms), _) => format!("{oms:.3} (OMS)"),
+                _ => "n/a".into(),
+            }),
         ),
         (
             "DB statements per request",
