@@ -36,7 +36,7 @@ pub fn seed_table(r: &Report) -> String {
     let o = &r.scenario.objective;
     let _ = writeln!(
         out,
-        "omsgate loadtest: {}, {:.0} s per run; mix {}; Zipf s = {} over {} invoices x {} tenants",
+        "omsgate loadtest: {}, {:.0} s per run\nmix {}; Zipf s = {} over {} invoices x {} tenants",
         r.scenario.load,
         r.scenario.duration_s,
         r.scenario
@@ -111,13 +111,15 @@ pub fn seed_table(r: &Report) -> String {
         ("Concurrent users sustained*", Box::new(capacity_cell)),
         (
             "Backend requests per request",
-            Box::new(|t| match (t.main.oms_per_request, t.main.pooled_per_request) {
-                (Some(oms), Some(db)) if db > 0.0 => {
-                    format!("{:.3} (OMS {oms:.3}, pooled {db:.3})", oms + db)
-                }
-                (Some(oms), _) => format!("{oms:.3} (OMS)"),
-                _ => "n/a".into(),
-            }),
+            Box::new(
+                |t| match (t.main.oms_per_request, t.main.pooled_per_request) {
+                    (Some(oms), Some(db)) if db > 0.0 => {
+                        format!("{:.3} (OMS {oms:.3}, pooled {db:.3})", oms + db)
+                    }
+                    (Some(oms), _) => format!("{oms:.3} (OMS)"),
+                    _ => "n/a".into(),
+                },
+            ),
         ),
         (
             "DB statements per request",
