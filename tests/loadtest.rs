@@ -138,9 +138,9 @@ enabled = false
     });
 }
 
-/// A server that answers at once, except that from one second after its first request it
-/// holds every answer until two seconds after it.
-async fn stalling_server() -> SocketAddr {
+/// A server that answers at once, except (with `stall`) that from one second after its first
+/// request it holds every answer until two seconds after it.
+async fn stalling_server(stall: bool) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let first = Arc::new(std::sync::OnceLock::<Instant>::new());
@@ -157,7 +157,7 @@ async fn stalling_server() -> SocketAddr {
                         let t0 = *first.get_or_init(Instant::now);
                         let (from, to) = (t0 + Duration::from_secs(1), t0 + Duration::from_secs(2));
                         let now = Instant::now();
-                        if now >= from && now < to {
+                        if stall && now >= from && now < to {
                             tokio::time::sleep_until(to.into()).await;
                         }
                         Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
@@ -179,7 +179,7 @@ fn latency_is_counted_from_the_intended_send_time_across_a_stall() {
     let rt = runtime();
     let dir = TestDir::new("loadtest-stall");
     let report = rt.block_on(async {
-        let addr = stalling_server().await;
+        let addr = stalling_server(true).await;
         let scenario = Scenario::parse(&format!(
             r#"
 [[target]]
@@ -230,6 +230,63 @@ enabled = false
         "not self-contained"
     );
     screenshot(&html, dir.path());
+}
+
+#[test]
+fn latency_includes_the_load_generators_own_lateness() {
+    // The target answers at once, on a runtime of its own thread.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        runtime().block_on(async {
+            tx.send(stalling_server(false).await).unwrap();
+            futures::future::pending::<()>().await
+        })
+    });
+    let addr = rx.recv().unwrap();
+    // The load generator runs on one thread, which a task blocks for 1 s after 1 s (a stalled
+    // generator: GC pause, descheduled VM). The requests due meanwhile go out late; counted from
+    // their intended send time they waited up to 1 s, counted from when they left, ~1 ms.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = rt.block_on(async {
+        tokio::spawn(async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            std::thread::sleep(Duration::from_secs(1));
+        });
+        let scenario = Scenario::parse(&format!(
+            r#"
+[[target]]
+url = "http://{addr}"
+[identity]
+mode = "none"
+[load]
+rate = 50
+users = 0
+duration = "3s"
+ramp = "0s"
+[mix]
+invoice_read = 0
+invoice_list = 1
+payment_list = 0
+invoice_write = 0
+[capacity]
+enabled = false
+"#
+        ))
+        .unwrap();
+        loadtest::run(scenario, quiet()).await.unwrap()
+    });
+    let all = report.targets[0].main.all.clone();
+    assert!(all.requests >= 100, "{all:?}");
+    assert!(
+        all.p99_ms >= 850.0 && all.p99_ms <= 1500.0,
+        "p99 {} ms, expected ~1000: {all:?}",
+        all.p99_ms
+    );
+    assert!(all.p90_ms >= 400.0, "p90 {} ms: {all:?}", all.p90_ms);
+    assert!(all.p50_ms < 200.0, "p50 {} ms: {all:?}", all.p50_ms);
 }
 
 /// Renders `html` with headless Chromium; asserts a non-trivial PNG. Skips (with a message)
