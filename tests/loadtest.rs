@@ -289,6 +289,54 @@ enabled = false
     assert!(all.p50_ms < 200.0, "p50 {} ms: {all:?}", all.p50_ms);
 }
 
+#[test]
+fn pg_stat_statements_is_read_when_reachable_and_skipped_with_a_note_otherwise() {
+    let rt = runtime();
+    let database = common::database_url();
+    let closed = format!("postgres://postgres@127.0.0.1:{}/test", common::free_port());
+    for (url, reachable) in [(database.as_str(), true), (closed.as_str(), false)] {
+        let report = rt.block_on(async {
+            let addr = stalling_server(false).await;
+            let scenario = Scenario::parse(&format!(
+                r#"
+[[target]]
+url = "http://{addr}"
+[identity]
+mode = "none"
+[load]
+rate = 20
+users = 0
+duration = "1s"
+ramp = "0s"
+[mix]
+invoice_read = 0
+invoice_list = 1
+payment_list = 0
+invoice_write = 0
+[capacity]
+enabled = false
+[database]
+url = "{url}"
+"#
+            ))
+            .unwrap();
+            loadtest::run(scenario, quiet()).await.unwrap()
+        });
+        let main = &report.targets[0].main;
+        assert!(main.all.requests > 0);
+        let noted = report
+            .notes
+            .iter()
+            .any(|n| n.contains("pg_stat_statements"));
+        match main.db_statements_per_request {
+            // Reachable with the extension: the target made no database traffic, so only other
+            // clients' statements count, if any.
+            Some(v) => assert!(reachable && v >= 0.0 && !noted, "{v} {:?}", report.notes),
+            None => assert!(noted, "no note: {:?}", report.notes),
+        }
+    }
+}
+
 /// Renders `html` with headless Chromium; asserts a non-trivial PNG. Skips (with a message)
 /// only when Chromium is not installed.
 fn screenshot(html: &std::path::Path, dir: &std::path::Path) {
