@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use omsgate::loadgen::{self, LoadReport};
+use common::loadgen::{self, LoadReport};
 use omsgate::sim::{SimOptions, DEMO_JWT_SECRET};
 use rand::{Rng, SeedableRng};
 

@@ -27,11 +27,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::loadgen::{self, LoadReport, LoadSpec};
 use http_body_util::Full;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use omsgate::compress::{Algorithm, Encoder};
-use omsgate::loadgen::{self, LoadReport, LoadSpec};
 
 use common::*;
 

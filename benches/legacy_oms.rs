@@ -460,7 +460,7 @@ fn row(target: &str, users: usize, samples: &[Sample], seconds: f64, backend: i6
         oms_alone_rps: None,
         hit_p99_met: None,
         oms_throughput_met: None,
-        load_average: omsgate::loadgen::load_average(),
+        load_average: common::loadgen::load_average(),
         breakdown: breakdown(samples),
     }
 }
@@ -718,7 +718,7 @@ fn main() {
         "hit_p99_met": hit_met,
         "oms_throughput_met": oms_met,
         "secs": secs,
-        "load_average": omsgate::loadgen::load_average(),
+        "load_average": common::loadgen::load_average(),
         "rows": rows,
         "oms_alone_sustains_users": sustained,
     });

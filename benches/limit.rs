@@ -22,8 +22,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::loadgen::{self, LoadReport, LoadSpec};
 use omsgate::limit::{Caller, Decision, Limiter};
-use omsgate::loadgen::{self, LoadReport, LoadSpec};
 
 use common::*;
 

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use omsgate::loadgen::{self, LoadReport, LoadSpec, TlsLoad};
+use common::loadgen::{self, LoadReport, LoadSpec, TlsLoad};
 
 use common::*;
 

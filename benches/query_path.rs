@@ -485,7 +485,7 @@ async fn measure_http(
         "bench",
         Duration::from_secs(3600),
     );
-    let spec = |duration| omsgate::loadgen::LoadSpec {
+    let spec = |duration| common::loadgen::LoadSpec {
         addr,
         paths: paths.clone(),
         headers: vec![("authorization".into(), format!("Bearer {token}"))],
@@ -493,8 +493,8 @@ async fn measure_http(
         duration,
     };
     // Warm-up: connections, the pool, prepared statements.
-    omsgate::loadgen::run(spec(Duration::from_secs(1))).await;
-    let r = omsgate::loadgen::run(spec(Duration::from_secs(seconds))).await;
+    common::loadgen::run(spec(Duration::from_secs(1))).await;
+    let r = common::loadgen::run(spec(Duration::from_secs(seconds))).await;
     Row {
         scenario: name.to_string(),
         concurrency,

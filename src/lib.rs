@@ -13,7 +13,7 @@ pub mod db;
 pub mod identity;
 pub mod lifecycle;
 pub mod limit;
-pub mod loadgen;
+pub mod loadtest;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

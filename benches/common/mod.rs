@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use omsgate::loadgen::{self, LoadReport, LoadSpec};
+pub mod loadgen;
+
+use loadgen::{LoadReport, LoadSpec};
 
 /// An integer from the environment, or `default`.
 pub fn env_or(name: &str, default: u64) -> u64 {

@@ -98,7 +98,7 @@ pub fn render_config(args: &Args) -> String {
 
 /// `--seed-db`: the reference tables, the simulated OMS's data (same seed, tenants and
 /// invoices), and the bundled migrations.
-fn seed_database(url: &str, schema: &str, sim: &SimOptions) -> Result<(), String> {
+pub(crate) fn seed_database(url: &str, schema: &str, sim: &SimOptions) -> Result<(), String> {
     crate::db::check_identifier(schema).map_err(|e| format!("--db-schema: {e}"))?;
     let seeded = super::block_on(async {
         let client = crate::db::connect(url).await?;

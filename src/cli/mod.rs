@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 pub mod audit_sink;
 pub mod check_config;
 pub mod demo;
+pub mod loadtest;
 pub mod migrate;
 pub mod print_config;
 pub mod query_check;
@@ -43,6 +44,9 @@ pub enum Command {
     Demo(demo::Args),
     /// Run the simulated legacy OMS alone.
     Sim(sim::Args),
+    /// Load-test the OMS and omsgate with an open-model scenario (or `--demo`): latency from
+    /// the intended send time, capacity search, terminal/JSON/HTML report.
+    Loadtest(loadtest::Args),
     /// Validate a config file: exit 0, or list every problem and exit 64.
     CheckConfig(check_config::Args),
     /// Print the effective config (defaults filled in, secrets masked) as TOML.
@@ -66,6 +70,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Run(a) => run::main(a),
         Command::Demo(a) => demo::main(a),
         Command::Sim(a) => sim::main(a),
+        Command::Loadtest(a) => loadtest::main(a),
         Command::CheckConfig(a) => check_config::main(a),
         Command::PrintConfig(a) => print_config::main(a),
         Command::Migrate(a) => migrate::main(a),

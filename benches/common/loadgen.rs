@@ -1,4 +1,6 @@
-//! A small HTTP/1.1 keepalive load generator for the benches (`cargo bench`).
+//! A small HTTP/1.1 keepalive load generator for the micro-benches of the proxy path (`cargo
+//! bench`); dev-only, not part of the `omsgate` binary. Operators' load tests use the open model
+//! of `omsgate loadtest` (src/loadtest/), which measures from the intended send time.
 //!
 //! Each connection sends requests back to back (closed loop) for a fixed duration; latencies
 //! are recorded per request and summarised as percentiles. It is deliberately minimal (no
