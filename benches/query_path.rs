@@ -57,6 +57,29 @@ struct Row {
     max_us: u64,
     /// Database statements per request.
     statements_per_request: f64,
+    /// HTTP rows: the gateway's threads' CPU time and time spent runnable but waiting for a CPU
+    /// (`/proc/PID/task/*/schedstat`) during the row, in seconds.
+    gateway_cpu_s: Option<f64>,
+    gateway_cpu_wait_s: Option<f64>,
+}
+
+/// Run time and run-queue wait (ns) summed over the threads of process `pid`.
+fn schedstat(pid: u32) -> (u64, u64) {
+    let (mut run, mut wait) = (0, 0);
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return (0, 0);
+    };
+    for task in tasks.flatten() {
+        let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        let mut fields = text
+            .split_whitespace()
+            .map(|f| f.parse::<u64>().unwrap_or(0));
+        run += fields.next().unwrap_or(0);
+        wait += fields.next().unwrap_or(0);
+    }
+    (run, wait)
 }
 
 /// Seeds the bench schema unless it already holds the wanted data set, then migrates it.
@@ -403,6 +426,8 @@ async fn measure(
         p999_us: pct(0.999),
         max_us: latencies.last().copied().unwrap_or(0),
         statements_per_request: statements as f64 / requests.max(1) as f64,
+        gateway_cpu_s: None,
+        gateway_cpu_wait_s: None,
     }
 }
 
@@ -507,6 +532,8 @@ async fn measure_http(
         p999_us: r.p999_us,
         max_us: 0,
         statements_per_request: f64::NAN,
+        gateway_cpu_s: None,
+        gateway_cpu_wait_s: None,
     }
 }
 
@@ -560,20 +587,36 @@ fn main() {
             ("HTTP: gateway -> N+1 OMS", naive_oms, false),
             ("HTTP: gateway -> simulated OMS", oms, false),
         ] {
-            let (_gateway, addr) = start_gateway(upstream, &url, pooled);
+            let (gateway, addr) = start_gateway(upstream, &url, pooled);
             eprintln!("Measuring {name} for {seconds} s with {concurrency} connections ...");
-            rows.push(measure_http(name, addr, &sample, concurrency, seconds).await);
+            let before = schedstat(gateway.0.id());
+            let mut row = measure_http(name, addr, &sample, concurrency, seconds).await;
+            let after = schedstat(gateway.0.id());
+            row.gateway_cpu_s = Some(after.0.saturating_sub(before.0) as f64 / 1e9);
+            row.gateway_cpu_wait_s = Some(after.1.saturating_sub(before.1) as f64 / 1e9);
+            rows.push(row);
         }
         rows
     });
 
     println!(
-        "\n{:<30} {:>5} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7}",
-        "scenario", "tasks", "req/s", "p50 µs", "p99 µs", "p999 µs", "max µs", "stmt/req", "errors"
+        "\n{:<30} {:>5} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>10} {:>11}",
+        "scenario",
+        "tasks",
+        "req/s",
+        "p50 µs",
+        "p99 µs",
+        "p999 µs",
+        "max µs",
+        "stmt/req",
+        "errors",
+        "gw CPU s",
+        "gw wait s"
     );
+    let secs = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
     for r in &rows {
         println!(
-            "{:<30} {:>5} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7}",
+            "{:<30} {:>5} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>10} {:>11}",
             r.scenario,
             r.concurrency,
             r.rps,
@@ -586,9 +629,15 @@ fn main() {
             } else {
                 format!("{:.2}", r.statements_per_request)
             },
-            r.errors
+            r.errors,
+            secs(r.gateway_cpu_s),
+            secs(r.gateway_cpu_wait_s)
         );
     }
+    println!(
+        "(gw CPU s / gw wait s: the gateway's threads' CPU time, and their time runnable but \
+         waiting for a CPU, during the row's warm-up and measurement)"
+    );
     let (pooled, naive) = (&rows[0], &rows[2]);
     let speedup = pooled.rps / naive.rps.max(1e-9);
     let verdict = |met: bool| if met { "met" } else { "NOT met" };
