@@ -192,6 +192,20 @@ pub struct ServerFile {
     pub h2c: bool,
     /// TLS on the public listener (`cert` and `key` set), with optional client certificates.
     pub tls: crate::tls::ListenerTlsFile,
+    /// More public listeners, each with its own address and TLS (e.g. `:8443` with TLS beside a
+    /// plaintext `listen` for a load balancer's checks): `[[server.listeners]]`. They serve the
+    /// same routes; `h2c`, `threads` and `read_buffer` apply to all. Default none.
+    pub listeners: Vec<ListenerFile>,
+}
+
+/// `[[server.listeners]]`: one more public listener.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ListenerFile {
+    /// Address, e.g. `"0.0.0.0:8443"`. Restart only. Required.
+    pub listen: String,
+    /// TLS on this listener, as `[server.tls]`. Default none (plaintext).
+    pub tls: crate::tls::ListenerTlsFile,
 }
 
 impl Default for ServerFile {
@@ -203,6 +217,7 @@ impl Default for ServerFile {
             read_buffer: crate::units::ByteSize::Text("4KiB".into()),
             h2c: false,
             tls: crate::tls::ListenerTlsFile::default(),
+            listeners: Vec::new(),
         }
     }
 }
@@ -303,6 +318,17 @@ pub struct ServerConfig {
     /// Cleartext HTTP/2 (prior knowledge) on a plaintext listener.
     pub h2c: bool,
     /// TLS on the public listener; `None` for plaintext.
+    pub tls: Option<crate::tls::ListenerTls>,
+    /// `[[server.listeners]]`, in file order.
+    pub listeners: Vec<ListenerConfig>,
+}
+
+/// Typed `[[server.listeners]]` entry.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Address.
+    pub listen: SocketAddr,
+    /// TLS; `None` for plaintext.
     pub tls: Option<crate::tls::ListenerTls>,
 }
 
@@ -422,6 +448,22 @@ impl Config {
             },
             h2c: file.server.h2c,
             tls: crate::tls::ListenerTls::from_file(&file.server.tls, p),
+            listeners: file
+                .server
+                .listeners
+                .iter()
+                .enumerate()
+                .map(|(i, l)| ListenerConfig {
+                    listen: p
+                        .socket_addr(&format!("server.listeners[{i}].listen"), &l.listen)
+                        .unwrap_or(fallback),
+                    tls: crate::tls::ListenerTls::from_file_at(
+                        &l.tls,
+                        &format!("server.listeners[{i}].tls"),
+                        p,
+                    ),
+                })
+                .collect(),
         };
         let token = if file.admin.token_env.is_empty() {
             None
@@ -449,6 +491,24 @@ impl Config {
         };
         if server.listen == admin.listen && server.listen.port() != 0 {
             p.push("admin.listen", "must differ from server.listen: admin endpoints are never served on the public listener");
+        }
+        for (i, l) in server.listeners.iter().enumerate() {
+            let taken = if l.listen == server.listen {
+                Some("server.listen".to_string())
+            } else if l.listen == admin.listen {
+                Some("admin.listen".to_string())
+            } else {
+                server.listeners[..i]
+                    .iter()
+                    .position(|o| o.listen == l.listen)
+                    .map(|j| format!("server.listeners[{j}].listen"))
+            };
+            if let Some(other) = taken.filter(|_| l.listen.port() != 0) {
+                p.push(
+                    format!("server.listeners[{i}].listen"),
+                    format!("{} is already {other}", l.listen),
+                );
+            }
         }
         let log = LogConfig {
             format: match file.log.format.as_str() {

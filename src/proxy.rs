@@ -133,6 +133,8 @@ pub struct Shared {
     pub started: Instant,
     /// The public listener's certificate when it speaks TLS; a reload replaces it.
     pub listener_cert: Option<Arc<crate::tls::ListenerCert>>,
+    /// The same for each `[[server.listeners]]` entry, in file order.
+    pub listener_certs: Vec<Option<Arc<crate::tls::ListenerCert>>>,
 }
 
 /// The gateway's [`ProxyHttp`] implementation.

@@ -121,6 +121,16 @@ impl Reloader {
             // Read and checked by Config::load: a bad file rejected the reload above.
             cert.replace(tls.certified.clone());
         }
+        for (cert, listener) in self
+            .shared
+            .listener_certs
+            .iter()
+            .zip(&config.server.listeners)
+        {
+            if let (Some(cert), Some(tls)) = (cert, &listener.tls) {
+                cert.replace(tls.certified.clone());
+            }
+        }
 
         let level = crate::logging::set_level(&config.log.level);
         metrics::CONFIG_INFO.reset();
@@ -208,6 +218,23 @@ pub fn restart_required(old: &Config, new: &Config) -> Vec<String> {
         "server.tls.client_ca",
         matches!((old_tls, new_tls), (Some(o), Some(n)) if o.client_ca != n.client_ca),
     );
+    let listener_shape = |c: &Config| -> Vec<_> {
+        c.server
+            .listeners
+            .iter()
+            .map(|l| {
+                (
+                    l.listen,
+                    l.tls.is_some(),
+                    l.tls.as_ref().and_then(|t| t.client_ca.clone()),
+                )
+            })
+            .collect()
+    };
+    check(
+        "server.listeners",
+        listener_shape(old) != listener_shape(new),
+    );
     check("admin.listen", old.admin.listen != new.admin.listen);
     check(
         "upstream.keepalive_pool",
@@ -232,6 +259,24 @@ fn keep_restart_only(old: &Config, mut new: Config) -> Config {
             n.client_roots = o.client_roots.clone();
         }
         (o, n) => *n = o.clone(),
+    }
+    if new.server.listeners.len() != old.server.listeners.len() {
+        new.server.listeners = old.server.listeners.clone();
+    }
+    for (o, n) in old
+        .server
+        .listeners
+        .iter()
+        .zip(new.server.listeners.iter_mut())
+    {
+        n.listen = o.listen;
+        match (&o.tls, &mut n.tls) {
+            (Some(o), Some(n)) => {
+                n.client_ca = o.client_ca.clone();
+                n.client_roots = o.client_roots.clone();
+            }
+            (o, n) => *n = o.clone(),
+        }
     }
     new.admin.listen = old.admin.listen;
     new.upstream.keepalive_pool = old.upstream.keepalive_pool;
@@ -332,6 +377,22 @@ mod tests {
         // Reloadable keys take the new value.
         assert_eq!(kept.log.level, "debug");
         assert!(restart_required(&old, &config("")).len() == 1); // default listen differs
+    }
+
+    #[test]
+    fn extra_listeners_are_restart_only() {
+        let one = "[server]\nlisten = \"127.0.0.1:8080\"\n[[server.listeners]]\nlisten = \"127.0.0.1:8081\"\n";
+        let old = config(one);
+        let moved = config(&one.replace("8081", "8082"));
+        assert_eq!(restart_required(&old, &moved), ["server.listeners"]);
+        let kept = keep_restart_only(&old, moved);
+        assert_eq!(kept.server.listeners[0].listen.port(), 8081);
+        let added = config(&format!(
+            "{one}[[server.listeners]]\nlisten = \"127.0.0.1:8083\"\n"
+        ));
+        assert_eq!(restart_required(&old, &added), ["server.listeners"]);
+        assert_eq!(keep_restart_only(&old, added).server.listeners.len(), 1);
+        assert!(restart_required(&old, &config(one)).is_empty());
     }
 
     #[test]

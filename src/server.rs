@@ -27,14 +27,19 @@ pub enum ServerError {
     /// The audit pipeline could not be set up (spool directory).
     #[error("cannot set up the audit pipeline: {0}")]
     Audit(crate::audit::AuditError),
-    /// The listener's TLS settings could not be built.
-    #[error("cannot set up TLS on server.listen: {0}")]
-    Tls(Box<pingora::Error>),
+    /// A listener's TLS settings could not be built.
+    #[error("cannot set up TLS on {key}: {source}")]
+    Tls {
+        /// The config key of the listener's TLS table.
+        key: String,
+        /// Why.
+        source: Box<pingora::Error>,
+    },
     /// A listener address cannot be bound (in use, not local, no permission).
     #[error("cannot listen on {addr} ({key}): {source}")]
     Listen {
         /// The config key of the address.
-        key: &'static str,
+        key: String,
         /// The address.
         addr: std::net::SocketAddr,
         /// Why binding failed.
@@ -46,10 +51,19 @@ pub enum ServerError {
 /// start rather than a panic inside Pingora's service thread (which leaves a process that serves
 /// nothing). Skipped for `--upgrade`, where the old process still holds the addresses.
 fn check_listeners(config: &Config) -> Result<(), ServerError> {
+    let extra = config
+        .server
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (format!("server.listeners[{i}].listen"), l.listen));
     for (key, addr) in [
-        ("server.listen", config.server.listen),
-        ("admin.listen", config.admin.listen),
-    ] {
+        ("server.listen".to_string(), config.server.listen),
+        ("admin.listen".to_string(), config.admin.listen),
+    ]
+    .into_iter()
+    .chain(extra)
+    {
         std::net::TcpListener::bind(addr).map_err(|source| ServerError::Listen {
             key,
             addr,
@@ -117,6 +131,16 @@ pub fn run_with(
             .tls
             .as_ref()
             .map(|tls| crate::tls::ListenerCert::new(tls.certified.clone())),
+        listener_certs: config
+            .server
+            .listeners
+            .iter()
+            .map(|l| {
+                l.tls
+                    .as_ref()
+                    .map(|tls| crate::tls::ListenerCert::new(tls.certified.clone()))
+            })
+            .collect(),
     });
 
     // The proxy application inside `Handover`, which keeps client connections open (answered
@@ -138,15 +162,38 @@ pub fn run_with(
         read: Some(config.server.read_buffer),
         write: None,
     };
-    let mut listener = pingora::listeners::ListenerConfig::tcp(config.server.listen.to_string())
-        .l4_buffer(buffers);
-    if let (Some(tls), Some(cert)) = (&config.server.tls, &shared.listener_cert) {
-        if let Some(warning) = tls.key_permission_warning() {
-            tracing::warn!(key = "server.tls.key", "{warning}");
+    let listeners = std::iter::once((
+        "server.tls".to_string(),
+        config.server.listen,
+        &config.server.tls,
+        &shared.listener_cert,
+    ))
+    .chain(
+        config
+            .server
+            .listeners
+            .iter()
+            .zip(&shared.listener_certs)
+            .enumerate()
+            .map(|(i, (l, cert))| (format!("server.listeners[{i}].tls"), l.listen, &l.tls, cert)),
+    );
+    for (key, addr, tls, cert) in listeners {
+        let mut listener =
+            pingora::listeners::ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers.clone());
+        if let (Some(tls), Some(cert)) = (tls, cert) {
+            if let Some(warning) = tls.key_permission_warning() {
+                tracing::warn!(key = %format!("{key}.key"), "{warning}");
+            }
+            let settings = tls
+                .settings(cert.clone())
+                .map_err(|source| ServerError::Tls {
+                    key: key.clone(),
+                    source,
+                })?;
+            listener = listener.tls(settings);
         }
-        listener = listener.tls(tls.settings(cert.clone()).map_err(ServerError::Tls)?);
+        proxy.add_listener(listener);
     }
-    proxy.add_listener(listener);
 
     let mut admin_app = crate::admin::Admin::new(shared.clone());
     if let Some(path) = &opts.config_path {
@@ -174,6 +221,12 @@ pub fn run_with(
 
     tracing::info!(
         listen = %config.server.listen,
+        listeners = ?config
+            .server
+            .listeners
+            .iter()
+            .map(|l| format!("{}{}", l.listen, if l.tls.is_some() { " (TLS)" } else { "" }))
+            .collect::<Vec<_>>(),
         tls = config.server.tls.is_some(),
         h2c = config.server.h2c && config.server.tls.is_none(),
         admin = %config.admin.listen,

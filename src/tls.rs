@@ -233,11 +233,20 @@ impl std::fmt::Debug for ListenerTls {
 impl ListenerTls {
     /// Validates `[server.tls]`: `None` for a plaintext listener; problems name their key.
     pub fn from_file(file: &ListenerTlsFile, p: &mut Problems) -> Option<ListenerTls> {
+        ListenerTls::from_file_at(file, "server.tls", p)
+    }
+
+    /// [`from_file`](Self::from_file) for the table at `key` (e.g. `server.listeners[0].tls`).
+    pub fn from_file_at(
+        file: &ListenerTlsFile,
+        key: &str,
+        p: &mut Problems,
+    ) -> Option<ListenerTls> {
         if file.cert.is_empty() && file.key.is_empty() {
             if !file.client_ca.is_empty() {
                 p.push(
-                    "server.tls.client_ca",
-                    "needs server.tls.cert and server.tls.key: client certificates are only asked for on a TLS listener",
+                    format!("{key}.client_ca"),
+                    format!("needs {key}.cert and {key}.key: client certificates are only asked for on a TLS listener"),
                 );
             }
             return None;
@@ -245,16 +254,17 @@ impl ListenerTls {
         if file.cert.is_empty() || file.key.is_empty() {
             let missing = if file.cert.is_empty() { "cert" } else { "key" };
             p.push(
-                format!("server.tls.{missing}"),
-                "server.tls needs both cert and key (PEM files)",
+                format!("{key}.{missing}"),
+                format!("{key} needs both cert and key (PEM files)"),
             );
             return None;
         }
+        let prefix = key;
         let (cert, key) = (PathBuf::from(&file.cert), PathBuf::from(&file.key));
         let certified = match load_certified_key(&cert, &key) {
             Ok(c) => Arc::new(c),
             Err((k, e)) => {
-                p.push(format!("server.tls.{k}"), e);
+                p.push(format!("{prefix}.{k}"), e);
                 return None;
             }
         };
@@ -265,7 +275,7 @@ impl ListenerTls {
             match read_certificates(&path) {
                 Ok(certs) => (Some(path), certs),
                 Err(e) => {
-                    p.push("server.tls.client_ca", e);
+                    p.push(format!("{prefix}.client_ca"), e);
                     return None;
                 }
             }

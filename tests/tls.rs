@@ -429,6 +429,75 @@ fn sighup_rotates_the_certificate_without_failing_a_request_in_flight() {
 }
 
 #[test]
+fn more_listeners_serve_plain_and_tls_side_by_side_and_rotate_on_reload() {
+    let dir = TestDir::new("tls-listeners");
+    let ca = Ca::new(dir.path(), "gw");
+    let first = ca.issue("gw", &["localhost"], false);
+    let upstream = TestUpstream::start();
+    let (tls_port, plain_port) = (common::free_port(), common::free_port());
+    let listeners = format!(
+        "\n[[server.listeners]]\nlisten = \"127.0.0.1:{tls_port}\"\n{}\
+         \n[[server.listeners]]\nlisten = \"127.0.0.1:{plain_port}\"\n",
+        server_tls(&first, None)
+    );
+    let gw = Gateway::start(&gateway_config(&upstream.addr.to_string(), &listeners, ""));
+    // The plaintext `listen` and the second extra listener answer in plain HTTP.
+    let (status, body) = reqwest::blocking_get(&gw.url("/echo?via=listen"));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) =
+        reqwest::blocking_get(&format!("http://127.0.0.1:{plain_port}/echo?via=extra"));
+    assert_eq!(status, 200, "{body}");
+    // The first extra listener speaks TLS with its own certificate, HTTP/1.1 and h2 by ALPN.
+    let ca_pem = ca.pem_path("gw");
+    let tls_addr: SocketAddr = ([127, 0, 0, 1], tls_port).into();
+    let seen = rustls_client(
+        tls_addr,
+        &ca_pem,
+        &[&rustls::version::TLS13],
+        &[b"http/1.1"],
+    )
+    .expect("TLS on the extra listener");
+    assert_eq!(seen.leaf, first.der);
+    assert_eq!(seen.status_line.as_deref(), Some("HTTP/1.1 200 OK"));
+    let seen = rustls_client(tls_addr, &ca_pem, &[&rustls::version::TLS13], &[b"h2"]).unwrap();
+    assert_eq!(seen.alpn.as_deref(), Some(&b"h2"[..]));
+
+    // Its certificate is re-read on SIGHUP like [server.tls]'s.
+    let second = ca.issue("gw-next", &["localhost"], false);
+    std::fs::copy(&second.cert, &first.cert).unwrap();
+    std::fs::copy(&second.key, &first.key).unwrap();
+    gw.signal("HUP");
+    assert!(
+        common::wait_for(Duration::from_secs(10), || gw
+            .metric_value("omsgate_config_reloads_total", &[("result", "ok")])
+            == Some(1.0)),
+        "reload did not happen:\n{}",
+        gw.log()
+    );
+    let seen = rustls_client(tls_addr, &ca_pem, &[&rustls::version::TLS13], &[b"h2"]).unwrap();
+    assert_eq!(
+        seen.leaf, second.der,
+        "new handshakes get the new certificate"
+    );
+
+    // Problems name the entry: an address already taken, a TLS table without its key.
+    let (code, out) = Gateway::check_config(&format!(
+        "[server]\nlisten = \"127.0.0.1:8080\"\n[[server.listeners]]\nlisten = \"127.0.0.1:8443\"\n\
+         tls = {{ cert = \"{}\" }}\n[[server.listeners]]\nlisten = \"127.0.0.1:8080\"\n\
+         [[server.listeners]]\nlisten = \"nowhere\"\n[upstream]\nservers = [\"127.0.0.1:8000\"]\n",
+        first.cert.display()
+    ));
+    assert_eq!(code, 64, "{out}");
+    for key in [
+        "server.listeners[0].tls.key",
+        "server.listeners[1].listen",
+        "server.listeners[2].listen",
+    ] {
+        assert!(out.contains(key), "{key} in:\n{out}");
+    }
+}
+
+#[test]
 fn check_config_names_each_bad_listener_tls_key() {
     let dir = TestDir::new("tls-check");
     let ca = Ca::new(dir.path(), "gw");
