@@ -10,6 +10,7 @@ pub mod cli;
 pub mod compress;
 pub mod config;
 pub mod db;
+pub mod http_get;
 pub mod identity;
 pub mod lifecycle;
 pub mod limit;

@@ -4,6 +4,7 @@
 //! `redis-server --tls-port`.
 
 mod common;
+mod db_support;
 
 use common::{Gateway, TestDir, TestUpstream};
 use rcgen::{
@@ -915,6 +916,80 @@ fn an_oms_behind_mutual_tls_gets_the_client_certificate_of_upstream_tls() {
     ));
     assert_eq!(code, 64, "{out}");
     assert!(out.contains("upstream.tls"), "{out}");
+}
+
+#[test]
+fn query_check_asks_an_https_oms_by_name_trusting_tls_ca_file() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (schema, _) = rt.block_on(db_support::seeded_schema("qc_tls", 5, 2, 12));
+    let sim = rt.block_on(db_support::sim_with(5, 2, 12));
+    let dir = TestDir::new("tls-query-check");
+    let ca = Ca::new(dir.path(), "oms");
+    let front = TlsFront::start(&ca.issue("oms", &["localhost"], false), sim.addr);
+    let config = |trust: bool| {
+        let tls = if trust {
+            format!("[tls]\nca_file = \"{}\"\n", ca.pem_path("oms").display())
+        } else {
+            String::new()
+        };
+        let path = dir.path().join(format!("query-check-{trust}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "{tls}[upstream]\nservers = [\"https://localhost:{}\"]\n[database]\nurl = \"{}\"\n\
+                 schema = \"{}\"\n[[route]]\nname = \"invoice\"\npath = \"/api/v1/invoices/{{id}}\"\n\
+                 methods = [\"GET\"]\nquery = \"invoice_with_lines\"\n\n{}",
+                front.addr.port(),
+                db_support::database_url(),
+                schema.name,
+                db_support::reference_queries_toml()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let run = |path: &Path| {
+        let out = Command::new(Gateway::bin())
+            .args(["query-check", "--samples", "10", "-c"])
+            .arg(path)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    // The default OMS is the https:// server by its name, verified with [tls] ca_file.
+    let (code, text) = run(&config(true));
+    assert_eq!(code, Some(0), "{text}");
+    let row: Vec<&str> = text
+        .lines()
+        .find(|l| l.starts_with("invoice "))
+        .unwrap_or_else(|| panic!("no invoice row: {text}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[2..], ["10", "10", "0", "0"], "{text}");
+    assert!(
+        front
+            .sni
+            .lock()
+            .iter()
+            .any(|s| s.as_deref() == Some("localhost")),
+        "asked over TLS by name"
+    );
+    // Without the CA the OMS's certificate is not trusted: the route is not checked, exit 1.
+    let (code, text) = run(&config(false));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("UnknownIssuer"), "{text}");
+    rt.block_on(schema.drop_schema());
 }
 
 #[test]

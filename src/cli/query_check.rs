@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
 use serde_json::Value;
 use tokio_postgres::SimpleQueryMessage;
 
@@ -38,7 +37,8 @@ pub struct Args {
     /// (values without commas; `#` lines are skipped). A route with no line is not checked.
     #[arg(long, value_name = "FILE")]
     pub samples_file: Option<PathBuf>,
-    /// Base URL of the OMS (plain HTTP). Default: `http://` and the first `[upstream] servers`.
+    /// Base URL of the OMS, `http://` or `https://` (verified against the system roots and
+    /// `[tls] ca_file`). Default: the first `[upstream] servers` entry as written.
     #[arg(long, value_name = "URL")]
     pub oms: Option<String>,
     /// PostgreSQL URL (overrides `[database] url`).
@@ -81,15 +81,30 @@ pub fn main(args: Args) -> i32 {
         Some(url) => config.database.with_url(url, "--database-url"),
         None => config.database.clone(),
     };
-    let oms = match &args.oms {
+    let base = match &args.oms {
         Some(url) => url.trim_end_matches('/').to_string(),
         None => match config.upstream.servers.first() {
+            // The first server as the config names it: https:// servers by their host name
+            // (the name their certificate is checked against).
+            Some(addr) if config.upstream.tls => {
+                let host = config
+                    .upstream
+                    .names
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| addr.ip().to_string());
+                format!("https://{host}:{}", addr.port())
+            }
             Some(addr) => format!("http://{addr}"),
             None => {
                 eprintln!("query-check: no OMS: pass --oms URL or set [upstream] servers");
                 return super::EXIT_CONFIG;
             }
         },
+    };
+    let oms = Oms {
+        base,
+        tls: config.tls.client_config(&[b"http/1.1"]),
     };
     let secret = match &args.jwt_secret_env {
         Some(var) => match std::env::var(var) {
@@ -182,7 +197,7 @@ async fn check_route(
     args: &Args,
     database: &DatabaseConfig,
     paths: &QueryPaths,
-    oms: &str,
+    oms: &Oms,
     secret: Option<&str>,
     tenant_claim: &str,
     route: &Route,
@@ -358,36 +373,21 @@ fn encode_component(s: &str) -> String {
     out
 }
 
-/// `GET base+request` with the tenant's identity: status and body.
+/// `GET base+request` with the tenant's identity (TLS for `https://`, verified with `tls`):
+/// status and body.
 async fn oms_get(
-    base: &str,
+    oms: &Oms,
     request: &str,
     tenant: &str,
     tenant_header: &str,
     secret: Option<&str>,
     tenant_claim: &str,
 ) -> Result<(u16, Bytes), String> {
+    let base = &oms.base;
     let uri: http::Uri = format!("{base}{request}")
         .parse()
         .map_err(|e| format!("{base}{request}: {e}"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(format!(
-            "{base}: query-check speaks plain http:// to the OMS"
-        ));
-    }
-    let host = uri.host().unwrap_or("localhost").to_string();
-    let port = uri.port_u16().unwrap_or(80);
-    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
-        .await
-        .map_err(|e| format!("cannot connect to the OMS at {host}:{port}: {e}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("OMS: {e}"))?;
-    tokio::spawn(conn);
-    let mut req = http::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
-        .header(http::header::HOST, format!("{host}:{port}"));
-    req = match secret {
+    let identity = match secret {
         Some(secret) => {
             let token = crate::identity::issue_hs256(
                 secret,
@@ -396,23 +396,28 @@ async fn oms_get(
                 "omsgate-query-check",
                 std::time::Duration::from_secs(300),
             );
-            req.header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            (http::header::AUTHORIZATION, format!("Bearer {token}"))
         }
-        None => req.header(tenant_header, tenant),
+        None => (
+            http::HeaderName::try_from(tenant_header)
+                .map_err(|e| format!("{tenant_header}: {e}"))?,
+            tenant.to_string(),
+        ),
     };
-    let resp = sender
-        .send_request(req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?)
+    let answer = crate::http_get::get(&uri, &[identity], oms.tls.clone(), MAX_OMS_BODY)
         .await
         .map_err(|e| format!("OMS: {e}"))?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("OMS: {e}"))?
-        .to_bytes();
-    Ok((status, body))
+    Ok((answer.status.as_u16(), answer.body))
 }
+
+/// The OMS `query-check` asks: its base URL and the trust store for `https://` (`[tls]`).
+struct Oms {
+    base: String,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+}
+
+/// The largest OMS answer `query-check` reads.
+const MAX_OMS_BODY: usize = 64 << 20;
 
 /// The first difference between the pooled answer and the OMS's, if any.
 fn compare(status: &u16, body: &[u8], oms: &(u16, Bytes), how: &Compare) -> Option<String> {

@@ -493,68 +493,14 @@ async fn fetch(
     url: &http::Uri,
     tls: Arc<rustls::ClientConfig>,
 ) -> Result<(Vec<u8>, Option<Duration>), FetchError> {
-    let err = |e: &dyn std::fmt::Display| ("error", e.to_string());
-    let host = url.host().ok_or(("error", "no host".to_string()))?;
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let https = url.scheme_str() == Some("https");
-    let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let authority = url.authority().map_or(host, |a| a.as_str());
-    let path = url.path_and_query().map_or("/", |p| p.as_str());
-    let tcp = tokio::net::TcpStream::connect((bare, port))
+    let accept = [(http::header::ACCEPT, "application/json".to_string())];
+    let answer = crate::http_get::get(url, &accept, tls, MAX_BYTES)
         .await
-        .map_err(|e| err(&e))?;
-    let _ = tcp.set_nodelay(true);
-    if https {
-        let name =
-            rustls::pki_types::ServerName::try_from(bare.to_string()).map_err(|e| err(&e))?;
-        let stream = tokio_rustls::TlsConnector::from(tls)
-            .connect(name, tcp)
-            .await
-            .map_err(|e| err(&e))?;
-        get(hyper_util::rt::TokioIo::new(stream), authority, path).await
-    } else {
-        get(hyper_util::rt::TokioIo::new(tcp), authority, path).await
+        .map_err(|e| ("error", e))?;
+    if answer.status != http::StatusCode::OK {
+        return Err(("bad_status", format!("answered {}", answer.status)));
     }
-}
-
-async fn get<T>(
-    io: T,
-    authority: &str,
-    path: &str,
-) -> Result<(Vec<u8>, Option<Duration>), FetchError>
-where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    use http_body_util::BodyExt;
-    let err = |e: &dyn std::fmt::Display| ("error", e.to_string());
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| err(&e))?;
-    let driver = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let req = http::Request::get(path)
-        .header(http::header::HOST, authority)
-        .header(http::header::ACCEPT, "application/json")
-        .header(
-            http::header::USER_AGENT,
-            concat!("omsgate/", env!("CARGO_PKG_VERSION")),
-        )
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .map_err(|e| err(&e))?;
-    let resp = sender.send_request(req).await.map_err(|e| err(&e))?;
-    if resp.status() != http::StatusCode::OK {
-        driver.abort();
-        return Err(("bad_status", format!("answered {}", resp.status())));
-    }
-    let max_age = max_age(resp.headers());
-    let body = http_body_util::Limited::new(resp.into_body(), MAX_BYTES)
-        .collect()
-        .await
-        .map_err(|e| err(&e))?
-        .to_bytes();
-    driver.abort();
-    Ok((body.to_vec(), max_age))
+    Ok((answer.body.to_vec(), max_age(&answer.headers)))
 }
 
 /// `max-age` of `Cache-Control` (`no-store`/`no-cache` count as 0).
