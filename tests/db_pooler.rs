@@ -3,9 +3,10 @@
 //! `sslmode=verify-full` (issue 16: "works through PgBouncer/Supavisor"). PgBouncer hands each
 //! transaction to whichever server connection is free, so nothing may rely on session state:
 //! `prepared_statements = false` sends unnamed statements, and a `database.schema` other than
-//! `public` must be the server session's own `search_path` (the gateway cannot send `options`,
-//! which PgBouncer refuses) — the pool checks that on every new connection and falls back to
-//! the OMS, naming the fix, when it is not.
+//! `public` must be on the server session's `search_path` by the pooler's or the role's doing
+//! (PgBouncer refuses the `options` startup parameter the gateway asks for it with, or with
+//! `ignore_startup_parameters = options` drops it) — the pool checks that on every new
+//! connection and falls back to the OMS, naming the fix, when it is not.
 
 mod common;
 mod db_support;
@@ -53,6 +54,7 @@ impl PgBouncer {
              pool_mode = transaction\n\
              default_pool_size = 2\n\
              max_client_conn = 200\n\
+             ignore_startup_parameters = options\n\
              server_tls_sslmode = disable\n\
              client_tls_sslmode = require\n\
              client_tls_cert_file = {cert}\n\

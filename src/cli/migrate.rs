@@ -127,7 +127,7 @@ async fn run(args: &Args, config: &DatabaseConfig) -> Result<i32, DbError> {
         }
         Err(e) => return Err(e),
     };
-    let client = crate::db::connect_trusting(url, &config.trust_roots).await?;
+    let client = crate::db::connect_trusting(url, &config.trust_roots, None).await?;
     if args.action.as_deref() == Some("status") {
         let mut up_to_date = true;
         for m in std::iter::once(&migrator).chain(operator_migrator.as_ref()) {

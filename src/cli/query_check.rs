@@ -286,7 +286,7 @@ async fn samples_from_sql(database: &DatabaseConfig, query: &Query) -> Result<Ve
         ));
     }
     let url = database.require_url().map_err(|e| e.to_string())?;
-    let client = crate::db::connect_trusting(url, &database.trust_roots)
+    let client = crate::db::connect_trusting(url, &database.trust_roots, None)
         .await
         .map_err(|e| e.to_string())?;
     if database.schema != "public" {

@@ -339,24 +339,39 @@ pub fn with_causes(e: &dyn std::error::Error) -> String {
 /// Connects one client (outside any pool) and drives its connection on a Tokio task. The URL's
 /// `sslmode` and `sslrootcert` apply ([`tls`]), with the system roots as the default trust.
 pub async fn connect(url: &str) -> Result<tokio_postgres::Client, DbError> {
-    connect_trusting(url, &Default::default()).await
+    connect_trusting(url, &Default::default(), None).await
 }
 
 /// [`connect`] with `roots` (the config's `[tls] ca_file`, [`DatabaseConfig::trust_roots`])
-/// trusted besides the system roots when the URL names no `sslrootcert`, as the pool does.
+/// trusted besides the system roots when the URL names no `sslrootcert`, as the pool does; and
+/// `search_path` asked for at connect (the `options` startup parameter) as the pool does.
 pub async fn connect_trusting(
     url: &str,
     roots: &std::sync::Arc<Vec<rustls::pki_types::CertificateDer<'static>>>,
+    search_path: Option<&str>,
 ) -> Result<tokio_postgres::Client, DbError> {
     let trust = crate::tls::TlsConfig {
         extra_roots: roots.clone(),
         ..Default::default()
     };
-    let tls = tls::prepare(url, &trust)
-        .map_err(|e| DbError::Connect(format!("{e} ({})", redact_url(url))))?;
-    let (client, connection) = tokio_postgres::connect(&tls.url, tls.connector)
+    let failed = |e: String| DbError::Connect(format!("{e} ({})", redact_url(url)));
+    let tls = tls::prepare(url, &trust).map_err(failed)?;
+    let mut config: tokio_postgres::Config = tls
+        .url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| failed(e.to_string()))?;
+    if let Some(schema) = search_path {
+        let options = format!(
+            "{} -c search_path={}",
+            config.get_options().unwrap_or(""),
+            quote_ident(schema)
+        );
+        config.options(options.trim());
+    }
+    let (client, connection) = config
+        .connect(tls.connector)
         .await
-        .map_err(|e| DbError::Connect(format!("{} ({})", with_causes(&e), redact_url(url))))?;
+        .map_err(|e| failed(with_causes(&e)))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "Database connection closed with an error.");

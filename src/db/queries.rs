@@ -643,26 +643,22 @@ impl Param {
 /// table or column, parameter types that fit no function) or whose result is not exactly one
 /// `json`, `jsonb` or `text` column. `Err` only when the database cannot be reached.
 ///
-/// With `prepared_statements = false` (a transaction-mode pooler) the pool sets no session state,
-/// so a schema other than `public` must already be on the role's `search_path`: a problem under
-/// `database.schema` when it is not (and the queries are then checked as the pool would run them).
+/// With `prepared_statements = false` (a transaction-mode pooler, which may drop the search_path
+/// asked for at connect) a schema other than `public` must be on the connection's `search_path`:
+/// a problem under `database.schema` when it is not (the queries are then checked as the pool
+/// would run them).
 pub async fn check_against_database(
     database: &super::DatabaseConfig,
     queries: &Queries,
 ) -> Result<Vec<crate::config::Problem>, super::DbError> {
     let url = database.require_url()?;
-    let (schema, prepared_statements) = (database.schema.as_str(), database.prepared_statements);
-    let client = super::connect_trusting(url, &database.trust_roots).await?;
+    let schema = database.schema.as_str();
+    // Connected as the pool connects: the schema asked for as the search_path at connect.
+    let search_path = (schema != "public").then_some(schema);
+    let client = super::connect_trusting(url, &database.trust_roots, search_path).await?;
     let mut problems = Vec::new();
-    if schema != "public" {
-        if prepared_statements {
-            client
-                .batch_execute(&format!(
-                    "SET search_path TO {}",
-                    super::quote_ident(schema)
-                ))
-                .await?;
-        } else if let Some(reason) = super::query::search_path_problem(&client, schema).await? {
+    if search_path.is_some() && !database.prepared_statements {
+        if let Some(reason) = super::query::search_path_problem(&client, schema).await? {
             problems.push(crate::config::Problem {
                 key: "database.schema".into(),
                 reason,

@@ -7,7 +7,7 @@
 //! caller (the verified identity) and is bound as `$tenant`, so the path needs no session state
 //! (`SET`) and works behind transaction-mode poolers when `prepared_statements = false`. Names in
 //! the SQL resolve in `database.schema` (set as the connections' `search_path` when it is not
-//! `public`; behind a transaction-mode pooler it must be the role's own, checked per connection).
+//! `public`; behind a transaction-mode pooler, which may drop it, checked per connection).
 //!
 //! Failure policy: fail open. `Ok(None)` (a request this path does not answer) and `Err` (pool
 //! exhausted, database unreachable, timeout, error) both mean "send the request to the OMS";
@@ -77,9 +77,10 @@ impl std::fmt::Debug for QueryPaths {
 }
 
 /// Behind a transaction-mode pooler (`prepared_statements = false`) the gateway sets no session
-/// state, so a `database.schema` other than `public` must be on the connection's own
-/// `search_path`; otherwise the queries would resolve their names elsewhere. `Some(reason)` when
-/// it is not, naming the fixes.
+/// state, and the pooler may have dropped the `search_path` asked for at connect, so a
+/// `database.schema` other than `public` must be on the connection's `search_path` by other
+/// means; otherwise the queries would resolve their names elsewhere. `Some(reason)` when it is
+/// not, naming the fixes.
 pub async fn search_path_problem(
     client: &tokio_postgres::Client,
     schema: &str,
@@ -100,10 +101,12 @@ pub async fn search_path_problem(
     }
     let (role, path): (String, String) = (row.get(1), row.get(2));
     Ok(Some(format!(
-        "database.schema {schema:?} is not on the search_path ({path}) of role {role:?}, and \
-         with prepared_statements = false (a transaction-mode pooler) the gateway sets none; \
-         run `ALTER ROLE {} SET search_path = {}, public` (or set the pooler's connect_query), \
-         or use a session-mode connection with prepared_statements = true",
+        "database.schema {schema:?} is not on the search_path ({path}) of role {role:?}: the \
+         search_path the gateway asks for when it connects was dropped (a transaction-mode \
+         pooler such as PgBouncer with ignore_startup_parameters = options), and with \
+         prepared_statements = false it sets no session state; run `ALTER ROLE {} SET \
+         search_path = {}, public` (or set the pooler's connect_query), or use a session-mode \
+         connection with prepared_statements = true",
         quote_ident(&role),
         quote_ident(schema)
     )))
@@ -138,12 +141,12 @@ impl QueryPaths {
             );
             pg.options(options.trim());
         }
-        if config.schema != "public" && config.prepared_statements {
+        if config.schema != "public" {
             // Unqualified names in the queries' SQL resolve in the OMS's schema. A
-            // transaction-mode pooler refuses the `options` startup parameter (PgBouncer:
-            // "unsupported startup parameter: options"), so without prepared statements the
-            // schema must be on the role's own search_path: checked on every new connection
-            // below.
+            // transaction-mode pooler may drop this startup parameter (PgBouncer with
+            // `ignore_startup_parameters = options`; without it PgBouncer refuses the
+            // connection), so without prepared statements the search_path is checked on every
+            // new connection below.
             let options = format!(
                 "{} -c search_path={}",
                 pg.get_options().unwrap_or(""),
