@@ -179,7 +179,7 @@ pub fn run_with(
     );
     for (key, addr, tls, cert) in listeners {
         let mut listener =
-            pingora::listeners::ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers.clone());
+            pingora::listeners::ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers);
         if let (Some(tls), Some(cert)) = (tls, cert) {
             if let Some(warning) = tls.key_permission_warning() {
                 tracing::warn!(key = %format!("{key}.key"), "{warning}");

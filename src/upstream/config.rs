@@ -553,6 +553,32 @@ fn overload(f: &OverloadFile, p: &mut Problems) -> OverloadConfig {
     }
 }
 
+/// `[upstream.tls] cert` and `key`, both or neither, read and checked.
+fn client_cert(f: &UpstreamTlsFile, p: &mut Problems) -> Option<crate::tls::ClientCert> {
+    let (cert, key) = (f.cert.trim(), f.key.trim());
+    match (cert.is_empty(), key.is_empty()) {
+        (true, true) => None,
+        (false, true) => {
+            p.push("upstream.tls.key", "is needed with upstream.tls.cert");
+            None
+        }
+        (true, false) => {
+            p.push("upstream.tls.cert", "is needed with upstream.tls.key");
+            None
+        }
+        (false, false) => match crate::tls::ClientCert::load(
+            std::path::Path::new(cert),
+            std::path::Path::new(key),
+        ) {
+            Ok(c) => Some(c),
+            Err((which, reason)) => {
+                p.push(format!("upstream.tls.{which}"), reason);
+                None
+            }
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -616,31 +642,5 @@ mod tests {
                 "upstream.overload.retry_after"
             ]
         );
-    }
-}
-
-/// `[upstream.tls] cert` and `key`, both or neither, read and checked.
-fn client_cert(f: &UpstreamTlsFile, p: &mut Problems) -> Option<crate::tls::ClientCert> {
-    let (cert, key) = (f.cert.trim(), f.key.trim());
-    match (cert.is_empty(), key.is_empty()) {
-        (true, true) => None,
-        (false, true) => {
-            p.push("upstream.tls.key", "is needed with upstream.tls.cert");
-            None
-        }
-        (true, false) => {
-            p.push("upstream.tls.cert", "is needed with upstream.tls.key");
-            None
-        }
-        (false, false) => match crate::tls::ClientCert::load(
-            std::path::Path::new(cert),
-            std::path::Path::new(key),
-        ) {
-            Ok(c) => Some(c),
-            Err((which, reason)) => {
-                p.push(format!("upstream.tls.{which}"), reason);
-                None
-            }
-        },
     }
 }
