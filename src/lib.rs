@@ -17,6 +17,7 @@ pub mod loadgen;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod redis_topology;
 pub mod reload;
 pub mod respond;
 pub mod routes;
