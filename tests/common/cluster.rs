@@ -245,13 +245,11 @@ impl PrivateRedisCluster {
         }
     }
 
-    /// Waits until every slot is served again (a replica promoted) as seen from every live node.
-    pub fn wait_ok(&self, timeout: Duration) -> bool {
-        wait_for(timeout, || {
-            self.ports()
-                .iter()
-                .all(|p| redis_cli(*p, &["cluster", "info"]).contains("cluster_state:ok"))
-        })
+    /// Whether every live node reports `cluster_state:ok`.
+    pub fn is_ok(&self) -> bool {
+        self.ports()
+            .iter()
+            .all(|p| redis_cli(*p, &["cluster", "info"]).contains("cluster_state:ok"))
     }
 
     /// The tail of every node's log.
