@@ -37,6 +37,8 @@ pub use self::config::{RedisFile, Topology};
 
 /// Deadline of opening one connection (off the request path).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Deadline of asking the Sentinels for the primary (and checking its role).
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A Redis deployment to connect to.
 pub struct RedisClient {
@@ -262,6 +264,8 @@ impl ConnectionLike for Conn {
 /// The Sentinel client and the connection to the primary it last named.
 pub struct SentinelShared {
     sentinel: tokio::sync::Mutex<SentinelClient>,
+    /// Held while one caller asks the Sentinels and connects, so the others wait for it.
+    resolving: tokio::sync::Mutex<()>,
     current: parking_lot::Mutex<Option<MultiplexedConnection>>,
     response_timeout: Duration,
 }
@@ -311,14 +315,23 @@ impl SentinelShared {
         }
         Ok(SentinelShared {
             sentinel: tokio::sync::Mutex::new(builder.build()?),
+            resolving: tokio::sync::Mutex::new(()),
             current: parking_lot::Mutex::new(None),
             response_timeout: response_timeout.max(Duration::from_millis(250)),
         })
     }
 
-    /// A client for the primary the Sentinels name now (verified with `ROLE`).
+    /// A client for the primary the Sentinels name now (verified with `ROLE`), within
+    /// [`RESOLVE_TIMEOUT`]: a hung Sentinel or primary must not keep the lock.
     async fn master_client(&self) -> RedisResult<redis::Client> {
-        self.sentinel.lock().await.async_get_client().await
+        let mut sentinel = self.sentinel.lock().await;
+        match tokio::time::timeout(RESOLVE_TIMEOUT, sentinel.async_get_client()).await {
+            Ok(r) => r,
+            Err(_) => Err(RedisError::from((
+                ErrorKind::IoError,
+                "the Sentinels did not name a reachable primary in time",
+            ))),
+        }
     }
 
     /// The connection to the primary, asking the Sentinels when there is none.
@@ -326,12 +339,11 @@ impl SentinelShared {
         if let Some(c) = self.current.lock().as_ref() {
             return Ok(c.clone());
         }
-        let mut sentinel = self.sentinel.lock().await;
+        let guard = self.resolving.lock().await;
         if let Some(c) = self.current.lock().as_ref() {
             return Ok(c.clone());
         }
-        let client = sentinel.async_get_client().await?;
-        drop(sentinel);
+        let client = self.master_client().await?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(CONNECT_TIMEOUT)
             .set_response_timeout(self.response_timeout);
@@ -343,6 +355,7 @@ impl SentinelShared {
             "Connected to the Redis primary named by the Sentinels."
         );
         *self.current.lock() = Some(conn.clone());
+        drop(guard);
         Ok(conn)
     }
 
