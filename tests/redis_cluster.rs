@@ -184,7 +184,7 @@ async fn shared_and_invalidated(
     cache_redis_up(gw2).await;
     let http = client();
     let acme = token("acme", "a1");
-    let path = format!("/api/v1/invoices/{}", first_invoice(&d, "acme"));
+    let path = format!("/api/v1/invoices/{}", first_invoice(d, "acme"));
     let list = "/api/v1/invoices?limit=3";
 
     // Cached through instance 1, a Redis hit on instance 2 (its L1 is empty).
@@ -240,14 +240,14 @@ async fn shared_and_invalidated(
     );
     assert!(
         metric(
-            &gw1,
+            gw1,
             "omsgate_cache_invalidations_total",
             &[("source", "remote")]
         ) >= 1.0
     );
     assert_eq!(
         metric(
-            &gw1,
+            gw1,
             "omsgate_cache_backend_errors_total",
             &[("backend", "redis")]
         ),
@@ -255,7 +255,7 @@ async fn shared_and_invalidated(
     );
     assert_eq!(
         metric(
-            &gw2,
+            gw2,
             "omsgate_cache_backend_errors_total",
             &[("backend", "redis")]
         ),
