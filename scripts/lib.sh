@@ -165,28 +165,47 @@ start_redis_cluster() {
     local dir port bus ports=() addrs=() urls=()
     dir=$(mktemp -d /tmp/omsgate-redis-cluster.XXXXXX)
     OMSGATE_CLUSTER_DIR=$dir
+    local try started
     for _ in 1 2 3 4 5 6; do
-        port=$(free_port "$(shuf -i 20000-60000 -n 1)")
-        bus=$(free_port "$(shuf -i 20000-60000 -n 1)")
-        mkdir -p "$dir/$port"
-        redis-server --port "$port" --cluster-port "$bus" --bind 127.0.0.1 --daemonize yes \
-            --cluster-enabled yes --cluster-config-file "nodes-$port.conf" \
-            --cluster-node-timeout 1000 --cluster-replica-validity-factor 0 \
-            --cluster-require-full-coverage no --save "" --appendonly no \
-            --dir "$dir/$port" --logfile "$dir/$port/redis.log" \
-            --pidfile "$dir/$port/redis.pid" >/dev/null
-        wait_until 10 "Redis Cluster node $port" redis-cli -p "$port" ping ||
-            die "node $port did not start; see $dir/$port/redis.log"
+        started=""
+        # Below the kernel's ephemeral range (32768-60999), where an outgoing connection's
+        # port looks free to free_port but cannot be bound; a clash is retried on new ports.
+        for try in 1 2 3; do
+            port=$(free_port "$(shuf -i 20000-32000 -n 1)")
+            bus=$(free_port "$(shuf -i 20000-32000 -n 1)")
+            mkdir -p "$dir/$port"
+            redis-server --port "$port" --cluster-port "$bus" --bind 127.0.0.1 --daemonize yes \
+                --cluster-enabled yes --cluster-config-file "nodes-$port.conf" \
+                --cluster-node-timeout 1000 --cluster-replica-validity-factor 0 \
+                --cluster-require-full-coverage no --save "" --appendonly no \
+                --dir "$dir/$port" --logfile "$dir/$port/redis.log" \
+                --pidfile "$dir/$port/redis.pid" >/dev/null
+            if wait_until 10 "Redis Cluster node $port" redis-cli -p "$port" ping; then
+                started=1
+                break
+            fi
+            say "node $port (bus $bus) did not start (try $try); see $dir/$port/redis.log"
+        done
+        if [[ -z $started ]]; then
+            stop_redis_cluster
+            die "a Redis Cluster node did not start three times"
+        fi
         ports+=("$port")
         addrs+=("127.0.0.1:$port")
         urls+=("\"redis://127.0.0.1:$port\"")
     done
-    redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1 ||
-        die "redis-cli --cluster create failed; see $dir/create.log"
+    if ! redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes \
+        >"$dir/create.log" 2>&1; then
+        cat "$dir/create.log" >&2
+        stop_redis_cluster
+        die "redis-cli --cluster create failed"
+    fi
     for port in "${ports[@]}"; do
-        wait_until 30 "cluster state on $port" \
-            bash -c "redis-cli -p $port cluster info | grep -q cluster_state:ok" ||
-            die "the cluster did not become ok; see $dir/*/redis.log"
+        if ! wait_until 30 "cluster state on $port" \
+            bash -c "redis-cli -p $port cluster info | grep -q cluster_state:ok"; then
+            stop_redis_cluster
+            die "the cluster did not become ok"
+        fi
     done
     local IFS=,
     OMSGATE_CLUSTER_NODES="[${urls[*]}]"
