@@ -139,7 +139,13 @@ async fn cluster_entries_are_shared_and_writes_reach_every_instances_l1() {
     // Every key the gateway wrote carries a hash tag right after its prefix.
     let mut keys = std::collections::BTreeSet::new();
     for p in cluster.ports() {
-        keys.extend(redis_cli(p, &["keys", "*"]).lines().map(str::to_string));
+        // A node without keys prints an empty line.
+        keys.extend(
+            redis_cli(p, &["keys", "*"])
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_string),
+        );
     }
     let kinds: std::collections::BTreeSet<&str> =
         keys.iter().filter_map(|k| k.split(':').nth(1)).collect();
