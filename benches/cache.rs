@@ -237,6 +237,21 @@ fn throughput(rt: &tokio::runtime::Runtime) -> Vec<Row> {
         let gw = start_gateway(sim_addr, addr, extra, cache, routes);
         rows.push(measure(rt, name, addr, gw.0.id(), paths, ae));
     }
+    // The Redis-only hits again over a Redis Cluster (3 primaries + 3 replicas on the same
+    // machine; issue 20), next to the standalone rows above. OMSGATE_BENCH_CLUSTER=0 skips.
+    if env_or("OMSGATE_BENCH_CLUSTER", 1) == 1 {
+        if let Some(cluster) = RedisCluster::start() {
+            let cluster_only = format!("{}\nmemory = {{ max_bytes = 0 }}", cluster.redis_table());
+            for (name, ae) in [
+                ("hit, Redis Cluster only (L1 off)", None),
+                ("hit, Redis Cluster only (L1 off), gzip", gzip),
+            ] {
+                let addr = free_addr();
+                let gw = start_gateway(sim_addr, addr, "", &cluster_only, BLOB_CACHED);
+                rows.push(measure(rt, name, addr, gw.0.id(), &same, ae));
+            }
+        }
+    }
     let base_identity = rows[0].report.rps.max(1e-9);
     let base_gzip = rows[1].report.rps.max(1e-9);
     for r in &mut rows {

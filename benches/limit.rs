@@ -33,21 +33,33 @@ fn redis_up(url: &str) -> bool {
         .is_ok()
 }
 
+/// `redis = { mode = "cluster", ... }` of the Redis Cluster of the "cluster" rows (issue 20).
+static CLUSTER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// A `[rate_limit]` section whose per-IP default policy always admits at bench rates.
+/// "distributed" uses the standalone Redis of the tests, "cluster" the bench's Redis Cluster.
 fn rate_limit_section(mode: &str) -> String {
+    let redis = match mode {
+        "cluster" => CLUSTER.get().cloned().unwrap_or_default(),
+        _ => format!("redis_url = \"{}\"", redis_url()),
+    };
     match mode {
         "none" => String::new(),
         "local" => "[rate_limit]\ndefault = \"bench\"\n[rate_limit.policies.bench]\n\
                     quota = \"1000000/second\"\n"
             .to_string(),
         _ => format!(
-            "[rate_limit]\nmode = \"distributed\"\nredis_url = \"{}\"\nkey_prefix = \
+            "[rate_limit]\nmode = \"distributed\"\n{redis}\nkey_prefix = \
              \"omsgate-bench-{}:\"\ndefault = \"bench\"\n[rate_limit.policies.bench]\n\
              quota = \"1000000/second\"\n",
-            redis_url(),
             std::process::id()
         ),
     }
+}
+
+/// Whether checks of `mode` go to Redis.
+fn remote(mode: &str) -> bool {
+    matches!(mode, "distributed" | "cluster")
 }
 
 // === 1. the check ===
@@ -83,7 +95,7 @@ fn check_rows(rt: &tokio::runtime::Runtime, mode: &str) -> Vec<CheckRow> {
     let mut rows = Vec::new();
     let budget = Duration::from_secs(2);
     for in_flight in [1usize, 64] {
-        if mode != "distributed" && in_flight > 1 {
+        if !remote(mode) && in_flight > 1 {
             continue; // Local checks never wait: concurrency adds nothing to measure.
         }
         // Warm up (connects to Redis, loads the script).
@@ -106,7 +118,7 @@ fn check_rows(rt: &tokio::runtime::Runtime, mode: &str) -> Vec<CheckRow> {
                         f.await;
                     }
                     // Amortise the clock read over many local checks.
-                    if mode != "distributed" {
+                    if !remote(mode) {
                         for _ in 0..999 {
                             n += 1;
                             one(limiter.clone(), headers.clone(), n as u32).await;
@@ -192,6 +204,15 @@ fn main() {
             "Redis at {} does not answer: skipping the distributed rows",
             redis_url()
         );
+    }
+    // The distributed check over a Redis Cluster (3 primaries + 3 replicas on the same
+    // machine), next to the standalone one. OMSGATE_BENCH_CLUSTER=0 skips.
+    let _cluster = (env_or("OMSGATE_BENCH_CLUSTER", 1) == 1)
+        .then(RedisCluster::start)
+        .flatten();
+    if let Some(c) = &_cluster {
+        let _ = CLUSTER.set(c.redis_table());
+        modes.push("cluster");
     }
 
     println!("\nload average before: {:?}", loadgen::load_average());

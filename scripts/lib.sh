@@ -150,6 +150,79 @@ stop_redis() {
     OMSGATE_STARTED_REDIS=""
 }
 
+# --- Redis Cluster and Sentinel (tests/redis_cluster.rs starts its own from Rust; these are
+# for trying omsgate against a cluster by hand) ----------------------------------------------
+
+OMSGATE_CLUSTER_DIR=""
+OMSGATE_CLUSTER_NODES=""
+
+# start_redis_cluster: three primaries and three replicas (`redis-server --cluster-enabled yes`
+# x6 on free ports under a temporary directory, joined by `redis-cli --cluster create
+# --cluster-replicas 1`), node timeout 1000 ms. Sets OMSGATE_CLUSTER_NODES to the seed URLs as
+# a TOML array (for `redis = { mode = "cluster", nodes = ... }`) and OMSGATE_CLUSTER_DIR; run it
+# in the current shell (not in `$(...)`), and stop_redis_cluster kills them.
+start_redis_cluster() {
+    local dir port bus ports=() addrs=() urls=()
+    dir=$(mktemp -d /tmp/omsgate-redis-cluster.XXXXXX)
+    OMSGATE_CLUSTER_DIR=$dir
+    local try started
+    for _ in 1 2 3 4 5 6; do
+        started=""
+        # Below the kernel's ephemeral range (32768-60999), where an outgoing connection's
+        # port looks free to free_port but cannot be bound; a clash is retried on new ports.
+        for try in 1 2 3; do
+            port=$(free_port "$(shuf -i 20000-32000 -n 1)")
+            bus=$(free_port "$(shuf -i 20000-32000 -n 1)")
+            mkdir -p "$dir/$port"
+            redis-server --port "$port" --cluster-port "$bus" --bind 127.0.0.1 --daemonize yes \
+                --cluster-enabled yes --cluster-config-file "nodes-$port.conf" \
+                --cluster-node-timeout 1000 --cluster-replica-validity-factor 0 \
+                --cluster-require-full-coverage no --save "" --appendonly no \
+                --dir "$dir/$port" --logfile "$dir/$port/redis.log" \
+                --pidfile "$dir/$port/redis.pid" >/dev/null
+            if wait_until 10 "Redis Cluster node $port" redis-cli -p "$port" ping; then
+                started=1
+                break
+            fi
+            say "node $port (bus $bus) did not start (try $try); see $dir/$port/redis.log"
+        done
+        if [[ -z $started ]]; then
+            stop_redis_cluster
+            die "a Redis Cluster node did not start three times"
+        fi
+        ports+=("$port")
+        addrs+=("127.0.0.1:$port")
+        urls+=("\"redis://127.0.0.1:$port\"")
+    done
+    if ! redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes \
+        >"$dir/create.log" 2>&1; then
+        cat "$dir/create.log" >&2
+        stop_redis_cluster
+        die "redis-cli --cluster create failed"
+    fi
+    for port in "${ports[@]}"; do
+        if ! wait_until 30 "cluster state on $port" \
+            bash -c "redis-cli -p $port cluster info | grep -q cluster_state:ok"; then
+            stop_redis_cluster
+            die "the cluster did not become ok"
+        fi
+    done
+    local IFS=,
+    OMSGATE_CLUSTER_NODES="[${urls[*]}]"
+    say "Redis Cluster up: nodes = $OMSGATE_CLUSTER_NODES (files in $dir)"
+}
+
+# stop_redis_cluster: kills the nodes start_redis_cluster started and removes their directory.
+stop_redis_cluster() {
+    [[ -n $OMSGATE_CLUSTER_DIR ]] || return 0
+    local pidfile
+    for pidfile in "$OMSGATE_CLUSTER_DIR"/*/redis.pid; do
+        [[ -f $pidfile ]] && kill "$(cat "$pidfile")" 2>/dev/null
+    done
+    rm -rf "$OMSGATE_CLUSTER_DIR"
+    OMSGATE_CLUSTER_DIR=""
+}
+
 # --- PostgreSQL -----------------------------------------------------------------------------
 
 OMSGATE_STARTED_PG=""  # "VERSION CLUSTER" of the cluster we started

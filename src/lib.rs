@@ -18,6 +18,7 @@ pub mod loadtest;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod redis_topology;
 pub mod reload;
 pub mod respond;
 pub mod routes;

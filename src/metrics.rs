@@ -235,6 +235,14 @@ pub static CACHE_BACKEND_ERRORS: Lazy<IntCounterVec> = counter_vec!(
     "Cache backend errors or timeouts (each one a bypass, never a client error), by backend.",
     &["backend"]
 );
+/// Redis answers refusing a command because its keys span several cluster slots, by concern
+/// (`cache`, `rate_limit`): always a bug in the key layout (every script's keys share a hash
+/// tag), so it should stay 0.
+pub static REDIS_CROSSSLOT: Lazy<IntCounterVec> = counter_vec!(
+    "omsgate_redis_crossslot_errors_total",
+    "Redis CROSSSLOT answers (keys of one command in several cluster slots), by concern; should stay 0.",
+    &["concern"]
+);
 /// Bytes held by the in-process L1 cache.
 pub static CACHE_L1_BYTES: Lazy<IntGauge> = gauge!(
     "omsgate_cache_l1_bytes",
@@ -467,6 +475,9 @@ pub fn init(config_hash: &str, routes: &[&str]) {
     Lazy::force(&CACHE_COLLAPSED);
     Lazy::force(&CACHE_INVALIDATIONS);
     Lazy::force(&CACHE_BACKEND_ERRORS);
+    for concern in ["cache", "rate_limit"] {
+        REDIS_CROSSSLOT.with_label_values(&[concern]);
+    }
     Lazy::force(&CACHE_L1_BYTES);
     Lazy::force(&CACHE_L1_ENTRIES);
     Lazy::force(&CACHE_DECODED);

@@ -92,9 +92,21 @@ impl TlsConfig {
     /// no way to turn verification off (the `#insecure` fragment is refused on connect).
     pub fn redis_client(&self, url: &str) -> redis::RedisResult<redis::Client> {
         install_provider();
-        if !url.starts_with("rediss://") || self.extra_roots.is_empty() {
-            // Without ca_file the redis crate's own store is the system roots.
-            return redis::Client::open(url);
+        match self.redis_certificates() {
+            Some(certs) if url.starts_with("rediss://") => {
+                redis::Client::build_with_tls(url, certs)
+            }
+            _ => redis::Client::open(url),
+        }
+    }
+
+    /// The trust store handed to the redis crate for `rediss://` connections (standalone,
+    /// cluster nodes, sentinels and the masters they name): `None` without `ca_file`, when the
+    /// crate's own store (the system roots) is the same thing.
+    pub fn redis_certificates(&self) -> Option<redis::TlsCertificates> {
+        install_provider();
+        if self.extra_roots.is_empty() {
+            return None;
         }
         let mut pem = String::new();
         let mut add = |der: &[u8]| {
@@ -119,13 +131,10 @@ impl TlsConfig {
                 }
             }
         }
-        redis::Client::build_with_tls(
-            url,
-            redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(pem.into_bytes()),
-            },
-        )
+        Some(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.into_bytes()),
+        })
     }
 
     /// [`Self::root_store`]'s certificates as Pingora's per-peer CA list. Certificates that

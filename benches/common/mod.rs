@@ -276,3 +276,58 @@ pub fn zipf_cdf(n: usize) -> Vec<f64> {
     }
     cdf
 }
+
+/// A Redis Cluster of three primaries and three replicas, started with `scripts/lib.sh`'s
+/// `start_redis_cluster` (free ports, a temporary directory) for the cluster rows; its nodes
+/// are killed and the directory removed on drop.
+pub struct RedisCluster {
+    /// The seed URLs as a TOML array.
+    pub nodes: String,
+    dir: PathBuf,
+}
+
+impl RedisCluster {
+    /// Starts it; `None` (with the reason on stderr) when it cannot, e.g. without redis-server.
+    pub fn start() -> Option<RedisCluster> {
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(
+                "source scripts/lib.sh && start_redis_cluster >&2 && \
+                 printf '%s\\n%s\\n' \"$OMSGATE_CLUSTER_NODES\" \"$OMSGATE_CLUSTER_DIR\"",
+            )
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stderr(Stdio::inherit())
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines = text.lines();
+        match (out.status.success(), lines.next(), lines.next()) {
+            (true, Some(nodes), Some(dir)) => Some(RedisCluster {
+                nodes: nodes.to_string(),
+                dir: PathBuf::from(dir),
+            }),
+            _ => {
+                eprintln!("could not start a Redis Cluster: skipping the cluster rows");
+                None
+            }
+        }
+    }
+
+    /// `redis = { mode = "cluster", nodes = [...] }`.
+    pub fn redis_table(&self) -> String {
+        format!("redis = {{ mode = \"cluster\", nodes = {} }}", self.nodes)
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                if let Ok(pid) = std::fs::read_to_string(e.path().join("redis.pid")) {
+                    let _ = Command::new("kill").arg(pid.trim()).status();
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -394,3 +394,47 @@ mod tests {
         assert!(json.contains("\"v\":1"));
     }
 }
+
+#[cfg(test)]
+mod size {
+    use super::*;
+
+    /// The size of a typical record on the wire (the Kafka value, before compression) that
+    /// README "Scaling out" uses for its Kafka bytes per request: a GET of one invoice with a
+    /// tenant, a subject, a browser user agent and the ids the gateway fills in.
+    #[test]
+    fn a_typical_record_is_about_600_bytes() {
+        let rec = AuditRecord {
+            v: 1,
+            ts: SystemTime::now(),
+            event_id: uuid::Uuid::now_v7().to_string(),
+            request_id: uuid::Uuid::now_v7().to_string(),
+            tenant: Some("acme-corp".into()),
+            subject: Some("2f6c1e1a-8d4b-4c55-9a43-6d0b1f0b7c21".into()),
+            client_ip: Some([203, 0, 113, 7].into()),
+            method: "GET".into(),
+            route: "invoice".into(),
+            path: "/api/v1/invoices/0193a6d2-7c1e-7b3a-9f1e-2b4c6d8e0f12".into(),
+            query: Some("expand=lines".into()),
+            status: 200,
+            duration_ms: 3.217,
+            upstream_ms: Some(2.903),
+            bytes_in: 0,
+            bytes_out: 2048,
+            cache: Some("MISS".into()),
+            rate_limited: false,
+            user_agent: Some(
+                "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko)".into(),
+            ),
+            gateway: "gw-eu-1a".into(),
+            headers: None,
+            body: None,
+        };
+        let n = rec.to_json().len();
+        println!("typical audit record: {n} bytes");
+        assert!(
+            (520..=680).contains(&n),
+            "{n} bytes: update README \"Scaling out\""
+        );
+    }
+}

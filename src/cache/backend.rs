@@ -5,29 +5,28 @@
 //! returned as `None`; the caller then treats the request as a miss (or bypass) and never as a
 //! client error. After a few failures in a row the circuit opens for a short while, so that a
 //! Redis outage costs requests nothing rather than a deadline each; the first call after that
-//! probes again. Reconnecting is left to redis-rs's `ConnectionManager`.
+//! probes again. Reconnecting is left to the connection of the deployment
+//! ([`crate::redis_topology`]: standalone, cluster or Sentinel).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::watch;
 
 use crate::metrics;
+use crate::redis_topology::{Conn, RedisClient, Topology};
 
 /// Failures in a row that open the circuit.
 const OPEN_AFTER: u32 = 3;
 /// How long the circuit stays open.
 const OPEN_FOR: Duration = Duration::from_millis(250);
-/// Deadline of one connection attempt (off the request path).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The cache's Redis handle.
 pub struct Redis {
-    client: redis::Client,
+    client: RedisClient,
     timeout: Duration,
-    conn: watch::Sender<Option<ConnectionManager>>,
+    conn: watch::Sender<Option<Conn>>,
     connecting: AtomicBool,
     failures: AtomicU32,
     /// Milliseconds since `started` until which the circuit is open.
@@ -38,6 +37,7 @@ pub struct Redis {
 impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Redis")
+            .field("client", &self.client)
             .field("timeout", &self.timeout)
             .field("connected", &self.conn.borrow().is_some())
             .finish()
@@ -45,15 +45,15 @@ impl std::fmt::Debug for Redis {
 }
 
 impl Redis {
-    /// A handle for `url` (parsed, not connected: the connection is made on first use).
-    /// A `rediss://` URL is verified against `trust`.
+    /// A handle for `topology` (parsed, not connected: the connection is made on first use).
+    /// `rediss://` nodes are verified against `trust`.
     pub fn new(
-        url: &str,
+        topology: &Topology,
         timeout: Duration,
         trust: &crate::tls::TlsConfig,
     ) -> redis::RedisResult<Redis> {
         Ok(Redis {
-            client: trust.redis_client(url)?,
+            client: RedisClient::new(topology, trust, timeout)?,
             timeout,
             conn: watch::Sender::new(None),
             connecting: AtomicBool::new(false),
@@ -64,7 +64,7 @@ impl Redis {
     }
 
     /// The client, for dedicated connections (pub/sub).
-    pub fn client(&self) -> &redis::Client {
+    pub fn client(&self) -> &RedisClient {
         &self.client
     }
 
@@ -79,17 +79,11 @@ impl Redis {
             return;
         }
         tokio::spawn(async move {
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(CONNECT_TIMEOUT)
-                .set_number_of_retries(2)
-                .set_factor(50)
-                .set_max_delay(1000);
             let mut backoff = Duration::from_millis(100);
             loop {
-                match ConnectionManager::new_with_config(self.client.clone(), config.clone()).await
-                {
+                match self.client.connect().await {
                     Ok(m) => {
-                        tracing::info!("Cache connected to Redis.");
+                        tracing::info!(redis = %self.client.describe(), "Cache connected to Redis.");
                         self.conn.send_replace(Some(m));
                         return;
                     }
@@ -106,7 +100,7 @@ impl Redis {
     /// Runs `op` on the connection under the deadline; `None` (counted) on any failure.
     pub async fn call<T, F, Fut>(&'static self, op: &'static str, f: F) -> Option<T>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         self.call_within(op, self.timeout, f).await
@@ -120,7 +114,7 @@ impl Redis {
         f: F,
     ) -> Option<T>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         if self.circuit_open() {
@@ -144,6 +138,7 @@ impl Redis {
                 Some(v)
             }
             Ok(Err(e)) => {
+                crate::redis_topology::note_error("cache", &e);
                 self.failed(op, &e.to_string());
                 None
             }
@@ -154,7 +149,7 @@ impl Redis {
         }
     }
 
-    async fn connection(&'static self, deadline: Duration) -> Option<ConnectionManager> {
+    async fn connection(&'static self, deadline: Duration) -> Option<Conn> {
         if let Some(c) = self.conn.borrow().as_ref() {
             return Some(c.clone());
         }

@@ -23,7 +23,12 @@ pub struct CacheFile {
     /// Redis holding the shared second tier (L2) and the invalidation generations, e.g.
     /// `"redis://127.0.0.1:6379/0"`. Empty means in-memory only (one instance). Default `""`.
     pub redis_url: String,
-    /// Prefix of every Redis key and of the pub/sub channel `{prefix}invalidate`.
+    /// The Redis deployment instead of `redis_url`: `{ mode = "standalone" | "cluster" |
+    /// "sentinel", nodes = ["redis://HOST:PORT", ...], master_name = "..." }` (see
+    /// [`crate::redis_topology`]). Set this or `redis_url`, not both. Default none.
+    pub redis: Option<crate::redis_topology::RedisFile>,
+    /// Prefix of every Redis key and of the pub/sub channel `{prefix}invalidate`; no `{` or `}`
+    /// (they mark hash tags).
     /// Default `"omsgate:"`.
     pub key_prefix: String,
     /// The in-process first tier (L1).
@@ -55,6 +60,7 @@ impl Default for CacheFile {
         Self {
             enabled: true,
             redis_url: String::new(),
+            redis: None,
             key_prefix: "omsgate:".into(),
             memory: MemoryFile::default(),
             max_body: ByteSize::Text("2MiB".into()),
@@ -137,8 +143,8 @@ impl Default for RouteCacheFile {
 pub struct CacheConfig {
     /// Master switch.
     pub enabled: bool,
-    /// Redis URL; `None` means in-memory only.
-    pub redis_url: Option<String>,
+    /// The Redis deployment (`redis_url` or `redis`); `None` means in-memory only.
+    pub redis: Option<crate::redis_topology::Topology>,
     /// Prefix of Redis keys and the pub/sub channel.
     pub key_prefix: String,
     /// L1 bound in bytes; 0 disables the L1.
@@ -168,23 +174,9 @@ impl Default for CacheConfig {
 impl CacheConfig {
     /// Converts the file layer, recording every problem under its `cache.*` key.
     pub fn from_file(f: &CacheFile, p: &mut Problems) -> CacheConfig {
-        let redis_url = if f.redis_url.trim().is_empty() {
-            None
-        } else {
-            match redis::Client::open(f.redis_url.as_str()) {
-                Ok(_) => Some(f.redis_url.clone()),
-                Err(e) => {
-                    p.push(
-                        "cache.redis_url",
-                        format!(
-                            "`{}` is not a Redis URL ({e}); write e.g. \"redis://127.0.0.1:6379/0\", or \"\" for in-memory only",
-                            f.redis_url
-                        ),
-                    );
-                    None
-                }
-            }
-        };
+        let redis =
+            crate::redis_topology::Topology::from_file("cache", &f.redis_url, f.redis.as_ref(), p);
+        crate::redis_topology::config::check_prefix("cache.key_prefix", &f.key_prefix, p);
         if f.key_prefix
             .chars()
             .any(|c| c.is_whitespace() || c.is_control())
@@ -225,7 +217,7 @@ impl CacheConfig {
         check_statuses(p, "cache.statuses", &f.statuses);
         CacheConfig {
             enabled: f.enabled,
-            redis_url,
+            redis,
             key_prefix: f.key_prefix.clone(),
             l1_max_bytes,
             max_body: usize::try_from(max_body).unwrap_or(usize::MAX),
@@ -239,9 +231,17 @@ impl CacheConfig {
     }
 
     /// The settings fixed for the life of the process (a reload cannot change them).
-    pub(crate) fn backend_settings(&self) -> (Option<&str>, &str, u64, Duration, Duration) {
+    pub(crate) fn backend_settings(
+        &self,
+    ) -> (
+        Option<&crate::redis_topology::Topology>,
+        &str,
+        u64,
+        Duration,
+        Duration,
+    ) {
         (
-            self.redis_url.as_deref(),
+            self.redis.as_ref(),
             &self.key_prefix,
             self.l1_max_bytes,
             self.redis_timeout,
@@ -411,7 +411,7 @@ mod tests {
     fn defaults_are_valid() {
         let c = CacheConfig::default();
         assert!(c.enabled);
-        assert_eq!(c.redis_url, None);
+        assert_eq!(c.redis, None);
         assert_eq!(c.l1_max_bytes, 256 << 20);
         assert_eq!(c.max_body, 2 << 20);
         assert_eq!(c.redis_timeout, Duration::from_millis(20));

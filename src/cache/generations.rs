@@ -3,10 +3,11 @@
 //! of its route. A write bumps the generations it touches, so every dependent key becomes
 //! unreachable at once, in O(1) per resource and without scanning; the old entries age out.
 //!
-//! With Redis, generations are Redis strings (`{prefix}gen:...`, `{prefix}epoch`) shared by all
-//! instances, set by one script per invalidation to a fresh value of a global sequence (seeded
-//! from the clock, so values never repeat, even after Redis loses its data), which also publishes
-//! the touched keys on `{prefix}invalidate`. Each instance caches generations in memory for
+//! With Redis, generations are Redis strings (`{prefix}gen:{NAMESPACE}...`,
+//! `{prefix}epoch:{!}`) shared by all instances, set by one script per invalidation and hash tag
+//! to a fresh value of that tag's sequence (`{prefix}genseq:{TAG}`, seeded from the clock, so
+//! values never repeat, even after Redis loses its data), which also publishes the touched keys
+//! on `{prefix}invalidate` (a `PUBLISH` reaches every node of a Redis Cluster). Each instance caches generations in memory for
 //! `cache.generation_cache_ttl`; a pub/sub message drops them at once, and on (re)subscribing an
 //! instance drops all of them, since it may have missed messages. So another instance sees an
 //! invalidation within the pub/sub latency, and never later than `generation_cache_ttl`.
@@ -118,7 +119,7 @@ impl Generations {
     /// The generation key of the target URI `path` in `namespace`. It lives apart from the
     /// `gen:` keys, so that no configured resource name can collide with it.
     pub fn uri_key(&self, namespace: &str, path: &str) -> String {
-        format!("{}uri:{namespace}:{}", self.prefix, key::escape(path))
+        format!("{}uri:{{{namespace}}}:{}", self.prefix, key::escape(path))
     }
 
     /// The current generation of each key (`None` when Redis cannot say in time).
@@ -212,36 +213,46 @@ impl Generations {
             }
             return Bumped::Done;
         };
-        let mut message = self.instance.to_string();
-        for k in keys {
-            message.push('\n');
-            message.push_str(k);
-        }
-        if all {
-            message.push_str("\n*");
-        }
-        let seq_key = format!("{}genseq", self.prefix);
-        let mut script = BUMP.prepare_invoke();
-        script.key(&seq_key);
-        for k in keys {
-            script.key(k);
-        }
-        script
-            .arg(self.retention.as_millis() as u64)
-            .arg(&self.channel)
-            .arg(&message)
-            .arg(clock_seed())
-            .arg(&self.epoch_key);
-        let done: Option<u64> = redis
-            .call_within("invalidate", deadline, |mut c| async move {
-                script.invoke_async(&mut c).await
-            })
-            .await;
+        // One script call per hash tag (a namespace, or the epoch's): each call's keys, and the
+        // sequence numbering them, share one Redis Cluster slot.
+        let calls = crate::redis_topology::group_by_tag(keys)
+            .into_iter()
+            .map(|group| {
+                let first = &keys[group[0]];
+                let seq_key = match crate::redis_topology::hash_tag(first) {
+                    Some(tag) => key::seq_key(&self.prefix, tag),
+                    // Untagged (not written by this version): the key itself as the tag hashes
+                    // to the key's own slot.
+                    None => format!("{}genseq:{{{first}}}", self.prefix),
+                };
+                let mut message = self.instance.to_string();
+                let mut script = BUMP.prepare_invoke();
+                script.key(&seq_key);
+                for i in &group {
+                    message.push('\n');
+                    message.push_str(&keys[*i]);
+                    script.key(&keys[*i]);
+                }
+                if all {
+                    message.push_str("\n*");
+                }
+                script
+                    .arg(self.retention.as_millis() as u64)
+                    .arg(&self.channel)
+                    .arg(&message)
+                    .arg(clock_seed())
+                    .arg(&self.epoch_key);
+                redis.call_within("invalidate", deadline, |mut c| async move {
+                    script.invoke_async::<u64>(&mut c).await
+                })
+            });
+        let done: Vec<Option<u64>> = futures::future::join_all(calls).await;
         // Whatever happened, do not trust what this instance remembers about these keys.
         self.forget(keys, all);
-        match done {
-            Some(_) => Bumped::Done,
-            None => Bumped::Failed,
+        if done.iter().all(Option::is_some) {
+            Bumped::Done
+        } else {
+            Bumped::Failed
         }
     }
 
@@ -290,7 +301,7 @@ impl Generations {
         let mut backoff = Duration::from_millis(100);
         loop {
             let subscribe = async {
-                let mut ps = redis.client().get_async_pubsub().await?;
+                let mut ps = redis.client().pubsub().await?;
                 ps.subscribe(&self.channel).await?;
                 Ok::<_, redis::RedisError>(ps)
             };
@@ -344,7 +355,8 @@ fn clock_seed() -> u64 {
         .unwrap_or(1)
 }
 
-/// KEYS[1] the sequence, KEYS[2..] the generations to bump. ARGV: retention ms, channel,
+/// KEYS[1] the sequence of the keys' hash tag, KEYS[2..] the generations to bump (all in the
+/// tag's slot). ARGV: retention ms, channel,
 /// message, clock seed, epoch key (which never expires).
 static BUMP: once_cell::sync::Lazy<redis::Script> = once_cell::sync::Lazy::new(|| {
     redis::Script::new(
@@ -413,7 +425,7 @@ mod tests {
             Duration::from_secs(60),
         ));
         let a = g.uri_key("acme", "/api/v1/invoices");
-        assert_eq!(a, "t:uri:acme:%2Fapi%2Fv1%2Finvoices");
+        assert_eq!(a, "t:uri:{acme}:%2Fapi%2Fv1%2Finvoices");
         assert_ne!(a, g.uri_key("globex", "/api/v1/invoices"));
         assert_ne!(a, g.uri_key("acme", "/api/v1/invoices/1"));
         // A resource named like a URI key is a different key.

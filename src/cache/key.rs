@@ -7,9 +7,13 @@
 //! resource/tag of the route. `Vary` request-header values are added by Pingora as a secondary
 //! (variance) key.
 //!
-//! Generation keys live in Redis (or in memory) as `{prefix}gen:{namespace}` (everything of a
-//! namespace) and `{prefix}gen:{namespace}:{resource}`, where the namespace is the
-//! percent-encoded tenant, or `*` for public entries.
+//! Generation keys live in Redis (or in memory) as `{prefix}gen:{NAMESPACE}` (everything of a
+//! namespace) and `{prefix}gen:{NAMESPACE}:{resource}`, where the namespace is the
+//! percent-encoded tenant, or `*` for public entries, written inside braces: it is the Redis
+//! Cluster hash tag, so that every generation of a namespace (and the sequence that numbers
+//! them, [`seq_key`]) lives in one slot and one invalidation script can bump them together,
+//! while different tenants spread over the slots. The global epoch has its own tag, `{!}` (`!`
+//! is escaped in namespaces, so no tenant shares it).
 
 use super::config::Scope;
 use crate::identity::Identity;
@@ -133,19 +137,28 @@ pub fn escape(value: &str) -> String {
     out
 }
 
+/// Hash tag of the global epoch.
+pub const EPOCH_TAG: &str = "!";
+
 /// Redis key of the global epoch (bumped by a purge of everything).
 pub fn epoch_key(prefix: &str) -> String {
-    format!("{prefix}epoch")
+    format!("{prefix}epoch:{{{EPOCH_TAG}}}")
 }
 
 /// Redis key of the generation of a whole namespace.
 pub fn namespace_key(prefix: &str, namespace: &str) -> String {
-    format!("{prefix}gen:{namespace}")
+    format!("{prefix}gen:{{{namespace}}}")
 }
 
 /// Redis key of the generation of one resource/tag in a namespace.
 pub fn resource_key(prefix: &str, namespace: &str, resource: &str) -> String {
-    format!("{prefix}gen:{namespace}:{resource}")
+    format!("{prefix}gen:{{{namespace}}}:{resource}")
+}
+
+/// Redis key of the sequence numbering the generations of hash tag `tag` (a namespace, or
+/// [`EPOCH_TAG`]): one per tag, so that a bump touches one slot.
+pub fn seq_key(prefix: &str, tag: &str) -> String {
+    format!("{prefix}genseq:{{{tag}}}")
 }
 
 #[cfg(test)]
@@ -223,7 +236,19 @@ mod tests {
         assert_eq!(escape("a:b*c%"), "a%3Ab%2Ac%25");
         assert_eq!(
             resource_key("p:", "a%3Ab", "invoice:1"),
-            "p:gen:a%3Ab:invoice:1"
+            "p:gen:{a%3Ab}:invoice:1"
         );
+    }
+
+    #[test]
+    fn generations_of_a_namespace_share_a_hash_tag() {
+        use crate::redis_topology::hash_tag;
+        assert_eq!(hash_tag(&namespace_key("p:", "acme")), Some("acme"));
+        assert_eq!(hash_tag(&resource_key("p:", "acme", "x:{1}")), Some("acme"));
+        assert_eq!(hash_tag(&seq_key("p:", "acme")), Some("acme"));
+        assert_eq!(hash_tag(&epoch_key("p:")), Some(EPOCH_TAG));
+        assert_eq!(hash_tag(&seq_key("p:", EPOCH_TAG)), Some(EPOCH_TAG));
+        assert_eq!(hash_tag(&namespace_key("p:", PUBLIC_NAMESPACE)), Some("*"));
+        assert_ne!(escape("!"), EPOCH_TAG);
     }
 }

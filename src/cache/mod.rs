@@ -93,7 +93,7 @@ const INVALIDATION_RETRY_FOR: Duration = Duration::from_secs(30);
 ///
 /// Pingora wants its storage and lock as `&'static`, so there is one per process, created on
 /// first use ([`Cache::global`]) without connecting anywhere: the Redis connection is made inside
-/// the runtime when first needed. A reload keeps it; the settings that shape it (`redis_url`,
+/// the runtime when first needed. A reload keeps it; the settings that shape it (`redis_url`/`redis`,
 /// `key_prefix`, `memory`, `redis_timeout`, `generation_cache_ttl`, `max_ttl`, `lock_timeout`)
 /// take effect on restart. Route policies and the other `[cache]` keys are read per request from
 /// the config snapshot of the request.
@@ -123,8 +123,8 @@ impl Cache {
         // stored format: changing it makes older entries undecodable (misses), so bump the key
         // version in `key.rs` with it. Setting it twice is a no-op.
         pingora::cache::set_compression_dict_content(std::borrow::Cow::Borrowed(HEADER_DICT));
-        let redis = config.redis_url.as_deref().and_then(|url| {
-            match Redis::new(url, config.redis_timeout, &config.trust) {
+        let redis = config.redis.as_ref().and_then(|topology| {
+            match Redis::new(topology, config.redis_timeout, &config.trust) {
                 Ok(r) => Some(&*Box::leak(Box::new(r))),
                 Err(e) => {
                     tracing::error!(error = %e, "Cache Redis URL unusable; caching in memory only.");
@@ -134,7 +134,7 @@ impl Cache {
         });
         if redis.is_none() && config.l1_max_bytes == 0 {
             tracing::warn!(
-                "cache.memory.max_bytes is 0 and there is no cache.redis_url: nothing will be cached."
+                "cache.memory.max_bytes is 0 and there is no cache.redis_url or cache.redis: nothing will be cached."
             );
         }
         // Generation keys outlive every entry keyed under them (see `generations`).

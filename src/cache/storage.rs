@@ -218,13 +218,16 @@ impl TieredStorage {
         }
     }
 
+    /// `{prefix}obj:{HASH}`: the entry's own hash is its hash tag, so that entries (one key,
+    /// one command each) spread evenly over a Redis Cluster's slots, a hot tenant's too.
     fn redis_key(&self, id: &HashBinary) -> String {
-        let mut k = String::with_capacity(self.prefix.len() + 36);
+        let mut k = String::with_capacity(self.prefix.len() + 38);
         k.push_str(&self.prefix);
-        k.push_str("obj:");
+        k.push_str("obj:{");
         for b in id {
             let _ = write!(k, "{b:02x}");
         }
+        k.push('}');
         k
     }
 

@@ -17,8 +17,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message;
+use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -224,7 +225,32 @@ pub async fn run(
     Ok(stats)
 }
 
-fn consumer(config: &AuditConfig) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
+/// Logs the partitions this member of the group is given and loses, so that an operator running
+/// several `audit-sink` members sees how the topic is shared.
+struct SinkContext;
+
+impl ClientContext for SinkContext {}
+
+impl ConsumerContext for SinkContext {
+    fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let partitions = |list: &TopicPartitionList| -> Vec<i32> {
+            list.elements().iter().map(|e| e.partition()).collect()
+        };
+        match rebalance {
+            Rebalance::Assign(list) => {
+                info!(partitions = ?partitions(list), "Audit sink assigned partitions.")
+            }
+            Rebalance::Revoke(list) => {
+                info!(partitions = ?partitions(list), "Audit sink partitions revoked.")
+            }
+            Rebalance::Error(e) => warn!(error = %e, "Audit sink rebalance failed."),
+        }
+    }
+}
+
+fn consumer(
+    config: &AuditConfig,
+) -> Result<StreamConsumer<SinkContext>, rdkafka::error::KafkaError> {
     let mut c = config.kafka_client_config();
     c.set("bootstrap.servers", config.brokers.as_deref().unwrap_or(""))
         .set("group.id", &config.sink.group_id)
@@ -235,7 +261,7 @@ fn consumer(config: &AuditConfig) -> Result<StreamConsumer, rdkafka::error::Kafk
             "client.id",
             format!("omsgate-audit-sink-{}", config.gateway_id),
         )
-        .create()
+        .create_with_context(SinkContext)
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`: enough to keep a bad value from failing a batch.

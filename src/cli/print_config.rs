@@ -96,6 +96,15 @@ pub fn fill_effective(file: &mut FileConfig, config: &Config) -> Vec<String> {
                 .to_string(),
         );
     }
+    if file.cache.redis.is_none() {
+        absent.push("cache.redis: none (cache.redis_url, if set, is one standalone server)".into());
+    }
+    if file.rate_limit.redis.is_none() {
+        absent.push(
+            "rate_limit.redis: none (rate_limit.redis_url, if set, is one standalone server)"
+                .into(),
+        );
+    }
     for (i, route) in file.routes.iter_mut().enumerate() {
         route.compression = Some(route.compression.unwrap_or(config.compression.enabled));
         route.audit.get_or_insert_with(Default::default);

@@ -21,10 +21,15 @@ pub struct RateLimitFile {
     pub mode: String,
     /// Redis URL for `mode = "distributed"`, e.g. `"redis://127.0.0.1:6379/0"`. Default empty.
     pub redis_url: String,
+    /// The Redis deployment instead of `redis_url`: `{ mode = "standalone" | "cluster" |
+    /// "sentinel", nodes = [...], master_name = "..." }` as in `[cache]` (see
+    /// [`crate::redis_topology`]). Set this or `redis_url`, not both. Default none.
+    pub redis: Option<crate::redis_topology::RedisFile>,
     /// Deadline of one distributed check (one Redis round trip); past it `on_backend_error`
     /// applies. Default `"20ms"`.
     pub redis_timeout: String,
-    /// Prefix of the Redis keys holding the distributed state. Default `"omsgate:rl:"`.
+    /// Prefix of the Redis keys holding the distributed state; no `{` or `}` (they mark hash
+    /// tags). Default `"omsgate:rl:"`.
     pub key_prefix: String,
     /// What a distributed check does when Redis fails or times out: `"allow"` (admit, fail open)
     /// or `"deny"` (answer 503, fail closed). Counted either way. Default `"allow"`.
@@ -69,6 +74,7 @@ impl Default for RateLimitFile {
         Self {
             mode: "local".into(),
             redis_url: String::new(),
+            redis: None,
             redis_timeout: "20ms".into(),
             key_prefix: "omsgate:rl:".into(),
             on_backend_error: "allow".into(),
@@ -131,8 +137,8 @@ pub enum Mode {
     Local,
     /// In Redis, shared by every instance.
     Distributed {
-        /// The Redis URL (already checked to parse).
-        url: String,
+        /// The Redis deployment (already checked).
+        topology: crate::redis_topology::Topology,
     },
 }
 
@@ -296,19 +302,27 @@ impl Default for RateLimitConfig {
 impl RateLimitConfig {
     /// Converts the file layer, recording every problem with its key.
     pub fn from_file(f: &RateLimitFile, p: &mut Problems) -> RateLimitConfig {
+        let topology = crate::redis_topology::Topology::from_file(
+            "rate_limit",
+            &f.redis_url,
+            f.redis.as_ref(),
+            p,
+        );
+        crate::redis_topology::config::check_prefix("rate_limit.key_prefix", &f.key_prefix, p);
         let mode = match f.mode.as_str() {
             "local" => Mode::Local,
-            "distributed" => {
-                if f.redis_url.is_empty() {
-                    p.push(
-                        "rate_limit.redis_url",
-                        "required with mode = \"distributed\", e.g. \"redis://127.0.0.1:6379/0\"",
-                    );
+            "distributed" => match topology {
+                Some(topology) => Mode::Distributed { topology },
+                None => {
+                    if f.redis_url.trim().is_empty() && f.redis.is_none() {
+                        p.push(
+                            "rate_limit.redis_url",
+                            "required with mode = \"distributed\", e.g. \"redis://127.0.0.1:6379/0\" (or rate_limit.redis)",
+                        );
+                    }
+                    Mode::Local
                 }
-                Mode::Distributed {
-                    url: f.redis_url.clone(),
-                }
-            }
+            },
             other => {
                 p.push(
                     "rate_limit.mode",
@@ -317,14 +331,6 @@ impl RateLimitConfig {
                 Mode::Local
             }
         };
-        if !f.redis_url.is_empty() {
-            if let Err(e) = redis::Client::open(f.redis_url.as_str()) {
-                p.push(
-                    "rate_limit.redis_url",
-                    format!("`{}` is not a Redis URL: {e}", f.redis_url),
-                );
-            }
-        }
         let redis_timeout = p.duration_or(
             "rate_limit.redis_timeout",
             &f.redis_timeout,

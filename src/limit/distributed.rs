@@ -7,7 +7,16 @@
 //! Redis (`TIME`), so the instances' clocks do not matter. Each bucket key expires when its
 //! state would equal a fresh bucket, so Redis holds only active keys.
 //!
-//! The connection ([`ConnectionManager`], which reconnects by itself) is opened on first use,
+//! On a Redis Cluster a script's keys must share a slot: each bucket key carries its bucket as
+//! hash tag (`{prefix}{policy}:{BUCKET}`), so the buckets of one request that share a bucket
+//! (say a tenant's under two policies) are checked in one call, and the others in one call per
+//! tag, concurrently. All or nothing then holds per call; when one call rejects and another
+//! admitted, the admitted ones are given their request back ([`REFUND_SCRIPT`]), so a rejected
+//! request takes nothing from the other policies except for the moment in between (which can
+//! only reject, never admit, more than the quota).
+//!
+//! The connection ([`crate::redis_topology::Conn`]: standalone, cluster or Sentinel, each
+//! reconnecting by itself) is opened on first use,
 //! inside Pingora's runtime, by a background task that retries with backoff until it succeeds.
 //! A check never waits longer than `rate_limit.redis_timeout`; on a timeout or an error the
 //! caller applies `on_backend_error`.
@@ -21,11 +30,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::watch;
 
 use super::config::Quota;
 use super::local::{KeyGauge, PassThrough, Verdict};
+use crate::redis_topology::{Conn, RedisClient, Topology};
 
 /// GCRA over several buckets at once, all or nothing.
 ///
@@ -74,6 +83,26 @@ end
 return out
 "#;
 
+/// Gives back one request to each bucket of a call that admitted while another call of the same
+/// request (another hash tag, on a cluster) rejected. `KEYS[i]` a bucket, `ARGV[i]` its emission
+/// interval in µs. A bucket whose TAT falls to now or earlier is deleted (a fresh bucket).
+pub const REFUND_SCRIPT: &str = r#"
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+for i = 1, #KEYS do
+  local stored = redis.call('GET', KEYS[i])
+  if stored then
+    local tat = tonumber(stored) - tonumber(ARGV[i])
+    if tat <= now then
+      redis.call('DEL', KEYS[i])
+    else
+      redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000))
+    end
+  end
+end
+return 1
+"#;
+
 /// Why a distributed check did not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -90,29 +119,31 @@ pub enum BackendError {
 
 /// The shared Redis state of every policy.
 pub struct Distributed {
-    client: redis::Client,
+    client: RedisClient,
     timeout: Duration,
     prefix: String,
     script: redis::Script,
-    conn: watch::Sender<Option<ConnectionManager>>,
+    refund: redis::Script,
+    conn: watch::Sender<Option<Conn>>,
     connecting: AtomicBool,
     last_warning: AtomicU64,
     started: Instant,
 }
 
 impl Distributed {
-    /// A backend for `url`; opens nothing until the first check.
+    /// A backend for `topology`; opens nothing until the first check.
     pub fn new(
-        url: &str,
+        topology: &Topology,
         timeout: Duration,
         prefix: &str,
         trust: &crate::tls::TlsConfig,
     ) -> Result<Arc<Distributed>, BackendError> {
         Ok(Arc::new(Distributed {
-            client: trust.redis_client(url)?,
+            client: RedisClient::new(topology, trust, timeout)?,
             timeout,
             prefix: prefix.to_string(),
             script: redis::Script::new(GCRA_SCRIPT),
+            refund: redis::Script::new(REFUND_SCRIPT),
             conn: watch::Sender::new(None),
             connecting: AtomicBool::new(false),
             last_warning: AtomicU64::new(0),
@@ -120,9 +151,9 @@ impl Distributed {
         }))
     }
 
-    /// The Redis key of a bucket.
+    /// The Redis key of a bucket, `{prefix}{policy}:{BUCKET}`: the bucket is the hash tag.
     pub fn redis_key(&self, policy: &str, bucket: &str) -> String {
-        format!("{}{policy}:{bucket}", self.prefix)
+        format!("{}{policy}:{{{bucket}}}", self.prefix)
     }
 
     /// Checks one request against every `(redis key, quota)` bucket, atomically; admitted only
@@ -132,45 +163,113 @@ impl Distributed {
         buckets: &[(String, Quota)],
     ) -> Result<Vec<Verdict>, BackendError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let answer = tokio::time::timeout_at(deadline, async {
-            let mut conn = self.connection().await;
-            let mut call = self.script.prepare_invoke();
-            for (key, quota) in buckets {
-                let t = quota.interval().as_secs_f64() * 1e6;
-                let tau = t * f64::from(quota.burst.get() - 1);
-                call.key(key).arg(t).arg(tau);
+        let groups = if self.client.is_cluster() {
+            let keys: Vec<&str> = buckets.iter().map(|(k, _)| k.as_str()).collect();
+            crate::redis_topology::group_by_tag(&keys)
+        } else {
+            vec![(0..buckets.len()).collect()]
+        };
+        let answers = tokio::time::timeout_at(deadline, async {
+            let conn = self.connection().await;
+            let calls = groups.iter().map(|group| {
+                let mut conn = conn.clone();
+                let mut call = self.script.prepare_invoke();
+                for &i in group {
+                    let (key, quota) = &buckets[i];
+                    let t = quota.interval().as_secs_f64() * 1e6;
+                    let tau = t * f64::from(quota.burst.get() - 1);
+                    call.key(key).arg(t).arg(tau);
+                }
+                async move { call.invoke_async::<Vec<i64>>(&mut conn).await }
+            });
+            let answers = futures::future::join_all(calls).await;
+            if answers.len() > 1 {
+                self.refund_partial(&conn, buckets, &groups, &answers).await;
             }
-            call.invoke_async::<Vec<i64>>(&mut conn).await
+            answers.into_iter().collect::<Result<Vec<_>, _>>()
         })
         .await
-        .map_err(|_| BackendError::Timeout(self.timeout))??;
-        if answer.len() != 3 + 2 * buckets.len() {
-            return Err(BackendError::Malformed(answer));
-        }
+        .map_err(|_| BackendError::Timeout(self.timeout))?
+        .inspect_err(|e| crate::redis_topology::note_error("rate_limit", e))?;
+        // The answer of each bucket, with the call's verdict and rejecting bucket (as an index
+        // into `buckets`).
         let micros = |v: i64| Duration::from_micros(v.max(0) as u64);
-        let admitted = answer[0] == 1;
-        let rejecting = answer[1] as usize;
-        Ok((0..buckets.len())
-            .map(|i| {
-                let remaining = answer[3 + 2 * i].clamp(0, u32::MAX as i64) as u32;
-                let reset = micros(answer[4 + 2 * i]);
+        let mut out = vec![None; buckets.len()];
+        let mut admitted = true;
+        let mut rejecting = (0i64, usize::MAX);
+        for (group, answer) in groups.iter().zip(&answers) {
+            if answer.len() != 3 + 2 * group.len() {
+                return Err(BackendError::Malformed(answer.clone()));
+            }
+            if answer[0] != 1 {
+                admitted = false;
+                let r = answer[1] as usize;
+                if r >= 1 && r <= group.len() && answer[2] >= rejecting.0 {
+                    rejecting = (answer[2], group[r - 1]);
+                }
+            }
+            for (j, &i) in group.iter().enumerate() {
+                let remaining = answer[3 + 2 * j].clamp(0, u32::MAX as i64) as u32;
+                out[i] = Some((remaining, micros(answer[4 + 2 * j])));
+            }
+        }
+        Ok(out
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let (remaining, reset) = v.unwrap_or((0, Duration::ZERO));
                 if admitted {
                     Verdict::Admit { remaining, reset }
-                } else if i + 1 == rejecting {
+                } else if i == rejecting.1 {
                     Verdict::Reject {
-                        wait: micros(answer[2]),
+                        wait: micros(rejecting.0),
                         reset,
                     }
                 } else {
-                    // Not charged: the request was rejected by another policy.
+                    // Not charged (or given back): the request was rejected by another policy.
                     Verdict::Admit { remaining, reset }
                 }
             })
             .collect())
     }
 
+    /// After calls over several hash tags, gives the request back to the buckets of the calls
+    /// that admitted it when another call rejected it (or failed).
+    async fn refund_partial(
+        &self,
+        conn: &Conn,
+        buckets: &[(String, Quota)],
+        groups: &[Vec<usize>],
+        answers: &[redis::RedisResult<Vec<i64>>],
+    ) {
+        let all_admitted = answers
+            .iter()
+            .all(|a| matches!(a, Ok(v) if v.first() == Some(&1)));
+        if all_admitted {
+            return;
+        }
+        let refunds = groups.iter().zip(answers).filter_map(|(group, a)| {
+            if !matches!(a, Ok(v) if v.first() == Some(&1)) {
+                return None;
+            }
+            let mut conn = conn.clone();
+            let mut call = self.refund.prepare_invoke();
+            for &i in group {
+                let (key, quota) = &buckets[i];
+                call.key(key).arg(quota.interval().as_secs_f64() * 1e6);
+            }
+            Some(async move { call.invoke_async::<i64>(&mut conn).await })
+        });
+        for r in futures::future::join_all(refunds).await {
+            if let Err(e) = r {
+                crate::redis_topology::note_error("rate_limit", &e);
+                tracing::debug!(error = %e, "Rate-limit refund failed; the bucket keeps the request.");
+            }
+        }
+    }
+
     /// The connection, waiting for the first one to be opened.
-    async fn connection(self: &Arc<Self>) -> ConnectionManager {
+    async fn connection(self: &Arc<Self>) -> Conn {
         if let Some(c) = self.conn.borrow().as_ref() {
             return c.clone();
         }
@@ -195,19 +294,17 @@ impl Distributed {
             return;
         }
         let weak: Weak<Distributed> = Arc::downgrade(self);
-        let client = self.client.clone();
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(1))
-            .set_number_of_retries(1)
-            .set_max_delay(1000);
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
-                match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
+                let Some(this) = weak.upgrade() else { return };
+                let connected = this.client.connect().await;
+                drop(this);
+                match connected {
                     Ok(conn) => {
                         if let Some(this) = weak.upgrade() {
                             tracing::info!(
-                                redis = %this.client.get_connection_info().addr,
+                                redis = %this.client.describe(),
                                 "Rate limiter connected to Redis."
                             );
                             this.conn.send_replace(Some(conn));
@@ -236,7 +333,7 @@ impl Distributed {
                 .is_ok()
         {
             tracing::warn!(
-                redis = %self.client.get_connection_info().addr,
+                redis = %self.client.describe(),
                 error = %e,
                 "Distributed rate limiter cannot reach Redis; applying on_backend_error."
             );

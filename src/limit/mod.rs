@@ -172,13 +172,17 @@ impl Limiter {
             .map(|ps| policy_header(&config.policies, ps))
             .collect();
         let backend = match &config.mode {
-            Mode::Distributed { url } => {
-                match Distributed::new(url, config.redis_timeout, &config.key_prefix, &config.trust)
-                {
+            Mode::Distributed { topology } => {
+                match Distributed::new(
+                    topology,
+                    config.redis_timeout,
+                    &config.key_prefix,
+                    &config.trust,
+                ) {
                     Ok(d) => Backend::Distributed(d),
                     Err(e) => {
                         // `from_file` already checked the URL; keep serving, limited locally.
-                        tracing::error!(error = %e, "Invalid rate_limit.redis_url; limiting locally.");
+                        tracing::error!(error = %e, "Invalid rate_limit Redis setting; limiting locally.");
                         Backend::Local(local_policies(config, previous))
                     }
                 }

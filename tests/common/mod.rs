@@ -8,12 +8,14 @@
 // Every test file compiles this module on its own and uses only part of it.
 #![allow(dead_code, unused_imports)]
 
+pub mod cluster;
 pub mod gateway;
 pub mod legacy;
 pub mod load;
 pub mod services;
 pub mod upstream;
 
+pub use cluster::{redis_cli, PrivateRedisCluster, PrivateSentinel};
 pub use gateway::{metric_in, Gateway};
 pub use load::{Connections, Load};
 pub use services::{
