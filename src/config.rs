@@ -552,6 +552,7 @@ impl Config {
         rate_limit.trust = tls.clone();
         database.trust_roots = tls.extra_roots.clone();
         audit.tls_ca_file = tls.ca_file.clone();
+        audit.sink.trust_roots = tls.extra_roots.clone();
         let routes = crate::routes::Router::from_file(&file.routes, &rate_limit, p);
         let queries = crate::db::queries::Queries::from_file(&file.queries, p);
         for (i, r) in file.routes.iter().enumerate() {

@@ -1519,6 +1519,72 @@ fn postgres_sslmodes_as_libpq_with_the_pool_and_migrate_over_verify_full() {
     assert_eq!(code, Some(64), "{text}");
     assert!(text.contains("UnknownIssuer"), "{text}");
 
+    // audit-sink's database connection trusts [tls] ca_file too: it gets as far as "started"
+    // (the broker is never reached: nothing to consume), and without the CA it stops naming
+    // the cause.
+    let sink_config = |name: &str, ca_file: Option<&Path>| {
+        let path = dir.path().join(name);
+        let tls = ca_file
+            .map(|f| format!("[tls]\nca_file = \"{}\"\n", f.display()))
+            .unwrap_or_default();
+        std::fs::write(
+            &path,
+            format!(
+                "{tls}[upstream]\nservers = [\"127.0.0.1:9\"]\n[audit]\nbrokers = \"127.0.0.1:9\"\n\
+                 [audit.sink]\ndatabase_url = \"{}\"\n",
+                pg.url("localhost", "sslmode=verify-full")
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let mut sink = Command::new(Gateway::bin())
+        .args(["audit-sink", "--config"])
+        .arg(sink_config("sink-trusted.toml", Some(&ca.pem_path("pg"))))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // audit-sink logs to standard output.
+    let output = sink.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(output)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let started = loop {
+        match rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(line) if line.contains("Audit sink started") => break true,
+            Ok(line) => seen.push(line),
+            Err(_) => break false,
+        }
+    };
+    let _ = sink.kill();
+    let _ = sink.wait();
+    assert!(
+        started,
+        "audit-sink over verify-full with [tls] ca_file:\n{}",
+        seen.join("\n")
+    );
+    let out = Command::new(Gateway::bin())
+        .args(["audit-sink", "--config"])
+        .arg(sink_config("sink-untrusted.toml", None))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("UnknownIssuer"), "{text}");
+
     // The pooled query path over verify-full, trusting the CA through [tls] ca_file.
     let file = omsgate::db::DatabaseFile {
         url: pg.url("localhost", "sslmode=verify-full"),

@@ -268,6 +268,9 @@ pub struct SinkConfig {
     pub batch_timeout: Duration,
     /// Table name, validated identifier(s).
     pub table: String,
+    /// `[tls] ca_file`'s certificates, trusted besides the system roots when `database_url` names
+    /// no `sslrootcert` (set by `Config`).
+    pub trust_roots: std::sync::Arc<Vec<rustls::pki_types::CertificateDer<'static>>>,
 }
 
 /// A body field path: lower-case segments; a single segment matches at any depth.
@@ -542,6 +545,7 @@ impl SinkConfig {
             batch_size: f.batch_size.clamp(1, 50_000),
             batch_timeout,
             table: f.table.clone(),
+            trust_roots: Default::default(),
         }
     }
 }

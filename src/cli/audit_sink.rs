@@ -331,7 +331,7 @@ struct Db {
 
 impl Db {
     async fn connect(sink: &SinkConfig) -> Result<Db, SinkError> {
-        let client = connect(&sink.database_url).await?;
+        let client = connect(sink).await?;
         let table = &sink.table;
         let (schema, bare) = match table.rsplit_once('.') {
             Some((schema, bare)) => (format!("{schema}."), bare),
@@ -393,7 +393,7 @@ impl Db {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     if self.client.is_closed() {
-                        match connect(&sink.database_url).await {
+                        match connect(sink).await {
                             Ok(c) => self.client = c,
                             Err(e) => warn!(error = %e, "Database reconnect failed."),
                         }
@@ -445,10 +445,15 @@ fn is_data_error(e: &tokio_postgres::Error) -> bool {
     e.code().is_some_and(|c| c.code().starts_with("22"))
 }
 
-async fn connect(url: &str) -> Result<tokio_postgres::Client, SinkError> {
-    // The URL's sslmode and sslrootcert apply, with the system roots as the default trust.
-    let tls = crate::db::tls::prepare(url, &crate::tls::TlsConfig::default())
-        .map_err(SinkError::DatabaseTls)?;
+async fn connect(sink: &SinkConfig) -> Result<tokio_postgres::Client, SinkError> {
+    // The URL's sslmode and sslrootcert apply; without sslrootcert the system roots and
+    // [tls] ca_file, as for the gateway's pool.
+    let trust = crate::tls::TlsConfig {
+        extra_roots: sink.trust_roots.clone(),
+        ..Default::default()
+    };
+    let tls =
+        crate::db::tls::prepare(&sink.database_url, &trust).map_err(SinkError::DatabaseTls)?;
     let (client, conn) = tokio_postgres::connect(&tls.url, tls.connector)
         .await
         .map_err(|source| SinkError::Database {
