@@ -341,9 +341,14 @@ impl Db {
         // Tables created by an earlier version deduplicated on `request_id`: add the event id,
         // and turn the request id's unique index (or the OMS's UNIQUE constraint of the same
         // name) into a plain one, as migration 0007 does for the OMS's own table.
+        // One transaction under an advisory lock per table: members of a consumer group start
+        // together, and concurrent `CREATE TABLE IF NOT EXISTS` of one table fails in all but
+        // one of them (duplicate key in pg_type).
         client
             .batch_execute(&format!(
-                "CREATE TABLE IF NOT EXISTS {table} (
+                "BEGIN;
+                 SELECT pg_advisory_xact_lock(hashtext('omsgate audit-sink {table}'));
+                 CREATE TABLE IF NOT EXISTS {table} (
                     id bigserial PRIMARY KEY,
                     tenant_id text,
                     request_id text NOT NULL,
@@ -354,7 +359,8 @@ impl Db {
                  CREATE UNIQUE INDEX IF NOT EXISTS {bare}_event_id_key ON {table} (event_id);
                  ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {bare}_request_id_key;
                  DROP INDEX IF EXISTS {schema}{bare}_request_id_key;
-                 CREATE INDEX IF NOT EXISTS {bare}_request_id_idx ON {table} (request_id);"
+                 CREATE INDEX IF NOT EXISTS {bare}_request_id_idx ON {table} (request_id);
+                 COMMIT;"
             ))
             .await
             .map_err(|source| SinkError::Database {
