@@ -45,7 +45,17 @@ gateway_id = "{id}"
 }
 
 /// One `audit-sink` member; its log (info) goes to `log`.
-fn sink(config: &std::path::Path, log: &std::path::Path) -> Child {
+/// An `audit-sink` member, killed when dropped so that a failing test leaves none running.
+struct Member(Child);
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sink(config: &std::path::Path, log: &std::path::Path) -> Member {
     let out = std::fs::File::create(log).expect("sink log");
     let err = out.try_clone().expect("sink log");
     Command::new(env!("CARGO_BIN_EXE_omsgate"))
@@ -57,6 +67,7 @@ fn sink(config: &std::path::Path, log: &std::path::Path) -> Child {
         .stdout(out)
         .stderr(err)
         .spawn()
+        .map(Member)
         .expect("omsgate runs")
 }
 
@@ -215,9 +226,9 @@ table = "{schema}.audit_events"
     // Give late duplicates a chance to show, then stop both members.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut logs = Vec::new();
-    for (mut child, log) in sinks {
-        send_signal(child.id(), "TERM");
-        let status = child.wait().unwrap();
+    for (mut member, log) in sinks {
+        send_signal(member.0.id(), "TERM");
+        let status = member.0.wait().unwrap();
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         assert!(status.success(), "audit-sink exits 0 on SIGTERM:\n{text}");
         logs.push(text);
