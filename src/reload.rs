@@ -252,14 +252,7 @@ fn keep_restart_only(old: &Config, mut new: Config) -> Config {
     new.server.shutdown_grace = old.server.shutdown_grace;
     new.server.read_buffer = old.server.read_buffer;
     new.server.h2c = old.server.h2c;
-    match (&old.server.tls, &mut new.server.tls) {
-        // The certificate and key are re-read; TLS on or off and the client CA are not.
-        (Some(o), Some(n)) => {
-            n.client_ca = o.client_ca.clone();
-            n.client_roots = o.client_roots.clone();
-        }
-        (o, n) => *n = o.clone(),
-    }
+    keep_listener_tls(&old.server.tls, &mut new.server.tls);
     if new.server.listeners.len() != old.server.listeners.len() {
         new.server.listeners = old.server.listeners.clone();
     }
@@ -270,18 +263,27 @@ fn keep_restart_only(old: &Config, mut new: Config) -> Config {
         .zip(new.server.listeners.iter_mut())
     {
         n.listen = o.listen;
-        match (&o.tls, &mut n.tls) {
-            (Some(o), Some(n)) => {
-                n.client_ca = o.client_ca.clone();
-                n.client_roots = o.client_roots.clone();
-            }
-            (o, n) => *n = o.clone(),
-        }
+        keep_listener_tls(&o.tls, &mut n.tls);
     }
     new.admin.listen = old.admin.listen;
     new.upstream.keepalive_pool = old.upstream.keepalive_pool;
     new.log.format = old.log.format;
     new
+}
+
+/// A listener's TLS after a reload: the certificate and key as re-read, TLS on or off and the
+/// client CA as they were.
+fn keep_listener_tls(
+    old: &Option<crate::tls::ListenerTls>,
+    new: &mut Option<crate::tls::ListenerTls>,
+) {
+    match (old, new) {
+        (Some(o), Some(n)) => {
+            n.client_ca = o.client_ca.clone();
+            n.client_roots = o.client_roots.clone();
+        }
+        (o, n) => *n = o.clone(),
+    }
 }
 
 // === impl ReloadOnHangup ===

@@ -332,15 +332,7 @@ impl ListenerTls {
 
     /// A warning when the key file can be read by its group or by everyone.
     pub fn key_permission_warning(&self) -> Option<String> {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&self.key).ok()?.permissions().mode();
-        (mode & 0o077 != 0).then(|| {
-            format!(
-                "{} is readable by its group or others (mode {:o}); chmod 600 it",
-                self.key.display(),
-                mode & 0o777
-            )
-        })
+        key_permission_warning(&self.key)
     }
 }
 
@@ -375,9 +367,17 @@ impl rustls::server::ResolvesServerCert for ListenerCert {
 /// error names the key (`cert` or `key`) it is about.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, (&'static str, String)> {
     let chain = read_chain(cert).map_err(|e| ("cert", e))?;
+    let private = read_private_key(key)?;
+    pair(chain, private, cert, key)
+}
+
+/// The private key of a PEM key file; an error is about `key`.
+fn read_private_key(
+    key: &Path,
+) -> Result<rustls::pki_types::PrivateKeyDer<'static>, (&'static str, String)> {
     let pem =
         std::fs::read(key).map_err(|e| ("key", format!("cannot read {}: {e}", key.display())))?;
-    let private = rustls_pemfile::private_key(&mut pem.as_slice())
+    rustls_pemfile::private_key(&mut pem.as_slice())
         .map_err(|e| {
             (
                 "key",
@@ -392,7 +392,17 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, (&'st
                     key.display()
                 ),
             )
-        })?;
+        })
+}
+
+/// `chain` and `private` as one signing key, checked to belong together (files named in the
+/// error).
+fn pair(
+    chain: Vec<CertificateDer<'static>>,
+    private: rustls::pki_types::PrivateKeyDer<'static>,
+    cert: &Path,
+    key: &Path,
+) -> Result<CertifiedKey, (&'static str, String)> {
     CertifiedKey::from_der(chain, private, &rustls::crypto::ring::default_provider()).map_err(|e| {
         (
             "key",
@@ -401,6 +411,19 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, (&'st
                 key.display(),
                 cert.display()
             ),
+        )
+    })
+}
+
+/// A warning when `key` (a private key file) can be read by its group or by everyone.
+fn key_permission_warning(key: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(key).ok()?.permissions().mode();
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "{} is readable by its group or others (mode {:o}); chmod 600 it",
+            key.display(),
+            mode & 0o777
         )
     })
 }
@@ -438,15 +461,11 @@ impl std::fmt::Debug for ClientCert {
 impl ClientCert {
     /// Reads `cert` (PEM chain) and `key` (PEM private key); an error names `cert` or `key`.
     pub fn load(cert: &Path, key: &Path) -> Result<ClientCert, (&'static str, String)> {
-        let checked = load_certified_key(cert, key)?;
-        let pem = std::fs::read(key)
-            .map_err(|e| ("key", format!("cannot read {}: {e}", key.display())))?;
-        let private = rustls_pemfile::private_key(&mut pem.as_slice())
-            .ok()
-            .flatten()
-            .ok_or_else(|| ("key", format!("{} holds no PEM private key", key.display())))?;
-        let chain = checked.cert.clone();
+        let chain = read_chain(cert).map_err(|e| ("cert", e))?;
+        let private = read_private_key(key)?;
         let key_der = private.secret_der().to_vec();
+        // Only the check that certificate and key belong together; the signing key is Pingora's.
+        pair(chain.clone(), private, cert, key)?;
         let pingora = Arc::new(pingora::utils::tls::CertKey::new(
             chain.iter().map(|c| c.to_vec()).collect(),
             key_der.clone(),
@@ -466,15 +485,7 @@ impl ClientCert {
 
     /// A warning when the key file can be read by its group or by everyone.
     pub fn key_permission_warning(&self) -> Option<String> {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&self.key_path).ok()?.permissions().mode();
-        (mode & 0o077 != 0).then(|| {
-            format!(
-                "{} is readable by its group or others (mode {:o}); chmod 600 it",
-                self.key_path.display(),
-                mode & 0o777
-            )
-        })
+        key_permission_warning(&self.key_path)
     }
 }
 

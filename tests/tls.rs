@@ -198,6 +198,23 @@ fn rustls_client(
     })
 }
 
+/// Writes a new certificate and key for `localhost` over `first`'s files, sends SIGHUP and
+/// waits for the gateway's first successful reload; returns the new certificate.
+fn rotate_and_reload(gw: &Gateway, ca: &Ca, first: &Issued) -> Issued {
+    let second = ca.issue("gw-next", &["localhost"], false);
+    std::fs::copy(&second.cert, &first.cert).unwrap();
+    std::fs::copy(&second.key, &first.key).unwrap();
+    gw.signal("HUP");
+    assert!(
+        common::wait_for(Duration::from_secs(10), || gw
+            .metric_value("omsgate_config_reloads_total", &[("result", "ok")])
+            == Some(1.0)),
+        "reload did not happen:\n{}",
+        gw.log()
+    );
+    second
+}
+
 // === Gateway configs ===
 
 fn server_tls(cert: &Issued, client_ca: Option<&Path>) -> String {
@@ -389,17 +406,7 @@ fn sighup_rotates_the_certificate_without_failing_a_request_in_flight() {
         == 1));
 
     // New certificate and key at the same paths, then SIGHUP.
-    let second = ca.issue("gw-next", &["localhost"], false);
-    std::fs::copy(&second.cert, &first.cert).unwrap();
-    std::fs::copy(&second.key, &first.key).unwrap();
-    gw.signal("HUP");
-    assert!(
-        common::wait_for(Duration::from_secs(10), || gw
-            .metric_value("omsgate_config_reloads_total", &[("result", "ok")])
-            == Some(1.0)),
-        "reload did not happen:\n{}",
-        gw.log()
-    );
+    let second = rotate_and_reload(&gw, &ca, &first);
     let seen = rustls_client(addr, &ca_pem, &[&rustls::version::TLS13], &[b"h2"]).unwrap();
     assert_eq!(
         seen.leaf, second.der,
@@ -464,17 +471,7 @@ fn more_listeners_serve_plain_and_tls_side_by_side_and_rotate_on_reload() {
     assert_eq!(seen.alpn.as_deref(), Some(&b"h2"[..]));
 
     // Its certificate is re-read on SIGHUP like [server.tls]'s.
-    let second = ca.issue("gw-next", &["localhost"], false);
-    std::fs::copy(&second.cert, &first.cert).unwrap();
-    std::fs::copy(&second.key, &first.key).unwrap();
-    gw.signal("HUP");
-    assert!(
-        common::wait_for(Duration::from_secs(10), || gw
-            .metric_value("omsgate_config_reloads_total", &[("result", "ok")])
-            == Some(1.0)),
-        "reload did not happen:\n{}",
-        gw.log()
-    );
+    let second = rotate_and_reload(&gw, &ca, &first);
     let seen = rustls_client(tls_addr, &ca_pem, &[&rustls::version::TLS13], &[b"h2"]).unwrap();
     assert_eq!(
         seen.leaf, second.der,
