@@ -18,7 +18,8 @@
 //! read again.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -288,22 +289,16 @@ fn keep_listener_tls(
 
 // === impl ReloadOnHangup ===
 
+/// Set by every SIGHUP from [`install_hangup_handler`] on; [`ReloadOnHangup`] reads it once, when
+/// it starts listening, to catch up with a SIGHUP that came during start.
+static HANGUP_SEEN: LazyLock<Arc<AtomicBool>> = LazyLock::new(Arc::default);
+
 /// Installs the process's SIGHUP handler before the server starts, so that a SIGHUP arriving
-/// before [`ReloadOnHangup`] listens (e.g. `systemctl reload` right after start) is ignored
-/// instead of terminating the process (the default action). tokio keeps the handler installed
-/// for the life of the process; the temporary runtime starts no thread.
+/// before [`ReloadOnHangup`] listens (e.g. `systemctl reload` right after start) is remembered
+/// instead of terminating the process (the default action). The handler stays for the life of
+/// the process; tokio's own SIGHUP stream registers beside it.
 pub fn install_hangup_handler() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build();
-    let installed = runtime.map_err(|e| e.to_string()).and_then(|rt| {
-        rt.block_on(async {
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-                .map(drop)
-                .map_err(|e| e.to_string())
-        })
-    });
-    if let Err(e) = installed {
+    if let Err(e) = signal_hook::flag::register(libc::SIGHUP, Arc::clone(&HANGUP_SEEN)) {
         tracing::warn!(error = %e, "Installing the SIGHUP handler early failed; a SIGHUP during start would stop the process.");
     }
 }
@@ -331,12 +326,15 @@ impl BackgroundService for ReloadOnHangup {
                 return;
             }
         };
-        // A SIGHUP that came during start was swallowed by the early handler: catch up if the
-        // file changed since it was loaded.
-        let running = self.reloader.shared.pipeline.load().config.hash.clone();
-        if let Ok(on_disk) = Config::load(&self.reloader.path) {
-            if on_disk.hash != running {
-                self.reloader.reload("start").await;
+        // A SIGHUP that came during start was only remembered by the early handler: catch up
+        // if the file changed since it was loaded. Without one, an edited file waits for the
+        // operator's reload like at any other time.
+        if HANGUP_SEEN.swap(false, Ordering::SeqCst) {
+            let running = self.reloader.shared.pipeline.load().config.hash.clone();
+            if let Ok(on_disk) = Config::load(&self.reloader.path) {
+                if on_disk.hash != running {
+                    self.reloader.reload("start").await;
+                }
             }
         }
         loop {

@@ -268,3 +268,53 @@ fn reload_keeps_health_state_of_kept_servers_and_checks_new_ones() {
         0.0
     );
 }
+
+/// The hash the gateway reports for the config file as it is on disk now.
+fn file_hash(path: &std::path::Path) -> String {
+    omsgate::config::Config::load(path)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .hash
+}
+
+/// Waits (up to 10 s) until the gateway has logged its first line: from then on its early
+/// SIGHUP handler is installed, and its background services have not started yet.
+fn wait_for_first_log_line(gw: &Gateway) {
+    assert!(
+        wait_for(Duration::from_secs(10), || gw.log().contains("Bootstrap")),
+        "no log line during start: {}",
+        gw.log()
+    );
+}
+
+#[test]
+fn a_sighup_during_start_is_applied_and_an_edit_without_one_is_not() {
+    let a = TestUpstream::start();
+    // Edited and signalled during start: the reload service catches up when it starts.
+    let signalled = Gateway::start_and(&config(a.addr, "ops_start_before"), &[], |gw| {
+        wait_for_first_log_line(gw);
+        rewrite(gw, |t| t.replace("ops_start_before", "ops_start_after"));
+        gw.signal("HUP");
+    });
+    let edited_hash = file_hash(signalled.config_path());
+    assert!(
+        wait_for(WAIT, || ready_hash(&signalled) == edited_hash),
+        "the SIGHUP during start was lost: running {} , file {edited_hash}\n{}",
+        ready_hash(&signalled),
+        tail(&signalled.log(), 20)
+    );
+    assert_eq!(reloads(&signalled, "ok"), 1.0);
+
+    // Edited during start without a signal: the running config stays until a reload.
+    let quiet = Gateway::start_and(&config(a.addr, "ops_quiet_before"), &[], |gw| {
+        wait_for_first_log_line(gw);
+        rewrite(gw, |t| t.replace("ops_quiet_before", "ops_quiet_after"));
+    });
+    let loaded = ready_hash(&quiet);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ready_hash(&quiet), loaded);
+    assert_eq!(reloads(&quiet, "ok"), 0.0);
+    let (status, outcome) = post_reload(&quiet);
+    assert_eq!(status, 200, "{outcome}");
+    assert_eq!(outcome["previous_hash"], loaded.as_str());
+    assert_eq!(outcome["hash"], file_hash(quiet.config_path()).as_str());
+}

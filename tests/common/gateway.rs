@@ -54,6 +54,16 @@ impl Gateway {
 
     /// [`start`](Self::start) with extra environment variables for the process.
     pub fn start_with_env(config_toml: &str, env: &[(&str, &str)]) -> Gateway {
+        Gateway::start_and(config_toml, env, |_| {})
+    }
+
+    /// [`start_with_env`](Self::start_with_env) that runs `during_start` right after the
+    /// process is spawned, before waiting for `/health` (to signal or edit during start).
+    pub fn start_and(
+        config_toml: &str,
+        env: &[(&str, &str)],
+        during_start: impl FnOnce(&Gateway),
+    ) -> Gateway {
         let dir = TestDir::new("gateway");
         let rendered = render(config_toml, dir.path());
         let config_path = dir.path().join("config.toml");
@@ -86,6 +96,7 @@ impl Gateway {
             log_shown: AtomicBool::new(false),
             dir,
         };
+        during_start(&gateway);
         gateway.wait_healthy();
         gateway
     }
