@@ -217,6 +217,12 @@ pub static CACHE_COLLAPSED: Lazy<IntCounterVec> = counter_vec!(
     "Cache hits that waited on the cache lock for another request's fill (request collapsing), by route; also counted as hit in omsgate_cache_requests_total.",
     &["route"]
 );
+/// Fresh L1 hits answered by the fast path, without Pingora's cache state machine.
+pub static CACHE_FAST_HITS: Lazy<IntCounterVec> = counter_vec!(
+    "omsgate_cache_fast_hits_total",
+    "Fresh in-memory (L1) cache hits answered by the fast path, without Pingora's cache state machine, by route; also counted as hit in omsgate_cache_requests_total.",
+    &["route"]
+);
 /// Responses stored in the cache, by route.
 pub static CACHE_STORES: Lazy<IntCounterVec> = counter_vec!(
     "omsgate_cache_store_total",
@@ -473,6 +479,7 @@ pub fn init(config_hash: &str, routes: &[&str]) {
     Lazy::force(&CACHE_REQUESTS);
     Lazy::force(&CACHE_STORES);
     Lazy::force(&CACHE_COLLAPSED);
+    Lazy::force(&CACHE_FAST_HITS);
     Lazy::force(&CACHE_INVALIDATIONS);
     Lazy::force(&CACHE_BACKEND_ERRORS);
     for concern in ["cache", "rate_limit"] {

@@ -9,7 +9,9 @@
 //! |                            | (`canonical`), client IP (`limit::ip`), 400 for `Connection`     |
 //! |                            | naming a credential and duplicate trusted headers, identity      |
 //! |                            | (`identity`), rate limit, 429 (`limit`), compression decision,   |
-//! |                            | cache scope and key with generations (`cache::prepare`)          |
+//! |                            | cache scope and key with generations (`cache::prepare`); a fresh |
+//! |                            | L1 hit answered here (`cache::fresh_l1_hit`), without Pingora's  |
+//! |                            | cache state machine                                              |
 //! | `request_cache_filter`     | enable Pingora's cache for cached routes (`cache`)               |
 //! | `cache_key_callback`       | the scoped cache key (`cache`)                                   |
 //! | `cache_hit_filter`         | scope check of the stored entry; decoded copy for clients that   |
@@ -324,6 +326,15 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         crate::cache::prepare(session, ctx).await;
+        if let Some(fast) = crate::cache::fresh_l1_hit(session, ctx) {
+            let (mut header, body, header_only) = crate::cache::fast_hit_answer(session, ctx, fast);
+            self.response_filter(session, &mut header, ctx).await?;
+            session.write_response_header(header, header_only).await?;
+            if !header_only {
+                session.write_response_body(Some(body), true).await?;
+            }
+            return Ok(true);
+        }
         Ok(false)
     }
 

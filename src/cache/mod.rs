@@ -103,7 +103,14 @@ pub struct Cache {
     generations: Generations,
     redis: Option<&'static Redis>,
     settings: CacheConfig,
+    /// Whether fresh L1 hits take the fast path ([`fresh_l1_hit`]); off only with
+    /// `OMSGATE_CACHE_FAST_PATH=off`, to compare the two paths.
+    fast_path: bool,
 }
+
+/// The environment variable that turns the fresh-hit fast path off (`off`, `0` or `false`), so
+/// that tests and benches can run every hit through Pingora's cache state machine instead.
+pub const FAST_PATH_ENV: &str = "OMSGATE_CACHE_FAST_PATH";
 
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -155,7 +162,14 @@ impl Cache {
             ),
             redis,
             settings: config.clone(),
+            fast_path: !matches!(
+                std::env::var(FAST_PATH_ENV).as_deref(),
+                Ok("off" | "0" | "false")
+            ),
         };
+        if !cache.fast_path {
+            tracing::info!("{FAST_PATH_ENV} is off: every cache hit goes through Pingora's cache.");
+        }
         Box::leak(Box::new(cache))
     }
 
@@ -328,6 +342,8 @@ pub struct RequestCache {
     served_stale: bool,
     /// The length of the decoded copy a fresh L1 hit serves ([`serve_decoded`]).
     decoded: Option<usize>,
+    /// The answer is a fresh L1 hit sent by the fast path ([`fresh_l1_hit`]).
+    fast: bool,
     /// The header of a `304` that revalidated the stored entry ([`upstream_response_filter`]).
     not_modified: Option<http::HeaderMap>,
 }
@@ -435,13 +451,88 @@ pub fn cache_hit_filter(meta: &CacheMeta, ctx: &Ctx) -> Option<ForcedFreshness> 
     let State::Ready { tag, .. } = &ctx.cache.state else {
         return Some(ForcedFreshness::ForceMiss);
     };
-    match meta.headers().get(SCOPE_HEADER) {
-        Some(v) if v.as_bytes() == tag.as_bytes() => None,
-        stored => {
-            tracing::error!(request_id = %ctx.request_id, expected = %tag, stored = ?stored, "Cache entry scope mismatch; not served.");
-            Some(ForcedFreshness::ForceMiss)
-        }
+    if scope_matches(meta, tag) {
+        return None;
     }
+    let stored = meta.headers().get(SCOPE_HEADER);
+    tracing::error!(request_id = %ctx.request_id, expected = %tag, stored = ?stored, "Cache entry scope mismatch; not served.");
+    Some(ForcedFreshness::ForceMiss)
+}
+
+/// Whether a stored entry records the scope `tag` of the request looking it up.
+fn scope_matches(meta: &CacheMeta, tag: &str) -> bool {
+    meta.headers()
+        .get(SCOPE_HEADER)
+        .is_some_and(|v| v.as_bytes() == tag.as_bytes())
+}
+
+/// A fresh L1 entry the fast path sends ([`fresh_l1_hit`]).
+pub struct FastHit {
+    meta: CacheMeta,
+    hit: storage::Hit,
+}
+
+/// `request_filter`, after [`prepare`]: the fresh-hit fast path. A request that Pingora's cache
+/// would answer with a fresh hit from the L1 — GET or HEAD without `Range`, an entry in the L1
+/// under its key, without `Vary` variance, of the request's scope and fresh — is answered from
+/// here, without the cache state machine. The decision uses the functions Pingora's path calls
+/// ([`cache_key`], [`cache_vary_filter`], the scope check of [`cache_hit_filter`],
+/// [`CacheMeta::is_fresh`]); anything else (no entry, stale, a variant, Redis-only, a range)
+/// returns `None` and goes through Pingora's cache as before.
+pub fn fresh_l1_hit(session: &Session, ctx: &Ctx) -> Option<FastHit> {
+    let State::Ready { tag, .. } = &ctx.cache.state else {
+        return None;
+    };
+    let cache: &'static Cache = ctx.pipeline.cache;
+    let req = session.req_header();
+    if !cache.fast_path
+        || !(req.method == http::Method::GET || req.method == http::Method::HEAD)
+        || req.headers.contains_key(http::header::RANGE)
+    {
+        return None;
+    }
+    let key = cache_key(ctx).ok()?;
+    let (meta, hit) = cache.storage.l1_hit(&key)?;
+    let usable = meta.variance().is_none()
+        && cache_vary_filter(&meta, req).is_none()
+        && scope_matches(&meta, tag)
+        && meta.is_fresh(SystemTime::now());
+    usable.then_some(FastHit { meta, hit })
+}
+
+/// The answer to a [`FastHit`], as Pingora's cache would send it: the stored header with `Age`
+/// (and chunked framing when it has no `Content-Length`), the decoded copy for a client that
+/// does not accept the stored gzip ([`serve_decoded`]), `304` for a matching conditional
+/// request. Returns the header, the body and whether only the header is sent (HEAD, `304`);
+/// `response_filter` then runs on the header like on any hit.
+pub fn fast_hit_answer(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    fast: FastHit,
+) -> (Box<ResponseHeader>, Bytes, bool) {
+    use pingora::protocols::http::conditional_filter::{not_modified_filter, to_304};
+    let FastHit { meta, mut hit } = fast;
+    decode_for_client(session, &meta, &mut hit, ctx);
+    let mut header = Box::new(meta.response_header_copy());
+    let _ = header.insert_header(http::header::AGE, meta.age().as_secs());
+    header.set_version(http::Version::HTTP_11);
+    let status = header.status.as_u16();
+    if !matches!(status, 204 | 304)
+        && !header.status.is_informational()
+        && !header.headers.contains_key(http::header::CONTENT_LENGTH)
+    {
+        let _ = header.insert_header(http::header::TRANSFER_ENCODING, "chunked");
+    }
+    let not_modified = not_modified_filter(session.req_header(), &header);
+    if not_modified {
+        to_304(&mut header);
+    }
+    let header_only = not_modified || session.req_header().method == http::Method::HEAD;
+    ctx.cache.fast = true;
+    metrics::CACHE_FAST_HITS
+        .with_label_values(&[&ctx.route().name])
+        .inc();
+    (header, hit.into_body(), header_only)
 }
 
 /// `cache_hit_filter`, for an entry served fresh: a gzip entry for a client that does not
@@ -462,10 +553,20 @@ pub fn serve_decoded(
     if !is_fresh || !get_or_head || req.headers.contains_key(http::header::RANGE) {
         return;
     }
-    if !crate::compress::wants_decoded(session, meta.response_header()) {
-        return;
-    }
     if let Some(hit) = hit.as_any_mut().downcast_mut::<storage::Hit>() {
+        decode_for_client(session, meta, hit, ctx);
+    }
+}
+
+/// Switches a fresh GET/HEAD hit to the entry's decoded copy when the client needs the stored
+/// gzip decoded ([`crate::compress::wants_decoded`]).
+fn decode_for_client(
+    session: &mut Session,
+    meta: &CacheMeta,
+    hit: &mut storage::Hit,
+    ctx: &mut Ctx,
+) {
+    if crate::compress::wants_decoded(session, meta.response_header()) {
         ctx.cache.decoded = hit.serve_decoded(ctx.pipeline.cache.settings.max_body);
     }
 }
@@ -646,6 +747,8 @@ pub async fn response_filter(session: &Session, resp: &mut ResponseHeader, ctx: 
         State::Bypass => Some("BYPASS"),
         State::Ready { .. } => Some(if ctx.cache.served_stale {
             "STALE"
+        } else if ctx.cache.fast {
+            "HIT"
         } else {
             match session.cache.phase() {
                 CachePhase::Hit => "HIT",

@@ -114,6 +114,12 @@ impl Object {
     /// The meta and a hit handler; `l1` is this object as the L1 keeps it, for
     /// [`Hit::serve_decoded`].
     fn hit(&self, l1: Option<L1Entry>) -> Result<(CacheMeta, HitHandler)> {
+        let (meta, hit) = self.hit_parts(l1)?;
+        Ok((meta, Box::new(hit)))
+    }
+
+    /// [`hit`](Self::hit) without boxing the handler.
+    fn hit_parts(&self, l1: Option<L1Entry>) -> Result<(CacheMeta, Hit)> {
         let meta = self.meta()?;
         let hit = Hit {
             body: self.body.clone(),
@@ -122,7 +128,7 @@ impl Object {
             end: self.body.len(),
             l1,
         };
-        Ok((meta, Box::new(hit)))
+        Ok((meta, hit))
     }
 }
 
@@ -241,6 +247,15 @@ impl TieredStorage {
                 _ => Op::Nop,
             });
         }
+    }
+
+    /// The entry under `key` when the L1 holds it, as its meta and a hit: the lookup of the
+    /// fresh-hit fast path ([`super::fresh_l1_hit`]), which never asks Redis.
+    pub(super) fn l1_hit(&'static self, key: &CacheKey) -> Option<(CacheMeta, Hit)> {
+        let l1 = self.l1.as_ref()?;
+        let k = u128::from_be_bytes(key.combined_bin());
+        let obj = l1.get(&k)?;
+        obj.hit_parts(Some((obj.clone(), self, k))).ok()
     }
 
     fn l1_put(&self, id: HashBinary, obj: Arc<Object>) {
@@ -491,6 +506,13 @@ impl Hit {
         self.start = 0;
         self.done = false;
         Some(self.end)
+    }
+}
+
+impl Hit {
+    /// The body this hit serves (the decoded copy after [`serve_decoded`](Self::serve_decoded)).
+    pub(super) fn into_body(self) -> Bytes {
+        self.body.slice(self.start..self.end)
     }
 }
 
