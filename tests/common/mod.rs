@@ -1,7 +1,7 @@
 //! The shared integration-test harness: addresses of the real services `scripts/test` brings up
 //! (Redis, PostgreSQL, a tansu broker) and private instances of them for fault tests
-//! ([`services`]), a scriptable test upstream ([`upstream`]), and the gateway as a child process
-//! ([`gateway`]).
+//! ([`services`]), a throwaway PKI ([`pki`]), a scriptable test upstream ([`upstream`]), and the
+//! gateway as a child process ([`gateway`]).
 //!
 //! Each `tests/*.rs` file says `mod common;` and uses what it needs.
 
@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod gateway;
 pub mod legacy;
 pub mod load;
+pub mod pki;
 pub mod services;
 pub mod upstream;
 
