@@ -141,7 +141,8 @@ async fn cluster_entries_are_shared_and_writes_reach_every_instances_l1() {
     for p in cluster.ports() {
         // A node without keys prints an empty line.
         keys.extend(
-            redis_cli(p, &["keys", "*"])
+            cluster
+                .cli(p, &["keys", "*"])
                 .lines()
                 .filter(|l| !l.trim().is_empty())
                 .map(str::to_string),
@@ -582,8 +583,9 @@ async fn sentinel_promotion_under_load_costs_no_client_errors() {
         move || killer.lock().kill_primary(),
         move || {
             wait_for(Duration::from_secs(30), || {
-                waiter.lock().current_primary() == Some(replica)
-                    && redis_cli(replica, &["role"]).starts_with("master")
+                let s = waiter.lock();
+                s.current_primary() == Some(replica)
+                    && s.cli(replica, &["role"]).starts_with("master")
             }) && first != replica
         },
     )
