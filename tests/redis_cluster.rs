@@ -3,7 +3,9 @@
 //! cached through one instance is a Redis hit on the other; a write through one drops the
 //! other's L1 through pub/sub; the distributed rate limit is exact across both; a primary killed
 //! under load costs no client error, the fallbacks are counted and hits resume after the
-//! promotion; and no command ever spans slots (`CROSSSLOT`, counted and logged).
+//! promotion; and no command ever spans slots (`CROSSSLOT`, counted and logged). Both
+//! deployments also run TLS only (`rediss://`, verified against `[tls] ca_file`), where the
+//! same sharing holds without a TLS error, and a gateway without the CA fails open.
 
 mod cache_util;
 mod common;
@@ -141,7 +143,8 @@ async fn cluster_entries_are_shared_and_writes_reach_every_instances_l1() {
     for p in cluster.ports() {
         // A node without keys prints an empty line.
         keys.extend(
-            redis_cli(p, &["keys", "*"])
+            cluster
+                .cli(p, &["keys", "*"])
                 .lines()
                 .filter(|l| !l.trim().is_empty())
                 .map(str::to_string),
@@ -582,12 +585,157 @@ async fn sentinel_promotion_under_load_costs_no_client_errors() {
         move || killer.lock().kill_primary(),
         move || {
             wait_for(Duration::from_secs(30), || {
-                waiter.lock().current_primary() == Some(replica)
-                    && redis_cli(replica, &["role"]).starts_with("master")
+                let s = waiter.lock();
+                s.current_primary() == Some(replica)
+                    && s.cli(replica, &["role"]).starts_with("master")
             }) && first != replica
         },
     )
     .await;
+}
+
+// === TLS (rediss://) ===
+
+/// What the gateway logs when a TLS connection to Redis fails (rustls and the redis crate).
+const TLS_ERRORS: [&str; 6] = [
+    "invalid peer certificate",
+    "UnknownIssuer",
+    "NotValidForName",
+    "InvalidCertificate",
+    "handshake",
+    "TLS error",
+];
+
+/// No TLS error was logged and no Redis call failed (a failed handshake is a backend error)
+/// after the limiter connected ([`limiter_connected`] returned `connecting`).
+fn assert_no_tls_errors(gw: &Gateway, connecting: f64) {
+    let log = gw.log();
+    for e in TLS_ERRORS {
+        assert!(!log.contains(e), "{e} in the log:\n{}", tail(&log, 40));
+    }
+    assert_eq!(
+        metric(
+            gw,
+            "omsgate_cache_backend_errors_total",
+            &[("backend", "redis")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        metric(gw, "omsgate_rate_limit_backend_errors_total", &[]),
+        connecting,
+        "{}",
+        tail(&log, 40)
+    );
+}
+
+/// Sends one request (a tenant of its own, a route without `invoice_get`) and waits until the
+/// distributed limiter has connected. It connects on its first check, and connecting to a
+/// cluster over TLS (a handshake with every seed, then with every node the slot map names)
+/// can take longer than one check's deadline: those first checks fall back, counted, with a
+/// timeout (never a TLS error). Returns how many fell back.
+async fn limiter_connected(gw: &Gateway) -> f64 {
+    let got = get(
+        &client(),
+        &gw.url("/api/v1/invoices?limit=1"),
+        Some(&token(&unique("warmup"), "u")),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    let connected = eventually(Duration::from_secs(10), || {
+        gw.log().contains("Rate limiter connected to Redis.")
+    })
+    .await;
+    assert!(connected, "{}", tail(&gw.log(), 30));
+    for line in gw.log().lines() {
+        if line.contains("Distributed rate limiter cannot reach Redis") {
+            assert!(line.contains("did not answer within"), "{line}");
+        }
+    }
+    metric(gw, "omsgate_rate_limit_backend_errors_total", &[])
+}
+
+/// Both TLS tests, on a deployment speaking TLS only whose `redis = {...}` line is `redis` and
+/// whose CA `tls_section` trusts: two gateways with the cache and the distributed limit on it
+/// share entries and invalidations ([`shared_and_invalidated`]: the pub/sub connections are TLS
+/// too) and count the limit together (40 an hour per tenant, 40 admitted of 100 sent
+/// alternately through both), without a TLS error or CROSSSLOT. A third gateway without
+/// `[tls] ca_file` refuses the servers' certificate (only the system roots are trusted): the
+/// cache and the limit fail open (200, no hit from the stored entry), and the log names the
+/// cause.
+async fn shared_and_counted_over_tls(redis: &str, tls_section: &str) {
+    let (sim, d) = start_sim().await;
+    let policies = r#"default = "per_tenant"
+[rate_limit.policies.per_tenant]
+key = "tenant"
+quota = "40/hour"
+[rate_limit.policies.per_route]
+key = "route"
+quota = "100000/hour"
+"#;
+    let text = gateway_config(
+        &sim,
+        redis,
+        "generation_cache_ttl = \"60s\"",
+        Some(policies),
+    );
+    let trusted = format!("{text}{tls_section}");
+    let gateways = Arc::new([Gateway::start(&trusted), Gateway::start(&trusted)]);
+    let connecting = [
+        limiter_connected(&gateways[0]).await,
+        limiter_connected(&gateways[1]).await,
+    ];
+    shared_and_invalidated(&sim, &d, &gateways[0], &gateways[1]).await;
+    let admitted = admitted_of(&gateways, &unique("tenant"), 100).await;
+    assert_eq!(admitted, 40, "the quota is 40 across both instances");
+    for (gw, connecting) in gateways.iter().zip(connecting) {
+        assert!(
+            metric(
+                gw,
+                "omsgate_rate_limit_checks_total",
+                &[("result", "allowed")]
+            ) > 0.0
+        );
+        assert_no_tls_errors(gw, connecting);
+        assert_no_crossslot(gw);
+    }
+
+    // The same config (the same keys), without L1: a gateway trusting the CA would answer
+    // from the entry instance 1 stored last.
+    let untrusting = Gateway::start(&text.replace(
+        "generation_cache_ttl = \"60s\"",
+        "generation_cache_ttl = \"60s\"\nmemory = { max_bytes = 0 }",
+    ));
+    let http = client();
+    let acme = token("acme", "a1");
+    let path = format!("/api/v1/invoices/{}", first_invoice(&d, "acme"));
+    for _ in 0..2 {
+        let got = get(&http, &untrusting.url(&path), Some(&acme)).await;
+        assert_eq!(got.status, 200);
+        assert_ne!(
+            got.x_cache, "HIT",
+            "an entry from a Redis it must not trust"
+        );
+    }
+    let named = eventually(Duration::from_secs(5), || {
+        untrusting
+            .log()
+            .contains("invalid peer certificate: UnknownIssuer")
+    })
+    .await;
+    assert!(named, "{}", tail(&untrusting.log(), 30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_cluster_entries_are_shared_and_the_limit_counts_across_instances() {
+    let cluster = PrivateRedisCluster::start_with(Transport::Tls);
+    shared_and_counted_over_tls(&cluster.redis_table(), &cluster.tls_section()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_sentinel_entries_are_shared_and_the_limit_counts_across_instances() {
+    let sentinel = PrivateSentinel::start_with(Transport::Tls);
+    shared_and_counted_over_tls(&sentinel.redis_table(), &sentinel.tls_section()).await;
 }
 
 // === Config ===

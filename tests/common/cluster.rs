@@ -1,15 +1,132 @@
 //! Private Redis deployments of a test's own: a Redis Cluster of three primaries and three
 //! replicas ([`PrivateRedisCluster`]) and a primary with a replica watched by three Sentinels
-//! ([`PrivateSentinel`]). Free ports, a unique temporary directory, short timeouts (node
-//! timeout 1000 ms) so that failovers finish within seconds, and every process killed on drop:
-//! tests stay self-contained and may run in parallel.
+//! ([`PrivateSentinel`]), each speaking plain TCP or TLS only ([`Transport`]). Free ports, a
+//! unique temporary directory, short timeouts (node timeout 1000 ms) so that failovers finish
+//! within seconds, every `redis-cli` call bounded by a deadline (a hang fails with a message
+//! instead of hanging CI), and every process killed on drop: tests stay self-contained and may
+//! run in parallel.
 
-use super::{free_port, redis_ping, tail, wait_for, TestDir};
+use super::pki::{Ca, Issued};
+use super::{free_port, tail, wait_for, TestDir};
 use std::fs::File;
+use std::io::Read;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long one `redis-cli` call may take before it is killed.
+const CLI_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `redis-cli --cluster create` may take (it waits for the nodes to meet).
+const CREATE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How the processes of a private deployment accept connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Plain TCP (`port P`); URLs are `redis://127.0.0.1:P`.
+    Plain,
+    /// TLS only (`port 0`, `tls-port P`), between the servers too (`tls-replication yes`, and
+    /// `tls-cluster yes` on a cluster), with a certificate for `localhost` and `127.0.0.1` from a
+    /// CA generated for the deployment; clients are not asked for a certificate. URLs are
+    /// `rediss://localhost:P`: the gateway verifies the seed nodes and Sentinels by name and the
+    /// nodes and primaries they announce (by IP) against the CA.
+    Tls,
+}
+
+/// The server side of [`Transport::Tls`]: the CA, the certificate every process serves, and
+/// the one it shows when it connects to another (replication, cluster bus, Sentinel).
+struct ServerTls {
+    ca_file: PathBuf,
+    cert: Issued,
+    client: Issued,
+}
+
+impl ServerTls {
+    fn new(dir: &Path) -> ServerTls {
+        let ca = Ca::new(dir, "redis");
+        ServerTls {
+            cert: ca.issue("redis-server", &["localhost", "127.0.0.1"], false),
+            client: ca.issue("redis-peer", &["redis-peer"], true),
+            ca_file: ca.pem_path("redis"),
+        }
+    }
+
+    /// `tls-*` settings of a server or Sentinel listening on `port` (and on no plain port), as
+    /// `(key, value)` pairs for the command line or a config file.
+    fn settings(&self, port: u16) -> Vec<(&'static str, String)> {
+        vec![
+            ("port", "0".to_string()),
+            ("tls-port", port.to_string()),
+            ("tls-cert-file", self.cert.cert.display().to_string()),
+            ("tls-key-file", self.cert.key.display().to_string()),
+            ("tls-ca-cert-file", self.ca_file.display().to_string()),
+            // The cluster bus asks every connecting node for a certificate, whatever
+            // `tls-auth-clients` says, and refuses one without the client-auth usage: without
+            // these the nodes never meet and `--cluster create` waits forever (the refusal is
+            // logged only at `loglevel verbose`).
+            (
+                "tls-client-cert-file",
+                self.client.cert.display().to_string(),
+            ),
+            ("tls-client-key-file", self.client.key.display().to_string()),
+            ("tls-auth-clients", "no".to_string()),
+            // Replicas connect to their primary (and Sentinels to both) over TLS.
+            ("tls-replication", "yes".to_string()),
+        ]
+    }
+}
+
+/// Runs `cmd` to completion within `limit`, killing it when the deadline passes.
+fn output_within(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let out = stdout.join().unwrap_or_default();
+                return Err(format!(
+                    "{cmd:?} did not finish within {limit:?} and was killed; its output:\n{}",
+                    String::from_utf8_lossy(&out)
+                ));
+            }
+        }
+    };
+    Ok(Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
 
 /// One `redis-server` (or Sentinel) process on a port of its own.
 struct Node {
@@ -63,20 +180,33 @@ impl Drop for Node {
     }
 }
 
-/// `redis-cli -p PORT ARGS...`, its standard output (empty when it fails).
+/// `redis-cli -p PORT ARGS...` over plain TCP, its standard output (empty when it fails or
+/// takes more than 5 s).
 pub fn redis_cli(port: u16, args: &[&str]) -> String {
-    Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
+    cli(None, port, args)
+}
+
+/// `redis-cli` against `port`, with TLS when `tls` is set.
+fn cli(tls: Option<&ServerTls>, port: u16, args: &[&str]) -> String {
+    let mut cmd = cli_command(tls);
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args);
+    output_within(&mut cmd, CLI_TIMEOUT)
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default()
 }
 
-fn base_args(port: u16) -> Vec<String> {
-    [
-        "--port",
-        &port.to_string(),
+fn cli_command(tls: Option<&ServerTls>) -> Command {
+    let mut cmd = Command::new("redis-cli");
+    if let Some(tls) = tls {
+        cmd.arg("--tls").arg("--cacert").arg(&tls.ca_file);
+    }
+    cmd
+}
+
+/// The command line of a server on `port`: plain, or TLS only.
+fn base_args(port: u16, tls: Option<&ServerTls>) -> Vec<String> {
+    let mut args: Vec<String> = [
         "--bind",
         "127.0.0.1",
         "--save",
@@ -88,7 +218,42 @@ fn base_args(port: u16) -> Vec<String> {
     ]
     .iter()
     .map(|s| s.to_string())
-    .collect()
+    .collect();
+    match tls {
+        None => args.extend(["--port".to_string(), port.to_string()]),
+        Some(tls) => {
+            for (k, v) in tls.settings(port) {
+                args.extend([format!("--{k}"), v]);
+            }
+        }
+    }
+    args
+}
+
+/// Waits until `node` answers `PING` (panics with its log after 10 s).
+fn wait_ping(tls: Option<&ServerTls>, node: &Node, what: &str) {
+    let addr = node.addr();
+    assert!(
+        wait_for(Duration::from_secs(10), || cli(tls, node.port, &["ping"])
+            .trim()
+            == "PONG"),
+        "{what} {addr} did not answer PING:\n{}",
+        tail(&node.log(), 20)
+    );
+}
+
+/// `rediss://localhost:PORT` or `redis://127.0.0.1:PORT`.
+fn url(tls: Option<&ServerTls>, port: u16) -> String {
+    match tls {
+        Some(_) => format!("rediss://localhost:{port}"),
+        None => format!("redis://127.0.0.1:{port}"),
+    }
+}
+
+/// `[tls] ca_file = "..."` trusting the deployment's CA (empty when it is plain).
+fn tls_section(tls: Option<&ServerTls>) -> String {
+    tls.map(|t| format!("\n[tls]\nca_file = \"{}\"\n", t.ca_file.display()))
+        .unwrap_or_default()
 }
 
 // === PrivateRedisCluster ===
@@ -96,19 +261,34 @@ fn base_args(port: u16) -> Vec<String> {
 /// Three primaries, three replicas, `cluster-node-timeout 1000`.
 pub struct PrivateRedisCluster {
     nodes: Vec<Node>,
+    tls: Option<ServerTls>,
     dir: TestDir,
 }
 
 impl PrivateRedisCluster {
-    /// Starts six nodes, joins them with `redis-cli --cluster create --cluster-replicas 1` and
-    /// waits until every node reports `cluster_state:ok` (panics with the logs after 30 s).
+    /// [`Self::start_with`] over plain TCP.
     pub fn start() -> PrivateRedisCluster {
+        Self::start_with(Transport::Plain)
+    }
+
+    /// Starts six nodes, joins them with `redis-cli --cluster create --cluster-replicas 1` and
+    /// waits until every node reports `cluster_state:ok` and every replica has synced (panics
+    /// with the logs after 30 s each).
+    pub fn start_with(transport: Transport) -> PrivateRedisCluster {
         let dir = TestDir::new("redis-cluster");
+        let tls = (transport == Transport::Tls).then(|| ServerTls::new(dir.path()));
         let mut nodes = Vec::new();
         for _ in 0..6 {
             let port = free_port();
+            // The bus port is set, not derived: the default (the data port + 10000, the
+            // tls-port's with `port 0`) may be taken, or above 65535 for an ephemeral port.
             let bus = free_port();
-            let mut args = base_args(port);
+            let mut args = base_args(port, tls.as_ref());
+            if tls.is_some() {
+                // The nodes gossip over TLS, and announce their TLS port to clients (with
+                // `port 0` there is no other).
+                args.extend(["--tls-cluster".to_string(), "yes".to_string()]);
+            }
             for (k, v) in [
                 ("--cluster-enabled", "yes".to_string()),
                 ("--cluster-port", bus.to_string()),
@@ -124,24 +304,23 @@ impl PrivateRedisCluster {
             }
             nodes.push(Node::spawn(dir.path(), port, &args));
         }
-        let cluster = PrivateRedisCluster { nodes, dir };
+        let cluster = PrivateRedisCluster { nodes, tls, dir };
         for n in &cluster.nodes {
-            let addr = n.addr();
-            assert!(
-                wait_for(Duration::from_secs(10), || redis_ping(addr)),
-                "cluster node {addr} did not answer PING:\n{}",
-                tail(&n.log(), 20)
-            );
+            wait_ping(cluster.tls.as_ref(), n, "cluster node");
         }
-        let mut create = Command::new("redis-cli");
+        let mut create = cli_command(cluster.tls.as_ref());
         create.arg("--cluster").arg("create");
         for n in &cluster.nodes {
             create.arg(format!("127.0.0.1:{}", n.port));
         }
-        let out = create
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .output()
-            .expect("redis-cli --cluster create");
+        create.args(["--cluster-replicas", "1", "--cluster-yes"]);
+        let out = output_within(&mut create, CREATE_TIMEOUT).unwrap_or_else(|e| {
+            panic!(
+                "redis-cli --cluster create hung (nodes that cannot reach each other's cluster \
+                 bus wait forever): {e}\n{}",
+                cluster.logs()
+            )
+        });
         assert!(
             out.status.success(),
             "redis-cli --cluster create failed:\n{}{}",
@@ -151,28 +330,44 @@ impl PrivateRedisCluster {
         let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
         let ok = wait_for(Duration::from_secs(30), || {
             ports.iter().all(|p| {
-                redis_cli(*p, &["cluster", "info"]).contains("cluster_state:ok")
-                    && redis_cli(*p, &["cluster", "nodes"]).lines().count() == 6
+                cluster
+                    .cli(*p, &["cluster", "info"])
+                    .contains("cluster_state:ok")
+                    && cluster.cli(*p, &["cluster", "nodes"]).lines().count() == 6
             })
         });
         assert!(ok, "the cluster did not become ok:\n{}", cluster.logs());
         // Every replica has finished its first sync, so that a failover finds it ready.
         let synced = wait_for(Duration::from_secs(30), || {
-            cluster
-                .replicas()
-                .iter()
-                .all(|p| redis_cli(*p, &["info", "replication"]).contains("master_link_status:up"))
+            cluster.replicas().iter().all(|p| {
+                cluster
+                    .cli(*p, &["info", "replication"])
+                    .contains("master_link_status:up")
+            })
         });
         assert!(synced, "replicas did not sync:\n{}", cluster.logs());
         cluster
     }
 
-    /// `redis://127.0.0.1:PORT` of every node (the seed list of `redis.nodes`).
+    /// `redis-cli -p PORT ARGS...` (with TLS on a TLS cluster), its standard output (empty when
+    /// it fails or takes more than 5 s).
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        cli(self.tls.as_ref(), port, args)
+    }
+
+    /// The URL of every node (the seed list of `redis.nodes`): `redis://127.0.0.1:PORT`, or
+    /// `rediss://localhost:PORT` over TLS.
     pub fn urls(&self) -> Vec<String> {
         self.nodes
             .iter()
-            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .map(|n| url(self.tls.as_ref(), n.port))
             .collect()
+    }
+
+    /// `[tls] ca_file` trusting the cluster's CA (empty for a plain cluster), for the gateway's
+    /// config.
+    pub fn tls_section(&self) -> String {
+        tls_section(self.tls.as_ref())
     }
 
     /// `redis = { mode = "cluster", nodes = [...] }`.
@@ -201,13 +396,13 @@ impl PrivateRedisCluster {
     pub fn replicas(&self) -> Vec<u16> {
         self.ports()
             .into_iter()
-            .filter(|p| redis_cli(*p, &["role"]).starts_with("slave"))
+            .filter(|p| self.cli(*p, &["role"]).starts_with("slave"))
             .collect()
     }
 
     /// The slot of `key` (`CLUSTER KEYSLOT`).
     pub fn slot_of(&self, key: &str) -> u16 {
-        redis_cli(self.any_live(), &["cluster", "keyslot", key])
+        self.cli(self.any_live(), &["cluster", "keyslot", key])
             .trim()
             .parse()
             .unwrap_or_else(|e| panic!("CLUSTER KEYSLOT {key}: {e}"))
@@ -215,7 +410,7 @@ impl PrivateRedisCluster {
 
     /// The port of the primary serving `slot`, as the live nodes see it now.
     pub fn primary_of_slot(&self, slot: u16) -> Option<u16> {
-        let nodes = redis_cli(self.any_live(), &["cluster", "nodes"]);
+        let nodes = self.cli(self.any_live(), &["cluster", "nodes"]);
         for line in nodes.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
             if f.len() < 8 || !f[2].contains("master") || f[2].contains("fail") {
@@ -247,9 +442,10 @@ impl PrivateRedisCluster {
 
     /// Whether every live node reports `cluster_state:ok`.
     pub fn is_ok(&self) -> bool {
-        self.ports()
-            .iter()
-            .all(|p| redis_cli(*p, &["cluster", "info"]).contains("cluster_state:ok"))
+        self.ports().iter().all(|p| {
+            self.cli(*p, &["cluster", "info"])
+                .contains("cluster_state:ok")
+        })
     }
 
     /// The tail of every node's log.
@@ -290,6 +486,7 @@ pub struct PrivateSentinel {
     primary: Node,
     replica: Node,
     sentinels: Vec<Node>,
+    tls: Option<ServerTls>,
     dir: TestDir,
 }
 
@@ -297,31 +494,41 @@ pub struct PrivateSentinel {
 pub const MASTER_NAME: &str = "mymaster";
 
 impl PrivateSentinel {
-    /// Starts them and waits until the Sentinels see the replica and each other.
+    /// [`Self::start_with`] over plain TCP.
     pub fn start() -> PrivateSentinel {
+        Self::start_with(Transport::Plain)
+    }
+
+    /// Starts them and waits until the replica has synced and the Sentinels see it and each
+    /// other (panics with the logs after 30 s).
+    pub fn start_with(transport: Transport) -> PrivateSentinel {
         let dir = TestDir::new("redis-sentinel");
+        let tls = (transport == Transport::Tls).then(|| ServerTls::new(dir.path()));
         let pport = free_port();
-        let primary = Node::spawn(dir.path(), pport, &base_args(pport));
+        let primary = Node::spawn(dir.path(), pport, &base_args(pport, tls.as_ref()));
         let rport = free_port();
-        let mut rargs = base_args(rport);
+        let mut rargs = base_args(rport, tls.as_ref());
         rargs.extend(["--replicaof".into(), "127.0.0.1".into(), pport.to_string()]);
         let replica = Node::spawn(dir.path(), rport, &rargs);
         for n in [&primary, &replica] {
-            let addr = n.addr();
-            assert!(
-                wait_for(Duration::from_secs(10), || redis_ping(addr)),
-                "{addr} did not answer PING:\n{}",
-                tail(&n.log(), 20)
-            );
+            wait_ping(tls.as_ref(), n, "server");
         }
         let mut sentinels = Vec::new();
         for _ in 0..3 {
             let port = free_port();
             let conf = dir.path().join(format!("sentinel-{port}.conf"));
+            let listen: String = match &tls {
+                None => format!("port {port}\n"),
+                Some(tls) => tls
+                    .settings(port)
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}\n"))
+                    .collect(),
+            };
             std::fs::write(
                 &conf,
                 format!(
-                    "port {port}\nbind 127.0.0.1\ndaemonize no\n\
+                    "{listen}bind 127.0.0.1\ndaemonize no\n\
                      sentinel monitor {MASTER_NAME} 127.0.0.1 {pport} 2\n\
                      sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
                      sentinel failover-timeout {MASTER_NAME} 3000\n\
@@ -336,12 +543,13 @@ impl PrivateSentinel {
             primary,
             replica,
             sentinels,
+            tls,
             dir,
         };
         let ready = wait_for(Duration::from_secs(30), || {
             s.replica_synced()
                 && s.sentinels.iter().all(|n| {
-                    let m = redis_cli(n.port, &["sentinel", "master", MASTER_NAME]);
+                    let m = s.cli(n.port, &["sentinel", "master", MASTER_NAME]);
                     let mut lines = m.lines();
                     let mut replicas = 0;
                     let mut others = 0;
@@ -361,15 +569,29 @@ impl PrivateSentinel {
     }
 
     fn replica_synced(&self) -> bool {
-        redis_cli(self.replica.port, &["info", "replication"]).contains("master_link_status:up")
+        self.cli(self.replica.port, &["info", "replication"])
+            .contains("master_link_status:up")
     }
 
-    /// `redis = { mode = "sentinel", nodes = [...], master_name = "mymaster" }`.
+    /// `redis-cli -p PORT ARGS...` (with TLS on a TLS deployment), its standard output (empty
+    /// when it fails or takes more than 5 s).
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        cli(self.tls.as_ref(), port, args)
+    }
+
+    /// `[tls] ca_file` trusting the deployment's CA (empty for a plain one), for the gateway's
+    /// config.
+    pub fn tls_section(&self) -> String {
+        tls_section(self.tls.as_ref())
+    }
+
+    /// `redis = { mode = "sentinel", nodes = [...], master_name = "mymaster" }` (`rediss://`
+    /// Sentinels over TLS).
     pub fn redis_table(&self) -> String {
         let nodes: Vec<String> = self
             .sentinels
             .iter()
-            .map(|n| format!("\"redis://127.0.0.1:{}\"", n.port))
+            .map(|n| format!("\"{}\"", url(self.tls.as_ref(), n.port)))
             .collect();
         format!(
             "redis = {{ mode = \"sentinel\", nodes = [{}], master_name = \"{MASTER_NAME}\" }}",
@@ -390,7 +612,7 @@ impl PrivateSentinel {
     /// The primary's address as the first live Sentinel names it.
     pub fn current_primary(&self) -> Option<u16> {
         for s in &self.sentinels {
-            let out = redis_cli(
+            let out = self.cli(
                 s.port,
                 &["sentinel", "get-master-addr-by-name", MASTER_NAME],
             );

@@ -1,7 +1,8 @@
 //! The shared integration-test harness: addresses of the real services `scripts/test` brings up
 //! (Redis, PostgreSQL, a tansu broker) and private instances of them for fault tests
-//! ([`services`]), a scriptable test upstream ([`upstream`]), and the gateway as a child process
-//! ([`gateway`]).
+//! ([`services`]), private Redis Clusters and Sentinel deployments, plain or TLS ([`cluster`]), a
+//! throwaway PKI ([`pki`]), a scriptable test upstream ([`upstream`]), and the gateway as a child
+//! process ([`gateway`]).
 //!
 //! Each `tests/*.rs` file says `mod common;` and uses what it needs.
 
@@ -12,10 +13,11 @@ pub mod cluster;
 pub mod gateway;
 pub mod legacy;
 pub mod load;
+pub mod pki;
 pub mod services;
 pub mod upstream;
 
-pub use cluster::{redis_cli, PrivateRedisCluster, PrivateSentinel};
+pub use cluster::{redis_cli, PrivateRedisCluster, PrivateSentinel, Transport};
 pub use gateway::{metric_in, Gateway};
 pub use load::{Connections, Load};
 pub use services::{
