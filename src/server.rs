@@ -214,6 +214,10 @@ pub fn run_with(
     for service in extra {
         server.add_boxed_service(service);
     }
+    server.add_service(background_service(
+        "rate limiter connect",
+        crate::limit::ConnectAtStart::new(&shared.pipeline.load().limiter),
+    ));
     server.add_service(background_service("audit shipper", audit.background()));
     server.add_service(health_service);
     server.add_service(proxy);

@@ -16,8 +16,9 @@
 //! only reject, never admit, more than the quota).
 //!
 //! The connection ([`crate::redis_topology::Conn`]: standalone, cluster or Sentinel, each
-//! reconnecting by itself) is opened on first use,
-//! inside Pingora's runtime, by a background task that retries with backoff until it succeeds.
+//! reconnecting by itself) is opened as soon as the limiter exists inside Pingora's runtime
+//! (`Limiter::connect_early`: at start and on reload), by a background task that retries with
+//! backoff until it succeeds.
 //! A check never waits longer than `rate_limit.redis_timeout`; on a timeout or an error the
 //! caller applies `on_backend_error`.
 //!
@@ -131,7 +132,8 @@ pub struct Distributed {
 }
 
 impl Distributed {
-    /// A backend for `topology`; opens nothing until the first check.
+    /// A backend for `topology`; opens nothing until [`start_connecting`](Self::start_connecting)
+    /// or the first check.
     pub fn new(
         topology: &Topology,
         timeout: Duration,
@@ -288,13 +290,16 @@ impl Distributed {
     }
 
     /// Starts (once) the task that opens the connection, retrying with backoff; it ends when
-    /// connected or when the backend is dropped (a reload).
-    fn start_connecting(self: &Arc<Self>) {
+    /// connected or when the backend is dropped (a reload). Nothing outside a runtime.
+    pub fn start_connecting(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         if self.connecting.swap(true, Ordering::AcqRel) {
             return;
         }
         let weak: Weak<Distributed> = Arc::downgrade(self);
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
                 let Some(this) = weak.upgrade() else { return };

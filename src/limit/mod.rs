@@ -137,8 +137,9 @@ pub struct Headers {
 // === impl Limiter ===
 
 impl Limiter {
-    /// Builds the limiter of a validated config; opens no connection and starts no task (both
-    /// happen on first use, inside Pingora's runtime).
+    /// Builds the limiter of a validated config. Inside a runtime (a reload) it starts opening
+    /// its Redis connection at once; outside (at start) [`ConnectAtStart`] does that when the
+    /// server runs. Housekeeping starts on first use.
     pub fn new(config: &RateLimitConfig, routes: &Router) -> Limiter {
         Limiter::build(config, routes, None)
     }
@@ -193,14 +194,16 @@ impl Limiter {
             Backend::Distributed(_) => seen_keys(config, previous),
             Backend::Local(_) => Vec::new(),
         };
-        Limiter {
+        let limiter = Limiter {
             config: config.clone(),
             route_policies,
             route_policy_headers,
             backend,
             seen,
             housekeeping: AtomicBool::new(false),
-        }
+        };
+        limiter.connect_early();
+        limiter
     }
 
     /// The configuration.
@@ -348,6 +351,16 @@ impl Limiter {
             );
         }
         out
+    }
+
+    /// Opens the distributed backend's Redis connection now, in the background, so that the
+    /// first checks do not spend their `redis_timeout` waiting for it (a TLS handshake with a
+    /// cluster takes longer than the default 20 ms). Called by every build inside a runtime (a
+    /// reload) and at start by [`ConnectAtStart`]; nothing in local mode.
+    pub fn connect_early(&self) {
+        if let Backend::Distributed(d) = &self.backend {
+            d.start_connecting();
+        }
     }
 
     /// Starts (once) the task that evicts idle keys every `cleanup_interval` (distributed mode:
@@ -616,6 +629,33 @@ pub fn response_headers(response: &mut ResponseHeader, ctx: &Ctx) -> pingora::Re
         response.insert_header("ratelimit", &h.state)?;
     }
     Ok(())
+}
+
+// === ConnectAtStart ===
+
+/// Background service: opens the start-up limiter's Redis connection as the server starts
+/// ([`Limiter::connect_early`]); the limiter of a reload connects as it is built. Holds the
+/// limiter weakly, so a reload can drop it.
+pub struct ConnectAtStart {
+    limiter: Weak<Limiter>,
+}
+
+impl ConnectAtStart {
+    /// The service for `limiter`.
+    pub fn new(limiter: &Arc<Limiter>) -> ConnectAtStart {
+        ConnectAtStart {
+            limiter: Arc::downgrade(limiter),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for ConnectAtStart {
+    async fn start(&self, _shutdown: pingora::server::ShutdownWatch) {
+        if let Some(limiter) = self.limiter.upgrade() {
+            limiter.connect_early();
+        }
+    }
 }
 
 #[cfg(test)]
