@@ -467,10 +467,7 @@ fn scope_matches(meta: &CacheMeta, tag: &str) -> bool {
 }
 
 /// A fresh L1 entry the fast path sends ([`fresh_l1_hit`]).
-pub struct FastHit {
-    meta: CacheMeta,
-    hit: storage::Hit,
-}
+pub struct FastHit(storage::L1Hit);
 
 /// `request_filter`, after [`prepare`]: the fresh-hit fast path. A request that Pingora's cache
 /// would answer with a fresh hit from the L1 — GET or HEAD without `Range`, an entry in the L1
@@ -492,12 +489,13 @@ pub fn fresh_l1_hit(session: &Session, ctx: &Ctx) -> Option<FastHit> {
         return None;
     }
     let key = cache_key(ctx).ok()?;
-    let (meta, hit) = cache.storage.l1_hit(&key)?;
+    let found = cache.storage.l1_hit(&key)?;
+    let meta = found.meta();
     let usable = meta.variance().is_none()
-        && cache_vary_filter(&meta, req).is_none()
-        && scope_matches(&meta, tag)
+        && cache_vary_filter(meta, req).is_none()
+        && scope_matches(meta, tag)
         && meta.is_fresh(SystemTime::now());
-    usable.then_some(FastHit { meta, hit })
+    usable.then_some(FastHit(found))
 }
 
 /// The answer to a [`FastHit`], as Pingora's cache would send it: the stored header with `Age`
@@ -511,8 +509,9 @@ pub fn fast_hit_answer(
     fast: FastHit,
 ) -> (Box<ResponseHeader>, Bytes, bool) {
     use pingora::protocols::http::conditional_filter::{not_modified_filter, to_304};
-    let FastHit { meta, mut hit } = fast;
-    decode_for_client(session, &meta, &mut hit, ctx);
+    let FastHit(mut found) = fast;
+    let (meta, hit) = found.parts();
+    decode_for_client(session, meta, hit, ctx);
     let mut header = Box::new(meta.response_header_copy());
     let _ = header.insert_header(http::header::AGE, meta.age().as_secs());
     header.set_version(http::Version::HTTP_11);
@@ -532,7 +531,7 @@ pub fn fast_hit_answer(
     metrics::CACHE_FAST_HITS
         .with_label_values(&[&ctx.route().name])
         .inc();
-    (header, hit.into_body(), header_only)
+    (header, found.into_body(), header_only)
 }
 
 /// `cache_hit_filter`, for an entry served fresh: a gzip entry for a client that does not

@@ -33,10 +33,11 @@ use crate::metrics;
 pub struct Object {
     internal: Bytes,
     header: Bytes,
-    /// `header` parsed, for objects in the L1: Pingora serializes headers zstd-compressed, and
-    /// decompressing and parsing them was ~12k of the ~76k instructions of an L1 hit
-    /// (`benches/instructions.sh`); a hit clones this instead.
-    parsed: Option<ResponseHeader>,
+    /// The whole meta deserialized, `header` parsed into it, for objects in the L1: Pingora
+    /// serializes headers zstd-compressed, and decompressing and parsing them was ~12k of the
+    /// ~76k instructions of an L1 hit (`benches/instructions.sh`). A hit through Pingora's cache
+    /// clones its header; the fast path ([`L1Hit`]) reads it in place.
+    parsed: Option<Arc<CacheMeta>>,
     body: Bytes,
     /// How long the L1 keeps it, from insertion.
     lifetime: Duration,
@@ -71,9 +72,11 @@ impl Object {
         lifetime: Duration,
     ) -> Object {
         Object {
+            parsed: parsed
+                .and_then(|h| meta_with_header(&internal, h))
+                .map(Arc::new),
             internal,
             header,
-            parsed,
             body,
             lifetime,
             decoded: OnceLock::new(),
@@ -83,8 +86,9 @@ impl Object {
     fn weight(&self) -> u32 {
         // 16-byte key plus moka's own bookkeeping, roughly; the parsed header about twice its
         // names and values.
-        let parsed = self.parsed.as_ref().map_or(0, |h| {
-            let fields: usize = h
+        let parsed = self.parsed.as_ref().map_or(0, |m| {
+            let fields: usize = m
+                .response_header()
                 .headers
                 .iter()
                 .map(|(k, v)| k.as_str().len() + v.len())
@@ -102,9 +106,9 @@ impl Object {
 
     fn meta(&self) -> Result<CacheMeta> {
         match &self.parsed {
-            Some(header) => {
+            Some(parsed) => {
                 let mut meta = CacheMeta::deserialize(&self.internal, empty_header())?;
-                *meta.response_header_mut() = header.clone();
+                *meta.response_header_mut() = parsed.response_header_copy();
                 Ok(meta)
             }
             None => CacheMeta::deserialize(&self.internal, &self.header),
@@ -130,6 +134,14 @@ impl Object {
         };
         Ok((meta, hit))
     }
+}
+
+/// The meta serialized as `internal`, with `header` in place of its (empty) serialized header;
+/// `None` when `internal` does not decode.
+fn meta_with_header(internal: &[u8], header: ResponseHeader) -> Option<CacheMeta> {
+    let mut meta = CacheMeta::deserialize(internal, empty_header()).ok()?;
+    *meta.response_header_mut() = header;
+    Some(meta)
 }
 
 /// `body` gunzipped (all members), or `None` when it is not valid gzip or decodes to more than
@@ -249,13 +261,21 @@ impl TieredStorage {
         }
     }
 
-    /// The entry under `key` when the L1 holds it, as its meta and a hit: the lookup of the
-    /// fresh-hit fast path ([`super::fresh_l1_hit`]), which never asks Redis.
-    pub(super) fn l1_hit(&'static self, key: &CacheKey) -> Option<(CacheMeta, Hit)> {
+    /// The entry under `key` when the L1 holds it: the lookup of the fresh-hit fast path
+    /// ([`super::fresh_l1_hit`]), which never asks Redis and reads the meta in place.
+    pub(super) fn l1_hit(&'static self, key: &CacheKey) -> Option<L1Hit> {
         let l1 = self.l1.as_ref()?;
         let k = u128::from_be_bytes(key.combined_bin());
         let obj = l1.get(&k)?;
-        obj.hit_parts(Some((obj.clone(), self, k))).ok()
+        let meta = obj.parsed.clone()?;
+        let hit = Hit {
+            body: obj.body.clone(),
+            done: false,
+            start: 0,
+            end: obj.body.len(),
+            l1: Some((obj, self, k)),
+        };
+        Some(L1Hit { meta, hit })
     }
 
     fn l1_put(&self, id: HashBinary, obj: Arc<Object>) {
@@ -351,7 +371,8 @@ impl Storage for TieredStorage {
         if let Some(life) = storage_lifetime(&meta, self.max_ttl, SystemTime::now()) {
             if self.l1.is_some() {
                 obj.lifetime = life;
-                obj.parsed = Some(meta.response_header_copy());
+                obj.parsed =
+                    meta_with_header(&obj.internal, meta.response_header_copy()).map(Arc::new);
                 self.l1_put(id, Arc::new(obj));
             }
         }
@@ -464,6 +485,31 @@ static UPDATE_META: once_cell::sync::Lazy<redis::Script> = once_cell::sync::Lazy
           return 0",
     )
 });
+
+// === impl L1Hit ===
+
+/// An L1 entry found by the fast path: its meta, read in place, and a hit on its body.
+pub(super) struct L1Hit {
+    meta: Arc<CacheMeta>,
+    hit: Hit,
+}
+
+impl L1Hit {
+    /// The stored meta.
+    pub(super) fn meta(&self) -> &CacheMeta {
+        &self.meta
+    }
+
+    /// The meta and the hit, to switch the hit to the decoded copy ([`Hit::serve_decoded`]).
+    pub(super) fn parts(&mut self) -> (&CacheMeta, &mut Hit) {
+        (&self.meta, &mut self.hit)
+    }
+
+    /// The body the hit serves.
+    pub(super) fn into_body(self) -> Bytes {
+        self.hit.into_body()
+    }
+}
 
 // === impl Hit ===
 
