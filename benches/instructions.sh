@@ -13,7 +13,8 @@
 # connection; its cost is not counted. Prints a table and writes target/bench-instructions.json.
 #
 # Scenarios: passthrough (20 KB JSON, no features: no compression, no audit), l1_hit (the same response served from the
-# in-memory cache), l1_hit_gzip_entry (compression on, so the entry is stored gzipped, and a
+# in-memory cache, by the fresh-hit fast path), l1_hit_pingora (the same with OMSGATE_CACHE_FAST_PATH=off: through
+# Pingora's cache state machine), l1_hit_gzip_entry (compression on, so the entry is stored gzipped, and a
 # client without Accept-Encoding: the L1's decoded copy), redis_hit (the same from Redis, the in-memory tier off; needs Redis at
 # OMSGATE_TEST_REDIS_URL), all_features (JWT identity, a local rate limit, a cache miss every time,
 # gzip, metrics, file audit).
@@ -24,7 +25,7 @@ N=${N:-1000}
 W=${W:-200}
 BODY=${BODY:-20000}
 SCENARIOS=("$@")
-[[ ${#SCENARIOS[@]} -gt 0 ]] || SCENARIOS=(passthrough l1_hit l1_hit_gzip_entry redis_hit all_features)
+[[ ${#SCENARIOS[@]} -gt 0 ]] || SCENARIOS=(passthrough l1_hit l1_hit_pingora l1_hit_gzip_entry redis_hit all_features)
 REDIS=${OMSGATE_TEST_REDIS_URL:-redis://127.0.0.1:6379}
 
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
@@ -72,7 +73,7 @@ path = "/__blob/{size}"'
 enabled = false
 [audit]
 enabled = false' ;;
-    l1_hit) extra='[compression]
+    l1_hit | l1_hit_pingora) extra='[compression]
 enabled = false
 [audit]
 enabled = false'
@@ -152,8 +153,10 @@ instructions() {
     admin=$(free_port)
     out="$WORK/callgrind.$1.$2"
     config "$1" "$listen" "$admin" >"$WORK/$1-$2.toml"
-    (cd "$WORK" && exec valgrind --tool=callgrind --callgrind-out-file="$out" \
-        "$BIN" run --config "$WORK/$1-$2.toml" >"$WORK/$1-$2.log" 2>&1) &
+    local fast=on
+    [[ $1 == l1_hit_pingora ]] && fast=off
+    (cd "$WORK" && OMSGATE_CACHE_FAST_PATH=$fast exec valgrind --tool=callgrind \
+        --callgrind-out-file="$out" "$BIN" run --config "$WORK/$1-$2.toml" >"$WORK/$1-$2.log" 2>&1) &
     local pid=$!
     PIDS+=("$pid")
     wait_port "$listen"
