@@ -12,8 +12,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{client, Gateway, TestUpstream};
-use reqwest::header::HeaderMap;
+use common::reply::{send, Reply};
+use common::{Gateway, TestUpstream};
 
 /// Fields that differ between two answers to the same request for reasons other than the path
 /// taken: the time, the request id, and which upstream request filled each gateway's entry.
@@ -22,55 +22,24 @@ const UNCOMPARED: &[&str] = &["date", "age", "x-request-id", "x-upstream-seq"];
 /// A request (method, header fields) and whether it takes the fast path.
 type Case<'a> = (&'a reqwest::Method, Vec<(&'a str, &'a str)>, bool);
 
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// Every compared field with its values, sorted by name.
-    fn fields(&self) -> Vec<(String, Vec<String>)> {
-        let mut names: Vec<&str> = self
-            .headers
-            .keys()
-            .map(|k| k.as_str())
-            .filter(|k| !UNCOMPARED.contains(k))
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        names
-            .into_iter()
-            .map(|name| {
-                let values = self.headers.get_all(name).iter();
-                let values = values.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-                (name.to_string(), values.collect())
-            })
-            .collect()
-    }
-}
-
-async fn send(
-    gw: &Gateway,
-    method: &reqwest::Method,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Reply {
-    let mut req = client().request(method.clone(), gw.url(path));
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    let resp = req.send().await.expect("the gateway answers");
-    Reply {
-        status: resp.status().as_u16(),
-        headers: resp.headers().clone(),
-        body: resp.bytes().await.expect("a whole body").to_vec(),
-    }
+/// Every compared field of `reply` with its values, sorted by name.
+fn fields(reply: &Reply) -> Vec<(String, Vec<String>)> {
+    let mut names: Vec<&str> = reply
+        .headers
+        .keys()
+        .map(|k| k.as_str())
+        .filter(|k| !UNCOMPARED.contains(k))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| {
+            let values = reply.headers.get_all(name).iter();
+            let values = values.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            (name.to_string(), values.collect())
+        })
+        .collect()
 }
 
 /// A gateway with the in-memory cache only, the fast path on or off whatever the test process's
@@ -115,7 +84,7 @@ async fn fast_hits_answer_exactly_like_pingoras_cache() {
     for gw in [&fast, &slow] {
         let miss = send(
             gw,
-            &reqwest::Method::GET,
+            reqwest::Method::GET,
             path,
             &[("accept-encoding", "gzip")],
         )
@@ -123,7 +92,7 @@ async fn fast_hits_answer_exactly_like_pingoras_cache() {
         assert_eq!(miss.header("x-cache"), Some("MISS"));
     }
     // The entry is stored gzipped with a weak ETag (the compression module's); ask for both.
-    let etag = send(&fast, &reqwest::Method::HEAD, path, &[]).await;
+    let etag = send(&fast, reqwest::Method::HEAD, path, &[]).await;
     let etag = etag.header("etag").expect("an ETag").to_string();
     let get = reqwest::Method::GET;
     let head = reqwest::Method::HEAD;
@@ -150,11 +119,11 @@ async fn fast_hits_answer_exactly_like_pingoras_cache() {
     let mut expected_fast = 1.0;
     for (method, headers, takes_fast_path) in &cases {
         let ctx = format!("{method} {headers:?}");
-        let a = send(&fast, method, path, headers).await;
-        let b = send(&slow, method, path, headers).await;
+        let a = send(&fast, (*method).clone(), path, headers).await;
+        let b = send(&slow, (*method).clone(), path, headers).await;
         assert_eq!(a.status, b.status, "{ctx}: status");
         assert_eq!(a.header("x-cache"), Some("HIT"), "{ctx}: {a:?}");
-        assert_eq!(a.fields(), b.fields(), "{ctx}: header fields");
+        assert_eq!(fields(&a), fields(&b), "{ctx}: header fields");
         assert_eq!(a.body, b.body, "{ctx}: body");
         assert!(a.header("age").is_some(), "{ctx}: a hit carries Age");
         if *takes_fast_path {
@@ -191,18 +160,18 @@ async fn an_expired_entry_is_never_a_fast_hit() {
     let up = TestUpstream::start();
     let fast = gateway(&up, true);
     let path = "/etag/short?body_len=2000";
-    let miss = send(&fast, &reqwest::Method::GET, path, &[]).await;
+    let miss = send(&fast, reqwest::Method::GET, path, &[]).await;
     assert_eq!(miss.header("x-cache"), Some("MISS"));
-    let hit = send(&fast, &reqwest::Method::GET, path, &[]).await;
+    let hit = send(&fast, reqwest::Method::GET, path, &[]).await;
     assert_eq!(hit.header("x-cache"), Some("HIT"));
     assert_eq!(fast_hits(&fast, "short"), 1.0);
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let expired = send(&fast, &reqwest::Method::GET, path, &[]).await;
+    let expired = send(&fast, reqwest::Method::GET, path, &[]).await;
     assert_ne!(expired.header("x-cache"), Some("HIT"), "{expired:?}");
     assert_eq!(up.hits(), 2, "the expired entry went to the OMS");
     assert_eq!(fast_hits(&fast, "short"), 1.0);
     // The refreshed entry is fresh again: a fast hit.
-    let again = send(&fast, &reqwest::Method::GET, path, &[]).await;
+    let again = send(&fast, reqwest::Method::GET, path, &[]).await;
     assert_eq!(again.header("x-cache"), Some("HIT"));
     assert_eq!(fast_hits(&fast, "short"), 2.0);
 }

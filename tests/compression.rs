@@ -7,9 +7,9 @@ mod common;
 
 use std::io::{Read, Write};
 
+use common::reply::Reply;
 use common::upstream::deterministic_body;
 use common::{client, Gateway, TestUpstream};
-use reqwest::header::HeaderMap;
 
 /// A gateway in front of `upstream` with `extra` appended (a `[compression]` section, routes).
 fn gateway(upstream: &TestUpstream, extra: &str) -> Gateway {
@@ -27,43 +27,13 @@ servers = ["{}"]
     ))
 }
 
-struct Reply {
-    status: u16,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn varies_by_accept_encoding(&self) -> bool {
-        self.headers.get_all("vary").iter().any(|v| {
-            v.to_str()
-                .unwrap_or("")
-                .split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("accept-encoding"))
-        })
-    }
-}
-
-async fn send(req: reqwest::RequestBuilder) -> Reply {
-    let resp = req.send().await.expect("the gateway answers");
-    Reply {
-        status: resp.status().as_u16(),
-        headers: resp.headers().clone(),
-        body: resp.bytes().await.expect("a whole body").to_vec(),
-    }
-}
-
 /// `GET path` through the gateway, with `Accept-Encoding: ae` when given (none otherwise).
 async fn get(gw: &Gateway, path: &str, ae: Option<&str>) -> Reply {
     let mut req = client().get(gw.url(path));
     if let Some(ae) = ae {
         req = req.header("accept-encoding", ae);
     }
-    send(req).await
+    Reply::of(req).await
 }
 
 fn gunzip(bytes: &[u8]) -> Vec<u8> {
@@ -99,7 +69,7 @@ async fn json_of_20kb_is_gzipped_with_vary_and_a_weak_etag_that_revalidates() {
 
     // The client revalidates with the weak tag it got; the origin compares strings, so the
     // gateway's strong form in If-None-Match is what makes it answer 304.
-    let r = send(
+    let r = Reply::of(
         client()
             .get(gw.url("/etag/v1?body_len=20000"))
             .header("accept-encoding", "gzip")
@@ -185,7 +155,7 @@ async fn small_binary_encoded_partial_no_transform_and_304_are_untouched() {
     assert_eq!(r.body, json_20k);
 
     // HEAD: the header fields a GET gets (RFC 9110 §9.3.2), no body (tests/head.rs has more).
-    let r = send(
+    let r = Reply::of(
         client()
             .head(gw.url("/bytes/20000"))
             .header("accept-encoding", "gzip"),
@@ -452,7 +422,7 @@ cache = { ttl = "60s", scope = "public" }
     let gz = get(&gw, "/etag/v1?body_len=12000", Some("gzip")).await;
     assert_eq!(gz.header("content-encoding"), Some("gzip"));
     assert_eq!(gz.body, miss.body);
-    let not_modified = send(
+    let not_modified = Reply::of(
         client()
             .get(gw.url("/etag/v1?body_len=12000"))
             .header("if-none-match", "W/\"v1\""),

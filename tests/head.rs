@@ -8,9 +8,9 @@ mod common;
 
 use std::io::Read;
 
+use common::reply::{send, Reply};
 use common::upstream::deterministic_body;
-use common::{client, Gateway, TestUpstream};
-use reqwest::header::HeaderMap;
+use common::{Gateway, TestUpstream};
 
 /// The header fields whose value depends on the representation and its framing.
 const COMPARED: &[&str] = &[
@@ -24,50 +24,20 @@ const COMPARED: &[&str] = &[
     "x-cache",
 ];
 
-struct Reply {
-    status: u16,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// The compared header fields, as (name, values) pairs.
-    fn representation(&self) -> Vec<(&'static str, Vec<String>)> {
-        COMPARED
-            .iter()
-            .map(|name| {
-                let values = self
-                    .headers
-                    .get_all(*name)
-                    .iter()
-                    .map(|v| v.to_str().unwrap_or("?").to_ascii_lowercase())
-                    .collect();
-                (*name, values)
-            })
-            .collect()
-    }
-}
-
-async fn send(
-    gw: &Gateway,
-    method: reqwest::Method,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Reply {
-    let mut req = client().request(method, gw.url(path));
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    let resp = req.send().await.expect("the gateway answers");
-    Reply {
-        status: resp.status().as_u16(),
-        headers: resp.headers().clone(),
-        body: resp.bytes().await.expect("a whole body").to_vec(),
-    }
+/// The compared header fields, as (name, values) pairs.
+fn representation(reply: &Reply) -> Vec<(&'static str, Vec<String>)> {
+    COMPARED
+        .iter()
+        .map(|name| {
+            let values = reply
+                .headers
+                .get_all(*name)
+                .iter()
+                .map(|v| v.to_str().unwrap_or("?").to_ascii_lowercase())
+                .collect();
+            (*name, values)
+        })
+        .collect()
 }
 
 /// `Accept-Encoding` as a header list: none, or the one value.
@@ -89,8 +59,8 @@ fn gunzip(bytes: &[u8]) -> Vec<u8> {
 fn assert_same_header(get: &Reply, head: &Reply, ctx: &str) {
     assert_eq!(head.status, get.status, "{ctx}: status");
     assert_eq!(
-        head.representation(),
-        get.representation(),
+        representation(head),
+        representation(get),
         "{ctx}: HEAD and GET header fields differ"
     );
     assert!(head.body.is_empty(), "{ctx}: HEAD with a body");
@@ -191,7 +161,7 @@ async fn a_head_miss_has_the_get_header_fields_and_stores_what_a_get_would() {
         assert_eq!(get.header("x-cache"), Some("MISS"), "{ctx}");
         // The ETags differ by path (`"head-…"`, `"get-…"`); the rest must not.
         let strip = |r: &Reply| {
-            r.representation()
+            representation(r)
                 .into_iter()
                 .filter(|(n, _)| *n != "etag")
                 .collect::<Vec<_>>()

@@ -1,7 +1,7 @@
 //! The shared integration-test harness: addresses of the real services `scripts/test` brings up
 //! (Redis, PostgreSQL, a tansu broker) and private instances of them for fault tests
 //! ([`services`]), private Redis Clusters and Sentinel deployments, plain or TLS ([`cluster`]), a
-//! throwaway PKI ([`pki`]), a scriptable test upstream ([`upstream`]), and the gateway as a child
+//! throwaway PKI ([`pki`]), whole answers ([`reply`]), a scriptable test upstream ([`upstream`]), and the gateway as a child
 //! process ([`gateway`]).
 //!
 //! Each `tests/*.rs` file says `mod common;` and uses what it needs.
@@ -14,6 +14,7 @@ pub mod gateway;
 pub mod legacy;
 pub mod load;
 pub mod pki;
+pub mod reply;
 pub mod services;
 pub mod upstream;
 
