@@ -548,8 +548,15 @@ impl Config {
         let mut database = crate::db::DatabaseConfig::from_file(&file.database, p);
         let paths = crate::canonical::PathsConfig::from_file(&file.paths, p);
         upstream.trust = tls.clone();
-        cache.trust = tls.clone();
-        rate_limit.trust = tls.clone();
+        // Each Redis link keeps its own client certificate (`redis.cert`/`key`).
+        cache.trust = crate::tls::TlsConfig {
+            redis_client: cache.trust.redis_client.take(),
+            ..tls.clone()
+        };
+        rate_limit.trust = crate::tls::TlsConfig {
+            redis_client: rate_limit.trust.redis_client.take(),
+            ..tls.clone()
+        };
         database.trust_roots = tls.extra_roots.clone();
         audit.tls_ca_file = tls.ca_file.clone();
         audit.sink.trust_roots = tls.extra_roots.clone();

@@ -38,6 +38,37 @@ pub struct TlsConfig {
     /// `ca_file`), built once when `ca_file` is set; `None` leaves Pingora's own store (the
     /// system roots) in place.
     pub upstream_ca: Option<Arc<pingora::protocols::tls::CaType>>,
+    /// The client certificate a Redis link presents (`cache.redis` or `rate_limit.redis`
+    /// `cert`/`key`): set on that concern's own copy of the trust.
+    pub redis_client: Option<RedisClientCert>,
+}
+
+/// A client certificate for Redis: the PEM files as the redis crate takes them, checked when
+/// the config loads ([`ClientCert::load`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisClientCert {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for RedisClientCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisClientCert").finish_non_exhaustive()
+    }
+}
+
+impl RedisClientCert {
+    /// Reads and checks `cert` and `key`; an error names `cert` or `key`.
+    pub fn load(cert: &Path, key: &Path) -> Result<RedisClientCert, (&'static str, String)> {
+        ClientCert::load(cert, key)?;
+        let read = |field: &'static str, path: &Path| {
+            std::fs::read(path).map_err(|e| (field, format!("cannot read {}: {e}", path.display())))
+        };
+        Ok(RedisClientCert {
+            cert_pem: read("cert", cert)?,
+            key_pem: read("key", key)?,
+        })
+    }
 }
 
 impl TlsConfig {
@@ -53,6 +84,7 @@ impl TlsConfig {
                     ca_file: Some(path),
                     extra_roots: Arc::new(certs),
                     upstream_ca: None,
+                    redis_client: None,
                 };
                 tls.upstream_ca = Some(tls.pingora_ca());
                 tls
@@ -105,8 +137,16 @@ impl TlsConfig {
     /// crate's own store (the system roots) is the same thing.
     pub fn redis_certificates(&self) -> Option<redis::TlsCertificates> {
         install_provider();
+        let client_tls = self.redis_client.as_ref().map(|c| redis::ClientTlsConfig {
+            client_cert: c.cert_pem.clone(),
+            client_key: c.key_pem.clone(),
+        });
         if self.extra_roots.is_empty() {
-            return None;
+            // The crate's own store (the system roots) is the trust store then.
+            return client_tls.map(|client_tls| redis::TlsCertificates {
+                client_tls: Some(client_tls),
+                root_cert: None,
+            });
         }
         let mut pem = String::new();
         let mut add = |der: &[u8]| {
@@ -132,7 +172,7 @@ impl TlsConfig {
             }
         }
         Some(redis::TlsCertificates {
-            client_tls: None,
+            client_tls,
             root_cert: Some(pem.into_bytes()),
         })
     }

@@ -960,6 +960,12 @@ struct TlsRedis {
 
 impl TlsRedis {
     fn start(ca: &Ca, dir: &Path) -> TlsRedis {
+        TlsRedis::start_with(ca, dir, false)
+    }
+
+    /// With `auth_clients`, the server asks every client for a certificate of `ca`
+    /// (`tls-auth-clients yes`).
+    fn start_with(ca: &Ca, dir: &Path, auth_clients: bool) -> TlsRedis {
         let cert = ca.issue("redis", &["localhost"], false);
         let port = common::free_port();
         let log = dir.join("redis.log");
@@ -981,7 +987,7 @@ impl TlsRedis {
             .arg(ca.pem_path("redis"))
             .args([
                 "--tls-auth-clients",
-                "no",
+                if auth_clients { "yes" } else { "no" },
                 "--save",
                 "",
                 "--appendonly",
@@ -1151,6 +1157,91 @@ fn rediss_without_the_private_ca_is_refused_and_the_cache_fails_open() {
         .keys(&trust(&ca.pem_path("redis")), &format!("{prefix}:"))
         .unwrap();
     assert!(keys.is_empty(), "{keys:?}");
+}
+
+/// A Redis that asks for client certificates: a gateway with `redis = { ..., cert, key }` in
+/// `[cache]` and `[rate_limit]` presents its certificate and uses the cache and the distributed
+/// limit with no backend error; one without is refused by the server and fails open (200 from
+/// the OMS, the refusal counted). A half-configured certificate, or one for `redis://` nodes,
+/// is a config problem under its key.
+#[test]
+fn a_redis_that_asks_for_a_client_certificate_gets_the_configured_one() {
+    let dir = TestDir::new("tls-redis-client-cert");
+    let ca = Ca::new(dir.path(), "redis");
+    let redis = TlsRedis::start_with(&ca, dir.path(), true);
+    let client = ca.issue("omsgate-client", &["omsgate"], true);
+    let upstream = TestUpstream::start();
+    let prefix = common::unique("omsgate-tls-cc");
+    let cert_keys = format!(
+        "cert = \"{}\", key = \"{}\"",
+        client.cert.display(),
+        client.key.display()
+    );
+    let with_cert = |cert: &str| {
+        redis_config(&upstream, "", &prefix, Some(&ca.pem_path("redis"))).replace(
+            "redis_url = \"\"",
+            &format!("redis = {{ nodes = [\"{}\"]{cert} }}", redis.url()),
+        )
+    };
+    let gw = Gateway::start(&with_cert(&format!(", {cert_keys}")));
+    for _ in 0..2 {
+        let (status, _) = reqwest::blocking_get(&gw.url("/cached/cc"));
+        assert_eq!(status, 200);
+    }
+    assert_eq!(upstream.hits_for("/cached"), 1, "{}", gw.log());
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| reqwest::blocking_get(&gw.url("/limited")).0)
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 429], "{}", gw.log());
+    let mut reader = trust(&ca.pem_path("redis"));
+    reader.redis_client = Some(
+        omsgate::tls::RedisClientCert::load(&client.cert, &client.key)
+            .unwrap_or_else(|(field, e)| panic!("{field}: {e}")),
+    );
+    let keys = redis.keys(&reader, &format!("{prefix}:")).unwrap();
+    assert!(keys.len() >= 2, "cache and limit keys in Redis: {keys:?}");
+    let errors = |gw: &Gateway| {
+        gw.metric_value("omsgate_rate_limit_backend_errors_total", &[])
+            .unwrap_or(0.0)
+            + gw.metric_value(
+                "omsgate_cache_backend_errors_total",
+                &[("backend", "redis")],
+            )
+            .unwrap_or(0.0)
+    };
+    assert_eq!(errors(&gw), 0.0, "{}", gw.log());
+
+    // Without the certificate the server refuses the handshake: the cache fails open.
+    let without = Gateway::start(&with_cert(""));
+    for _ in 0..2 {
+        let (status, _) = reqwest::blocking_get(&without.url("/cached/nocert"));
+        assert_eq!(status, 200);
+    }
+    assert_eq!(
+        upstream.hits_for("/cached/nocert"),
+        2,
+        "no hit without Redis"
+    );
+    assert!(
+        errors(&without) > 0.0,
+        "the refusal is counted\n{}",
+        without.log()
+    );
+    assert!(
+        redis.keys(&reader, &format!("{prefix}:")).unwrap().len() == keys.len(),
+        "the gateway without a certificate wrote nothing"
+    );
+
+    // Half a pair, or a certificate for plain redis:// nodes: config problems with their keys.
+    let half = with_cert(&format!(", cert = \"{}\"", client.cert.display()));
+    let (code, stderr) = Gateway::check_config(&half);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("cache.redis.key"), "{stderr}");
+    let plain = with_cert(&format!(", {cert_keys}")).replace("rediss://", "redis://");
+    let (code, stderr) = Gateway::check_config(&plain);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("cache.redis.cert"), "{stderr}");
+    assert!(stderr.contains("rate_limit.redis.cert"), "{stderr}");
 }
 
 // === 4. PostgreSQL sslmode ===

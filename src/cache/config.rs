@@ -226,7 +226,14 @@ impl CacheConfig {
             lock_timeout,
             max_ttl,
             statuses: f.statuses.clone(),
-            trust: crate::tls::TlsConfig::default(),
+            trust: crate::tls::TlsConfig {
+                redis_client: crate::redis_topology::config::client_cert(
+                    "cache",
+                    f.redis.as_ref(),
+                    p,
+                ),
+                ..crate::tls::TlsConfig::default()
+            },
         }
     }
 
@@ -239,6 +246,7 @@ impl CacheConfig {
         u64,
         Duration,
         Duration,
+        Option<&crate::tls::RedisClientCert>,
     ) {
         (
             self.redis.as_ref(),
@@ -246,6 +254,7 @@ impl CacheConfig {
             self.l1_max_bytes,
             self.redis_timeout,
             self.generation_cache_ttl,
+            self.trust.redis_client.as_ref(),
         )
     }
 }

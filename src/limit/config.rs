@@ -425,7 +425,14 @@ impl RateLimitConfig {
             max_keys: f.max_keys.max(1),
             cleanup_interval: cleanup_interval.max(Duration::from_millis(1)),
             policies,
-            trust: crate::tls::TlsConfig::default(),
+            trust: crate::tls::TlsConfig {
+                redis_client: crate::redis_topology::config::client_cert(
+                    "rate_limit",
+                    f.redis.as_ref(),
+                    p,
+                ),
+                ..crate::tls::TlsConfig::default()
+            },
         }
     }
 

@@ -21,6 +21,11 @@ pub struct RedisFile {
     /// The name the Sentinels monitor (`sentinel monitor NAME ...`); only with
     /// `mode = "sentinel"`. Default none.
     pub master_name: Option<String>,
+    /// PEM certificate chain presented to Redis servers (and Sentinels) that ask for one
+    /// (`tls-auth-clients yes`); with `key`, `rediss://` nodes only. Default none.
+    pub cert: Option<String>,
+    /// PEM private key of `cert`. Default none.
+    pub key: Option<String>,
 }
 
 impl Default for RedisFile {
@@ -29,6 +34,56 @@ impl Default for RedisFile {
             mode: "standalone".into(),
             nodes: Vec::new(),
             master_name: None,
+            cert: None,
+            key: None,
+        }
+    }
+}
+
+/// Reads `{section}.redis.cert` and `.key`: the client certificate for `rediss://` nodes,
+/// checked (readable, PEM, certificate and key belong together) with every problem under its
+/// key; `None` when neither is set.
+pub fn client_cert(
+    section: &str,
+    redis: Option<&RedisFile>,
+    p: &mut Problems,
+) -> Option<crate::tls::RedisClientCert> {
+    let r = redis?;
+    let key = format!("{section}.redis");
+    let (cert, private) = match (r.cert.as_deref(), r.key.as_deref()) {
+        (None, None) => return None,
+        (Some(c), Some(k)) => (c, k),
+        (Some(_), None) => {
+            p.push(
+                format!("{key}.key"),
+                "required with cert: the certificate's PEM private key",
+            );
+            return None;
+        }
+        (None, Some(_)) => {
+            p.push(
+                format!("{key}.cert"),
+                "required with key: the PEM certificate chain",
+            );
+            return None;
+        }
+    };
+    if !r
+        .nodes
+        .iter()
+        .all(|n| n.trim_start().starts_with("rediss://"))
+    {
+        p.push(
+            format!("{key}.cert"),
+            "a client certificate is sent over TLS only: every node must be a rediss:// URL",
+        );
+        return None;
+    }
+    match crate::tls::RedisClientCert::load(cert.as_ref(), private.as_ref()) {
+        Ok(c) => Some(c),
+        Err((field, e)) => {
+            p.push(format!("{key}.{field}"), e);
+            None
         }
     }
 }
