@@ -118,21 +118,8 @@ impl Object {
     /// The meta and a hit handler; `l1` is this object as the L1 keeps it, for
     /// [`Hit::serve_decoded`].
     fn hit(&self, l1: Option<L1Entry>) -> Result<(CacheMeta, HitHandler)> {
-        let (meta, hit) = self.hit_parts(l1)?;
-        Ok((meta, Box::new(hit)))
-    }
-
-    /// [`hit`](Self::hit) without boxing the handler.
-    fn hit_parts(&self, l1: Option<L1Entry>) -> Result<(CacheMeta, Hit)> {
         let meta = self.meta()?;
-        let hit = Hit {
-            body: self.body.clone(),
-            done: false,
-            start: 0,
-            end: self.body.len(),
-            l1,
-        };
-        Ok((meta, hit))
+        Ok((meta, Box::new(Hit::whole(self.body.clone(), l1))))
     }
 }
 
@@ -268,13 +255,7 @@ impl TieredStorage {
         let k = u128::from_be_bytes(key.combined_bin());
         let obj = l1.get(&k)?;
         let meta = obj.parsed.clone()?;
-        let hit = Hit {
-            body: obj.body.clone(),
-            done: false,
-            start: 0,
-            end: obj.body.len(),
-            l1: Some((obj, self, k)),
-        };
+        let hit = Hit::whole(obj.body.clone(), Some((obj, self, k)));
         Some(L1Hit { meta, hit })
     }
 
@@ -527,6 +508,22 @@ pub(super) struct Hit {
 }
 
 impl Hit {
+    /// A hit serving all of `body`; `l1` is set for an object in the L1.
+    fn whole(body: Bytes, l1: Option<L1Entry>) -> Hit {
+        Hit {
+            end: body.len(),
+            body,
+            done: false,
+            start: 0,
+            l1,
+        }
+    }
+
+    /// The body this hit serves (the decoded copy after [`serve_decoded`](Self::serve_decoded)).
+    pub(super) fn into_body(self) -> Bytes {
+        self.body.slice(self.start..self.end)
+    }
+
     /// Switches this hit to the object's body gunzipped, made once per L1 entry and kept next
     /// to it (counted in its weight), and returns its length. `None` (the hit is unchanged) for
     /// a hit from Redis only, or a body that is not valid gzip or decodes to more than `max`.
@@ -552,13 +549,6 @@ impl Hit {
         self.start = 0;
         self.done = false;
         Some(self.end)
-    }
-}
-
-impl Hit {
-    /// The body this hit serves (the decoded copy after [`serve_decoded`](Self::serve_decoded)).
-    pub(super) fn into_body(self) -> Bytes {
-        self.body.slice(self.start..self.end)
     }
 }
 
@@ -732,13 +722,7 @@ mod tests {
 
     #[tokio::test]
     async fn hits_seek() {
-        let mut h = Hit {
-            body: Bytes::from_static(b"0123456789"),
-            done: false,
-            start: 0,
-            end: 10,
-            l1: None,
-        };
+        let mut h = Hit::whole(Bytes::from_static(b"0123456789"), None);
         h.seek(2, Some(5)).unwrap();
         assert_eq!(h.read_body().await.unwrap().unwrap(), "234");
         assert!(h.read_body().await.unwrap().is_none());
