@@ -5,6 +5,8 @@
 #   benches/instructions.sh            # all scenarios, 1000 measured requests each
 #   N=3000 benches/instructions.sh passthrough
 #   KEEP=1 benches/instructions.sh all_features   # keep the callgrind files for callgrind_annotate
+#   OMSGATE_BIN=/tmp/omsgate-before benches/instructions.sh passthrough  # that binary, no build
+#   READ_BUFFER=0 benches/instructions.sh passthrough  # the gateway's server.read_buffer
 #
 # For each scenario the gateway (release build, one worker thread) runs twice under callgrind in
 # front of `omsgate sim` (latency 0): once serving a warm-up of W requests, once W + N. The
@@ -29,8 +31,12 @@ SCENARIOS=("$@")
 REDIS=${OMSGATE_TEST_REDIS_URL:-redis://127.0.0.1:6379}
 
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
-cargo build --release --bin omsgate >&2
-BIN=$PWD/target/release/omsgate
+if [[ -n ${OMSGATE_BIN:-} ]]; then
+    BIN=$OMSGATE_BIN
+else
+    cargo build --release --bin omsgate >&2
+    BIN=$PWD/target/release/omsgate
+fi
 WORK=$(mktemp -d /tmp/omsgate-instructions.XXXXXX)
 PIDS=()
 cleanup() {
@@ -105,11 +111,14 @@ spool_dir = \"$WORK/spool-$2\""
 rate_limit = [\"per_tenant\"]
 cache = { ttl = \"1h\", scope = \"tenant\" }" ;;
     esac
+    local read_buffer=""
+    [[ -z ${READ_BUFFER:-} ]] || read_buffer="read_buffer = \"$READ_BUFFER\""
     cat <<EOF
 [server]
 listen = "127.0.0.1:$2"
 threads = 1
 shutdown_grace = "1s"
+$read_buffer
 [admin]
 listen = "127.0.0.1:$3"
 [upstream]
