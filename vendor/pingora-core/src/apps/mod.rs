@@ -257,6 +257,72 @@ pub trait HttpServerApp {
     }
 }
 
+/// The HTTP/1.x session for the first request of a connection.
+fn first_http1_session(
+    stream: Stream,
+    keepalive: Option<u64>,
+    reuses: Option<u32>,
+) -> ServerSession {
+    let mut session = ServerSession::new_http1(stream);
+    session.set_keepalive(keepalive);
+    session.set_keepalive_reuses_remaining(reuses);
+    session
+}
+
+/// The HTTP/1.x session for the next request of a reused connection.
+fn next_http1_session(
+    stream: Stream,
+    persistent_settings: Option<HttpPersistentSettings>,
+) -> ServerSession {
+    let mut session = ServerSession::new_http1(stream);
+    if let Some(persistent_settings) = persistent_settings {
+        persistent_settings.apply_to_session(&mut session);
+    }
+    session
+}
+
+/// Waits until a keepalive connection has the first bytes of its next request (or EOF or an
+/// error, which the session's read then reports), the service starts shutting down, or the
+/// stream cannot tell. `false` when the keepalive timeout (`Some(seconds)`, `Some(0)` for none)
+/// passed first: the connection is to be closed, as the session's own read would have done.
+/// With keepalive off (`None`) it returns at once and the session's read timeout applies.
+///
+/// tokio may report a socket that has not been read from yet as readable when it is not; the
+/// wait then ends at once and the session reads (and waits) as it did without this function.
+/// So before a connection's first request the wait often does nothing; between keepalive
+/// requests the previous request's read has cleared that readiness.
+async fn wait_for_next_request(
+    stream: &mut Stream,
+    keepalive: Option<u64>,
+    shutdown: &ShutdownWatch,
+) -> bool {
+    let limit = match keepalive {
+        None => return true,
+        Some(0) => None,
+        Some(seconds) => Some(Duration::from_secs(seconds)),
+    };
+    if *shutdown.borrow() {
+        return true;
+    }
+    let mut shutdown = shutdown.clone();
+    let wait = async {
+        tokio::select! {
+            biased;
+            _ = std::future::poll_fn(|cx| stream.poll_read_ready(cx)) => {}
+            // The session handles a shutdown while it waits (the proxy closes idle connections
+            // on its own cleanup signal), so hand the connection over to it.
+            _ = shutdown.changed() => {}
+        }
+    };
+    match limit {
+        Some(limit) => pingora_timeout::timeout(limit, wait).await.is_ok(),
+        None => {
+            wait.await;
+            true
+        }
+    }
+}
+
 #[async_trait]
 impl<T> ServerApp for T
 where
@@ -307,7 +373,9 @@ where
             });
 
             let h2_options = self.h2_options();
-            let h2_conn = match server::handshake(stream, h2_options).await {
+            // The HTTP/2 handshake and accept loop are boxed so that their state does not
+            // size this future, which an idle HTTP/1.x connection holds too.
+            let h2_conn = match Box::pin(server::handshake(stream, h2_options)).await {
                 Err(e) => {
                     error!("H2 handshake error {e}");
                     return None;
@@ -321,7 +389,7 @@ where
             let app = self.clone();
             let shutdown_for_session = shutdown.clone();
             let h2_idle_timeout = self.server_options().and_then(|o| o.h2_idle_timeout);
-            server::accept_downstream_sessions(
+            Box::pin(server::accept_downstream_sessions(
                 h2_conn,
                 digest,
                 shutdown.clone(),
@@ -338,33 +406,47 @@ where
                             .await;
                     });
                 },
-            )
+            ))
             .await;
         } else if custom || matches!(stream.selected_alpn_proto(), Some(ALPN::Custom(_))) {
             return self.clone().process_custom_session(stream, shutdown).await;
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
-            let mut session = ServerSession::new_http1(stream);
-            if *shutdown.borrow() {
-                // stop downstream from reusing if this service is shutting down soon
-                session.set_keepalive(None);
-            } else {
-                // default 60s
-                session.set_keepalive(Some(60));
+            // stop downstream from reusing if this service is shutting down soon, else 60s
+            let keepalive = if *shutdown.borrow() { None } else { Some(60) };
+            // As between keepalive requests below: a connection that sends nothing yet holds
+            // only its stream.
+            if !wait_for_next_request(&mut stream, keepalive, shutdown).await {
+                debug!("keepalive timeout reached before the first request");
+                return None;
             }
-            session.set_keepalive_reuses_remaining(
-                self.server_options()
-                    .and_then(|opts| opts.keepalive_request_limit),
-            );
-
-            let mut result = self.process_new_http(session, shutdown).await;
-            while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
-                let mut session = ServerSession::new_http1(stream);
-                if let Some(persistent_settings) = persistent_settings {
-                    persistent_settings.apply_to_session(&mut session);
+            // The sessions are built in plain functions, not as locals here, so that this
+            // future (held for the connection's whole life) has no room for one.
+            let reuses = self
+                .server_options()
+                .and_then(|opts| opts.keepalive_request_limit);
+            let mut result = self
+                .process_new_http(first_http1_session(stream, keepalive, reuses), shutdown)
+                .await;
+            while let Some((mut stream, persistent_settings)) = result.map(|r| r.consume()) {
+                // Wait for the next request here, holding only the stream, rather than inside
+                // `process_new_http`, whose state (the whole request's future) would otherwise
+                // stay allocated for as long as the connection is idle.
+                let pipelined = persistent_settings
+                    .as_ref()
+                    .is_some_and(|s| s.pipelined_prefix.as_ref().is_some_and(|p| !p.is_empty()));
+                if !pipelined {
+                    let keepalive = persistent_settings
+                        .as_ref()
+                        .and_then(|s| s.keepalive_timeout);
+                    if !wait_for_next_request(&mut stream, keepalive, shutdown).await {
+                        debug!("keepalive timeout reached while idle");
+                        return None;
+                    }
                 }
-
-                result = self.process_new_http(session, shutdown).await;
+                result = self
+                    .process_new_http(next_http1_session(stream, persistent_settings), shutdown)
+                    .await;
             }
         }
         None
@@ -378,7 +460,102 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::watch;
     use tokio_test::io::Builder;
+
+    /// A connected TCP pair as a keepalive connection after its first request: the accepted
+    /// side as an L4 stream, whose last read took everything the client had sent, and the
+    /// client side. (Before its first read, tokio may report a socket readable that is not.)
+    async fn tcp_pair() -> (crate::protocols::l4::stream::Stream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        client
+            .write_all(b"GET /first HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let n = server.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"GET /first HTTP/1.1\r\n\r\n");
+        (server.into(), client)
+    }
+
+    #[tokio::test]
+    async fn wait_for_next_request_returns_when_bytes_arrive_and_consumes_none() {
+        let (stream, mut client) = tcp_pair().await;
+        let mut stream: Stream = Box::new(stream);
+        let (_tx, shutdown) = watch::channel(false);
+        let waiter = tokio::spawn(async move {
+            let arrived = wait_for_next_request(&mut stream, Some(60), &shutdown).await;
+            (arrived, stream)
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "returned before any byte arrived");
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let (arrived, mut stream) = waiter.await.unwrap();
+        assert!(arrived);
+        let mut buf = [0u8; 16];
+        stream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"GET / HTTP/1.1\r\n");
+    }
+
+    #[tokio::test]
+    async fn wait_for_next_request_times_out_on_an_idle_connection() {
+        let (stream, _client) = tcp_pair().await;
+        let mut stream: Stream = Box::new(stream);
+        let (_tx, shutdown) = watch::channel(false);
+        assert!(!wait_for_next_request(&mut stream, Some(1), &shutdown).await);
+    }
+
+    #[tokio::test]
+    async fn wait_for_next_request_returns_on_eof() {
+        let (stream, client) = tcp_pair().await;
+        let mut stream: Stream = Box::new(stream);
+        let (_tx, shutdown) = watch::channel(false);
+        drop(client);
+        assert!(wait_for_next_request(&mut stream, Some(60), &shutdown).await);
+        let mut buf = [0u8; 1];
+        assert_eq!(stream.read(&mut buf).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn wait_for_next_request_hands_over_on_shutdown() {
+        let (stream, _client) = tcp_pair().await;
+        let mut stream: Stream = Box::new(stream);
+        let (tx, shutdown) = watch::channel(false);
+        let waiter =
+            tokio::spawn(
+                async move { wait_for_next_request(&mut stream, Some(60), &shutdown).await },
+            );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished());
+        tx.send(true).unwrap();
+        assert!(waiter.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn wait_for_next_request_sees_rewound_bytes_and_skips_without_keepalive() {
+        let (mut stream, _client) = tcp_pair().await;
+        stream.rewind(b"GET");
+        let mut stream: Stream = Box::new(stream);
+        let (_tx, shutdown) = watch::channel(false);
+        assert!(wait_for_next_request(&mut stream, Some(60), &shutdown).await);
+
+        let (stream, _client) = tcp_pair().await;
+        let mut stream: Stream = Box::new(stream);
+        // Keepalive off: the session's read timeout applies, so no wait here.
+        assert!(wait_for_next_request(&mut stream, None, &shutdown).await);
+    }
+
+    #[tokio::test]
+    async fn wait_for_next_request_passes_streams_that_cannot_tell() {
+        let mut stream: Stream = Box::new(Builder::new().build());
+        let (_tx, shutdown) = watch::channel(false);
+        assert!(wait_for_next_request(&mut stream, Some(60), &shutdown).await);
+    }
 
     #[test]
     fn test_persistent_settings_user_context_roundtrip() {

@@ -79,6 +79,20 @@ pub trait Peek {
     async fn try_peek(&mut self, _buf: &mut [u8]) -> std::io::Result<bool> {
         Ok(false)
     }
+
+    /// Poll until the stream has something to read (data, EOF or an error), without reading
+    /// it. `Ready(Ok(true))` once it has; `Ready(Ok(false))` right away when this stream
+    /// cannot tell, in which case the caller should simply read.
+    ///
+    /// Unlike [`Self::try_peek`] this neither consumes nor buffers anything and allocates
+    /// nothing, so a server can wait for a keepalive connection's next request with nothing
+    /// but the stream held.
+    fn poll_read_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<bool>> {
+        std::task::Poll::Ready(Ok(false))
+    }
 }
 
 use std::any::Any;

@@ -750,6 +750,23 @@ impl Peek for Stream {
         self.rewind(buf);
         Ok(true)
     }
+
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        if !self.rewind_read_buf.is_empty() {
+            return Poll::Ready(Ok(true));
+        }
+        if let BufferedStream::BufferedRead(reader) = self.stream() {
+            if !reader.buffer().is_empty() {
+                return Poll::Ready(Ok(true));
+            }
+        }
+        match &self.stream().get_ref().stream {
+            RawStream::Tcp(s) => s.poll_read_ready(cx).map_ok(|()| true),
+            #[cfg(unix)]
+            RawStream::Unix(s) => s.poll_read_ready(cx).map_ok(|()| true),
+            RawStream::Virtual(_) => Poll::Ready(Ok(false)),
+        }
+    }
 }
 
 #[async_trait]
