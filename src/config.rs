@@ -183,9 +183,10 @@ pub struct ServerFile {
     /// How long in-flight requests may take to finish after SIGTERM before the process exits.
     /// Default `"30s"`.
     pub shutdown_grace: String,
-    /// Read buffer of each client connection (every open connection holds one, idle or not).
-    /// Pingora's own default is 64 KiB. Default `"4KiB"`: requests are small, and 10 000 idle
-    /// keepalive connections then hold 40 MiB of buffers instead of 640 MiB.
+    /// Read buffer of each client connection, in front of the socket (every open connection
+    /// holds one, idle or not); 0 for none. Pingora's own default is 64 KiB. Default 0: the
+    /// HTTP session reads request headers and bodies into its own buffers, which bypass this
+    /// one anyway, so it only costs memory (4 KiB × 10 000 idle connections = 40 MiB).
     pub read_buffer: crate::units::ByteSize,
     /// Cleartext HTTP/2 with prior knowledge on a plaintext listener, next to HTTP/1.1 (told
     /// apart by the connection preface). Default false.
@@ -214,7 +215,7 @@ impl Default for ServerFile {
             listen: "0.0.0.0:8080".into(),
             threads: 2,
             shutdown_grace: "30s".into(),
-            read_buffer: crate::units::ByteSize::Text("4KiB".into()),
+            read_buffer: crate::units::ByteSize::Bytes(0),
             h2c: false,
             tls: crate::tls::ListenerTlsFile::default(),
             listeners: Vec::new(),
@@ -436,15 +437,15 @@ impl Config {
                 Duration::from_secs(30),
             ),
             read_buffer: match p.bytes("server.read_buffer", &file.server.read_buffer) {
-                Some(n) if (512..=1 << 20).contains(&n) => n as usize,
+                Some(n) if n == 0 || (512..=1 << 20).contains(&n) => n as usize,
                 Some(n) => {
                     p.push(
                         "server.read_buffer",
-                        format!("{n} bytes is outside 512 B – 1 MiB (e.g. \"4KiB\")"),
+                        format!("{n} bytes is outside 512 B – 1 MiB; 0 for none (e.g. \"4KiB\")"),
                     );
-                    4096
+                    0
                 }
-                None => 4096,
+                None => 0,
             },
             h2c: file.server.h2c,
             tls: crate::tls::ListenerTls::from_file(&file.server.tls, p),

@@ -175,3 +175,14 @@ fn a_read_buffer_out_of_range_is_reported() {
     assert_eq!(code, 64, "{stderr}");
     assert!(stderr.contains("server.read_buffer"), "{stderr}");
 }
+
+#[test]
+fn a_read_buffer_of_zero_means_none_and_is_the_default() {
+    let (code, stderr) = Gateway::check_config(
+        "[server]\nread_buffer = 0\n[upstream]\nservers = [\"127.0.0.1:8000\"]\n",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let config = omsgate::config::Config::parse("[upstream]\nservers = [\"127.0.0.1:8000\"]\n")
+        .expect("a minimal config parses");
+    assert_eq!(config.server.read_buffer, 0);
+}
