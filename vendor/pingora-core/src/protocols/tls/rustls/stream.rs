@@ -428,4 +428,19 @@ impl SslDigest {
     }
 }
 
-impl<S> Peek for TlsStream<S> {}
+impl<S: Peek> Peek for TlsStream<S> {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
+        let Some(stream) = self.tls.stream.as_mut() else {
+            return Poll::Ready(Ok(false));
+        };
+        let (io, state) = stream.get_mut();
+        if !state.wants_read() {
+            // Decrypted data is waiting, or the peer sent close_notify: a read sees it now.
+            return Poll::Ready(Ok(true));
+        }
+        // Every complete record read so far has been decrypted (tokio-rustls processes the
+        // records after each read), so only new bytes on the transport can make data
+        // readable.
+        io.poll_read_ready(cx)
+    }
+}
