@@ -57,13 +57,14 @@ struct Handshake {
     status_line: Option<String>,
 }
 
-fn rustls_client(
+/// A TLS client connection to `addr` for `localhost`, trusting only `ca`, offering `versions`
+/// and the ALPN protocols `alpn`; the handshake must complete within 10 s.
+async fn tls_connect(
     addr: SocketAddr,
     ca: &Path,
     versions: &[&'static rustls::SupportedProtocolVersion],
     alpn: &[&[u8]],
-) -> Result<Handshake, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in omsgate::tls::read_certificates(ca).expect("CA file") {
         roots.add(cert).expect("CA cert");
@@ -76,20 +77,30 @@ fn rustls_client(
     .with_root_certificates(roots)
     .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
+        .await
+        .map_err(|_| "handshake timed out".to_string())?
+        .map_err(|e| e.to_string())
+}
+
+fn rustls_client(
+    addr: SocketAddr,
+    ca: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> Result<Handshake, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async move {
-        let tcp = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-        let mut tls = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
-            .await
-            .map_err(|_| "handshake timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+        let mut tls = tls_connect(addr, ca, versions, alpn).await?;
         let (_, conn) = tls.get_ref();
         let mut seen = Handshake {
             version: conn.protocol_version(),
@@ -1941,32 +1952,12 @@ fn tls_keepalive_requests(
     pause: Duration,
 ) -> Result<Vec<String>, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in omsgate::tls::read_certificates(ca).expect("CA file") {
-        roots.add(cert).expect("CA cert");
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async move {
-        let tcp = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-        let mut tls = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
-            .await
-            .map_err(|_| "handshake timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+        let mut tls = tls_connect(addr, ca, &[&rustls::version::TLS13], &[b"http/1.1"]).await?;
         let mut statuses = Vec::new();
         for i in 0..n {
             if i > 0 {
