@@ -188,6 +188,11 @@ pub struct ServerFile {
     /// HTTP session reads request headers and bodies into its own buffers, which bypass this
     /// one anyway, so it only costs memory (4 KiB × 10 000 idle connections = 40 MiB).
     pub read_buffer: crate::units::ByteSize,
+    /// How long an HTTP/1.x client connection is kept open, idle, for its next request after a
+    /// response; whole seconds. `"0"` closes every connection after its response. Pingora's own
+    /// default keeps it forever. (The wait for a new connection's first request is Pingora's,
+    /// 60 s.) Reloadable. Default `"60s"`.
+    pub keepalive_timeout: String,
     /// Cleartext HTTP/2 with prior knowledge on a plaintext listener, next to HTTP/1.1 (told
     /// apart by the connection preface). Default false.
     pub h2c: bool,
@@ -216,6 +221,7 @@ impl Default for ServerFile {
             threads: 2,
             shutdown_grace: "30s".into(),
             read_buffer: crate::units::ByteSize::Bytes(0),
+            keepalive_timeout: "60s".into(),
             h2c: false,
             tls: crate::tls::ListenerTlsFile::default(),
             listeners: Vec::new(),
@@ -316,6 +322,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Read buffer per client connection, in bytes.
     pub read_buffer: usize,
+    /// Idle time allowed between an HTTP/1.x connection's requests, in whole seconds; `None`
+    /// closes connections after each response.
+    pub keepalive_timeout: Option<u64>,
     /// Cleartext HTTP/2 (prior knowledge) on a plaintext listener.
     pub h2c: bool,
     /// TLS on the public listener; `None` for plaintext.
@@ -446,6 +455,20 @@ impl Config {
                     0
                 }
                 None => 0,
+            },
+            keepalive_timeout: match p
+                .duration("server.keepalive_timeout", &file.server.keepalive_timeout)
+            {
+                Some(d) if d.is_zero() => None,
+                Some(d) if d.subsec_nanos() == 0 => Some(d.as_secs()),
+                Some(d) => {
+                    p.push(
+                        "server.keepalive_timeout",
+                        format!("{d:?} is not a whole number of seconds (e.g. \"60s\"; \"0\" closes connections after each response)"),
+                    );
+                    Some(60)
+                }
+                None => Some(60),
             },
             h2c: file.server.h2c,
             tls: crate::tls::ListenerTls::from_file(&file.server.tls, p),

@@ -247,6 +247,12 @@ impl ProxyHttp for Gateway {
     /// Names the request (id, route), establishes who is asking, and answers it locally when a
     /// concern says so (429, pooled query path).
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // Pingora keeps an HTTP/1.1 connection open for its next request forever; an idle
+        // client gets the operator's `server.keepalive_timeout` instead. (Off stays off: the
+        // client asked to close, or it is HTTP/1.0 without keep-alive.)
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(ctx.pipeline.config.server.keepalive_timeout);
+        }
         let req = session.req_header_mut();
         ctx.request_id = match req.headers.get(REQUEST_ID) {
             Some(v) if valid_request_id(v.as_bytes()) => {

@@ -379,3 +379,108 @@ async fn metrics_pass_promtool_check() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Reads one response with a `Content-Length` from a keep-alive connection: its head, lowercased.
+async fn read_one_response(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert!(n > 0, "closed before a whole response");
+        bytes.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&bytes).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let head = head.to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("a content-length");
+            if body.len() >= length {
+                return head;
+            }
+        }
+    }
+}
+
+/// Whether the gateway closes `stream` (end of file) within `within`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(within, stream.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+/// An idle HTTP/1.1 connection is closed after `server.keepalive_timeout` (Pingora alone would
+/// keep it forever); within it the connection serves the next request; `"0"` closes every
+/// connection after its response.
+#[tokio::test]
+async fn idle_client_connections_close_after_keepalive_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let up = TestUpstream::start();
+    let gateway = |timeout: &str| {
+        Gateway::start(&format!(
+            r#"
+[server]
+listen = "{{listen}}"
+threads = 1
+keepalive_timeout = "{timeout}"
+[admin]
+listen = "{{admin}}"
+[upstream]
+servers = ["{}"]
+"#,
+            up.addr
+        ))
+    };
+    let request =
+        |gw: &Gateway| format!("GET /echo HTTP/1.1\r\nHost: {}\r\n\r\n", gw.listen_addr());
+
+    let gw = gateway("2s");
+    let mut conn = tokio::net::TcpStream::connect(gw.listen_addr())
+        .await
+        .unwrap();
+    conn.write_all(request(&gw).as_bytes()).await.unwrap();
+    assert!(read_one_response(&mut conn)
+        .await
+        .starts_with("http/1.1 200"));
+    // Idle for less than the timeout: still open, and it serves the next request.
+    assert!(!closed_within(&mut conn, Duration::from_millis(1200)).await);
+    conn.write_all(request(&gw).as_bytes()).await.unwrap();
+    assert!(read_one_response(&mut conn)
+        .await
+        .starts_with("http/1.1 200"));
+    // Idle for longer: closed by the gateway, about when the timeout says.
+    let idle = std::time::Instant::now();
+    assert!(
+        closed_within(&mut conn, Duration::from_secs(5)).await,
+        "an idle connection stays open past keepalive_timeout"
+    );
+    let waited = idle.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "closed after {waited:?}, before the timeout"
+    );
+
+    let gw = gateway("0");
+    let mut conn = tokio::net::TcpStream::connect(gw.listen_addr())
+        .await
+        .unwrap();
+    conn.write_all(request(&gw).as_bytes()).await.unwrap();
+    let head = read_one_response(&mut conn).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(closed_within(&mut conn, Duration::from_secs(2)).await);
+
+    let (code, stderr) = Gateway::check_config(
+        "[server]\nkeepalive_timeout = \"1500ms\"\n[upstream]\nservers = [\"127.0.0.1:8000\"]\n",
+    );
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("server.keepalive_timeout"), "{stderr}");
+}
