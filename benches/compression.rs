@@ -1,15 +1,17 @@
 //! `cargo bench --bench compression`: what compression costs and saves through omsgate.
 //!
 //! 1. The encoder alone: `compress::Encoder` on the ~20 KB body in this process, per algorithm
-//!    and level, as one chunk and as 4 KiB chunks (each flushed, as a streamed response is),
-//!    and gunzip of the level-6 body (what a cache hit costs an identity client): µs per body
+//!    and level, streaming as one chunk and as 4 KiB chunks (each flushed, as a streamed
+//!    response is), whole-body (one call; gzip by libdeflate, as for a response of known length
+//!    up to `whole_body_max`), and gunzip of the level-6 body (what a cache hit costs an identity client): µs per body
 //!    and bytes out. This is the CPU-bound cost with nothing else on the path.
 //! 2. Through the gateway: an in-process upstream answers every request with the same ~20 KB
 //!    page of invoices in the legacy API's JSON (from the simulator's generator, so it
 //!    compresses like the real thing). The gateway runs as a child process (one worker thread)
 //!    with a config per row; a closed-loop keepalive load runs for a fixed time per row. Rows:
 //!    compression off, a client without `Accept-Encoding` (identity through an enabled
-//!    gateway), gzip at levels 1 and 6, br at 4, zstd at 3. Reported: req/s, latency, CPU µs
+//!    gateway), gzip at levels 1 and 6 (whole-body, the default for this length, and streamed
+//!    with `whole_body_max = 0`), br at 4, zstd at 3. Reported: req/s, latency, CPU µs
 //!    per request of the gateway process, response bytes on the wire (body with chunk
 //!    framing), and the throughput cost relative to pass-through.
 //!
@@ -115,6 +117,17 @@ fn encoder_rows(body: &[u8]) -> Vec<EncoderRow> {
                 encode(a, level, chunk)
             }));
         }
+    }
+    // Whole-body encoders (`whole_body_max`): the body in one call, gzip by libdeflate.
+    for (a, level) in cases {
+        let name = format!("{a} level {level}, whole");
+        let bytes = Bytes::copy_from_slice(body);
+        rows.push(time_it(name, body.len(), body.len(), &|| {
+            let mut enc = Encoder::whole(a, level, bytes.len());
+            enc.encode_bytes(bytes.clone(), true)
+                .expect("encoding")
+                .len()
+        }));
     }
     let gz6 = {
         let mut enc = Encoder::new(Algorithm::Gzip, 6).expect("an encoder");
@@ -300,8 +313,18 @@ fn main() {
             accept_encoding: Some("gzip"),
         },
         Case {
+            name: "gzip 1, streamed",
+            compression: "level = 1\nwhole_body_max = 0",
+            accept_encoding: Some("gzip"),
+        },
+        Case {
             name: "gzip level 6",
             compression: "level = 6",
+            accept_encoding: Some("gzip"),
+        },
+        Case {
+            name: "gzip 6, streamed",
+            compression: "level = 6\nwhole_body_max = 0",
             accept_encoding: Some("gzip"),
         },
         Case {

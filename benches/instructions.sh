@@ -7,6 +7,7 @@
 #   KEEP=1 benches/instructions.sh all_features   # keep the callgrind files for callgrind_annotate
 #   OMSGATE_BIN=/tmp/omsgate-before benches/instructions.sh passthrough  # that binary, no build
 #   READ_BUFFER=0 benches/instructions.sh passthrough  # the gateway's server.read_buffer
+#   WHOLE_BODY_MAX=0 benches/instructions.sh passthrough_gzip  # compression.whole_body_max (0: stream)
 #
 # For each scenario the gateway (release build, one worker thread) runs twice under callgrind in
 # front of `omsgate sim` (latency 0): once serving a warm-up of W requests, once W + N. The
@@ -14,7 +15,9 @@
 # start-up, warm-up and shutdown cancelled out. The client is a keepalive Python loop on one
 # connection; its cost is not counted. Prints a table and writes target/bench-instructions.json.
 #
-# Scenarios: passthrough (20 KB JSON, no features: no compression, no audit), l1_hit (the same response served from the
+# Scenarios: passthrough (20 KB JSON, no features: no compression, no audit), passthrough_gzip
+# (the same with live gzip at level 1 for a client that accepts it: minus passthrough, the cost of
+# compressing a response through the gateway), l1_hit (the same response served from the
 # in-memory cache, by the fresh-hit fast path), l1_hit_pingora (the same with OMSGATE_CACHE_FAST_PATH=off: through
 # Pingora's cache state machine), l1_hit_gzip_entry (compression on, so the entry is stored gzipped, and a
 # client without Accept-Encoding: the L1's decoded copy), redis_hit (the same from Redis, the in-memory tier off; needs Redis at
@@ -27,7 +30,7 @@ N=${N:-1000}
 W=${W:-200}
 BODY=${BODY:-20000}
 SCENARIOS=("$@")
-[[ ${#SCENARIOS[@]} -gt 0 ]] || SCENARIOS=(passthrough l1_hit l1_hit_pingora l1_hit_gzip_entry redis_hit all_features)
+[[ ${#SCENARIOS[@]} -gt 0 ]] || SCENARIOS=(passthrough passthrough_gzip l1_hit l1_hit_pingora l1_hit_gzip_entry redis_hit all_features)
 REDIS=${OMSGATE_TEST_REDIS_URL:-redis://127.0.0.1:6379}
 
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
@@ -74,19 +77,28 @@ config() { # scenario listen admin
 name = "blob"
 path = "/__blob/{size}"'
     local extra=""
+    local wbm=""
+    [[ -z ${WHOLE_BODY_MAX:-} ]] || wbm="whole_body_max = \"$WHOLE_BODY_MAX\""
     case $1 in
     passthrough) extra='[compression]
 enabled = false
 [audit]
 enabled = false' ;;
+    passthrough_gzip) extra="[compression]
+level = 1
+$wbm
+[audit]
+enabled = false" ;;
     l1_hit | l1_hit_pingora) extra='[compression]
 enabled = false
 [audit]
 enabled = false'
         routes="$routes
 cache = { ttl = \"1h\", scope = \"public\" }" ;;
-    l1_hit_gzip_entry) extra='[audit]
-enabled = false'
+    l1_hit_gzip_entry) extra="[compression]
+$wbm
+[audit]
+enabled = false"
         routes="$routes
 cache = { ttl = \"1h\", scope = \"public\" }" ;;
     redis_hit) extra="[compression]
@@ -105,6 +117,8 @@ jwt_secret = \"$SECRET\"
 [rate_limit.policies.per_tenant]
 key = \"tenant\"
 quota = \"1000000/second\"
+[compression]
+$wbm
 [audit]
 spool_dir = \"$WORK/spool-$2\""
         routes="$routes
@@ -142,6 +156,8 @@ if scenario == "all_features":
     claims = b64(json.dumps({"tenant_id": "acme", "sub": "bench", "exp": int(time.time()) + 3600}).encode())
     sig = b64(hmac.new(secret.encode(), head + b"." + claims, hashlib.sha256).digest())
     headers["authorization"] = "Bearer " + (head + b"." + claims + b"." + sig).decode()
+    headers["accept-encoding"] = "gzip"
+if scenario == "passthrough_gzip":
     headers["accept-encoding"] = "gzip"
 c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 for i in range(count):

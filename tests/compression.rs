@@ -302,6 +302,68 @@ async fn a_slow_chunked_response_reaches_the_client_chunk_by_chunk() {
     );
 }
 
+/// The pieces of a gzip body as the client read them, decoded after each: the decoded length
+/// at every step where it grew, and the whole decoded body.
+async fn decoded_steps(mut resp: reqwest::Response) -> (Vec<usize>, Vec<u8>, Vec<u8>) {
+    let mut decoder = flate2::write::GzDecoder::new(Vec::new());
+    let mut wire = Vec::new();
+    let mut sizes = Vec::new();
+    while let Some(piece) = resp.chunk().await.expect("the body streams") {
+        wire.extend_from_slice(&piece);
+        decoder.write_all(&piece).expect("valid gzip so far");
+        decoder.flush().expect("valid gzip so far");
+        let n = decoder.get_ref().len();
+        if n > 0 && sizes.last() != Some(&n) {
+            sizes.push(n);
+        }
+    }
+    (
+        sizes,
+        decoder.finish().expect("a complete gzip stream"),
+        wire,
+    )
+}
+
+/// A response with a `Content-Length` up to `whole_body_max` is compressed in one call when its
+/// last byte has arrived (libdeflate at the live level), however the upstream paced it; with
+/// `whole_body_max = 0` the same response streams, flushed chunk by chunk.
+#[tokio::test]
+async fn a_response_of_known_length_is_compressed_whole_unless_whole_body_max_is_0() {
+    let up = TestUpstream::start();
+    let chunk = deterministic_body(2_000);
+    let original = chunk.repeat(5);
+    let path = "/chunked?chunks=5&delay_ms=150&size=2000&length=1";
+    let expected =
+        omsgate::compress::compress_whole(omsgate::compress::Algorithm::Gzip, 1, &original)
+            .expect("libdeflate compresses");
+
+    let gw = gateway(&up, "");
+    let resp = client()
+        .get(gw.url(path))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .expect("the gateway answers");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-encoding"], "gzip");
+    let (sizes, decoded, wire) = decoded_steps(resp).await;
+    assert_eq!(decoded, original);
+    assert_eq!(sizes, vec![original.len()], "the body arrives in one piece");
+    assert_eq!(wire, expected, "one libdeflate call over the whole body");
+
+    let gw = gateway(&up, "[compression]\nwhole_body_max = 0");
+    let resp = client()
+        .get(gw.url(path))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .expect("the gateway answers");
+    let (sizes, decoded, _) = decoded_steps(resp).await;
+    assert_eq!(decoded, original);
+    assert!(sizes.len() >= 4, "streamed chunk by chunk: {sizes:?}");
+    assert_eq!(sizes.first(), Some(&chunk.len()), "{sizes:?}");
+}
+
 /// A gateway whose `/bytes/{n}` route is cached (public scope) in the shared Redis, with the
 /// L1 on or off (`memory`), under a key prefix of its own.
 fn cached_gateway(up: &TestUpstream, memory: &str) -> Gateway {
@@ -354,6 +416,16 @@ async fn a_cached_entry_gives_gzip_and_identity_clients_identical_decoded_bytes(
             let gzip = get(&gw, path, Some("gzip")).await;
             assert_eq!(gzip.header("x-cache"), Some("HIT"), "{ctx}");
             assert_eq!(gzip.header("content-encoding"), Some("gzip"), "{ctx}");
+            if path == "/bytes/20000" {
+                // Stored as one libdeflate call at `store_level` (6) made it.
+                let stored = omsgate::compress::compress_whole(
+                    omsgate::compress::Algorithm::Gzip,
+                    6,
+                    &original,
+                )
+                .expect("libdeflate compresses");
+                assert_eq!(gzip.body, stored, "{ctx}");
+            }
             assert!(gzip.varies_by_accept_encoding(), "{ctx}");
             for ae in [None, Some("identity"), Some("gzip;q=0, br;q=0")] {
                 let plain = get(&gw, path, ae).await;

@@ -71,16 +71,22 @@ impl Compression {
         }
         self.body = match decision.action {
             Action::Leave => Body::Untouched,
-            Action::Encode(a, level) => match Encoder::new(a, level) {
-                Ok(e) => {
-                    encode_headers(resp, a);
-                    Body::Encode(Box::new(e))
+            Action::Encode(a, level) => {
+                match plan
+                    .config
+                    .compression
+                    .encoder(a, level, content_length(resp))
+                {
+                    Ok(e) => {
+                        encode_headers(resp, a);
+                        Body::Encode(Box::new(e))
+                    }
+                    Err(e) => {
+                        tracing::warn!(algorithm = a.as_str(), error = %e, "Creating the encoder failed; sending the body as it is.");
+                        Body::Untouched
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(algorithm = a.as_str(), error = %e, "Creating the encoder failed; sending the body as it is.");
-                    Body::Untouched
-                }
-            },
+            }
             Action::Decode => {
                 // Pingora's ctx with compression off and decompression on decodes any gzip or
                 // br body, since its list of accepted codings stays empty; it also drops
@@ -139,8 +145,8 @@ impl HttpModule for Compression {
     ) -> pingora::Result<()> {
         match &mut self.body {
             Body::Encode(e) => {
-                let input = body.as_deref().unwrap_or(&[]);
-                let out = e.encode(input, end_of_stream).map_err(|err| {
+                let input = body.take().unwrap_or_default();
+                let out = e.encode_bytes(input, end_of_stream).map_err(|err| {
                     Error::because(ErrorType::InternalError, "encoding the response body", err)
                 })?;
                 *body = (!out.is_empty() || end_of_stream).then_some(out);

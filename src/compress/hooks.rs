@@ -97,7 +97,12 @@ pub fn upstream_response_filter(session: &mut Session, resp: &mut ResponseHeader
     if decide(&store_plan, resp, false).action != Action::Encode(Algorithm::Gzip, level) {
         return;
     }
-    match Encoder::new(Algorithm::Gzip, level) {
+    let length = content_length(resp);
+    match plan
+        .config
+        .compression
+        .encoder(Algorithm::Gzip, level, length)
+    {
         Ok(e) => {
             encode_headers(resp, Algorithm::Gzip);
             module.store = Some(Box::new(e));
@@ -157,7 +162,7 @@ pub fn upstream_response_body_filter(
         return Ok(());
     };
     let out = encoder
-        .encode(body.as_deref().unwrap_or(&[]), end_of_stream)
+        .encode_bytes(body.take().unwrap_or_default(), end_of_stream)
         .map_err(|e| Error::because(ErrorType::InternalError, "encoding the response body", e))?;
     *body = (!out.is_empty() || end_of_stream).then_some(out);
     Ok(())

@@ -14,7 +14,7 @@
 //! `ResponseCompression`. It sees every response written to the client (proxied, served from
 //! the cache, or written by the gateway itself) after `response_filter`, decides per response
 //! ([`decide`]), fixes the headers (`Content-Encoding`, `Content-Length`, `Vary`, `ETag`) and
-//! transforms the body chunk by chunk.
+//! transforms the body.
 //!
 //! Why a module of our own rather than Pingora 0.9.1's `ResponseCompression`: its encoders only
 //! flush at the end of the body, so a slowly streamed response reaches the client in one piece
@@ -31,8 +31,16 @@
 //! that coding, whoever encoded it. The cache must not vary its entries on `Accept-Encoding` (see
 //! [`upstream_request_filter`]).
 //!
-//! Memory per compressed response is the encoder's state (gzip ~270 KiB at level 6, br with a
-//! 512 KiB window, zstd by level) plus the chunk in flight; no body is buffered whole.
+//! A body with a `Content-Length` up to `whole_body_max` (default 256 KiB) is compressed in one
+//! call once its last chunk has arrived ([`Encoder::whole`]; gzip by libdeflate, which at the
+//! same instructions gives ~28 % fewer bytes than zlib-ng at level 1, and at level 6 the same
+//! bytes for ~21 % fewer instructions); the cache's stored copy likewise. Longer bodies and
+//! those without a length stream with a flush per chunk.
+//!
+//! Memory per compressed response: a whole body is held until its end (at most
+//! `whole_body_max`) and one per-thread libdeflate compressor per level serves them all; a
+//! streamed one holds the encoder's state (gzip ~270 KiB at level 6, br with a 512 KiB window,
+//! zstd by level) plus the chunk in flight.
 
 mod config;
 mod decision;
@@ -48,11 +56,11 @@ pub use self::decision::{
     add_vary, decide, decoded_headers, wants_decoded, weaken_etag, Action, Decision, Plan,
 };
 pub use self::downstream::{module, Compression};
-pub use self::encoder::Encoder;
+pub use self::encoder::{compress_whole, Encoder};
 pub use self::hooks::{
     encode_for_store, request_filter, upstream_request_filter, upstream_response_body_filter,
     upstream_response_filter,
 };
 pub use self::negotiate::Accepts;
 
-use self::decision::{encode_headers, normalize_if_none_match};
+use self::decision::{content_length, encode_headers, normalize_if_none_match};

@@ -62,14 +62,16 @@ fn config_defaults_and_problems() {
     assert_eq!(c.algorithms, vec![(Algorithm::Gzip, 1)]);
     assert_eq!(c.store_level, Some(6));
     assert_eq!(c.min_size, 1000);
+    assert_eq!(c.whole_body_max, 256 * 1024);
     assert!(c.compresses_type("application/json; charset=utf-8"));
     assert!(c.compresses_type("Text/HTML"));
     assert!(!c.compresses_type("image/png"));
     assert!(!c.compresses_type("application/jsonx"));
 
     let c = config(
-        "[compression]\nalgorithms = [\"br\", \"gzip\", \"zstd\"]\nlevel = 5\nlevels = { zstd = 19 }\nmin_size = \"2KiB\"",
+        "[compression]\nalgorithms = [\"br\", \"gzip\", \"zstd\"]\nlevel = 5\nlevels = { zstd = 19 }\nmin_size = \"2KiB\"\nwhole_body_max = 0",
     );
+    assert_eq!(c.compression.whole_body_max, 0);
     assert_eq!(
         c.compression.algorithms,
         vec![
@@ -81,7 +83,7 @@ fn config_defaults_and_problems() {
     assert_eq!(c.compression.min_size, 2048);
 
     let p = problems(
-        "[compression]\nalgorithms = [\"gzip\", \"lz4\", \"gzip\"]\nlevel = 10\nlevels = { zstd = 3, foo = 1 }\nmin_size = \"big\"\ncontent_types = [\"json\"]",
+        "[compression]\nalgorithms = [\"gzip\", \"lz4\", \"gzip\"]\nlevel = 10\nlevels = { zstd = 3, foo = 1 }\nmin_size = \"big\"\ncontent_types = [\"json\"]\nwhole_body_max = \"lots\"",
     );
     let has = |needle: &str| p.iter().any(|s| s.starts_with(needle));
     assert!(
@@ -106,7 +108,8 @@ fn config_defaults_and_problems() {
         has("compression.content_types[0]: `json` is not a media type"),
         "{p:?}"
     );
-    assert_eq!(p.len(), 7, "{p:?}");
+    assert!(has("compression.whole_body_max:"), "{p:?}");
+    assert_eq!(p.len(), 8, "{p:?}");
 
     let p = problems("[compression]\nalgorithms = []");
     assert!(p[0].starts_with("compression.algorithms: empty"), "{p:?}");
@@ -400,6 +403,83 @@ fn roundtrip(algorithm: Algorithm, level: u32) {
     assert!(wire.len() < original.len());
 }
 
+/// A whole-body encoder emits nothing until the end, then the body compressed in one call
+/// (the chunks it kept without copying); the result decodes to the body.
+fn whole_roundtrip(algorithm: Algorithm, level: u32) {
+    let chunks: Vec<Bytes> = (0..5)
+        .map(|i| Bytes::from(format!("{{\"chunk\":{i},\"pad\":\"{}\"}}", "x".repeat(300))))
+        .collect();
+    let original = chunks.concat();
+    let mut enc = Encoder::whole(algorithm, level, original.len());
+    for c in &chunks {
+        assert!(enc.encode_bytes(c.clone(), false).unwrap().is_empty());
+    }
+    assert!(!enc.is_finished());
+    let wire = enc.encode_bytes(Bytes::new(), true).unwrap();
+    assert!(enc.is_finished());
+    assert!(enc.encode(b"late", true).unwrap().is_empty());
+    assert_eq!(decode_all(algorithm, &wire), original, "{algorithm:?}");
+    assert!(
+        wire.len() < original.len() / 4,
+        "{algorithm:?}: {}",
+        wire.len()
+    );
+    assert_eq!(
+        wire,
+        super::encoder::compress_whole(algorithm, level, &original).unwrap(),
+        "{algorithm:?}: one call over the whole body"
+    );
+    // A body that arrives as one last chunk is compressed as it is.
+    let mut enc = Encoder::whole(algorithm, level, original.len());
+    let one = enc.encode(&original, true).unwrap();
+    assert_eq!(one, wire, "{algorithm:?}");
+}
+
+#[test]
+fn whole_bodies_are_compressed_in_one_call() {
+    whole_roundtrip(Algorithm::Gzip, 1);
+    whole_roundtrip(Algorithm::Gzip, 6);
+    whole_roundtrip(Algorithm::Gzip, 9);
+    whole_roundtrip(Algorithm::Brotli, 4);
+    whole_roundtrip(Algorithm::Zstd, 3);
+    // gzip by libdeflate: a valid gzip member, smaller at level 6 than at level 1.
+    let body = format!(
+        "[{}]",
+        (0..400)
+            .map(|i| format!("{{\"id\":{i},\"status\":\"paid\"}}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let l1 = super::encoder::compress_whole(Algorithm::Gzip, 1, body.as_bytes()).unwrap();
+    let l6 = super::encoder::compress_whole(Algorithm::Gzip, 6, body.as_bytes()).unwrap();
+    assert_eq!(&l1[..2], &[0x1f, 0x8b]);
+    assert!(l6.len() < l1.len(), "{} vs {}", l6.len(), l1.len());
+    assert_eq!(decode_all(Algorithm::Gzip, &l6), body.as_bytes());
+}
+
+#[test]
+fn the_encoder_is_whole_for_a_known_length_up_to_whole_body_max() {
+    let c = CompressionConfig::default();
+    let streams = |e: &mut Encoder| !e.encode(b"{\"a\":1}", false).unwrap().is_empty();
+    assert!(!streams(
+        &mut c.encoder(Algorithm::Gzip, 1, Some(1000)).unwrap()
+    ));
+    assert!(!streams(
+        &mut c.encoder(Algorithm::Gzip, 1, Some(256 * 1024)).unwrap()
+    ));
+    assert!(streams(
+        &mut c.encoder(Algorithm::Gzip, 1, Some(256 * 1024 + 1)).unwrap()
+    ));
+    assert!(streams(&mut c.encoder(Algorithm::Gzip, 1, None).unwrap()));
+    let off = config("[compression]\nwhole_body_max = 0");
+    assert!(streams(
+        &mut off
+            .compression
+            .encoder(Algorithm::Gzip, 1, Some(1000))
+            .unwrap()
+    ));
+}
+
 fn decode_prefix(algorithm: Algorithm, wire: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     match algorithm {
@@ -453,36 +533,41 @@ fn encoders_stream_and_finish() {
 
 #[tokio::test]
 async fn module_encodes_and_finishes_on_done() {
-    let c = config("");
-    let mut m = Compression {
-        plan: Some(plan(&c, Some("gzip"))),
-        body: Body::Undecided,
-        store_level: None,
-        store: None,
-    };
-    let mut r = resp(
-        200,
-        &[
-            ("content-type", "application/json"),
-            ("content-length", "5000"),
-            ("etag", "\"e\""),
-            ("accept-ranges", "bytes"),
-        ],
-    );
-    m.response_header_filter(&mut r, false).await.unwrap();
-    assert_eq!(r.headers.get(CONTENT_ENCODING).unwrap(), "gzip");
-    assert!(r.headers.get(CONTENT_LENGTH).is_none());
-    assert!(r.headers.get(ACCEPT_RANGES).is_none());
-    assert_eq!(r.headers.get(ETAG).unwrap(), "W/\"e\"");
-    assert_eq!(r.headers.get(VARY).unwrap(), "Accept-Encoding");
-    let original = vec![b'a'; 5000];
-    let mut body = Some(Bytes::from(original.clone()));
-    m.response_body_filter(&mut body, false).unwrap();
-    let mut wire = body.unwrap().to_vec();
-    // The body ends with a `Done` task (as from the cache): the module finishes the stream.
-    wire.extend_from_slice(&m.response_done_filter().unwrap().unwrap());
-    assert_eq!(decode_all(Algorithm::Gzip, &wire), original);
-    assert_eq!(m.response_done_filter().unwrap(), None);
+    // A 5000-byte body: compressed whole by default, streamed with `whole_body_max = 0`.
+    for (extra, whole) in [("", true), ("[compression]\nwhole_body_max = 0", false)] {
+        let c = config(extra);
+        let mut m = Compression {
+            plan: Some(plan(&c, Some("gzip"))),
+            body: Body::Undecided,
+            store_level: None,
+            store: None,
+        };
+        let mut r = resp(
+            200,
+            &[
+                ("content-type", "application/json"),
+                ("content-length", "5000"),
+                ("etag", "\"e\""),
+                ("accept-ranges", "bytes"),
+            ],
+        );
+        m.response_header_filter(&mut r, false).await.unwrap();
+        assert_eq!(r.headers.get(CONTENT_ENCODING).unwrap(), "gzip");
+        assert!(r.headers.get(CONTENT_LENGTH).is_none());
+        assert!(r.headers.get(ACCEPT_RANGES).is_none());
+        assert_eq!(r.headers.get(ETAG).unwrap(), "W/\"e\"");
+        assert_eq!(r.headers.get(VARY).unwrap(), "Accept-Encoding");
+        let original = vec![b'a'; 5000];
+        let mut body = Some(Bytes::from(original.clone()));
+        m.response_body_filter(&mut body, false).unwrap();
+        // Whole: nothing yet; streamed: the chunk, flushed.
+        assert_eq!(body.is_none(), whole, "{extra}");
+        let mut wire = body.map(|b| b.to_vec()).unwrap_or_default();
+        // The body ends with a `Done` task (as from the cache): the module finishes the stream.
+        wire.extend_from_slice(&m.response_done_filter().unwrap().unwrap());
+        assert_eq!(decode_all(Algorithm::Gzip, &wire), original);
+        assert_eq!(m.response_done_filter().unwrap(), None);
+    }
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@
 //! | `/status/{code}` | that status, JSON body `{"status":code}` (empty for 1xx/204/304) |
 //! | `/bytes/{n}?type=T&encoding=E` | `n` bytes of deterministic JSON-like text, `Content-Type: T` (default `application/json`); with `encoding=gzip` or `br` those bytes encoded, with `Content-Encoding: E` |
 //! | `/slow/{ms}` | waits `ms` milliseconds, then 200 `slow` |
-//! | `/chunked?chunks=N&delay_ms=D&size=S&type=T` | `N` chunks (default 4) of `S` bytes (default 1024), `D` ms apart (default 0), no `Content-Length` |
+//! | `/chunked?chunks=N&delay_ms=D&size=S&type=T&length=1` | `N` chunks (default 4) of `S` bytes (default 1024), `D` ms apart (default 0), no `Content-Length` (with `length=1`: `Content-Length: N×S`, the same chunks and pauses) |
 //! | `/etag/{tag}?body_len=N&type=T&Name=Value` | 200 with `ETag: "tag"` and `N` bytes (default 20000); 304 when `If-None-Match` lists `"tag"` exactly (string comparison, like many origins: `W/"tag"` does not match); other parameters are response headers on both, as with `/headers` |
 //! | `/headers?Name=Value&...` | 200 with those response headers; body `ok`, or `body_len` bytes; `status=` sets the status |
 //! | `/health` | 200 `ok`, or 503 after [`TestUpstream::set_healthy(false)`](TestUpstream::set_healthy) |
@@ -406,10 +406,16 @@ async fn route(
                     i + 1,
                 ))
             });
-            with_type(
+            let mut r = with_type(
                 Response::new(StreamBody::new(stream).boxed_unsync()),
                 &content_type,
-            )
+            );
+            if param("length") == Some("1") {
+                let length = chunks * size as u64;
+                r.headers_mut()
+                    .insert(hyper::header::CONTENT_LENGTH, value(&length.to_string()));
+            }
+            r
         }
         ["etag", tag] => {
             let etag = value(&format!("\"{tag}\""));
