@@ -68,7 +68,7 @@ impl Default for CompressionFile {
                 "text/*".into(),
                 "application/xml".into(),
             ],
-            whole_body_max: ByteSize::Bytes(DEFAULT_WHOLE_BODY_MAX),
+            whole_body_max: ByteSize::Text("256KiB".into()),
         }
     }
 }
