@@ -31,7 +31,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 #[cfg(target_os = "linux")]
 use tokio::io::Interest;
-use tokio::io::{self, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadBuf};
+use tokio::io::{self, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::TcpStream;
 #[cfg(unix)]
 use tokio::net::UnixStream;
@@ -418,22 +418,161 @@ impl L4BufferSettings {
     }
 }
 
+/// The L4 write buffer: like tokio's [`BufWriter`](tokio::io::BufWriter), small writes
+/// collect in a buffer until a flush; unlike it, a write that does not fit next to what is
+/// buffered goes out together with it in one vectored write (e.g. a response header and the
+/// first body chunk), instead of a write of the buffer followed by a write of the data.
+#[derive(Debug)]
+struct WriteBuffer<W> {
+    inner: W,
+    buf: Vec<u8>,
+    /// Bytes at the front of `buf` already written.
+    written: usize,
+    capacity: usize,
+}
+
+impl<W: AsyncWrite + Unpin> WriteBuffer<W> {
+    fn with_capacity(capacity: usize, inner: W) -> Self {
+        WriteBuffer {
+            inner,
+            buf: Vec::with_capacity(capacity),
+            written: 0,
+            capacity,
+        }
+    }
+
+    fn get_ref(&self) -> &W {
+        &self.inner
+    }
+
+    fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
+    fn into_inner(self) -> W {
+        self.inner
+    }
+
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.written..]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.written += n;
+        if self.written == self.buf.len() {
+            self.buf.clear();
+            self.written = 0;
+        }
+    }
+
+    /// Writes out everything buffered.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.pending().is_empty() {
+            let n = futures::ready!(
+                Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.written..])
+            )?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.consume(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for WriteBuffer<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        // Out together with what is buffered, in one vectored write.
+        while !this.pending().is_empty() && this.pending().len() + data.len() > this.capacity {
+            let pending = this.pending().len();
+            let slices = [
+                std::io::IoSlice::new(&this.buf[this.written..]),
+                std::io::IoSlice::new(data),
+            ];
+            let n = futures::ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, &slices))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            if n <= pending {
+                this.consume(n);
+            } else {
+                this.consume(pending);
+                return Poll::Ready(Ok(n - pending));
+            }
+        }
+        if data.len() >= this.capacity {
+            // Nothing buffered: straight through.
+            return Pin::new(&mut this.inner).poll_write(cx, data);
+        }
+        this.buf.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if this.pending().len() + total > this.capacity {
+            futures::ready!(this.poll_write_out(cx))?;
+        }
+        if total >= this.capacity {
+            return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        }
+        for b in bufs {
+            this.buf.extend_from_slice(b);
+        }
+        Poll::Ready(Ok(total))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        futures::ready!(self.poll_write_out(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        futures::ready!(self.poll_write_out(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<W: AsyncRead + Unpin> AsyncRead for WriteBuffer<W> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
 /// The L4 buffers in front of a [`RawStreamWrapper`]: a read buffer over a write
 /// buffer, the same layering as tokio's [`BufStream`](tokio::io::BufStream).
 ///
 /// A zero read capacity leaves the read buffer out, because [`BufReader`] panics on
 /// a zero capacity. Reads then go straight to the raw stream, as they did through
-/// an empty `BufReader`. [`BufWriter`] accepts a zero capacity and writes straight
+/// an empty `BufReader`. [`WriteBuffer`] accepts a zero capacity and writes straight
 /// through.
 #[derive(Debug)]
 enum BufferedStream {
-    UnbufferedRead(BufWriter<RawStreamWrapper>),
-    BufferedRead(BufReader<BufWriter<RawStreamWrapper>>),
+    UnbufferedRead(WriteBuffer<RawStreamWrapper>),
+    BufferedRead(BufReader<WriteBuffer<RawStreamWrapper>>),
 }
 
 impl BufferedStream {
     fn with_capacity(read: usize, write: usize, stream: RawStreamWrapper) -> Self {
-        let writer = BufWriter::with_capacity(write, stream);
+        let writer = WriteBuffer::with_capacity(write, stream);
         if read == 0 {
             BufferedStream::UnbufferedRead(writer)
         } else {
@@ -441,14 +580,14 @@ impl BufferedStream {
         }
     }
 
-    fn writer(&self) -> &BufWriter<RawStreamWrapper> {
+    fn writer(&self) -> &WriteBuffer<RawStreamWrapper> {
         match self {
             BufferedStream::UnbufferedRead(writer) => writer,
             BufferedStream::BufferedRead(reader) => reader.get_ref(),
         }
     }
 
-    fn writer_mut(&mut self) -> &mut BufWriter<RawStreamWrapper> {
+    fn writer_mut(&mut self) -> &mut WriteBuffer<RawStreamWrapper> {
         match self {
             BufferedStream::UnbufferedRead(writer) => writer,
             BufferedStream::BufferedRead(reader) => reader.get_mut(),
@@ -485,8 +624,8 @@ impl AsyncRead for BufferedStream {
     }
 }
 
-// `BufReader` only forwards writes to the `BufWriter` under it, so write to the `BufWriter`
-// directly.
+// `BufReader` only forwards writes to the `WriteBuffer` under it, so write to the
+// `WriteBuffer` directly.
 impl AsyncWrite for BufferedStream {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -989,6 +1128,123 @@ impl AccumulatedDuration {
 #[cfg(test)]
 #[cfg(target_os = "linux")]
 mod tests {
+
+    /// A transport that records each write call (vectored calls as one) and accepts at most
+    /// `limit` bytes per call.
+    struct Recorder {
+        calls: Vec<Vec<u8>>,
+        limit: usize,
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.limit);
+            self.calls.push(buf[..n].to_vec());
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let mut call = Vec::new();
+            for b in bufs {
+                call.extend_from_slice(b);
+            }
+            call.truncate(self.limit);
+            let n = call.len();
+            self.calls.push(call);
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncRead for Recorder {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            _buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn recorder(limit: usize) -> WriteBuffer<Recorder> {
+        WriteBuffer::with_capacity(
+            16,
+            Recorder {
+                calls: Vec::new(),
+                limit,
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn write_buffer_sends_buffered_bytes_and_a_large_write_in_one_call() {
+        let mut w = recorder(usize::MAX);
+        w.write_all(b"header").await.unwrap();
+        assert!(w.get_ref().calls.is_empty(), "small writes are buffered");
+        w.write_all(b"a body larger than the buffer").await.unwrap();
+        assert_eq!(
+            w.get_ref().calls,
+            vec![b"headera body larger than the buffer".to_vec()]
+        );
+        // Small writes stay buffered until a flush.
+        w.write_all(b"tail").await.unwrap();
+        assert_eq!(w.get_ref().calls.len(), 1);
+        w.flush().await.unwrap();
+        assert_eq!(w.get_ref().calls[1], b"tail".to_vec());
+        // With nothing buffered, a large write goes straight through.
+        w.write_all(b"another large body, unbuffered")
+            .await
+            .unwrap();
+        assert_eq!(
+            w.get_ref().calls[2],
+            b"another large body, unbuffered".to_vec()
+        );
+    }
+
+    #[tokio::test]
+    async fn write_buffer_keeps_order_through_partial_writes() {
+        // The transport takes 5 bytes per call: the buffered bytes go first, in pieces, and
+        // every byte arrives once, in order.
+        let mut w = recorder(5);
+        w.write_all(b"0123456789").await.unwrap();
+        w.write_all(b"abcdefghijklmnopqrstuvwxyz").await.unwrap();
+        w.write_all(b"!").await.unwrap();
+        w.flush().await.unwrap();
+        let sent: Vec<u8> = w.get_ref().calls.concat();
+        assert_eq!(sent, b"0123456789abcdefghijklmnopqrstuvwxyz!".to_vec());
+        assert!(w.get_ref().calls.iter().all(|c| c.len() <= 5));
+    }
+
+    #[tokio::test]
+    async fn write_buffer_of_zero_capacity_writes_through() {
+        let transport = Recorder {
+            calls: Vec::new(),
+            limit: usize::MAX,
+        };
+        let mut w = WriteBuffer::with_capacity(0, transport);
+        w.write_all(b"a").await.unwrap();
+        w.write_all(b"b").await.unwrap();
+        assert_eq!(w.get_ref().calls, vec![b"a".to_vec(), b"b".to_vec()]);
+    }
     use super::*;
     use std::sync::Arc;
     use tokio::io::AsyncReadExt;
