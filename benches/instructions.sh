@@ -17,7 +17,8 @@
 #
 # Scenarios: passthrough (20 KB JSON, no features: no compression, no audit), passthrough_gzip
 # (the same with live gzip at level 1 for a client that accepts it: minus passthrough, the cost of
-# compressing a response through the gateway), l1_hit (the same response served from the
+# compressing a response through the gateway), passthrough_tls (pass-through over TLS 1.3 with
+# a self-signed ECDSA certificate; one handshake per run, so it cancels out), l1_hit (the same response served from the
 # in-memory cache, by the fresh-hit fast path), l1_hit_pingora (the same with OMSGATE_CACHE_FAST_PATH=off: through
 # Pingora's cache state machine), l1_hit_gzip_entry (compression on, so the entry is stored gzipped, and a
 # client without Accept-Encoding: the L1's decoded copy), redis_hit (the same from Redis, the in-memory tier off; needs Redis at
@@ -30,7 +31,7 @@ N=${N:-1000}
 W=${W:-200}
 BODY=${BODY:-20000}
 SCENARIOS=("$@")
-[[ ${#SCENARIOS[@]} -gt 0 ]] || SCENARIOS=(passthrough passthrough_gzip l1_hit l1_hit_pingora l1_hit_gzip_entry redis_hit all_features)
+[[ ${#SCENARIOS[@]} -gt 0 ]] || SCENARIOS=(passthrough passthrough_tls passthrough_gzip l1_hit l1_hit_pingora l1_hit_gzip_entry redis_hit all_features)
 REDIS=${OMSGATE_TEST_REDIS_URL:-redis://127.0.0.1:6379}
 
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
@@ -70,6 +71,13 @@ SIM=$(free_port)
 PIDS+=($!)
 wait_port "$SIM"
 
+# A self-signed certificate for the TLS scenarios (TLS 1.3, ECDSA P-256, as most deployments).
+if [[ " ${SCENARIOS[*]} " == *_tls* ]]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+        -keyout "$WORK/tls-key.pem" -out "$WORK/tls-cert.pem" 2>/dev/null
+    chmod 600 "$WORK/tls-key.pem"
+fi
+
 SECRET=$(sed -n 's/^pub const DEMO_JWT_SECRET: &str = "\(.*\)";$/\1/p' src/sim/mod.rs)
 
 config() { # scenario listen admin
@@ -84,6 +92,13 @@ path = "/__blob/{size}"'
 enabled = false
 [audit]
 enabled = false' ;;
+    passthrough_tls) extra="[compression]
+enabled = false
+[audit]
+enabled = false
+[server.tls]
+cert = \"$WORK/tls-cert.pem\"
+key = \"$WORK/tls-key.pem\"" ;;
     passthrough_gzip) extra="[compression]
 level = 1
 $wbm
@@ -159,7 +174,11 @@ if scenario == "all_features":
     headers["accept-encoding"] = "gzip"
 if scenario == "passthrough_gzip":
     headers["accept-encoding"] = "gzip"
-c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+if scenario.endswith("_tls"):
+    import ssl
+    c = http.client.HTTPSConnection("127.0.0.1", port, timeout=60, context=ssl._create_unverified_context())
+else:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 for i in range(count):
     # all_features: a distinct query string every time, so every request is a cache miss.
     path = f"/__blob/{body}" + (f"?n={i}" if scenario == "all_features" else "")
