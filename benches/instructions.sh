@@ -17,7 +17,8 @@
 #
 # Scenarios: passthrough (20 KB JSON, no features: no compression, no audit), passthrough_gzip
 # (the same with live gzip at level 1 for a client that accepts it: minus passthrough, the cost of
-# compressing a response through the gateway), passthrough_tls (pass-through over TLS 1.3 with
+# compressing a response through the gateway), passthrough_gzip_json (the same on the simulator's
+# invoice JSON, /__invoices/: /__blob's random letters compress like nothing real), passthrough_tls (pass-through over TLS 1.3 with
 # a self-signed ECDSA certificate; one handshake per run, so it cancels out), l1_hit (the same response served from the
 # in-memory cache, by the fresh-hit fast path), l1_hit_pingora (the same with OMSGATE_CACHE_FAST_PATH=off: through
 # Pingora's cache state machine), l1_hit_gzip_entry (compression on, so the entry is stored gzipped, and a
@@ -31,7 +32,7 @@ N=${N:-1000}
 W=${W:-200}
 BODY=${BODY:-20000}
 SCENARIOS=("$@")
-[[ ${#SCENARIOS[@]} -gt 0 ]] || SCENARIOS=(passthrough passthrough_tls passthrough_gzip l1_hit l1_hit_pingora l1_hit_gzip_entry redis_hit all_features)
+[[ ${#SCENARIOS[@]} -gt 0 ]] || SCENARIOS=(passthrough passthrough_tls passthrough_gzip passthrough_gzip_json l1_hit l1_hit_pingora l1_hit_gzip_entry redis_hit all_features)
 REDIS=${OMSGATE_TEST_REDIS_URL:-redis://127.0.0.1:6379}
 
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
@@ -82,6 +83,9 @@ SECRET=$(sed -n 's/^pub const DEMO_JWT_SECRET: &str = "\(.*\)";$/\1/p' src/sim/m
 
 config() { # scenario listen admin
     local routes='[[route]]
+name = "invoices"
+path = "/__invoices/{size}"
+[[route]]
 name = "blob"
 path = "/__blob/{size}"'
     local extra=""
@@ -99,7 +103,7 @@ enabled = false
 [server.tls]
 cert = \"$WORK/tls-cert.pem\"
 key = \"$WORK/tls-key.pem\"" ;;
-    passthrough_gzip) extra="[compression]
+    passthrough_gzip | passthrough_gzip_json) extra="[compression]
 level = 1
 $wbm
 [audit]
@@ -172,7 +176,7 @@ if scenario == "all_features":
     sig = b64(hmac.new(secret.encode(), head + b"." + claims, hashlib.sha256).digest())
     headers["authorization"] = "Bearer " + (head + b"." + claims + b"." + sig).decode()
     headers["accept-encoding"] = "gzip"
-if scenario == "passthrough_gzip":
+if scenario.startswith("passthrough_gzip"):
     headers["accept-encoding"] = "gzip"
 if scenario.endswith("_tls"):
     import ssl
@@ -181,7 +185,9 @@ else:
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 for i in range(count):
     # all_features: a distinct query string every time, so every request is a cache miss.
-    path = f"/__blob/{body}" + (f"?n={i}" if scenario == "all_features" else "")
+    # passthrough_gzip_json: the simulator's invoices (compresses like the real API's JSON).
+    kind = "__invoices" if scenario.endswith("_json") else "__blob"
+    path = f"/{kind}/{body}" + (f"?n={i}" if scenario == "all_features" else "")
     c.request("GET", path, headers=headers)
     r = c.getresponse()
     r.read()

@@ -596,3 +596,41 @@ async fn seeded_tenants_and_ids_are_unique() {
     }
     assert_eq!(all.len(), d.invoices.len());
 }
+
+/// `/__blob/{n}` and `/__invoices/{n}`, the benches' bodies: exactly `n` bytes of JSON, and at
+/// most `n` bytes of whole invoices in the legacy JSON, without a token.
+#[tokio::test]
+async fn bench_bodies_have_the_size_asked_for() {
+    let (sim, _) = start(options()).await;
+    let http = reqwest::Client::new();
+    let blob = http
+        .get(format!("{}/__blob/20000", sim.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(blob.status(), StatusCode::OK);
+    assert_eq!(blob.bytes().await.unwrap().len(), 20_000);
+
+    let page = http
+        .get(format!("{}/__invoices/20000", sim.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let bytes = page.bytes().await.unwrap();
+    assert!(
+        (15_000..=20_000).contains(&bytes.len()),
+        "{} bytes",
+        bytes.len()
+    );
+    let invoices: Vec<Value> = serde_json::from_slice(&bytes).expect("a JSON array");
+    assert!(invoices.len() > 10);
+    assert!(invoices.iter().all(|i| i["invoice_number"].is_string()));
+
+    let bad = http
+        .get(format!("{}/__invoices/lots", sim.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
+}

@@ -352,6 +352,9 @@ impl Shared {
             }
             _ if path == "/__echo" || path.starts_with("/__echo/") => self.echo(req).await,
             _ if path.starts_with("/__blob/") && get => blob(&path["/__blob/".len()..]),
+            _ if path.starts_with("/__invoices/") && get => {
+                invoice_page(&path["/__invoices/".len()..])
+            }
             _ => self.api(req).await,
         }
     }
@@ -758,6 +761,40 @@ fn blob(size: &str) -> Response<Full<Bytes>> {
         i = i.wrapping_mul(31).wrapping_add(7);
     }
     body.extend_from_slice(b"\"}");
+    json_response(StatusCode::OK, body)
+}
+
+/// `/__invoices/{n}`: a JSON array of whole invoices as the list endpoints write them, cut to at
+/// most `n` bytes (at most 1 MiB; deterministic), without latency or worker slot: a bench body
+/// that compresses like the real API's, unlike `/__blob`'s letters.
+fn invoice_page(size: &str) -> Response<Full<Bytes>> {
+    static INVOICES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let Ok(n) = size.parse::<usize>() else {
+        return detail(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "size must be a number of bytes",
+        );
+    };
+    let n = n.clamp(2, 1 << 20);
+    let invoices = INVOICES.get_or_init(|| {
+        data::generate(7, 1, 4000)
+            .invoices
+            .iter()
+            .map(|inv| data::invoice_json(inv).to_string())
+            .collect()
+    });
+    let mut body = Vec::with_capacity(n);
+    body.push(b'[');
+    for json in invoices {
+        if body.len() + json.len() + 2 > n {
+            break;
+        }
+        if body.len() > 1 {
+            body.push(b',');
+        }
+        body.extend_from_slice(json.as_bytes());
+    }
+    body.push(b']');
     json_response(StatusCode::OK, body)
 }
 
