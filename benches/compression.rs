@@ -123,7 +123,7 @@ fn encoder_rows(body: &[u8]) -> Vec<EncoderRow> {
         let name = format!("{a} level {level}, whole");
         let bytes = Bytes::copy_from_slice(body);
         rows.push(time_it(name, body.len(), body.len(), &|| {
-            let mut enc = Encoder::whole(a, level, bytes.len());
+            let mut enc = Encoder::whole(a, level);
             enc.encode_bytes(bytes.clone(), true)
                 .expect("encoding")
                 .len()

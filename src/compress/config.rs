@@ -279,11 +279,7 @@ impl CompressionConfig {
         content_length: Option<u64>,
     ) -> std::io::Result<super::Encoder> {
         match content_length {
-            Some(n) if n <= self.whole_body_max => Ok(super::Encoder::whole(
-                algorithm,
-                level,
-                usize::try_from(n).unwrap_or(usize::MAX),
-            )),
+            Some(n) if n <= self.whole_body_max => Ok(super::Encoder::whole(algorithm, level)),
             _ => super::Encoder::new(algorithm, level),
         }
     }

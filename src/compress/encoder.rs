@@ -12,15 +12,19 @@ use super::*;
 
 // === Encoder ===
 
+/// A streaming encoder's state.
 enum Inner {
     Gzip(flate2::write::GzEncoder<Vec<u8>>),
     Brotli(Box<brotli::CompressorWriter<Vec<u8>>>),
     Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
-    /// The chunks of a whole body so far (shared, not copied) and their length.
+}
+
+enum Mode {
+    Stream(Inner),
+    /// The chunks of a whole body so far (shared, not copied).
     Whole {
         level: u32,
         chunks: Vec<Bytes>,
-        len: usize,
     },
 }
 
@@ -36,13 +40,15 @@ enum Inner {
 /// price of the client seeing the first byte when the upstream's last has arrived.
 pub struct Encoder {
     algorithm: Algorithm,
-    inner: Option<Inner>,
+    /// `None` once the end has been encoded.
+    mode: Option<Mode>,
     bytes_in: IntCounter,
     bytes_out: IntCounter,
 }
 
 impl Encoder {
-    /// A new encoder; `level` must be in the algorithm's range (config validation ensures it).
+    /// A new streaming encoder; `level` must be in the algorithm's range (config validation
+    /// ensures it).
     pub fn new(algorithm: Algorithm, level: u32) -> std::io::Result<Encoder> {
         let inner = match algorithm {
             Algorithm::Gzip => Inner::Gzip(flate2::write::GzEncoder::new(
@@ -61,26 +67,20 @@ impl Encoder {
                 i32::try_from(level).unwrap_or(3),
             )?),
         };
-        let label = algorithm.as_str();
-        Ok(Encoder {
-            algorithm,
-            inner: Some(inner),
-            bytes_in: metrics::COMPRESSION_BYTES.with_label_values(&[label, "in"]),
-            bytes_out: metrics::COMPRESSION_BYTES.with_label_values(&[label, "out"]),
-        })
+        Ok(Encoder::with_mode(algorithm, Mode::Stream(inner)))
     }
 
-    /// A whole-body encoder for a body of about `expected` bytes (its `Content-Length`).
-    pub fn whole(algorithm: Algorithm, level: u32, expected: usize) -> Encoder {
+    /// A whole-body encoder.
+    pub fn whole(algorithm: Algorithm, level: u32) -> Encoder {
+        let chunks = Vec::new();
+        Encoder::with_mode(algorithm, Mode::Whole { level, chunks })
+    }
+
+    fn with_mode(algorithm: Algorithm, mode: Mode) -> Encoder {
         let label = algorithm.as_str();
         Encoder {
             algorithm,
-            inner: Some(Inner::Whole {
-                level,
-                // Most bodies arrive in a few chunks; the common case is one.
-                chunks: Vec::with_capacity(if expected > 16 * 1024 { 4 } else { 1 }),
-                len: 0,
-            }),
+            mode: Some(mode),
             bytes_in: metrics::COMPRESSION_BYTES.with_label_values(&[label, "in"]),
             bytes_out: metrics::COMPRESSION_BYTES.with_label_values(&[label, "out"]),
         }
@@ -93,61 +93,60 @@ impl Encoder {
 
     /// Whether the stream has been finished.
     pub fn is_finished(&self) -> bool {
-        self.inner.is_none()
+        self.mode.is_none()
     }
 
     /// Encodes one chunk and returns everything it produced: flushed, or the end of the stream
     /// when `end`. After the end it returns nothing. A whole-body encoder returns nothing until
     /// the end.
     pub fn encode(&mut self, input: &[u8], end: bool) -> std::io::Result<Bytes> {
-        if let Some(Inner::Whole { .. }) = self.inner {
-            return self.encode_bytes(Bytes::copy_from_slice(input), end);
+        match self.mode {
+            Some(Mode::Whole { .. }) => self.encode_bytes(Bytes::copy_from_slice(input), end),
+            _ => self.encode_slice(input, end),
         }
-        self.encode_slice(input, end)
     }
 
     /// [`Encoder::encode`] for a chunk the caller owns: a whole-body encoder keeps it without a
     /// copy.
     pub fn encode_bytes(&mut self, input: Bytes, end: bool) -> std::io::Result<Bytes> {
-        let Some(Inner::Whole { chunks, len, .. }) = self.inner.as_mut() else {
+        let Some(Mode::Whole { chunks, .. }) = self.mode.as_mut() else {
             return self.encode_slice(&input, end);
         };
         if !input.is_empty() {
-            *len += input.len();
             chunks.push(input);
         }
         if !end {
             return Ok(Bytes::new());
         }
-        let Some(Inner::Whole { level, chunks, len }) = self.inner.take() else {
-            return Ok(Bytes::new());
+        let Some(Mode::Whole { level, chunks }) = self.mode.take() else {
+            unreachable!("matched above");
         };
         let body: std::borrow::Cow<[u8]> = match chunks.as_slice() {
             [one] => std::borrow::Cow::Borrowed(one),
             _ => std::borrow::Cow::Owned(chunks.concat()),
         };
         let out = compress_whole(self.algorithm, level, &body)?;
-        self.bytes_in.inc_by(len as u64);
+        self.bytes_in.inc_by(body.len() as u64);
         self.bytes_out.inc_by(out.len() as u64);
         Ok(Bytes::from(out))
     }
 
+    /// A streaming encoder's [`Encoder::encode`].
     fn encode_slice(&mut self, input: &[u8], end: bool) -> std::io::Result<Bytes> {
-        let Some(inner) = self.inner.as_mut() else {
+        let Some(Mode::Stream(inner)) = self.mode.as_mut() else {
             return Ok(Bytes::new());
         };
         match inner {
             Inner::Gzip(w) => w.write_all(input)?,
             Inner::Brotli(w) => w.write_all(input)?,
             Inner::Zstd(w) => w.write_all(input)?,
-            Inner::Whole { .. } => unreachable!("encode_bytes handles whole bodies"),
         }
         let out = if end {
-            match self.inner.take() {
-                Some(Inner::Gzip(w)) => w.finish()?,
-                Some(Inner::Brotli(w)) => w.into_inner(),
-                Some(Inner::Zstd(w)) => w.finish()?,
-                Some(Inner::Whole { .. }) | None => Vec::new(),
+            match self.mode.take() {
+                Some(Mode::Stream(Inner::Gzip(w))) => w.finish()?,
+                Some(Mode::Stream(Inner::Brotli(w))) => w.into_inner(),
+                Some(Mode::Stream(Inner::Zstd(w))) => w.finish()?,
+                _ => unreachable!("matched above"),
             }
         } else if input.is_empty() {
             Vec::new()
@@ -165,7 +164,6 @@ impl Encoder {
                     w.flush()?;
                     std::mem::take(w.get_mut())
                 }
-                Inner::Whole { .. } => Vec::new(),
             }
         };
         self.bytes_in.inc_by(input.len() as u64);
@@ -176,37 +174,48 @@ impl Encoder {
 
 // === Whole bodies ===
 
+/// A worker thread's libdeflate state, reused by every response it compresses whole.
+#[derive(Default)]
+struct Deflate {
+    /// Compressors by level: each holds its match finder's tables (up to ~1 MiB).
+    compressors: Vec<(u32, libdeflater::Compressor)>,
+    /// Output room of the bound's size, grown as needed, so a response allocates only its own
+    /// compressed length.
+    scratch: Vec<u8>,
+}
+
 thread_local! {
-    /// libdeflate compressors by level, one set per worker thread: a compressor holds its
-    /// match finder's tables (up to ~1 MiB), reused rather than allocated per response.
-    static DEFLATERS: std::cell::RefCell<Vec<(u32, libdeflater::Compressor)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
+    static DEFLATE: std::cell::RefCell<Deflate> = std::cell::RefCell::default();
 }
 
 /// `body` compressed in one call: gzip by libdeflate (its levels 1–9 are gzip's), br and zstd
 /// by their one-shot encoders.
 pub fn compress_whole(algorithm: Algorithm, level: u32, body: &[u8]) -> std::io::Result<Vec<u8>> {
     match algorithm {
-        Algorithm::Gzip => DEFLATERS.with(|cell| {
-            let mut deflaters = cell.borrow_mut();
-            let i = match deflaters.iter().position(|(l, _)| *l == level) {
+        Algorithm::Gzip => DEFLATE.with(|cell| {
+            let Deflate {
+                compressors,
+                scratch,
+            } = &mut *cell.borrow_mut();
+            let i = match compressors.iter().position(|(l, _)| *l == level) {
                 Some(i) => i,
                 None => {
                     let lvl = libdeflater::CompressionLvl::new(level as i32)
                         .map_err(|e| std::io::Error::other(format!("gzip level {level}: {e:?}")))?;
-                    deflaters.push((level, libdeflater::Compressor::new(lvl)));
-                    deflaters.len() - 1
+                    compressors.push((level, libdeflater::Compressor::new(lvl)));
+                    compressors.len() - 1
                 }
             };
-            let compressor = &mut deflaters[i].1;
-            let mut out = vec![0; compressor.gzip_compress_bound(body.len())];
+            let compressor = &mut compressors[i].1;
+            let bound = compressor.gzip_compress_bound(body.len());
+            if scratch.len() < bound {
+                scratch.resize(bound, 0);
+            }
             let n = compressor
-                .gzip_compress(body, &mut out)
+                .gzip_compress(body, scratch)
                 .map_err(|e| std::io::Error::other(format!("gzip: {e:?}")))?;
-            out.truncate(n);
-            // The cache may keep it: not the bound's capacity behind a smaller body.
-            out.shrink_to_fit();
-            Ok(out)
+            // Exactly the compressed length: the cache may keep it.
+            Ok(scratch[..n].to_vec())
         }),
         Algorithm::Brotli => {
             let mut w = brotli::CompressorWriter::new(Vec::new(), 4096, level, 19);

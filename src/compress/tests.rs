@@ -410,7 +410,7 @@ fn whole_roundtrip(algorithm: Algorithm, level: u32) {
         .map(|i| Bytes::from(format!("{{\"chunk\":{i},\"pad\":\"{}\"}}", "x".repeat(300))))
         .collect();
     let original = chunks.concat();
-    let mut enc = Encoder::whole(algorithm, level, original.len());
+    let mut enc = Encoder::whole(algorithm, level);
     for c in &chunks {
         assert!(enc.encode_bytes(c.clone(), false).unwrap().is_empty());
     }
@@ -430,7 +430,7 @@ fn whole_roundtrip(algorithm: Algorithm, level: u32) {
         "{algorithm:?}: one call over the whole body"
     );
     // A body that arrives as one last chunk is compressed as it is.
-    let mut enc = Encoder::whole(algorithm, level, original.len());
+    let mut enc = Encoder::whole(algorithm, level);
     let one = enc.encode(&original, true).unwrap();
     assert_eq!(one, wire, "{algorithm:?}");
 }
