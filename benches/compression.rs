@@ -40,19 +40,11 @@ use common::*;
 /// A page of invoices as the legacy API writes them, cut to whole objects of about `n` bytes.
 fn invoice_page(n: usize) -> Bytes {
     let data = omsgate::sim::data::generate(7, 1, 400);
-    let mut out = b"[".to_vec();
-    for inv in &data.invoices {
-        let json = omsgate::sim::data::invoice_json(inv).to_string();
-        if out.len() + json.len() + 1 > n && out.len() > 1 {
-            break;
-        }
-        if out.len() > 1 {
-            out.push(b',');
-        }
-        out.extend_from_slice(json.as_bytes());
-    }
-    out.push(b']');
-    Bytes::from(out)
+    let invoices = data
+        .invoices
+        .iter()
+        .map(|inv| omsgate::sim::data::invoice_json(inv).to_string());
+    Bytes::from(omsgate::sim::data::json_array_within(invoices, n))
 }
 
 // === 1. The encoder alone ===

@@ -255,15 +255,10 @@ async fn a_coding_the_client_did_not_accept_is_decoded() {
     assert_eq!(r.body, original);
 }
 
-#[tokio::test]
-async fn a_slow_chunked_response_reaches_the_client_chunk_by_chunk() {
-    let up = TestUpstream::start();
-    let gw = gateway(&up, "");
-    let chunk = deterministic_body(2_000);
-    let chunks = 5;
-
-    let mut resp = client()
-        .get(gw.url("/chunked?chunks=5&delay_ms=300&size=2000"))
+/// `GET path` with `Accept-Encoding: gzip`, answered 200 in gzip; the body is left to read.
+async fn gzip_response(gw: &Gateway, path: &str) -> reqwest::Response {
+    let resp = client()
+        .get(gw.url(path))
         .header("accept-encoding", "gzip")
         .send()
         .await
@@ -275,20 +270,43 @@ async fn a_slow_chunked_response_reaches_the_client_chunk_by_chunk() {
             .and_then(|v| v.to_str().ok()),
         Some("gzip")
     );
-    // Decode what has arrived after every piece read from the socket: with a flush per chunk
-    // each upstream chunk is decodable on its own, as soon as it arrives, so the decoded text
-    // grows step by step; a buffering encoder would deliver it in one piece at the end.
+    resp
+}
+
+/// The pieces of a gzip body as the client read them, decoded after each: the decoded length
+/// at every step where it changed, the whole decoded body, and the bytes on the wire.
+async fn decoded_steps(mut resp: reqwest::Response) -> (Vec<usize>, Vec<u8>, Vec<u8>) {
     let mut decoder = flate2::write::GzDecoder::new(Vec::new());
-    let mut decoded_sizes = Vec::new();
+    let mut wire = Vec::new();
+    let mut sizes = Vec::new();
     while let Some(piece) = resp.chunk().await.expect("the body streams") {
+        wire.extend_from_slice(&piece);
         decoder.write_all(&piece).expect("valid gzip so far");
         decoder.flush().expect("valid gzip so far");
         let n = decoder.get_ref().len();
-        if decoded_sizes.last() != Some(&n) {
-            decoded_sizes.push(n);
+        if sizes.last() != Some(&n) {
+            sizes.push(n);
         }
     }
-    let decoded = decoder.finish().expect("a complete gzip stream");
+    (
+        sizes,
+        decoder.finish().expect("a complete gzip stream"),
+        wire,
+    )
+}
+
+#[tokio::test]
+async fn a_slow_chunked_response_reaches_the_client_chunk_by_chunk() {
+    let up = TestUpstream::start();
+    let gw = gateway(&up, "");
+    let chunk = deterministic_body(2_000);
+    let chunks = 5;
+
+    let resp = gzip_response(&gw, "/chunked?chunks=5&delay_ms=300&size=2000").await;
+    // Decode what has arrived after every piece read from the socket: with a flush per chunk
+    // each upstream chunk is decodable on its own, as soon as it arrives, so the decoded text
+    // grows step by step; a buffering encoder would deliver it in one piece at the end.
+    let (decoded_sizes, decoded, _) = decoded_steps(resp).await;
     assert_eq!(decoded, chunk.repeat(chunks));
     assert_eq!(
         decoded_sizes.first(),
@@ -300,28 +318,6 @@ async fn a_slow_chunked_response_reaches_the_client_chunk_by_chunk() {
         "the body arrived in {} decodable steps: {decoded_sizes:?}",
         decoded_sizes.len()
     );
-}
-
-/// The pieces of a gzip body as the client read them, decoded after each: the decoded length
-/// at every step where it grew, and the whole decoded body.
-async fn decoded_steps(mut resp: reqwest::Response) -> (Vec<usize>, Vec<u8>, Vec<u8>) {
-    let mut decoder = flate2::write::GzDecoder::new(Vec::new());
-    let mut wire = Vec::new();
-    let mut sizes = Vec::new();
-    while let Some(piece) = resp.chunk().await.expect("the body streams") {
-        wire.extend_from_slice(&piece);
-        decoder.write_all(&piece).expect("valid gzip so far");
-        decoder.flush().expect("valid gzip so far");
-        let n = decoder.get_ref().len();
-        if n > 0 && sizes.last() != Some(&n) {
-            sizes.push(n);
-        }
-    }
-    (
-        sizes,
-        decoder.finish().expect("a complete gzip stream"),
-        wire,
-    )
 }
 
 /// A response with a `Content-Length` up to `whole_body_max` is compressed in one call when its
@@ -338,27 +334,13 @@ async fn a_response_of_known_length_is_compressed_whole_unless_whole_body_max_is
             .expect("libdeflate compresses");
 
     let gw = gateway(&up, "");
-    let resp = client()
-        .get(gw.url(path))
-        .header("accept-encoding", "gzip")
-        .send()
-        .await
-        .expect("the gateway answers");
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["content-encoding"], "gzip");
-    let (sizes, decoded, wire) = decoded_steps(resp).await;
+    let (sizes, decoded, wire) = decoded_steps(gzip_response(&gw, path).await).await;
     assert_eq!(decoded, original);
     assert_eq!(sizes, vec![original.len()], "the body arrives in one piece");
     assert_eq!(wire, expected, "one libdeflate call over the whole body");
 
     let gw = gateway(&up, "[compression]\nwhole_body_max = 0");
-    let resp = client()
-        .get(gw.url(path))
-        .header("accept-encoding", "gzip")
-        .send()
-        .await
-        .expect("the gateway answers");
-    let (sizes, decoded, _) = decoded_steps(resp).await;
+    let (sizes, decoded, _) = decoded_steps(gzip_response(&gw, path).await).await;
     assert_eq!(decoded, original);
     assert!(sizes.len() >= 4, "streamed chunk by chunk: {sizes:?}");
     assert_eq!(sizes.first(), Some(&chunk.len()), "{sizes:?}");

@@ -783,19 +783,7 @@ fn invoice_page(size: &str) -> Response<Full<Bytes>> {
             .map(|inv| data::invoice_json(inv).to_string())
             .collect()
     });
-    let mut body = Vec::with_capacity(n);
-    body.push(b'[');
-    for json in invoices {
-        if body.len() + json.len() + 2 > n {
-            break;
-        }
-        if body.len() > 1 {
-            body.push(b',');
-        }
-        body.extend_from_slice(json.as_bytes());
-    }
-    body.push(b']');
-    json_response(StatusCode::OK, body)
+    json_response(StatusCode::OK, data::json_array_within(invoices, n))
 }
 
 fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

@@ -496,6 +496,25 @@ pub fn invoice_json(inv: &Invoice) -> serde_json::Value {
     serde_json::to_value(inv).unwrap_or(serde_json::Value::Null)
 }
 
+/// A JSON array of `items` (each already JSON), in order, with as many whole items as fit in
+/// `n` bytes (at least `[]`): the benches' page of the legacy API's JSON.
+pub fn json_array_within<T: AsRef<[u8]>>(items: impl IntoIterator<Item = T>, n: usize) -> Vec<u8> {
+    let mut body = Vec::with_capacity(n);
+    body.push(b'[');
+    for item in items {
+        let item = item.as_ref();
+        if body.len() + item.len() + 2 > n {
+            break;
+        }
+        if body.len() > 1 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item);
+    }
+    body.push(b']');
+    body
+}
+
 /// The legacy API's JSON for a payment.
 pub fn payment_json(p: &Payment) -> serde_json::Value {
     serde_json::to_value(p).unwrap_or(serde_json::Value::Null)
