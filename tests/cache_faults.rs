@@ -151,8 +151,14 @@ async fn stopped_redis_never_fails_a_request_and_hits_resume_when_it_returns() {
     let url = gw.url("/tenant/r");
     assert!(until_hit(&http, &url, &tok, Duration::from_secs(10)).await);
 
+    let invalidated = || {
+        gw.metric_value("omsgate_cache_invalidations_total", &[("source", "write")])
+            .unwrap_or(0.0)
+    };
+    let invalidated_before = invalidated();
     redis.stop();
     let mut seen = std::collections::BTreeMap::<String, u32>::new();
+    let mut puts = 0u32;
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(2) {
         for path in ["/tenant/r", "/tenant/s"] {
@@ -166,6 +172,7 @@ async fn stopped_redis_never_fails_a_request_and_hits_resume_when_it_returns() {
         // Writes go through too (their invalidation is retried in the background).
         let put = send(&http, reqwest::Method::PUT, &url, Some(&tok), &[], None).await;
         assert_eq!(put.status, 200, "{put:?}");
+        puts += 1;
     }
     assert!(
         seen.get("BYPASS").copied().unwrap_or(0) > 0,
@@ -180,6 +187,15 @@ async fn stopped_redis_never_fails_a_request_and_hits_resume_when_it_returns() {
     assert!(errors >= 1.0, "fallbacks are counted: {errors}");
 
     redis.restart();
+    // Every write's invalidation lands once Redis is back (retried in the background with a
+    // backoff of up to 2 s); until then a landing retry can turn a HIT into a MISS.
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            invalidated() >= invalidated_before + f64::from(puts)
+        }),
+        "every write's invalidation lands: {} of {puts}",
+        invalidated() - invalidated_before
+    );
     assert!(
         until_hit(&http, &url, &tok, Duration::from_secs(20)).await,
         "hits resume after Redis returns\n{}",
