@@ -190,9 +190,15 @@ pub struct ServerFile {
     pub read_buffer: crate::units::ByteSize,
     /// How long an HTTP/1.x client connection is kept open, idle, for its next request after a
     /// response; whole seconds. `"0"` closes every connection after its response. Pingora's own
-    /// default keeps it forever. (The wait for a new connection's first request is Pingora's,
-    /// 60 s.) Reloadable. Default `"60s"`.
+    /// default keeps it forever. (A new connection's first request is bounded by
+    /// `header_timeout`.) Reloadable. Default `"60s"`.
     pub keepalive_timeout: String,
+    /// The longest an HTTP/1.x client may take to send a whole request header: for a new
+    /// connection counted from its accept (silence included), for later requests from their
+    /// first byte. A connection past it is closed, so a client trickling a header byte by byte
+    /// ("slowloris") cannot hold it. `"0"` sets no limit (Pingora's own behaviour: only each
+    /// read is limited). Restart only. Default `"10s"`.
+    pub header_timeout: String,
     /// Cleartext HTTP/2 with prior knowledge on a plaintext listener, next to HTTP/1.1 (told
     /// apart by the connection preface). Default false.
     pub h2c: bool,
@@ -222,6 +228,7 @@ impl Default for ServerFile {
             shutdown_grace: "30s".into(),
             read_buffer: crate::units::ByteSize::Bytes(0),
             keepalive_timeout: "60s".into(),
+            header_timeout: "10s".into(),
             h2c: false,
             tls: crate::tls::ListenerTlsFile::default(),
             listeners: Vec::new(),
@@ -325,6 +332,8 @@ pub struct ServerConfig {
     /// Idle time allowed between an HTTP/1.x connection's requests, in whole seconds; `None`
     /// closes connections after each response.
     pub keepalive_timeout: Option<u64>,
+    /// The longest an HTTP/1.x request header may take to arrive; `None` for no limit.
+    pub header_timeout: Option<Duration>,
     /// Cleartext HTTP/2 (prior knowledge) on a plaintext listener.
     pub h2c: bool,
     /// TLS on the public listener; `None` for plaintext.
@@ -470,6 +479,11 @@ impl Config {
                 }
                 None => Some(60),
             },
+            header_timeout: p
+                .duration("server.header_timeout", &file.server.header_timeout)
+                .map_or(Some(Duration::from_secs(10)), |d| {
+                    Some(d).filter(|d| !d.is_zero())
+                }),
             h2c: file.server.h2c,
             tls: crate::tls::ListenerTls::from_file(&file.server.tls, p),
             listeners: file

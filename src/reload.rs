@@ -212,6 +212,10 @@ pub fn restart_required(old: &Config, new: &Config) -> Vec<String> {
         "server.read_buffer",
         old.server.read_buffer != new.server.read_buffer,
     );
+    check(
+        "server.header_timeout",
+        old.server.header_timeout != new.server.header_timeout,
+    );
     check("server.h2c", old.server.h2c != new.server.h2c);
     let (old_tls, new_tls) = (&old.server.tls, &new.server.tls);
     check("server.tls", old_tls.is_some() != new_tls.is_some());
@@ -252,6 +256,7 @@ fn keep_restart_only(old: &Config, mut new: Config) -> Config {
     new.server.threads = old.server.threads;
     new.server.shutdown_grace = old.server.shutdown_grace;
     new.server.read_buffer = old.server.read_buffer;
+    new.server.header_timeout = old.server.header_timeout;
     new.server.h2c = old.server.h2c;
     keep_listener_tls(&old.server.tls, &mut new.server.tls);
     if new.server.listeners.len() != old.server.listeners.len() {

@@ -147,12 +147,12 @@ pub fn run_with(
     // with `Connection: close`) for a moment after the listeners stop instead of resetting them.
     let mut proxy_app =
         pingora::proxy::http_proxy(&server.configuration, Gateway::new(shared.clone()));
-    if config.server.tls.is_none() && config.server.h2c {
-        // HTTP/1.1 keeps working: Pingora tells the two apart by the HTTP/2 connection preface.
-        let mut options = pingora::apps::HttpServerOptions::default();
-        options.h2c = true;
-        proxy_app.server_options = Some(options);
-    }
+    let mut options = pingora::apps::HttpServerOptions::default();
+    // HTTP/1.1 keeps working beside h2c: Pingora tells the two apart by the connection preface.
+    options.h2c = config.server.tls.is_none() && config.server.h2c;
+    // Patch 0006: a whole request header within this time, not just each read.
+    options.h1_header_read_timeout = config.server.header_timeout;
+    proxy_app.server_options = Some(options);
     let mut proxy = Service::new(
         "omsgate proxy".to_string(),
         crate::lifecycle::Handover::new(proxy_app),

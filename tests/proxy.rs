@@ -417,6 +417,112 @@ async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> 
     )
 }
 
+/// Sends `bytes` one at a time, one every `every`, until the gateway closes the connection;
+/// how long that took from the first byte, or `None` when every byte went out and it stayed open.
+async fn trickle_until_closed(
+    conn: &mut tokio::net::TcpStream,
+    bytes: &[u8],
+    every: Duration,
+) -> Option<Duration> {
+    use tokio::io::AsyncWriteExt;
+    let start = std::time::Instant::now();
+    for byte in bytes {
+        if conn.write_all(std::slice::from_ref(byte)).await.is_err()
+            || closed_within(conn, every).await
+        {
+            return Some(start.elapsed());
+        }
+    }
+    None
+}
+
+/// A client has `server.header_timeout` for a whole request header: a header trickled a byte at
+/// a time (each byte far inside Pingora's per-read timeout) is cut off, on a new connection and
+/// on a kept-alive one, and so is a new connection that says nothing; the idle time between
+/// kept-alive requests does not count, and a header with a pause inside the limit is served.
+#[tokio::test]
+async fn slow_request_headers_are_cut_off_at_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let up = TestUpstream::start();
+    let gw = Gateway::start(&format!(
+        r#"
+[server]
+listen = "{{listen}}"
+threads = 1
+keepalive_timeout = "30s"
+header_timeout = "2s"
+[admin]
+listen = "{{admin}}"
+[upstream]
+servers = ["{}"]
+"#,
+        up.addr
+    ));
+    let request = format!("GET /echo HTTP/1.1\r\nHost: {}\r\n\r\n", gw.listen_addr());
+    let slow_header = request.replace("\r\n\r\n", "\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa\r\n\r\n");
+    let connect = || tokio::net::TcpStream::connect(gw.listen_addr());
+    let cut_off = |took: Option<Duration>, what: &str| {
+        let took =
+            took.unwrap_or_else(|| panic!("{what}: the whole header trickled in, never cut off"));
+        assert!(
+            took >= Duration::from_millis(1500) && took < Duration::from_millis(3500),
+            "{what}: cut off after {took:?}, not at the 2 s header_timeout"
+        );
+    };
+
+    // Slowloris on a new connection: a byte every 300 ms, 10 s for the whole header.
+    let mut conn = connect().await.unwrap();
+    let took = trickle_until_closed(
+        &mut conn,
+        slow_header.as_bytes(),
+        Duration::from_millis(300),
+    )
+    .await;
+    cut_off(took, "new connection");
+
+    // A new connection that sends nothing is closed at the deadline too (Pingora: 60 s).
+    let mut conn = connect().await.unwrap();
+    let start = std::time::Instant::now();
+    assert!(
+        closed_within(&mut conn, Duration::from_secs(5)).await,
+        "a silent connection stays open"
+    );
+    cut_off(Some(start.elapsed()), "silent connection");
+
+    // A header with a 1 s pause inside it is served; then 3 s of keepalive idle (longer than
+    // the header deadline) do not count against the next request...
+    let mut conn = connect().await.unwrap();
+    let (head, rest) = request.split_at(10);
+    conn.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    conn.write_all(rest.as_bytes()).await.unwrap();
+    assert!(read_one_response(&mut conn)
+        .await
+        .starts_with("http/1.1 200"));
+    assert!(
+        !closed_within(&mut conn, Duration::from_secs(3)).await,
+        "closed while idle between requests"
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    assert!(read_one_response(&mut conn)
+        .await
+        .starts_with("http/1.1 200"));
+    // ...whose header, trickled, is cut off 2 s after its first byte.
+    let took = trickle_until_closed(
+        &mut conn,
+        slow_header.as_bytes(),
+        Duration::from_millis(300),
+    )
+    .await;
+    cut_off(took, "kept-alive connection");
+
+    let (code, stderr) = Gateway::check_config(
+        "[server]\nheader_timeout = \"soon\"\n[upstream]\nservers = [\"127.0.0.1:8000\"]\n",
+    );
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("server.header_timeout"), "{stderr}");
+}
+
 /// An idle HTTP/1.1 connection is closed after `server.keepalive_timeout` (Pingora alone would
 /// keep it forever); within it the connection serves the next request; `"0"` closes every
 /// connection after its response.

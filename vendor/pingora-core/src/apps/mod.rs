@@ -89,6 +89,17 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// If set, the longest an HTTP/1.x client may take to send a whole request header: for a
+    /// connection's first request counted from when the connection is handed to this app
+    /// (silence included), for later requests from their first byte (the keepalive timeout
+    /// limits the silence between requests). A connection past it is closed: quietly when it
+    /// has sent nothing of the request, with a `ReadTimedout` error otherwise. Without it,
+    /// only each read is limited (by the keepalive or read timeout), so a client sending one
+    /// byte just inside that timeout holds its connection for ever ("slowloris").
+    ///
+    /// Default: `None`
+    pub h1_header_read_timeout: Option<Duration>,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -262,10 +273,12 @@ fn first_http1_session(
     stream: Stream,
     keepalive: Option<u64>,
     reuses: Option<u32>,
+    header_timeout: Option<Duration>,
 ) -> ServerSession {
     let mut session = ServerSession::new_http1(stream);
     session.set_keepalive(keepalive);
     session.set_keepalive_reuses_remaining(reuses);
+    session.set_header_read_timeout(header_timeout);
     session
 }
 
@@ -273,11 +286,13 @@ fn first_http1_session(
 fn next_http1_session(
     stream: Stream,
     persistent_settings: Option<HttpPersistentSettings>,
+    header_timeout: Option<Duration>,
 ) -> ServerSession {
     let mut session = ServerSession::new_http1(stream);
     if let Some(persistent_settings) = persistent_settings {
         persistent_settings.apply_to_session(&mut session);
     }
+    session.set_header_read_timeout(header_timeout);
     session
 }
 
@@ -414,19 +429,35 @@ where
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
             // stop downstream from reusing if this service is shutting down soon, else 60s
             let keepalive = if *shutdown.borrow() { None } else { Some(60) };
+            let header_timeout = self
+                .server_options()
+                .and_then(|opts| opts.h1_header_read_timeout);
+            let accepted = std::time::Instant::now();
             // As between keepalive requests below: a connection that sends nothing yet holds
-            // only its stream.
-            if !wait_for_next_request(&mut stream, keepalive, shutdown).await {
-                debug!("keepalive timeout reached before the first request");
+            // only its stream. The first request's header deadline counts this wait too.
+            let first = wait_for_next_request(&mut stream, keepalive, shutdown);
+            let first = match header_timeout {
+                Some(limit) => pingora_timeout::timeout(limit, first)
+                    .await
+                    .unwrap_or(false),
+                None => first.await,
+            };
+            if !first {
+                debug!("keepalive or header read timeout reached before the first request");
                 return None;
             }
+            let header_timeout_left =
+                header_timeout.map(|limit| limit.saturating_sub(accepted.elapsed()));
             // The sessions are built in plain functions, not as locals here, so that this
             // future (held for the connection's whole life) has no room for one.
             let reuses = self
                 .server_options()
                 .and_then(|opts| opts.keepalive_request_limit);
             let mut result = self
-                .process_new_http(first_http1_session(stream, keepalive, reuses), shutdown)
+                .process_new_http(
+                    first_http1_session(stream, keepalive, reuses, header_timeout_left),
+                    shutdown,
+                )
                 .await;
             while let Some((mut stream, persistent_settings)) = result.map(|r| r.consume()) {
                 // Wait for the next request here, holding only the stream, rather than inside
@@ -445,7 +476,10 @@ where
                     }
                 }
                 result = self
-                    .process_new_http(next_http1_session(stream, persistent_settings), shutdown)
+                    .process_new_http(
+                        next_http1_session(stream, persistent_settings, header_timeout),
+                        shutdown,
+                    )
                     .await;
             }
         }

@@ -372,6 +372,16 @@ impl Session {
         }
     }
 
+    /// Sets the longest the next request header may take to arrive, all reads together
+    /// (see [`SessionV1::set_header_read_timeout`]).
+    ///
+    /// This is a noop for everything but HTTP/1.x.
+    pub fn set_header_read_timeout(&mut self, timeout: Option<Duration>) {
+        if let Self::H1(s) = self {
+            s.set_header_read_timeout(timeout)
+        }
+    }
+
     /// Sets the downstream read timeout. This will trigger if we're unable
     /// to read from the stream after `timeout`.
     ///

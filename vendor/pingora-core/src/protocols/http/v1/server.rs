@@ -102,6 +102,9 @@ pub struct HttpSession {
     /// timeouts:
     keepalive_timeout: KeepaliveStatus,
     read_timeout: Option<Duration>,
+    /// The longest [`Self::read_request`] may take to read a whole request header, all reads
+    /// together (see [`Self::set_header_read_timeout`]).
+    header_read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
     /// How long to wait to make downstream session reusable, if body needs to be drained.
     total_drain_timeout: Option<Duration>,
@@ -187,6 +190,7 @@ impl HttpSession {
             response_written: None,
             request_header: None,
             read_timeout: Some(Duration::from_secs(60)),
+            header_read_timeout: None,
             write_timeout: None,
             total_drain_timeout: None,
             body_bytes_sent: 0,
@@ -272,6 +276,35 @@ impl HttpSession {
         }
     }
 
+    /// [`Self::read_request_buf`] within what is left of the header deadline, if there is one
+    /// (`(when, the whole timeout)`). Past the deadline, a connection that has sent nothing of
+    /// this request is closed quietly (`Ok(None)`, as when the keepalive timeout passes), and
+    /// one that has sent part of a header fails with `ReadTimedout`.
+    async fn read_request_buf_before(
+        &mut self,
+        buf: &mut BytesMut,
+        already_read: usize,
+        deadline: Option<(std::time::Instant, Duration)>,
+    ) -> Result<Option<usize>> {
+        let Some((when, limit)) = deadline else {
+            return self.read_request_buf(buf, already_read).await;
+        };
+        let left = when.saturating_duration_since(std::time::Instant::now());
+        match timeout(left, self.read_request_buf(buf, already_read)).await {
+            Ok(res) => res,
+            Err(_) if already_read == 0 => {
+                debug!("header read timeout {limit:?} reached before the request began");
+                Ok(None)
+            }
+            Err(_) => Error::e_explain(
+                ReadTimedout,
+                format!(
+                    "request header not complete within {limit:?}, bytes already read: {already_read}"
+                ),
+            ),
+        }
+    }
+
     /// Read the request header. Return `Ok(Some(n))` where the read and parsing are successful.
     /// Return `Ok(None)` when the client closed the connection without sending any data, which
     /// is common on a reused connection.
@@ -302,6 +335,9 @@ impl HttpSession {
             .filter(|prefix| !prefix.is_empty())
             .unwrap_or_else(|| BytesMut::with_capacity(INIT_HEADER_BUF_SIZE));
         let mut already_read = buf.len();
+        let deadline = self
+            .header_read_timeout
+            .map(|limit| (std::time::Instant::now() + limit, limit));
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
         loop {
@@ -323,7 +359,10 @@ impl HttpSession {
             // this request and is waiting for our response).
             if skip_next_read {
                 skip_next_read = false;
-            } else if let Some(n) = self.read_request_buf(&mut buf, already_read).await? {
+            } else if let Some(n) = self
+                .read_request_buf_before(&mut buf, already_read, deadline)
+                .await?
+            {
                 already_read += n;
             } else {
                 return Ok(None);
@@ -1333,6 +1372,20 @@ impl HttpSession {
         }
     }
 
+    /// Sets the longest the next [`Self::read_request`] may take to read a whole request header,
+    /// counted from the call, all reads together. The read timeout and keepalive timeout limit
+    /// each read on their own; without this, a client that sends a header one byte at a time,
+    /// each just inside the per-read timeout, holds the connection for as long as it likes.
+    /// `None` (the default) sets no such limit.
+    pub fn set_header_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.header_read_timeout = timeout;
+    }
+
+    /// Gets the header read timeout (see [`Self::set_header_read_timeout`]).
+    pub fn get_header_read_timeout(&self) -> Option<Duration> {
+        self.header_read_timeout
+    }
+
     /// Sets the downstream read timeout. This will trigger if we're unable
     /// to read from the stream after `timeout`.
     pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
@@ -1935,6 +1988,51 @@ mod tests_stream {
         assert_eq!(res, input3.as_slice());
         assert_eq!(http_stream.body_reader.body_state, ParseState::Complete(3));
         assert_eq!(http_stream.body_bytes_read(), 3);
+    }
+
+    #[tokio::test]
+    async fn read_request_header_deadline_counts_all_reads() {
+        init_log();
+        // Every pause is shorter than the deadline; together they are longer.
+        let mock_io = Builder::new()
+            .read(b"GET / HTTP/1.1\r\n")
+            .wait(Duration::from_millis(80))
+            .read(b"Host: pingora.org\r\n")
+            .wait(Duration::from_millis(80))
+            .read(b"X-Slow: 1\r\n")
+            .wait(Duration::from_millis(400))
+            .build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.set_header_read_timeout(Some(Duration::from_millis(200)));
+        let res = http_stream.read_request().await;
+        assert_eq!(res.unwrap_err().etype(), &ReadTimedout);
+    }
+
+    #[tokio::test]
+    async fn read_request_header_within_deadline() {
+        init_log();
+        let mock_io = Builder::new()
+            .read(b"GET / HTTP/1.1\r\n")
+            .wait(Duration::from_millis(50))
+            .read(b"Host: pingora.org\r\n\r\n")
+            .build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.set_header_read_timeout(Some(Duration::from_secs(2)));
+        let res = http_stream.read_request().await;
+        assert_eq!(
+            res.unwrap(),
+            Some(b"GET / HTTP/1.1\r\nHost: pingora.org\r\n\r\n".len())
+        );
+    }
+
+    #[tokio::test]
+    async fn read_request_header_deadline_before_any_byte_closes_quietly() {
+        init_log();
+        let mock_io = Builder::new().wait(Duration::from_millis(400)).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.set_header_read_timeout(Some(Duration::from_millis(100)));
+        let res = http_stream.read_request().await;
+        assert_eq!(res.unwrap(), None);
     }
 
     #[tokio::test]
