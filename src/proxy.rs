@@ -355,6 +355,16 @@ impl ProxyHttp for Gateway {
         crate::cache::cache_key(ctx)
     }
 
+    /// Byte ranges of a hit: [`crate::cache::range_header_filter`].
+    fn range_header_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        _ctx: &mut Ctx,
+    ) -> pingora::proxy::RangeType {
+        crate::cache::range_header_filter(session, resp)
+    }
+
     /// Refuses stored entries whose scope differs from the request's.
     async fn cache_hit_filter(
         &self,

@@ -155,6 +155,38 @@ async fn fast_hits_answer_exactly_like_pingoras_cache() {
     );
 }
 
+/// An entry stored as the origin sent it (too small to compress, with its `Content-Length`):
+/// both paths answer alike, `Accept-Ranges` included, which Pingora's cache adds to every `200`
+/// hit with a length.
+#[tokio::test]
+async fn fast_hits_of_an_identity_entry_answer_like_pingoras_cache() {
+    let up = TestUpstream::start();
+    let fast = gateway(&up, true);
+    let slow = gateway(&up, false);
+    let path = "/etag/small?body_len=200";
+    for gw in [&fast, &slow] {
+        let miss = send(gw, reqwest::Method::GET, path, &[]).await;
+        assert_eq!(miss.header("x-cache"), Some("MISS"));
+        assert!(miss.header("content-encoding").is_none(), "{miss:?}");
+    }
+    let (get, head) = (reqwest::Method::GET, reqwest::Method::HEAD);
+    for (method, headers) in [
+        (&get, vec![]),
+        (&get, vec![("accept-encoding", "gzip")]),
+        (&head, vec![]),
+    ] {
+        let ctx = format!("{method} {headers:?}");
+        let a = send(&fast, method.clone(), path, &headers).await;
+        let b = send(&slow, method.clone(), path, &headers).await;
+        assert_eq!(a.header("x-cache"), Some("HIT"), "{ctx}");
+        assert_eq!(a.status, b.status, "{ctx}: status");
+        assert_eq!(fields(&a), fields(&b), "{ctx}: header fields");
+        assert_eq!(a.body, b.body, "{ctx}: body");
+        assert_eq!(a.header("accept-ranges"), Some("bytes"), "{ctx}");
+    }
+    assert_eq!(fast_hits(&fast, "etag"), 3.0);
+}
+
 #[tokio::test]
 async fn an_expired_entry_is_never_a_fast_hit() {
     let up = TestUpstream::start();

@@ -422,6 +422,87 @@ async fn a_cached_entry_gives_gzip_and_identity_clients_identical_decoded_bytes(
     }
 }
 
+/// Every hit of a stored entry carries its length, from the L1 (the fast path) and from Redis
+/// alone (Pingora's cache): a body the gateway gzipped to store and an origin's chunked answer
+/// alike, although both were framed by chunks when stored. A byte range of a gzip entry is a
+/// range of the gzip bytes for a client that accepts gzip, and the whole body, decoded, for one
+/// that does not.
+#[tokio::test]
+async fn hits_carry_the_stored_length_and_ranges_respect_the_coding() {
+    let up = TestUpstream::start();
+    let original = deterministic_body(20_000);
+    for (tier, memory) in [("L1", ""), ("Redis", "memory = { max_bytes = 0 }")] {
+        let gw = gateway(
+            &up,
+            &format!(
+                r#"
+[cache]
+redis_url = "{}"
+redis_timeout = "500ms"
+key_prefix = "{}:"
+{memory}
+
+[[route]]
+name = "bytes"
+path = "/bytes/{{n}}"
+cache = {{ ttl = "60s", scope = "public" }}
+
+[[route]]
+name = "chunked"
+path = "/chunked"
+cache = {{ ttl = "60s", scope = "public" }}
+"#,
+                common::redis_url(),
+                common::unique("length")
+            ),
+        );
+        for path in ["/bytes/20000", "/chunked?chunks=3&size=5000"] {
+            let ctx = format!("{tier} {path}");
+            let miss = get(&gw, path, Some("gzip")).await;
+            assert_eq!(miss.header("x-cache"), Some("MISS"), "{ctx}");
+            for _ in 0..2 {
+                let hit = get(&gw, path, Some("gzip")).await;
+                assert_eq!(hit.header("x-cache"), Some("HIT"), "{ctx}");
+                assert_eq!(
+                    hit.header("content-length"),
+                    Some(hit.body.len().to_string().as_str()),
+                    "{ctx}: a hit without its length"
+                );
+                assert!(hit.header("transfer-encoding").is_none(), "{ctx}");
+                assert_eq!(hit.body, miss.body, "{ctx}");
+            }
+        }
+
+        let path = "/bytes/20000";
+        let whole = get(&gw, path, Some("gzip")).await;
+        assert_eq!(whole.header("content-encoding"), Some("gzip"), "{tier}");
+        let ranged = |ae: &'static str| {
+            Reply::of(
+                client()
+                    .get(gw.url(path))
+                    .header("accept-encoding", ae)
+                    .header("range", "bytes=0-99"),
+            )
+        };
+        let part = ranged("gzip").await;
+        assert_eq!(part.status, 206, "{tier}: a range of the stored gzip");
+        assert_eq!(part.header("content-encoding"), Some("gzip"), "{tier}");
+        assert_eq!(
+            part.header("content-range"),
+            Some(format!("bytes 0-99/{}", whole.body.len()).as_str()),
+            "{tier}"
+        );
+        assert_eq!(part.body, whole.body[..100], "{tier}");
+        let plain = ranged("identity").await;
+        assert_eq!(
+            plain.status, 200,
+            "{tier}: no range of gzip bytes for an identity client"
+        );
+        assert!(plain.header("content-encoding").is_none(), "{tier}");
+        assert_eq!(plain.body, original, "{tier}");
+    }
+}
+
 /// L1 hits for clients that do not accept gzip are sent from a decoded copy kept next to the
 /// entry: made on the first such hit, reused after, with a `Content-Length` and the headers the
 /// streaming decoder gives (weak `ETag`, `Vary`); a body that decodes beyond `max_body` is

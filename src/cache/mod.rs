@@ -526,12 +526,29 @@ pub fn fast_hit_answer(
     if not_modified {
         to_304(&mut header);
     }
+    // No `Range` here: this only adds `Accept-Ranges` where Pingora's cache would.
+    range_header_filter(session, &mut header);
     let header_only = not_modified || session.req_header().method == http::Method::HEAD;
     ctx.cache.fast = true;
     metrics::CACHE_FAST_HITS
         .with_label_values(&[&ctx.route().name])
         .inc();
     (header, found.into_body(), header_only)
+}
+
+/// `range_header_filter` of a hit (Pingora's cache, and the fast path for the
+/// `Accept-Ranges` it adds): Pingora's byte ranges, except of a stored body the compression
+/// module will decode for this client (gzip for a client that does not accept it). A range of
+/// the encoded bytes is of no use to that client, so it gets the whole body, decoded.
+pub fn range_header_filter(
+    session: &mut Session,
+    resp: &mut ResponseHeader,
+) -> pingora::proxy::RangeType {
+    if crate::compress::decodes_for_client(session, resp) {
+        return pingora::proxy::RangeType::None;
+    }
+    // Pingora's own limit of ranges in one multipart answer.
+    pingora::proxy::range_header_filter(session.req_header(), resp, Some(200))
 }
 
 /// `cache_hit_filter`, for an entry served fresh: a gzip entry for a client that does not

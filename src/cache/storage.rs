@@ -131,6 +131,41 @@ fn meta_with_header(internal: &[u8], header: ResponseHeader) -> Option<CacheMeta
     Some(meta)
 }
 
+/// Whether a stored response with this header would be sent chunked although its length is
+/// known once stored: a status with a body and no `Content-Length` (a body the gateway
+/// compressed for storing, or an origin's chunked answer).
+fn lacks_length(header: &ResponseHeader) -> bool {
+    let status = header.status.as_u16();
+    !header.status.is_informational()
+        && !matches!(status, 204 | 304)
+        && !header.headers.contains_key(http::header::CONTENT_LENGTH)
+}
+
+/// The serialized and the parsed header of a stored response with `Content-Length: len` in
+/// place of chunked framing, so that its hits (through Pingora's cache and the fast path alike)
+/// are sent with a length: HTTP/1.0 clients and progress bars need one, and Pingora serves byte
+/// ranges only of a response with one. Unchanged (`serialized`, `parsed`) if the header does
+/// not serialize.
+fn with_length(
+    internal: &[u8],
+    serialized: Bytes,
+    parsed: ResponseHeader,
+    len: usize,
+) -> (Bytes, Option<ResponseHeader>) {
+    let mut header = parsed.clone();
+    header.remove_header(&http::header::TRANSFER_ENCODING);
+    if header
+        .insert_header(http::header::CONTENT_LENGTH, len.to_string())
+        .is_err()
+    {
+        return (serialized, Some(parsed));
+    }
+    match meta_with_header(internal, header.clone()).map(|m| m.serialize()) {
+        Some(Ok((_, bytes))) => (Bytes::from(bytes), Some(header)),
+        _ => (serialized, Some(parsed)),
+    }
+}
+
 /// `body` gunzipped (all members), or `None` when it is not valid gzip or decodes to more than
 /// `max` bytes.
 fn gunzip(body: &[u8], max: usize) -> Option<Bytes> {
@@ -367,13 +402,15 @@ impl Storage for TieredStorage {
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
         let (internal, header) = meta.serialize()?;
+        let add_length = lacks_length(meta.response_header());
         Ok(Box::new(Miss {
             storage: self,
             id: key.combined_bin(),
             route: key.user_tag.clone(),
             internal: Bytes::from(internal),
             header: Bytes::from(header),
-            parsed: self.l1.is_some().then(|| meta.response_header_copy()),
+            parsed: (self.l1.is_some() || add_length).then(|| meta.response_header_copy()),
+            add_length,
             body: BytesMut::new(),
             lifetime: storage_lifetime(meta, self.max_ttl, SystemTime::now()),
         }))
@@ -610,8 +647,12 @@ struct Miss {
     route: String,
     internal: Bytes,
     header: Bytes,
-    /// The header as given, for the L1's object (`None` without an L1).
+    /// The header as given, for the L1's object and for [`Miss::add_length`] (`None` when
+    /// neither needs it).
     parsed: Option<ResponseHeader>,
+    /// The header frames the body by chunks (no `Content-Length`): the stored header gets the
+    /// body's length instead, known once the body is complete ([`with_length`]).
+    add_length: bool,
     body: BytesMut,
     /// `None` when the response is already past its stale windows (nothing to store).
     lifetime: Option<Duration>,
@@ -629,10 +670,17 @@ impl HandleMiss for Miss {
         let Some(lifetime) = self.lifetime else {
             return Ok(MissFinishType::Created(0));
         };
+        let (header, parsed) = match (self.add_length, self.parsed) {
+            (true, Some(parsed)) => {
+                let (header, parsed) = with_length(&self.internal, self.header, parsed, size);
+                (header, parsed.filter(|_| self.storage.l1.is_some()))
+            }
+            (_, parsed) => (self.header, parsed),
+        };
         let obj = Arc::new(Object::new(
             self.internal,
-            self.header,
-            self.parsed,
+            header,
+            parsed,
             self.body.freeze(),
             lifetime,
         ));

@@ -189,6 +189,17 @@ pub fn wants_decoded(session: &mut Session, resp: &ResponseHeader) -> bool {
         && decide(plan, resp, false).action == Action::Decode
 }
 
+/// Whether the module will decode a response with this header for this request (its coding is
+/// one the client does not accept). Byte ranges of such a response would be ranges of the
+/// encoded body, which the client cannot decode, so the cache serves it whole instead.
+pub fn decodes_for_client(session: &mut Session, resp: &ResponseHeader) -> bool {
+    session
+        .downstream_modules_ctx
+        .get_mut::<Compression>()
+        .and_then(|m| m.plan.as_ref())
+        .is_some_and(|plan| decide(plan, resp, false).action == Action::Decode)
+}
+
 /// The header of a stored gzip response the cache sends decoded: what the module's decoder
 /// leaves (no `Content-Encoding` or `Accept-Ranges`, a weak `ETag`, `Vary: Accept-Encoding`),
 /// with the decoded length as `Content-Length` instead of chunked framing.

@@ -53,7 +53,8 @@ mod tests;
 
 pub use self::config::{Algorithm, CompressionConfig, CompressionFile, TypePattern};
 pub use self::decision::{
-    add_vary, decide, decoded_headers, wants_decoded, weaken_etag, Action, Decision, Plan,
+    add_vary, decide, decoded_headers, decodes_for_client, wants_decoded, weaken_etag, Action,
+    Decision, Plan,
 };
 pub use self::downstream::{module, Compression};
 pub use self::encoder::{compress_whole, Encoder};
