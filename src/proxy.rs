@@ -506,6 +506,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        compress::send_whole_bodies_with_length(session, upstream_response);
         compress::upstream_response_filter(session, upstream_response);
         crate::cache::upstream_response_filter(upstream_response, ctx);
         self.shared

@@ -63,7 +63,11 @@ async fn json_of_20kb_is_gzipped_with_vary_and_a_weak_etag_that_revalidates() {
     assert_eq!(r.header("content-encoding"), Some("gzip"));
     assert!(r.varies_by_accept_encoding(), "{:?}", r.headers);
     assert_eq!(r.header("etag"), Some("W/\"v1\""), "weakened, not dropped");
-    assert!(r.header("content-length").is_none());
+    assert_eq!(
+        r.header("content-length"),
+        Some(r.body.len().to_string().as_str()),
+        "compressed whole, sent with its length"
+    );
     assert!(r.body.len() < original.len() / 3, "{} bytes", r.body.len());
     assert_eq!(gunzip(&r.body), original);
 
@@ -333,14 +337,31 @@ async fn a_response_of_known_length_is_compressed_whole_unless_whole_body_max_is
         omsgate::compress::compress_whole(omsgate::compress::Algorithm::Gzip, 1, &original)
             .expect("libdeflate compresses");
 
+    let length = |resp: &reqwest::Response| {
+        let field = |name: &str| {
+            resp.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap_or("?").to_string())
+        };
+        (field("content-length"), field("transfer-encoding"))
+    };
     let gw = gateway(&up, "");
-    let (sizes, decoded, wire) = decoded_steps(gzip_response(&gw, path).await).await;
+    let resp = gzip_response(&gw, path).await;
+    let framing = length(&resp);
+    let (sizes, decoded, wire) = decoded_steps(resp).await;
     assert_eq!(decoded, original);
     assert_eq!(sizes, vec![original.len()], "the body arrives in one piece");
     assert_eq!(wire, expected, "one libdeflate call over the whole body");
+    assert_eq!(
+        framing,
+        (Some(wire.len().to_string()), None),
+        "sent with its compressed length"
+    );
 
     let gw = gateway(&up, "[compression]\nwhole_body_max = 0");
-    let (sizes, decoded, _) = decoded_steps(gzip_response(&gw, path).await).await;
+    let resp = gzip_response(&gw, path).await;
+    assert_eq!(length(&resp), (None, Some("chunked".into())), "streamed");
+    let (sizes, decoded, _) = decoded_steps(resp).await;
     assert_eq!(decoded, original);
     assert!(sizes.len() >= 4, "streamed chunk by chunk: {sizes:?}");
     assert_eq!(sizes.first(), Some(&chunk.len()), "{sizes:?}");

@@ -72,6 +72,28 @@ pub fn upstream_request_filter(session: &mut Session, upstream_request: &mut Req
     }
 }
 
+/// `upstream_response_filter`, first: an origin response whose `Content-Length` is at most
+/// `whole_body_max` is compressed (or decoded) whole when it is compressed at all, live or for
+/// storing, so its body reaches the client in one piece after the origin's last byte. The
+/// client's HTTP/1.x session then holds the (chunked) header back until that piece and sends it
+/// with the compressed length (vendored Pingora patch 0007); a HEAD's header, which cannot know
+/// that length, is sent without framing rather than with the chunked framing the GET no longer
+/// gets. A response left as it is keeps its own `Content-Length`, which neither touches.
+pub fn send_whole_bodies_with_length(session: &mut Session, resp: &ResponseHeader) {
+    let Some(plan) = session
+        .downstream_modules_ctx
+        .get_mut::<Compression>()
+        .and_then(|m| m.plan.as_ref())
+    else {
+        return;
+    };
+    let max = plan.config.compression.whole_body_max;
+    if max > 0 && !resp.status.is_informational() && content_length(resp).is_some_and(|n| n <= max)
+    {
+        session.as_mut().set_length_when_whole(true);
+    }
+}
+
 /// `upstream_response_filter`: a response the cache may store is gzip-encoded here, before the
 /// cache sees it, when it qualifies by the same rules as for a client ([`decide`]); a 304 that
 /// revalidates a stored entry gets its `ETag` weakened like the entry's.

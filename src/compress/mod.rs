@@ -59,8 +59,8 @@ pub use self::decision::{
 pub use self::downstream::{module, Compression};
 pub use self::encoder::{compress_whole, Encoder};
 pub use self::hooks::{
-    encode_for_store, request_filter, upstream_request_filter, upstream_response_body_filter,
-    upstream_response_filter,
+    encode_for_store, request_filter, send_whole_bodies_with_length, upstream_request_filter,
+    upstream_response_body_filter, upstream_response_filter,
 };
 pub use self::negotiate::Accepts;
 

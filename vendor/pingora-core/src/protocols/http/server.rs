@@ -382,6 +382,17 @@ impl Session {
         }
     }
 
+    /// With `on`, a chunked HTTP/1.x response header is held back until the body's first data
+    /// and sent with a `Content-Length` when that data is the whole body
+    /// (see [`SessionV1::set_length_when_whole`]).
+    ///
+    /// This is a noop for everything but HTTP/1.x (HTTP/2 frames bodies without chunks).
+    pub fn set_length_when_whole(&mut self, on: bool) {
+        if let Self::H1(s) = self {
+            s.set_length_when_whole(on)
+        }
+    }
+
     /// Sets the downstream read timeout. This will trigger if we're unable
     /// to read from the stream after `timeout`.
     ///

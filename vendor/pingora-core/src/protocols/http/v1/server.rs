@@ -105,6 +105,11 @@ pub struct HttpSession {
     /// The longest [`Self::read_request`] may take to read a whole request header, all reads
     /// together (see [`Self::set_header_read_timeout`]).
     header_read_timeout: Option<Duration>,
+    /// Hold a chunked response header until the body's first data (see
+    /// [`Self::set_length_when_whole`]).
+    length_when_whole: bool,
+    /// The response header held back by `length_when_whole`, not yet written.
+    held_header: Option<Box<ResponseHeader>>,
     write_timeout: Option<Duration>,
     /// How long to wait to make downstream session reusable, if body needs to be drained.
     total_drain_timeout: Option<Duration>,
@@ -163,6 +168,13 @@ pub struct HttpSession {
     pipelined_idle_bytes_stashed: bool,
 }
 
+/// `header` framed by `Content-Length: len` instead of chunked encoding.
+fn set_length(header: &mut ResponseHeader, len: usize) {
+    header.remove_header(&TRANSFER_ENCODING);
+    // A number is always a valid header value.
+    let _ = header.insert_header(CONTENT_LENGTH, len);
+}
+
 impl HttpSession {
     /// Create a new http server session from an established (TCP or TLS) [`Stream`].
     /// The created session needs to call [`Self::read_request()`] first before performing
@@ -191,6 +203,8 @@ impl HttpSession {
             request_header: None,
             read_timeout: Some(Duration::from_secs(60)),
             header_read_timeout: None,
+            length_when_whole: false,
+            held_header: None,
             write_timeout: None,
             total_drain_timeout: None,
             body_bytes_sent: 0,
@@ -694,6 +708,9 @@ impl HttpSession {
     /// Write the response header to the client.
     /// This function can be called more than once to send 1xx informational headers excluding 101.
     pub async fn write_response_header(&mut self, mut header: Box<ResponseHeader>) -> Result<()> {
+        // A header written now (e.g. an error response) replaces one held back by
+        // `length_when_whole`, which is never sent.
+        self.held_header = None;
         // Prepare header (handle upgrades, set headers, initialize body writer, serialize to bytes)
         let Some((write_buf, flush)) = self.prepare_response_header(&mut header)? else {
             // Header already sent or should be ignored
@@ -1127,6 +1144,11 @@ impl HttpSession {
     /// For chunked encoding response, this call will also send the last chunk.
     /// For upgraded sessions, this call will also close the reading of the client body.
     pub async fn finish_body(&mut self) -> Result<Option<usize>> {
+        if let Some(mut header) = self.held_header.take() {
+            // The body ended without any data: it is empty.
+            set_length(&mut header, 0);
+            self.write_response_header(header).await?;
+        }
         let res = self.body_writer.finish(&mut self.underlying_stream).await?;
         self.underlying_stream
             .flush()
@@ -1607,8 +1629,97 @@ impl HttpSession {
         }
     }
 
+    /// With `on`, a chunked response header given to [`Self::response_duplex_vec`] is held back
+    /// until the body's first data: when that data ends the body, the header is sent with its
+    /// `Content-Length` instead of chunked framing (an empty body, ended by `Done` or
+    /// [`Self::finish_body`], gets `Content-Length: 0`); other data releases it unchanged. For
+    /// a response whose body is known to arrive in one piece, e.g. compressed whole by a
+    /// downstream module after its last upstream chunk. Not for streams that send the header
+    /// long before any data (server-sent events, long polls): their header would wait too.
+    /// A HEAD response's chunked header is sent without `Transfer-Encoding` instead (the GET
+    /// would carry a length only its body determines, RFC 9110 §9.3.2). 1xx, 204, 304,
+    /// upgrades and headers with a `Content-Length` are left alone; a header written directly
+    /// (e.g. an error response) replaces a held one. Applies to `response_duplex_vec`, not to
+    /// the proxy task API.
+    pub fn set_length_when_whole(&mut self, on: bool) {
+        self.length_when_whole = on;
+    }
+
+    /// Whether a GET's `header` is held back, or a HEAD's sent without framing
+    /// ([`Self::set_length_when_whole`]).
+    fn holds_header(&self, header: &ResponseHeader) -> bool {
+        self.length_when_whole
+            && self.held_header.is_none()
+            && self.response_written.is_none()
+            && !header.status.is_informational()
+            && !matches!(header.status.as_u16(), 204 | 304)
+            && !header.headers.contains_key(CONTENT_LENGTH)
+            && is_chunked_encoding_from_headers(&header.headers)
+            && self.is_upgrade(header) != Some(true)
+    }
+
+    /// `tasks` with a header held back or released ([`Self::set_length_when_whole`]).
+    fn hold_or_release_header(&mut self, tasks: Vec<HttpTask>) -> Vec<HttpTask> {
+        let mut out = Vec::with_capacity(tasks.len() + 1);
+        for task in tasks {
+            match task {
+                HttpTask::Header(mut header, end) if self.holds_header(&header) => {
+                    if self.get_method() == Some(&Method::HEAD) {
+                        // The GET's length is known only once its body is made (RFC 9110
+                        // §9.3.2 lets a HEAD omit it); the GET would not be chunked either.
+                        header.remove_header(&TRANSFER_ENCODING);
+                        out.push(HttpTask::Header(header, end));
+                    } else if end {
+                        // No body follows.
+                        set_length(&mut header, 0);
+                        out.push(HttpTask::Header(header, end));
+                    } else {
+                        self.held_header = Some(header);
+                    }
+                }
+                HttpTask::Body(data, end) if self.held_header.is_some() => {
+                    let len = data.as_ref().map_or(0, |d| d.len());
+                    if end {
+                        let mut header = self.held_header.take().expect("a held header");
+                        set_length(&mut header, len);
+                        out.push(HttpTask::Header(header, false));
+                    } else if len > 0 {
+                        let header = self.held_header.take().expect("a held header");
+                        out.push(HttpTask::Header(header, false));
+                    } else {
+                        // No data yet: keep holding.
+                        continue;
+                    }
+                    out.push(HttpTask::Body(data, end));
+                }
+                HttpTask::Done | HttpTask::Trailer(_) if self.held_header.is_some() => {
+                    let mut header = self.held_header.take().expect("a held header");
+                    set_length(&mut header, 0);
+                    out.push(HttpTask::Header(header, false));
+                    out.push(task);
+                }
+                HttpTask::Failed(e) => {
+                    // Nothing of the response was sent: the caller may still answer.
+                    self.held_header = None;
+                    out.push(HttpTask::Failed(e));
+                }
+                task => out.push(task),
+            }
+        }
+        out
+    }
+
     // TODO: use vectored write to avoid copying
-    pub async fn response_duplex_vec(&mut self, mut tasks: Vec<HttpTask>) -> Result<bool> {
+    pub async fn response_duplex_vec(&mut self, tasks: Vec<HttpTask>) -> Result<bool> {
+        let mut tasks = if self.length_when_whole || self.held_header.is_some() {
+            self.hold_or_release_header(tasks)
+        } else {
+            tasks
+        };
+        if tasks.is_empty() {
+            // A held header, nothing else yet.
+            return Ok(false);
+        }
         let n_tasks = tasks.len();
         if n_tasks == 1 {
             // fallback to single operation to avoid copy
@@ -3123,6 +3234,126 @@ mod tests_stream {
         let input =
             BytesMut::from(&b"GET  HTTP/1.1\r\nHost: pingora.org\r\nContent-Length: 3\r\n\r\n"[..]);
         assert!(escape_illegal_request_line(&input).is_none());
+    }
+
+    /// A session that has read `GET /` (or `method`), with `length_when_whole` on and without
+    /// `Date` (so that the expected bytes are fixed), writing to `mock_io`.
+    async fn length_when_whole_session(method: &str, writes: &[&[u8]]) -> HttpSession {
+        let read_wire = format!("{method} / HTTP/1.1\r\n\r\n");
+        let mut builder = Builder::new();
+        builder.read(read_wire.as_bytes());
+        for w in writes {
+            builder.write(w);
+        }
+        let mut http_stream = HttpSession::new(Box::new(builder.build()));
+        http_stream.read_request().await.unwrap();
+        http_stream.update_resp_headers = false;
+        http_stream.set_length_when_whole(true);
+        http_stream
+    }
+
+    fn chunked_header() -> Box<ResponseHeader> {
+        let mut resp = ResponseHeader::build(StatusCode::OK, None).unwrap();
+        resp.append_header("Transfer-Encoding", "chunked").unwrap();
+        Box::new(resp)
+    }
+
+    #[tokio::test]
+    async fn length_when_whole_sends_a_whole_body_with_its_length() {
+        init_log();
+        let mut http_stream = length_when_whole_session(
+            "GET",
+            &[b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"],
+        )
+        .await;
+        // The header alone, then an empty chunk: nothing is written yet.
+        let done = http_stream
+            .response_duplex_vec(vec![HttpTask::Header(chunked_header(), false)])
+            .await
+            .unwrap();
+        assert!(!done);
+        assert!(http_stream.response_written().is_none());
+        let done = http_stream
+            .response_duplex_vec(vec![HttpTask::Body(Some(Bytes::new()), false)])
+            .await
+            .unwrap();
+        assert!(!done);
+        // The whole body: the header with its length, then the body.
+        let done = http_stream
+            .response_duplex_vec(vec![HttpTask::Body(Some(Bytes::from("hello")), true)])
+            .await
+            .unwrap();
+        assert!(done);
+        assert_eq!(
+            http_stream.response_written().unwrap().headers["content-length"],
+            "5"
+        );
+    }
+
+    #[tokio::test]
+    async fn length_when_whole_releases_the_header_for_a_stream_and_unframes_head() {
+        init_log();
+        // Data that does not end the body: chunked as it was.
+        let mut http_stream = length_when_whole_session(
+            "GET",
+            &[b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"],
+        )
+        .await;
+        http_stream
+            .response_duplex_vec(vec![HttpTask::Header(chunked_header(), false)])
+            .await
+            .unwrap();
+        http_stream
+            .response_duplex_vec(vec![HttpTask::Body(Some(Bytes::from("hello")), false)])
+            .await
+            .unwrap();
+        assert!(http_stream
+            .response_duplex_vec(vec![HttpTask::Done])
+            .await
+            .unwrap());
+
+        // HEAD: never held (a length would claim an empty body), sent without framing.
+        let mut http_stream =
+            length_when_whole_session("HEAD", &[b"HTTP/1.1 200 OK\r\n\r\n"]).await;
+        http_stream
+            .response_duplex_vec(vec![HttpTask::Header(chunked_header(), false)])
+            .await
+            .unwrap();
+        assert!(http_stream.response_written().is_some());
+    }
+
+    #[tokio::test]
+    async fn length_when_whole_empty_body_and_replaced_header() {
+        init_log();
+        // Ended by Done without data: Content-Length 0.
+        let mut http_stream =
+            length_when_whole_session("GET", &[b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"])
+                .await;
+        http_stream
+            .response_duplex_vec(vec![
+                HttpTask::Header(chunked_header(), false),
+                HttpTask::Done,
+            ])
+            .await
+            .unwrap();
+
+        // A header written directly (an error answer) replaces the held one, which is never sent.
+        let mut http_stream = length_when_whole_session(
+            "GET",
+            &[b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n"],
+        )
+        .await;
+        http_stream
+            .response_duplex_vec(vec![HttpTask::Header(chunked_header(), false)])
+            .await
+            .unwrap();
+        let mut error = ResponseHeader::build(StatusCode::BAD_GATEWAY, None).unwrap();
+        error.append_header("Content-Length", "0").unwrap();
+        http_stream
+            .write_response_header(Box::new(error))
+            .await
+            .unwrap();
+        http_stream.finish_body().await.unwrap();
     }
 
     #[tokio::test]
