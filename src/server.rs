@@ -148,10 +148,11 @@ pub fn run_with(
     let mut proxy_app =
         pingora::proxy::http_proxy(&server.configuration, Gateway::new(shared.clone()));
     let mut options = pingora::apps::HttpServerOptions::default();
-    // HTTP/1.1 keeps working beside h2c: Pingora tells the two apart by the connection preface.
-    options.h2c = config.server.tls.is_none() && config.server.h2c;
     // Patch 0006: a whole request header within this time, not just each read.
     options.h1_header_read_timeout = config.server.header_timeout;
+    let admin_options = options.clone();
+    // HTTP/1.1 keeps working beside h2c: Pingora tells the two apart by the connection preface.
+    options.h2c = config.server.tls.is_none() && config.server.h2c;
     proxy_app.server_options = Some(options);
     let mut proxy = Service::new(
         "omsgate proxy".to_string(),
@@ -204,6 +205,10 @@ pub fn run_with(
             crate::reload::ReloadOnHangup::new(reloader),
         ));
     }
+    // The same header deadline as the public listener: a scraper's or attacker's trickled
+    // header must not hold the admin listener's one thread's connections either.
+    let mut admin_app = pingora::apps::http_app::HttpServer::new_app(admin_app);
+    admin_app.server_options = Some(admin_options);
     let mut admin = Service::new("omsgate admin".to_string(), admin_app);
     admin.add_tcp(&config.admin.listen.to_string());
     admin.threads = Some(1);

@@ -438,8 +438,9 @@ async fn trickle_until_closed(
 
 /// A client has `server.header_timeout` for a whole request header: a header trickled a byte at
 /// a time (each byte far inside Pingora's per-read timeout) is cut off, on a new connection and
-/// on a kept-alive one, and so is a new connection that says nothing; the idle time between
-/// kept-alive requests does not count, and a header with a pause inside the limit is served.
+/// on a kept-alive one and on the admin listener, and so is a new connection that says nothing;
+/// the idle time between kept-alive requests does not count, and a header with a pause inside
+/// the limit is served.
 #[tokio::test]
 async fn slow_request_headers_are_cut_off_at_header_timeout() {
     use tokio::io::AsyncWriteExt;
@@ -488,6 +489,18 @@ servers = ["{}"]
         "a silent connection stays open"
     );
     cut_off(Some(start.elapsed()), "silent connection");
+
+    // The admin listener has the same deadline.
+    let mut conn = tokio::net::TcpStream::connect(gw.admin_addr())
+        .await
+        .unwrap();
+    let took = trickle_until_closed(
+        &mut conn,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_millis(300),
+    )
+    .await;
+    cut_off(took, "admin listener");
 
     // A header with a 1 s pause inside it is served; then 3 s of keepalive idle (longer than
     // the header deadline) do not count against the next request...
