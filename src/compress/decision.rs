@@ -193,11 +193,13 @@ pub fn wants_decoded(session: &mut Session, resp: &ResponseHeader) -> bool {
 /// one the client does not accept). Byte ranges of such a response would be ranges of the
 /// encoded body, which the client cannot decode, so the cache serves it whole instead.
 pub fn decodes_for_client(session: &mut Session, resp: &ResponseHeader) -> bool {
-    session
-        .downstream_modules_ctx
-        .get_mut::<Compression>()
-        .and_then(|m| m.plan.as_ref())
-        .is_some_and(|plan| decide(plan, resp, false).action == Action::Decode)
+    // Only a coded body is decoded (the common identity hit stops here).
+    resp.headers.contains_key(CONTENT_ENCODING)
+        && session
+            .downstream_modules_ctx
+            .get_mut::<Compression>()
+            .and_then(|m| m.plan.as_ref())
+            .is_some_and(|plan| decide(plan, resp, false).action == Action::Decode)
 }
 
 /// The header of a stored gzip response the cache sends decoded: what the module's decoder

@@ -80,15 +80,22 @@ pub fn upstream_request_filter(session: &mut Session, upstream_request: &mut Req
 /// that length, is sent without framing rather than with the chunked framing the GET no longer
 /// gets. A response left as it is keeps its own `Content-Length`, which neither touches.
 pub fn send_whole_bodies_with_length(session: &mut Session, resp: &ResponseHeader) {
-    let Some(plan) = session
-        .downstream_modules_ctx
-        .get_mut::<Compression>()
-        .and_then(|m| m.plan.as_ref())
-    else {
+    let Some(module) = session.downstream_modules_ctx.get_mut::<Compression>() else {
         return;
     };
+    let Some(plan) = module.plan.as_ref() else {
+        return;
+    };
+    // Nothing can change this body's length: compression off for the route, no storing
+    // compressed, no coding to undo.
+    let may_change = plan.enabled
+        || module.store_level.is_some()
+        || resp.headers.contains_key(http::header::CONTENT_ENCODING);
     let max = plan.config.compression.whole_body_max;
-    if max > 0 && !resp.status.is_informational() && content_length(resp).is_some_and(|n| n <= max)
+    if may_change
+        && max > 0
+        && !resp.status.is_informational()
+        && content_length(resp).is_some_and(|n| n <= max)
     {
         session.as_mut().set_length_when_whole(true);
     }

@@ -227,35 +227,60 @@ impl HttpSession {
         }
     }
 
+    /// One read of a request header. `deadline` (`(when, the whole timeout)`, see
+    /// [`Self::set_header_read_timeout`]) bounds it besides the keepalive or read timeout, with
+    /// one timer for the nearer of the two. Past the deadline, a connection that has sent
+    /// nothing of this request is closed quietly (`Ok(None)`, as when the keepalive timeout
+    /// passes), and one that has sent part of a header fails with `ReadTimedout`.
     async fn read_request_buf(
         &mut self,
         buf: &mut BytesMut,
         already_read: usize,
+        deadline: Option<(std::time::Instant, Duration)>,
     ) -> Result<Option<usize>> {
         let read_result = {
             let read_event = self.underlying_stream.read_buf(buf);
-            match self.keepalive_timeout {
-                KeepaliveStatus::Timeout(d) => match timeout(d, read_event).await {
-                    Ok(res) => res,
-                    Err(e) => {
-                        debug!("keepalive timeout {d:?} reached, {e}");
-                        return Ok(None);
-                    }
-                },
-                KeepaliveStatus::Infinite => {
-                    // FIXME: this should only apply to reads between requests
-                    read_event.await
-                }
-                KeepaliveStatus::Off => match self.read_timeout {
-                    Some(t) => match timeout(t, read_event).await {
+            let per_read = match self.keepalive_timeout {
+                KeepaliveStatus::Timeout(d) => Some(d),
+                // FIXME: this should only apply to reads between requests
+                KeepaliveStatus::Infinite => None,
+                KeepaliveStatus::Off => self.read_timeout,
+            };
+            let left =
+                deadline.map(|(when, _)| when.saturating_duration_since(std::time::Instant::now()));
+            let (limit, header_deadline) = match (per_read, left) {
+                (Some(t), Some(left)) if left < t => (Some(left), true),
+                (None, Some(left)) => (Some(left), true),
+                (t, _) => (t, false),
+            };
+            match limit {
+                None => read_event.await,
+                Some(t) => {
+                    match timeout(t, read_event).await {
                         Ok(res) => res,
+                        Err(_) if header_deadline => {
+                            let whole = deadline.map_or(t, |(_, whole)| whole);
+                            if already_read == 0 {
+                                debug!("header read timeout {whole:?} reached before the request began");
+                                return Ok(None);
+                            }
+                            return Error::e_explain(
+                            ReadTimedout,
+                            format!(
+                                "request header not complete within {whole:?}, bytes already read: {already_read}"
+                            ),
+                        );
+                        }
                         Err(e) => {
+                            if let KeepaliveStatus::Timeout(d) = self.keepalive_timeout {
+                                debug!("keepalive timeout {d:?} reached, {e}");
+                                return Ok(None);
+                            }
                             debug!("read timeout {t:?} reached, {e}");
                             return Error::e_explain(ReadTimedout, format!("timeout: {t:?}"));
                         }
-                    },
-                    None => read_event.await,
-                },
+                    }
+                }
             }
         };
 
@@ -287,35 +312,6 @@ impl HttpSession {
                     Ok(None)
                 }
             }
-        }
-    }
-
-    /// [`Self::read_request_buf`] within what is left of the header deadline, if there is one
-    /// (`(when, the whole timeout)`). Past the deadline, a connection that has sent nothing of
-    /// this request is closed quietly (`Ok(None)`, as when the keepalive timeout passes), and
-    /// one that has sent part of a header fails with `ReadTimedout`.
-    async fn read_request_buf_before(
-        &mut self,
-        buf: &mut BytesMut,
-        already_read: usize,
-        deadline: Option<(std::time::Instant, Duration)>,
-    ) -> Result<Option<usize>> {
-        let Some((when, limit)) = deadline else {
-            return self.read_request_buf(buf, already_read).await;
-        };
-        let left = when.saturating_duration_since(std::time::Instant::now());
-        match timeout(left, self.read_request_buf(buf, already_read)).await {
-            Ok(res) => res,
-            Err(_) if already_read == 0 => {
-                debug!("header read timeout {limit:?} reached before the request began");
-                Ok(None)
-            }
-            Err(_) => Error::e_explain(
-                ReadTimedout,
-                format!(
-                    "request header not complete within {limit:?}, bytes already read: {already_read}"
-                ),
-            ),
         }
     }
 
@@ -374,7 +370,7 @@ impl HttpSession {
             if skip_next_read {
                 skip_next_read = false;
             } else if let Some(n) = self
-                .read_request_buf_before(&mut buf, already_read, deadline)
+                .read_request_buf(&mut buf, already_read, deadline)
                 .await?
             {
                 already_read += n;
@@ -1660,6 +1656,12 @@ impl HttpSession {
 
     /// `tasks` with a header held back or released ([`Self::set_length_when_whole`]).
     fn hold_or_release_header(&mut self, tasks: Vec<HttpTask>) -> Vec<HttpTask> {
+        let holds =
+            |task: &HttpTask| matches!(task, HttpTask::Header(h, _) if self.holds_header(h));
+        if self.held_header.is_none() && !tasks.iter().any(holds) {
+            // Nothing held, nothing to hold: the tasks as they are, without a copy.
+            return tasks;
+        }
         let mut out = Vec::with_capacity(tasks.len() + 1);
         for task in tasks {
             match task {
