@@ -799,6 +799,8 @@ mod tests {
         header.append_header("X-Multi", "a").unwrap();
         header.append_header("X-Multi", "b").unwrap();
         header.insert_header("ETag", "\"v1\"").unwrap();
+        // With its length: stored as it is (see the next test for one without).
+        header.insert_header("Content-Length", "2").unwrap();
         let now = SystemTime::now();
         let mut stored = CacheMeta::new(now + Duration::from_secs(30), now, 7, 9, header);
         stored.set_variance_key(pingora::cache::key::hash_key("accept-language=fr"));
@@ -826,6 +828,48 @@ mod tests {
             .unwrap()
             .parsed
             .is_some());
+    }
+
+    /// A header that frames its body by chunks is stored with the body's length instead: in
+    /// the L1 object's parsed header, and serialized (what Redis gets) when asked to.
+    #[tokio::test]
+    async fn a_chunked_header_is_stored_with_the_body_length() {
+        let (s, key, span) = l1_only();
+        let mut header = ResponseHeader::build(200, None).unwrap();
+        header
+            .insert_header("Transfer-Encoding", "chunked")
+            .unwrap();
+        header.insert_header("Content-Encoding", "gzip").unwrap();
+        let now = SystemTime::now();
+        let stored = CacheMeta::new(now + Duration::from_secs(30), now, 0, 0, header);
+        let mut miss = s.get_miss_handler(&key, &stored, &span).await.unwrap();
+        miss.write_body(Bytes::from_static(b"abc"), false)
+            .await
+            .unwrap();
+        miss.write_body(Bytes::from_static(b"de"), true)
+            .await
+            .unwrap();
+        miss.finish().await.unwrap();
+        let (hit, _) = s.lookup(&key, &span).await.unwrap().unwrap();
+        let h = hit.response_header();
+        assert_eq!(h.headers["content-length"], "5");
+        assert!(h.headers.get("transfer-encoding").is_none());
+        assert_eq!(h.headers["content-encoding"], "gzip");
+
+        let (internal, serialized) = stored.serialize().unwrap();
+        let parsed = stored.response_header_copy();
+        let (bytes, header) = with_length(&internal, Bytes::from(serialized), parsed, 5, true);
+        let again = CacheMeta::deserialize(&internal, &bytes).unwrap();
+        assert_eq!(again.response_header().headers["content-length"], "5");
+        assert!(again
+            .response_header()
+            .headers
+            .get("transfer-encoding")
+            .is_none());
+        assert_eq!(
+            format!("{:?}", again.response_header()),
+            format!("{header:?}")
+        );
     }
 
     #[test]
