@@ -199,6 +199,12 @@ pub struct ServerFile {
     /// ("slowloris") cannot hold it. `"0"` sets no limit (Pingora's own behaviour: only each
     /// read is limited). Restart only. Default `"10s"`.
     pub header_timeout: String,
+    /// The longest a client may take to send a request body. A body with a `Content-Length` up
+    /// to 64 KiB is read whole within it before the request takes an OMS slot (a trickled body
+    /// no longer holds one of the OMS's few `max_in_flight` slots); past it the client gets
+    /// 408. Longer or chunked bodies stream to the OMS, each read limited to it. `"0"`: no
+    /// limit beyond Pingora's 60 s per read, bodies stream. Reloadable. Default `"30s"`.
+    pub body_timeout: String,
     /// Cleartext HTTP/2 with prior knowledge on a plaintext listener, next to HTTP/1.1 (told
     /// apart by the connection preface). Default false.
     pub h2c: bool,
@@ -229,6 +235,7 @@ impl Default for ServerFile {
             read_buffer: crate::units::ByteSize::Bytes(0),
             keepalive_timeout: "60s".into(),
             header_timeout: "10s".into(),
+            body_timeout: "30s".into(),
             h2c: false,
             tls: crate::tls::ListenerTlsFile::default(),
             listeners: Vec::new(),
@@ -334,6 +341,8 @@ pub struct ServerConfig {
     pub keepalive_timeout: Option<u64>,
     /// The longest an HTTP/1.x request header may take to arrive; `None` for no limit.
     pub header_timeout: Option<Duration>,
+    /// The longest a request body may take to arrive; `None` for no limit of the gateway's.
+    pub body_timeout: Option<Duration>,
     /// Cleartext HTTP/2 (prior knowledge) on a plaintext listener.
     pub h2c: bool,
     /// TLS on the public listener; `None` for plaintext.
@@ -482,6 +491,11 @@ impl Config {
             header_timeout: p
                 .duration("server.header_timeout", &file.server.header_timeout)
                 .map_or(Some(Duration::from_secs(10)), |d| {
+                    Some(d).filter(|d| !d.is_zero())
+                }),
+            body_timeout: p
+                .duration("server.body_timeout", &file.server.body_timeout)
+                .map_or(Some(Duration::from_secs(30)), |d| {
                     Some(d).filter(|d| !d.is_zero())
                 }),
             h2c: file.server.h2c,

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod redis_topology;
 pub mod reload;
+pub mod request_body;
 pub mod respond;
 pub mod routes;
 pub mod server;

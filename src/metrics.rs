@@ -111,6 +111,15 @@ pub static UPSTREAM_RETRIES: Lazy<IntCounterVec> = counter_vec!(
     "Idempotent requests retried, by reason: connect, reused_closed.",
     &["reason"]
 );
+/// Request bodies by what became of them (`server.body_timeout`): `read_ahead` (read whole
+/// before the request took an OMS slot), `streamed` (chunked, over 64 KiB or `Expect`:
+/// streamed to the OMS), `timed_out` (not complete in time: answered 408).
+pub static REQUEST_BODIES: Lazy<IntCounterVec> = counter_vec!(
+    "omsgate_request_bodies_total",
+    "Request bodies by outcome: read_ahead (read whole before taking an OMS slot), streamed, \
+     timed_out (408).",
+    &["outcome"]
+);
 /// Requests shed by overload protection, by route and reason (`queue_full`, `queue_timeout`,
 /// `lock_wait`);
 /// each was answered 503 with `Retry-After`, or from a stale cached copy.
@@ -449,6 +458,9 @@ pub fn init(config_hash: &str, routes: &[&str]) {
     Lazy::force(&UPSTREAM_ERRORS);
     for reason in ["connect", "reused_closed"] {
         UPSTREAM_RETRIES.with_label_values(&[reason]);
+    }
+    for outcome in ["read_ahead", "streamed", "timed_out"] {
+        REQUEST_BODIES.with_label_values(&[outcome]);
     }
     for r in routes {
         for reason in ["queue_full", "queue_timeout", "lock_wait"] {

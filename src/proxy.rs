@@ -341,6 +341,21 @@ impl ProxyHttp for Gateway {
             }
             return Ok(true);
         }
+        // Last, so that refused, limited and locally answered requests never wait for a body.
+        let body_timeout = config.server.body_timeout;
+        if crate::request_body::read_ahead(session, body_timeout).await?
+            == crate::request_body::ReadAhead::TimedOut
+        {
+            // Part of the body is unread: the connection cannot carry another request.
+            session.set_keepalive(None);
+            let message = format!(
+                "the request body did not arrive within {:?} (server.body_timeout)",
+                body_timeout.unwrap_or_default()
+            );
+            crate::respond::send_error(session, 408, &message, &ctx.request_id).await?;
+            ctx.local_status = Some(408);
+            return Ok(true);
+        }
         Ok(false)
     }
 
@@ -582,12 +597,18 @@ impl ProxyHttp for Gateway {
         let (code, message) = match e.etype() {
             _ if shed => (503, SHED_MESSAGE),
             ErrorType::HTTPStatus(c) => (*c, "request failed"),
-            _ if is_timeout(e) => (504, "upstream timed out"),
+            _ if is_timeout(e) && !matches!(e.esource(), pingora::ErrorSource::Downstream) => {
+                (504, "upstream timed out")
+            }
             _ => match e.esource() {
                 pingora::ErrorSource::Upstream => (502, "upstream failed"),
                 pingora::ErrorSource::Downstream => match e.etype() {
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
                         (0, "")
+                    }
+                    // A streamed body that stalled longer than `server.body_timeout`.
+                    ErrorType::ReadTimedout => {
+                        (408, "the request body stalled (server.body_timeout)")
                     }
                     _ => (400, "bad request"),
                 },

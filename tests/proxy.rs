@@ -603,3 +603,115 @@ servers = ["{}"]
     assert_eq!(code, 64, "{stderr}");
     assert!(stderr.contains("server.keepalive_timeout"), "{stderr}");
 }
+
+/// A request body with a `Content-Length` is read whole before the request takes an OMS slot,
+/// within `server.body_timeout`: a trickled body never reaches the OMS and is answered 408 with
+/// a JSON body; with `max_in_flight = 1` a whole request passes while another client trickles;
+/// bodies read ahead arrive intact and chunked ones stream. Counted in
+/// `omsgate_request_bodies_total`.
+#[tokio::test]
+async fn request_bodies_are_read_before_they_take_an_oms_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = TestUpstream::start();
+    let gw = Gateway::start(&format!(
+        r#"
+[server]
+listen = "{{listen}}"
+threads = 1
+body_timeout = "1500ms"
+[admin]
+listen = "{{admin}}"
+[upstream]
+servers = ["{}"]
+[upstream.overload]
+max_in_flight = 1
+"#,
+        up.addr
+    ));
+    let body_len = |text: &str| -> u64 {
+        let json: serde_json::Value = serde_json::from_str(text).expect("the echo's JSON");
+        json["body_len"].as_u64().expect("body_len")
+    };
+
+    // A client sends its header and 5 of 40 body bytes, then one byte every 200 ms.
+    let mut slow = tokio::net::TcpStream::connect(gw.listen_addr())
+        .await
+        .unwrap();
+    slow.write_all(
+        b"POST /echo/slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n12345",
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+
+    // Meanwhile a whole request passes: the trickled one holds no OMS slot.
+    let whole = client()
+        .post(gw.url("/echo/whole"))
+        .body("x".repeat(1000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(whole.status(), 200);
+    assert_eq!(
+        body_len(&whole.text().await.unwrap()),
+        1000,
+        "read ahead, sent whole"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "waited for the trickler"
+    );
+
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let _ = slow.write_all(b"6").await;
+        match tokio::time::timeout(Duration::from_millis(200), slow.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no answer to a trickled body"
+        );
+    }
+    let took = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("application/json"), "{answer}");
+    assert!(answer.contains("server.body_timeout"), "{answer}");
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_millis(3500),
+        "answered after {took:?}, not at the 1.5 s body_timeout"
+    );
+    assert_eq!(
+        up.hits_for("/echo/slow"),
+        0,
+        "a trickled body reached the OMS"
+    );
+
+    // A chunked body streams to the OMS as before.
+    let mut conn = tokio::net::TcpStream::connect(gw.listen_addr())
+        .await
+        .unwrap();
+    conn.write_all(
+        b"POST /echo/chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_one_response(&mut conn).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(
+        up.last_seen("/echo/chunked").map(|r| r.method),
+        Some("POST".into())
+    );
+
+    let count = |outcome: &str| {
+        gw.metric_value("omsgate_request_bodies_total", &[("outcome", outcome)])
+            .unwrap_or(0.0)
+    };
+    assert_eq!(count("timed_out"), 1.0);
+    assert!(count("read_ahead") >= 1.0);
+    assert!(count("streamed") >= 1.0);
+}
