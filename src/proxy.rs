@@ -493,9 +493,16 @@ impl ProxyHttp for Gateway {
         let e = e.more_context(format!("Peer: {peer}"));
         let retryable = session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated();
-        self.shared
+        let e = self
+            .shared
             .upstreams
-            .proxy_failed(&mut ctx.upstream, retryable, client_reused, e)
+            .proxy_failed(&mut ctx.upstream, retryable, client_reused, e);
+        if e.retry() {
+            // The retry sends the body again from Pingora's retry buffer, through
+            // `request_body_filter`: capture it afresh, not twice.
+            ctx.audit_body = None;
+        }
+        e
     }
 
     /// Forwards the request id and the verified identity, and only that identity

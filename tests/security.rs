@@ -11,12 +11,10 @@ mod common;
 mod db_support;
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::time::Duration;
 
 use cache_util::*;
 use common::*;
-use omsgate::audit::spool::{Next, SegmentReader};
 use omsgate::sim::{SimHandle, SimOptions, DEMO_JWT_SECRET};
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
@@ -349,26 +347,6 @@ cache = { ttl = "60s", scope = "public" }"#,
 }
 
 // === 4. Audit event ids ===
-
-/// Every record in the spool files of `dir`.
-fn spooled(dir: &Path) -> Vec<Value> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut segs: Vec<_> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .collect();
-    segs.sort();
-    let mut out = Vec::new();
-    for s in segs {
-        let mut r = SegmentReader::open(&s, 0).unwrap();
-        while let Ok(Next::Record(f)) = r.next_frame() {
-            out.push(serde_json::from_slice(&f.payload).unwrap());
-        }
-    }
-    out
-}
 
 /// `x-request-id: cover` on a harmless GET and then on DELETEs: each record still has its own
 /// event id, and the OMS's `audit_events` (after `omsgate migrate`) keeps every one of them.

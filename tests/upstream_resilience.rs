@@ -494,3 +494,53 @@ passive = { failures = 0 }"#,
         retried
     );
 }
+
+/// A PUT retried on the keep-alive race passes its body through the gateway twice (Pingora
+/// replays it from its retry buffer); the audit record still holds it once.
+#[tokio::test]
+async fn a_retried_write_is_audited_with_its_body_once() {
+    let up = TestUpstream::start();
+    let gw = Gateway::start(&config(
+        &[&up],
+        r#"health_check = { path = "/health", interval = "1h" }
+[audit]
+spool_dir = "{dir}/spool""#,
+        r#"[[route]]
+name = "items"
+path = "/items/{id}"
+audit = { body = true }"#,
+    ));
+    let c = client();
+    assert_eq!(c.get(gw.url("/echo")).send().await.unwrap().status(), 200);
+    up.close_reused(true);
+    let resp = c
+        .put(gw.url("/items/7"))
+        .header("content-type", "application/json")
+        .header("x-request-id", "retried-put")
+        .body(r#"{"qty":3}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        metric(
+            &gw,
+            "omsgate_upstream_retries_total",
+            &[("reason", "reused_closed")]
+        ),
+        1.0,
+        "the PUT met the race and was retried"
+    );
+    let spool = gw.dir().join("spool");
+    let record = || {
+        common::spooled(&spool)
+            .into_iter()
+            .find(|r| r["request_id"] == "retried-put")
+    };
+    assert!(
+        common::eventually(Duration::from_secs(10), || record().is_some()).await,
+        "the PUT's audit record"
+    );
+    let record = record().unwrap();
+    assert_eq!(record["body"], serde_json::json!({"qty": 3}), "{record}");
+}

@@ -163,3 +163,24 @@ impl Drop for TestDir {
         }
     }
 }
+
+/// Every audit record in the spool segment files of `dir` (the file audit), in file order.
+pub fn spooled(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    use omsgate::audit::spool::{Next, SegmentReader};
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut segs: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segs.sort();
+    let mut out = Vec::new();
+    for s in segs {
+        let mut r = SegmentReader::open(&s, 0).unwrap();
+        while let Ok(Next::Record(f)) = r.next_frame() {
+            out.push(serde_json::from_slice(&f.payload).unwrap());
+        }
+    }
+    out
+}
