@@ -78,6 +78,11 @@ impl Problems {
         self.duration(key, text).unwrap_or(default)
     }
 
+    /// A limit that `"0"` turns off: the duration, `None` for zero, `default` on error.
+    pub fn limit_or(&mut self, key: &str, text: &str, default: Duration) -> Option<Duration> {
+        Some(self.duration_or(key, text, default)).filter(|d| !d.is_zero())
+    }
+
     /// Parses a byte size, recording a problem under `key` when it is not one.
     pub fn bytes(&mut self, key: &str, size: &crate::units::ByteSize) -> Option<u64> {
         match size.bytes() {
@@ -488,16 +493,16 @@ impl Config {
                 }
                 None => Some(60),
             },
-            header_timeout: p
-                .duration("server.header_timeout", &file.server.header_timeout)
-                .map_or(Some(Duration::from_secs(10)), |d| {
-                    Some(d).filter(|d| !d.is_zero())
-                }),
-            body_timeout: p
-                .duration("server.body_timeout", &file.server.body_timeout)
-                .map_or(Some(Duration::from_secs(30)), |d| {
-                    Some(d).filter(|d| !d.is_zero())
-                }),
+            header_timeout: p.limit_or(
+                "server.header_timeout",
+                &file.server.header_timeout,
+                Duration::from_secs(10),
+            ),
+            body_timeout: p.limit_or(
+                "server.body_timeout",
+                &file.server.body_timeout,
+                Duration::from_secs(30),
+            ),
             h2c: file.server.h2c,
             tls: crate::tls::ListenerTls::from_file(&file.server.tls, p),
             listeners: file

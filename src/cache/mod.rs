@@ -515,11 +515,7 @@ pub fn fast_hit_answer(
     let mut header = Box::new(meta.response_header_copy());
     let _ = header.insert_header(http::header::AGE, meta.age().as_secs());
     header.set_version(http::Version::HTTP_11);
-    let status = header.status.as_u16();
-    if !matches!(status, 204 | 304)
-        && !header.status.is_informational()
-        && !header.headers.contains_key(http::header::CONTENT_LENGTH)
-    {
+    if storage::lacks_length(&header) {
         let _ = header.insert_header(http::header::TRANSFER_ENCODING, "chunked");
     }
     let not_modified = not_modified_filter(session.req_header(), &header);

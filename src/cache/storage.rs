@@ -131,10 +131,11 @@ fn meta_with_header(internal: &[u8], header: ResponseHeader) -> Option<CacheMeta
     Some(meta)
 }
 
-/// Whether a stored response with this header would be sent chunked although its length is
-/// known once stored: a status with a body and no `Content-Length` (a body the gateway
-/// compressed for storing, or an origin's chunked answer).
-fn lacks_length(header: &ResponseHeader) -> bool {
+/// Whether a response with this header is framed by chunks: a status with a body and no
+/// `Content-Length` (a body the gateway compressed for storing, an origin's chunked answer).
+/// Such a header is stored with the body's length ([`with_length`]); a hit of one stored
+/// without (before that, or if it did not serialize) is sent chunked.
+pub(super) fn lacks_length(header: &ResponseHeader) -> bool {
     let status = header.status.as_u16();
     !header.status.is_informational()
         && !matches!(status, 204 | 304)

@@ -270,17 +270,24 @@ impl CompressionConfig {
         }
     }
 
-    /// The encoder for a body of this `Content-Length` (none: unknown): whole-body when the
-    /// length is known and at most `whole_body_max`, streaming otherwise.
+    /// Whether a body of this `Content-Length` (none: unknown) is compressed whole: its length
+    /// is known and at most `whole_body_max`.
+    pub fn takes_whole(&self, content_length: Option<u64>) -> bool {
+        content_length.is_some_and(|n| n <= self.whole_body_max)
+    }
+
+    /// The encoder for a body of this `Content-Length` (none: unknown): whole-body when
+    /// [`Self::takes_whole`], streaming otherwise.
     pub fn encoder(
         &self,
         algorithm: Algorithm,
         level: u32,
         content_length: Option<u64>,
     ) -> std::io::Result<super::Encoder> {
-        match content_length {
-            Some(n) if n <= self.whole_body_max => Ok(super::Encoder::whole(algorithm, level)),
-            _ => super::Encoder::new(algorithm, level),
+        if self.takes_whole(content_length) {
+            Ok(super::Encoder::whole(algorithm, level))
+        } else {
+            super::Encoder::new(algorithm, level)
         }
     }
 

@@ -91,11 +91,12 @@ pub fn send_whole_bodies_with_length(session: &mut Session, resp: &ResponseHeade
     let may_change = plan.enabled
         || module.store_level.is_some()
         || resp.headers.contains_key(http::header::CONTENT_ENCODING);
-    let max = plan.config.compression.whole_body_max;
+    let compression = &plan.config.compression;
+    // `whole_body_max = 0` streams everything (an empty body is whole either way).
     if may_change
-        && max > 0
+        && compression.whole_body_max > 0
         && !resp.status.is_informational()
-        && content_length(resp).is_some_and(|n| n <= max)
+        && compression.takes_whole(content_length(resp))
     {
         session.as_mut().set_length_when_whole(true);
     }
