@@ -367,8 +367,8 @@ async fn a_response_of_known_length_is_compressed_whole_unless_whole_body_max_is
     assert_eq!(sizes.first(), Some(&chunk.len()), "{sizes:?}");
 }
 
-/// A gateway whose `/bytes/{n}` route is cached (public scope) in the shared Redis, with the
-/// L1 on or off (`memory`), under a key prefix of its own.
+/// A gateway whose `/bytes/{n}` and `/chunked` routes are cached (public scope) in the shared
+/// Redis, with the L1 on or off (`memory`), under a key prefix of its own.
 fn cached_gateway(up: &TestUpstream, memory: &str) -> Gateway {
     gateway(
         up,
@@ -383,6 +383,11 @@ key_prefix = "{}:"
 [[route]]
 name = "bytes"
 path = "/bytes/{{n}}"
+cache = {{ ttl = "60s", scope = "public" }}
+
+[[route]]
+name = "chunked"
+path = "/chunked"
 cache = {{ ttl = "60s", scope = "public" }}
 "#,
             common::redis_url(),
@@ -453,30 +458,7 @@ async fn hits_carry_the_stored_length_and_ranges_respect_the_coding() {
     let up = TestUpstream::start();
     let original = deterministic_body(20_000);
     for (tier, memory) in [("L1", ""), ("Redis", "memory = { max_bytes = 0 }")] {
-        let gw = gateway(
-            &up,
-            &format!(
-                r#"
-[cache]
-redis_url = "{}"
-redis_timeout = "500ms"
-key_prefix = "{}:"
-{memory}
-
-[[route]]
-name = "bytes"
-path = "/bytes/{{n}}"
-cache = {{ ttl = "60s", scope = "public" }}
-
-[[route]]
-name = "chunked"
-path = "/chunked"
-cache = {{ ttl = "60s", scope = "public" }}
-"#,
-                common::redis_url(),
-                common::unique("length")
-            ),
-        );
+        let gw = cached_gateway(&up, memory);
         for path in ["/bytes/20000", "/chunked?chunks=3&size=5000"] {
             let ctx = format!("{tier} {path}");
             let miss = get(&gw, path, Some("gzip")).await;

@@ -417,6 +417,25 @@ async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> 
     )
 }
 
+/// A one-thread gateway in front of `up`: `server` adds `[server]` keys, `rest` follows
+/// `[upstream] servers` (more upstream keys, or sections).
+fn one_thread_gateway(up: &TestUpstream, server: &str, rest: &str) -> Gateway {
+    Gateway::start(&format!(
+        r#"
+[server]
+listen = "{{listen}}"
+threads = 1
+{server}
+[admin]
+listen = "{{admin}}"
+[upstream]
+servers = ["{}"]
+{rest}
+"#,
+        up.addr
+    ))
+}
+
 /// Sends `bytes` one at a time, one every `every`, until the gateway closes the connection;
 /// how long that took from the first byte, or `None` when every byte went out and it stayed open.
 async fn trickle_until_closed(
@@ -445,20 +464,11 @@ async fn trickle_until_closed(
 async fn slow_request_headers_are_cut_off_at_header_timeout() {
     use tokio::io::AsyncWriteExt;
     let up = TestUpstream::start();
-    let gw = Gateway::start(&format!(
-        r#"
-[server]
-listen = "{{listen}}"
-threads = 1
-keepalive_timeout = "30s"
-header_timeout = "2s"
-[admin]
-listen = "{{admin}}"
-[upstream]
-servers = ["{}"]
-"#,
-        up.addr
-    ));
+    let gw = one_thread_gateway(
+        &up,
+        "keepalive_timeout = \"30s\"\nheader_timeout = \"2s\"",
+        "",
+    );
     let request = format!("GET /echo HTTP/1.1\r\nHost: {}\r\n\r\n", gw.listen_addr());
     let slow_header = request.replace("\r\n\r\n", "\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa\r\n\r\n");
     let connect = || tokio::net::TcpStream::connect(gw.listen_addr());
@@ -543,21 +553,8 @@ servers = ["{}"]
 async fn idle_client_connections_close_after_keepalive_timeout() {
     use tokio::io::AsyncWriteExt;
     let up = TestUpstream::start();
-    let gateway = |timeout: &str| {
-        Gateway::start(&format!(
-            r#"
-[server]
-listen = "{{listen}}"
-threads = 1
-keepalive_timeout = "{timeout}"
-[admin]
-listen = "{{admin}}"
-[upstream]
-servers = ["{}"]
-"#,
-            up.addr
-        ))
-    };
+    let gateway =
+        |timeout: &str| one_thread_gateway(&up, &format!("keepalive_timeout = \"{timeout}\""), "");
     let request =
         |gw: &Gateway| format!("GET /echo HTTP/1.1\r\nHost: {}\r\n\r\n", gw.listen_addr());
 
@@ -613,21 +610,11 @@ servers = ["{}"]
 async fn request_bodies_are_read_before_they_take_an_oms_slot() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = TestUpstream::start();
-    let gw = Gateway::start(&format!(
-        r#"
-[server]
-listen = "{{listen}}"
-threads = 1
-body_timeout = "1500ms"
-[admin]
-listen = "{{admin}}"
-[upstream]
-servers = ["{}"]
-[upstream.overload]
-max_in_flight = 1
-"#,
-        up.addr
-    ));
+    let gw = one_thread_gateway(
+        &up,
+        "body_timeout = \"1500ms\"",
+        "[upstream.overload]\nmax_in_flight = 1",
+    );
     let body_len = |text: &str| -> u64 {
         let json: serde_json::Value = serde_json::from_str(text).expect("the echo's JSON");
         json["body_len"].as_u64().expect("body_len")
