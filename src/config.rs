@@ -201,8 +201,9 @@ pub struct ServerFile {
     /// The longest an HTTP/1.x client may take to send a whole request header: for a new
     /// connection counted from its accept (silence included), for later requests from their
     /// first byte. A connection past it is closed, so a client trickling a header byte by byte
-    /// ("slowloris") cannot hold it. `"0"` sets no limit (Pingora's own behaviour: only each
-    /// read is limited). Restart only. Default `"10s"`.
+    /// ("slowloris") cannot hold it. A TLS handshake must finish within it too (before the
+    /// header's deadline starts). `"0"` sets no limit (Pingora's own behaviour: only each read
+    /// is limited, a TLS handshake to 60 s). Restart only. Default `"10s"`.
     pub header_timeout: String,
     /// The longest a client may take to send a request body. A body with a `Content-Length` up
     /// to 64 KiB is read whole within it before the request takes an OMS slot (a trickled body

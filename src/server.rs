@@ -158,6 +158,12 @@ pub fn run_with(
         "omsgate proxy".to_string(),
         crate::lifecycle::Handover::new(proxy_app),
     );
+    // Patch 0008: a TLS handshake has the header deadline too (Pingora: a fixed 60 s), so a
+    // client that connects and never finishes its ClientHello is closed as soon as one that
+    // never sends its request header.
+    if let Some(deadline) = config.server.header_timeout {
+        proxy.set_handshake_timeout(deadline);
+    }
     // Every client connection holds a read buffer of this size, idle or not.
     let buffers = pingora::protocols::l4::stream::L4BufferSettings {
         read: Some(config.server.read_buffer),

@@ -240,6 +240,62 @@ fn tls_listener_speaks_h2_and_http11_over_tls13_and_12() {
     assert_eq!(tls12.status_line.as_deref(), Some("HTTP/1.1 200 OK"));
 }
 
+/// A TLS handshake has `server.header_timeout` too (Pingora alone: a fixed 60 s): a client that
+/// connects and says nothing, or sends half a ClientHello, is closed at the deadline; a client
+/// that completes its handshake is served.
+#[test]
+fn unfinished_tls_handshakes_are_cut_off_at_header_timeout() {
+    use std::io::{Read, Write};
+    let dir = TestDir::new("tls-handshake-deadline");
+    let ca = Ca::new(dir.path(), "gw");
+    let leaf = ca.issue("gw", &["localhost", "127.0.0.1"], false);
+    let upstream = TestUpstream::start();
+    let gw = Gateway::start(&gateway_config(
+        &upstream.addr.to_string(),
+        &format!("header_timeout = \"2s\"\n{}", server_tls(&leaf, None)),
+        "",
+    ));
+    // How long until the gateway closes a connection that sent `bytes` (None: still open at 8 s).
+    let closed_after = |bytes: &[u8]| {
+        let mut conn = std::net::TcpStream::connect(gw.listen_addr()).unwrap();
+        conn.write_all(bytes).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+        let start = std::time::Instant::now();
+        let mut buf = [0u8; 256];
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) => return Some(start.elapsed()),
+                // An alert or a reset counts as closed only once the socket ends.
+                Ok(_) => continue,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    return None
+                }
+                Err(_) => return Some(start.elapsed()),
+            }
+        }
+    };
+    // A TLS record header announcing a 512-byte handshake message, then 4 bytes of it.
+    let half_hello: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc];
+    for (what, bytes) in [("silent", &b""[..]), ("half a ClientHello", half_hello)] {
+        let took = closed_after(bytes)
+            .unwrap_or_else(|| panic!("{what}: the unfinished handshake was never cut off"));
+        assert!(
+            took >= Duration::from_millis(1500) && took < Duration::from_millis(4000),
+            "{what}: closed after {took:?}, not at the 2 s header_timeout"
+        );
+    }
+    let cacert = ca.pem_path("gw").display().to_string();
+    let (_, status, body) = curl(
+        &["--cacert", &cacert, "--resolve", &resolve(&gw), "--http1.1"],
+        &https(&gw, "/echo"),
+    )
+    .expect("a complete handshake is served");
+    assert_eq!(status, 200, "{body}");
+}
+
 #[test]
 fn h2c_prior_knowledge_and_http11_share_a_plaintext_listener() {
     let upstream = TestUpstream::start();

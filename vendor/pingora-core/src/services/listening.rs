@@ -53,7 +53,12 @@ pub struct Service<A> {
     runtime_opts_override: Option<RuntimeOptsOverride>,
     #[cfg(feature = "connection_filter")]
     connection_filter: Arc<dyn ConnectionFilter>,
+    handshake_timeout: Duration,
 }
+
+/// How long a new connection's handshake (TLS, or a pre-TLS callback) may take unless
+/// [`Service::set_handshake_timeout`] says otherwise.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl<A> Service<A> {
     /// Create a new [`Service`] with the given application (see [`crate::apps`]).
@@ -66,6 +71,7 @@ impl<A> Service<A> {
             runtime_opts_override: None,
             #[cfg(feature = "connection_filter")]
             connection_filter: Arc::new(AcceptAllFilter),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
 
@@ -80,7 +86,19 @@ impl<A> Service<A> {
             runtime_opts_override: None,
             #[cfg(feature = "connection_filter")]
             connection_filter: Arc::new(AcceptAllFilter),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
+    }
+
+    /// Sets how long a new connection's handshake (TLS, or a pre-TLS callback) may take before
+    /// the connection is closed (default [`DEFAULT_HANDSHAKE_TIMEOUT`]).
+    pub fn set_handshake_timeout(&mut self, timeout: Duration) {
+        self.handshake_timeout = timeout;
+    }
+
+    /// How long a new connection's handshake may take.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
     }
 
     /// Set a runtime options override for this service.
@@ -203,6 +221,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
         app_logic: Arc<A>,
         mut stack: TransportStack,
         mut shutdown: ShutdownWatch,
+        handshake_timeout: Duration,
     ) {
         // the accept loop, until the system is shutting down
         loop {
@@ -234,7 +253,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                         // Boxed: the handshake's state (several KiB with TLS) is only needed
                         // until it completes, not for as long as this connection's task lives.
                         let handshake = Box::pin(io.handshake());
-                        match timeout(Duration::from_secs(60), handshake).await {
+                        match timeout(handshake_timeout, handshake).await {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
@@ -302,6 +321,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
         let app_logic = Arc::new(app_logic);
 
         let mut handlers = Vec::new();
+        let handshake_timeout = self.handshake_timeout;
 
         endpoints.into_iter().for_each(|endpoint| {
             for _ in 0..listeners_per_fd {
@@ -310,7 +330,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
                 let endpoint = endpoint.clone();
 
                 let jh = runtime.spawn(async move {
-                    Self::run_endpoint(my_app_logic, endpoint, shutdown).await;
+                    Self::run_endpoint(my_app_logic, endpoint, shutdown, handshake_timeout).await;
                 });
 
                 handlers.push(jh);
