@@ -237,7 +237,7 @@ table = "{schema}.audit_events"
     assert_eq!(count(rows).await, n as i64, "every record exactly once");
     let got: BTreeSet<String> = db
         .query(
-            &format!("SELECT request_id FROM {schema}.audit_events"),
+            &format!("SELECT client_request_id FROM {schema}.audit_events"),
             &[],
         )
         .await

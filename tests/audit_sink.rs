@@ -1,9 +1,12 @@
 //! `omsgate audit-sink` against the shared broker and PostgreSQL: every record lands in
 //! `audit_events` once, also when the sink is killed mid-batch (a batch read from Kafka, its
 //! INSERT waiting inside an open transaction, its offsets uncommitted — observed in
-//! `pg_stat_activity` at the kill) and restarted, and when the topic holds duplicates.
+//! `pg_stat_activity` at the kill) and restarted, and when the topic holds duplicates; and the
+//! reference legacy OMS keeps writing its own rows into the same table, after `omsgate migrate`
+//! and beside the sink.
 
 mod audit_common;
+mod common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -208,7 +211,7 @@ async fn sink_writes_every_record_once_across_a_kill_mid_batch() {
 
     let total = count(rows.clone()).await;
     let distinct = count(format!(
-        "SELECT count(DISTINCT request_id) FROM {schema}.audit_events"
+        "SELECT count(DISTINCT client_request_id) FROM {schema}.audit_events"
     ))
     .await;
     assert_eq!(total, 4000);
@@ -218,13 +221,195 @@ async fn sink_writes_every_record_once_across_a_kill_mid_batch() {
          WHERE tenant_id IS DISTINCT FROM payload->>'tenant'
             OR payload->>'route' <> 'invoice'
             OR created_at <> (payload->>'ts')::timestamptz
-            OR request_id NOT LIKE '{topic}-%'"
+            OR client_request_id NOT LIKE '{topic}-%'
+            OR request_id IS NOT NULL"
     ))
     .await;
-    assert_eq!(wrong, 0, "rows carry the record's tenant, time and payload");
+    assert_eq!(
+        wrong, 0,
+        "rows carry the record's tenant, time, request id and payload"
+    );
     db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
         .await
         .unwrap();
+}
+
+/// The reference legacy OMS inserts its own audit rows with `ON CONFLICT (request_id) DO
+/// NOTHING`, which needs a unique index on `request_id`. After `omsgate migrate` (the CLI, as an
+/// operator runs it) and with `audit-sink` loading the topic into the same table, the OMS still
+/// answers and records its requests, and the sink's records — one request id reused three times,
+/// one without a tenant — all land beside them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_legacy_oms_and_the_sink_share_audit_events_after_migrate() {
+    use common::legacy::{LegacyOms, LegacyOptions};
+    let oms = tokio::task::spawn_blocking(|| LegacyOms::start(LegacyOptions::default()))
+        .await
+        .unwrap();
+    let schema = oms.schema().to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_omsgate"))
+        .args([
+            "migrate",
+            "--schema",
+            &schema,
+            "--database-url",
+            &database_url(),
+        ])
+        .output()
+        .expect("run omsgate migrate");
+    assert!(
+        out.status.success(),
+        "omsgate migrate: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let http = common::client();
+    let oms_request = |id: &'static str| {
+        let request = http
+            .get(oms.url("/api/v1/invoices?limit=1"))
+            .header("x-tenant-id", "acme")
+            .header("x-request-id", id);
+        async move {
+            let r = request.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (db, conn) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let count = |sql: String| {
+        let db = &db;
+        async move {
+            db.query_one(&sql, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .get::<_, i64>(0)
+        }
+    };
+    let oms_rows = format!("SELECT count(*) FROM {schema}.audit_events WHERE request_id = 'oms-1'");
+    let (status, body) = oms_request("oms-1").await;
+    assert_eq!(
+        status,
+        200,
+        "the OMS after omsgate migrate: {body}\n{}",
+        oms.log()
+    );
+    assert_eq!(
+        count(oms_rows.clone()).await,
+        1,
+        "the OMS recorded its request"
+    );
+
+    let brokers = kafka_brokers();
+    let topic = unique("audit_oms_table");
+    create_topic(&brokers, &topic, 1);
+    let dir = TempDir::new("sink_oms");
+    let cfg = config(Some(&brokers), &topic, &dir.0.join("spool"), "");
+    let audit = Audit::new(&cfg).unwrap();
+    let running = tokio::task::spawn_blocking({
+        let audit = audit.clone();
+        move || Running::start(&audit)
+    })
+    .await
+    .unwrap();
+    let (a, c, t) = (audit.clone(), cfg.clone(), topic.clone());
+    tokio::task::spawn_blocking(move || {
+        for i in 0..4 {
+            let mut r = record(&format!("{t}-{i}"), i, &c);
+            r.request_id = "cover".into();
+            if i == 3 {
+                r.tenant = None;
+            }
+            a.record(r);
+        }
+        assert!(wait_until(Duration::from_secs(60), || {
+            a.state().stats.delivered >= 4
+        }));
+    })
+    .await
+    .unwrap();
+    tokio::task::spawn_blocking(move || running.shutdown())
+        .await
+        .unwrap();
+
+    let config_path = dir.0.join("sink.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            r#"
+            [audit]
+            brokers = "{brokers}"
+            topic = "{topic}"
+            spool_dir = "{}"
+            [audit.sink]
+            database_url = "{}"
+            group_id = "{}"
+            batch_size = 10
+            batch_timeout = "100ms"
+            table = "{schema}.audit_events"
+            "#,
+            dir.0.join("sink-spool").display(),
+            database_url(),
+            unique("sink_group"),
+        ),
+    )
+    .unwrap();
+    let mut sink = sink(&config_path);
+    let sunk = format!(
+        "SELECT count(*) FROM {schema}.audit_events
+         WHERE client_request_id = 'cover' AND request_id IS NULL AND event_id IS NOT NULL"
+    );
+    let mut landed = 0;
+    for _ in 0..600 {
+        landed = count(sunk.clone()).await;
+        if landed >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = sink.kill();
+    let _ = sink.wait();
+    assert_eq!(
+        landed, 4,
+        "every sink record, one request id reused and one without a tenant"
+    );
+    assert_eq!(
+        count(format!(
+            "SELECT count(*) FROM {schema}.audit_events WHERE tenant_id = '' AND client_request_id = 'cover'"
+        ))
+        .await,
+        1,
+        "a record without a tenant is stored with the OMS's empty tenant"
+    );
+
+    // The sink's table setup left the OMS's constraint alone: the OMS still records its
+    // requests, and deduplicates a request id it has seen, as it always did.
+    for id in ["oms-2", "oms-2"] {
+        let (status, body) = oms_request(id).await;
+        assert_eq!(
+            status,
+            200,
+            "the OMS beside the sink: {body}\n{}",
+            oms.log()
+        );
+    }
+    assert_eq!(
+        count(format!(
+            "SELECT count(*) FROM {schema}.audit_events WHERE request_id = 'oms-2'"
+        ))
+        .await,
+        1
+    );
+    assert_eq!(
+        count(format!(
+            "SELECT count(*) FROM pg_constraint
+             WHERE conrelid = '{schema}.audit_events'::regclass
+               AND conname = 'audit_events_request_id_key' AND contype = 'u'"
+        ))
+        .await,
+        1
+    );
 }
 
 #[test]

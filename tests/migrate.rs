@@ -16,7 +16,7 @@ const INDEXES: [&str; 6] = [
     "idx_audit_events_tenant_timestamp",
     "idx_invoice_lines_invoice",
     "idx_payments_invoice",
-    "idx_audit_events_request_id",
+    "idx_audit_events_client_request_id",
 ];
 
 /// `(index name, valid, unique)` of the schema's indexes named like ours.
@@ -54,7 +54,7 @@ async fn migrate_builds_valid_indexes_and_functions_then_is_a_no_op() {
     let (report, out) = migrate(&s).await.unwrap();
     assert_eq!(report.applied.len(), MIGRATIONS.len(), "{out}");
     assert!(
-        out.contains("[1/7] 0001_idx_invoices_tenant_status_date ... done in"),
+        out.contains("[1/8] 0001_idx_invoices_tenant_status_date ... done in"),
         "{out}"
     );
 
@@ -480,7 +480,7 @@ async fn operator_migrations_run_after_the_bundled_ones() {
         s.scalar("SELECT string_agg(source || ':' || version, ',' ORDER BY source, version) FROM omsgate_migrations")
             .await
             .as_deref(),
-        Some("bundled:1,bundled:2,bundled:3,bundled:4,bundled:5,bundled:6,bundled:7,operator:1,operator:2")
+        Some("bundled:1,bundled:2,bundled:3,bundled:4,bundled:5,bundled:6,bundled:7,bundled:8,operator:1,operator:2")
     );
     assert_eq!(
         s.scalar("SELECT op_invoice_count('nobody')::text")
@@ -641,5 +641,92 @@ async fn index_migrations_for_a_missing_table_or_column_are_skipped() {
         .unwrap();
     assert_eq!(report.applied, ["0002_idx_payments_tenant_date"]);
     assert_eq!(migrator.status(&s.client).await.unwrap().skipped(), 1);
+    s.drop_schema().await;
+}
+
+/// Migration 0007 dropped the unique `request_id` of the OMS's `audit_events`, and the legacy
+/// app's own `INSERT ... ON CONFLICT (request_id) DO NOTHING` failed from then on (every API
+/// request of the reference OMS answered 500). 0008, run on a schema 0007 left behind with rows
+/// the sink wrote meanwhile (a reused request id), moves those request ids to
+/// `client_request_id` and gives the OMS its constraint back.
+#[tokio::test]
+async fn migration_0008_gives_the_oms_its_unique_request_id_back() {
+    let s = TestSchema::reference("mig_0008").await;
+    let oms_insert = |id: &str| {
+        format!(
+            "INSERT INTO audit_events (tenant_id, request_id, payload) \
+             VALUES ('acme', '{id}', '{{}}') ON CONFLICT (request_id) DO NOTHING"
+        )
+    };
+    s.client
+        .batch_execute(&oms_insert("oms-old"))
+        .await
+        .unwrap();
+    let until_0007 = Migrator::with_migrations(&s.name, &MIGRATIONS[..7]).unwrap();
+    until_0007
+        .run(&s.client, RunOptions::default(), &mut SharedBuf::default())
+        .await
+        .unwrap();
+    let broken = s.client.batch_execute(&oms_insert("oms-new")).await;
+    assert!(
+        broken
+            .as_ref()
+            .is_err_and(|e| format!("{e:?}").contains("no unique or exclusion constraint")),
+        "after 0007 the OMS's insert has no conflict target: {broken:?}"
+    );
+    for event in 1..=3 {
+        s.client
+            .batch_execute(&format!(
+                "INSERT INTO audit_events (tenant_id, event_id, request_id, payload) \
+                 VALUES ('acme', '00000000-0000-7000-8000-00000000000{event}', 'cover', '{{}}')"
+            ))
+            .await
+            .unwrap();
+    }
+
+    let (report, out) = migrate(&s).await.unwrap();
+    assert_eq!(
+        report.applied,
+        ["0008_audit_events_request_id_unique"],
+        "{out}"
+    );
+    assert_eq!(
+        s.scalar(
+            "SELECT count(*) FROM audit_events \
+             WHERE client_request_id = 'cover' AND request_id IS NULL"
+        )
+        .await
+        .as_deref(),
+        Some("3"),
+        "the sink's rows keep their request id in client_request_id"
+    );
+    for id in ["oms-old", "oms-new", "oms-new"] {
+        s.client.batch_execute(&oms_insert(id)).await.unwrap();
+    }
+    assert_eq!(
+        s.scalar("SELECT string_agg(request_id, ',' ORDER BY id) FROM audit_events WHERE request_id IS NOT NULL")
+            .await
+            .as_deref(),
+        Some("oms-old,oms-new"),
+        "the OMS's inserts work and deduplicate again"
+    );
+    assert_eq!(
+        s.scalar(&format!(
+            "SELECT count(*) FROM pg_constraint WHERE contype = 'u' \
+             AND conrelid = '{}.audit_events'::regclass AND conname = 'audit_events_request_id_key'",
+            s.name
+        ))
+        .await
+        .as_deref(),
+        Some("1")
+    );
+    let indexes: Vec<String> = our_indexes(&s).await.into_iter().map(|i| i.0).collect();
+    assert!(
+        indexes.contains(&"idx_audit_events_client_request_id".to_string())
+            && !indexes.contains(&"idx_audit_events_request_id".to_string()),
+        "{indexes:?}"
+    );
+    let (again, _) = migrate(&s).await.unwrap();
+    assert!(again.applied.is_empty(), "{again:?}");
     s.drop_schema().await;
 }

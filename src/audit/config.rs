@@ -141,7 +141,9 @@ pub struct SinkFile {
     /// Longest a partial batch waits for more records before it is written. Default `"1s"`.
     pub batch_timeout: String,
     /// Table the records are written to, optionally schema-qualified. It is created when
-    /// missing, with a unique index on `request_id`. Default `"audit_events"`.
+    /// missing; rows are keyed by a unique `event_id`, the client's request id goes to
+    /// `client_request_id`, and the OMS's unique `request_id` is left NULL. Default
+    /// `"audit_events"`.
     pub table: String,
 }
 

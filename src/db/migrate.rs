@@ -73,6 +73,7 @@ pub static MIGRATIONS: &[Migration<'static>] = bundled![
     "0005" "idx_payments_invoice",
     "0006" "query_functions",
     "0007" "audit_events_event_id",
+    "0008" "audit_events_request_id_unique",
 ];
 
 /// The tables and columns each bundled migration that is not made only of index builds needs
@@ -129,6 +130,8 @@ const BUNDLED_REQUIRES: &[(u32, Requires)] = &[
         ],
     ),
     (7, &[("audit_events", &["request_id"])]),
+    // 0007, which runs first, adds `event_id`.
+    (8, &[("audit_events", &["request_id"])]),
 ];
 
 impl Migration<'_> {
