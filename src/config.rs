@@ -206,10 +206,12 @@ pub struct ServerFile {
     /// is limited, a TLS handshake to 60 s). Restart only. Default `"10s"`.
     pub header_timeout: String,
     /// The longest a client may take to send a request body. A body with a `Content-Length` up
-    /// to 64 KiB is read whole within it before the request takes an OMS slot (a trickled body
-    /// no longer holds one of the OMS's few `max_in_flight` slots); past it the client gets
-    /// 408. Longer or chunked bodies stream to the OMS, each read limited to it. `"0"`: no
-    /// limit beyond Pingora's 60 s per read, bodies stream. Reloadable. Default `"30s"`.
+    /// to 64 KiB, or a chunked one's first 64 KiB (the whole body when it is no longer), is read
+    /// within it before the request takes an OMS slot (a trickled body no longer holds one of
+    /// the OMS's few `max_in_flight` slots); past it the client gets 408. A larger
+    /// `Content-Length` body, the rest of a long chunked one and `Expect: 100-continue` bodies
+    /// stream to the OMS, each read limited to it. `"0"`: no limit beyond Pingora's 60 s per
+    /// read, bodies stream. Reloadable. Default `"30s"`.
     pub body_timeout: String,
     /// Cleartext HTTP/2 with prior knowledge on a plaintext listener, next to HTTP/1.1 (told
     /// apart by the connection preface). Default false.

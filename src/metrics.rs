@@ -112,12 +112,13 @@ pub static UPSTREAM_RETRIES: Lazy<IntCounterVec> = counter_vec!(
     &["reason"]
 );
 /// Request bodies by what became of them (`server.body_timeout`): `read_ahead` (read whole
-/// before the request took an OMS slot), `streamed` (chunked, over 64 KiB or `Expect`:
-/// streamed to the OMS), `timed_out` (not complete in time: answered 408).
+/// before the request took an OMS slot), `read_ahead_then_streamed` (chunked, longer than
+/// 64 KiB: its first part read ahead, the rest streamed), `streamed` (a `Content-Length` over
+/// 64 KiB or `Expect`: streamed to the OMS), `timed_out` (not in time: answered 408).
 pub static REQUEST_BODIES: Lazy<IntCounterVec> = counter_vec!(
     "omsgate_request_bodies_total",
-    "Request bodies by outcome: read_ahead (read whole before taking an OMS slot), streamed, \
-     timed_out (408).",
+    "Request bodies by outcome: read_ahead (read whole before taking an OMS slot), \
+     read_ahead_then_streamed (chunked, first 64 KiB read ahead), streamed, timed_out (408).",
     &["outcome"]
 );
 /// Requests shed by overload protection, by route and reason (`queue_full`, `queue_timeout`,
@@ -459,7 +460,12 @@ pub fn init(config_hash: &str, routes: &[&str]) {
     for reason in ["connect", "reused_closed"] {
         UPSTREAM_RETRIES.with_label_values(&[reason]);
     }
-    for outcome in ["read_ahead", "streamed", "timed_out"] {
+    for outcome in [
+        "read_ahead",
+        "read_ahead_then_streamed",
+        "streamed",
+        "timed_out",
+    ] {
         REQUEST_BODIES.with_label_values(&[outcome]);
     }
     for r in routes {

@@ -601,14 +601,43 @@ async fn idle_client_connections_close_after_keepalive_timeout() {
     assert!(stderr.contains("server.keepalive_timeout"), "{stderr}");
 }
 
-/// A request body with a `Content-Length` is read whole before the request takes an OMS slot,
-/// within `server.body_timeout`: a trickled body never reaches the OMS and is answered 408 with
-/// a JSON body; with `max_in_flight = 1` a whole request passes while another client trickles;
-/// bodies read ahead arrive intact and chunked ones stream. Counted in
-/// `omsgate_request_bodies_total`.
+/// Trickles one body byte (`byte`, e.g. a digit or a whole chunk) every 200 ms on `conn` until
+/// the gateway answers and closes; returns the answer and the time since `started`.
+async fn trickle_until_answered(
+    conn: &mut tokio::net::TcpStream,
+    byte: &[u8],
+    started: std::time::Instant,
+) -> (String, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let _ = conn.write_all(byte).await;
+        match tokio::time::timeout(Duration::from_millis(200), conn.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no answer to a trickled body"
+        );
+    }
+    (
+        String::from_utf8_lossy(&answer).to_string(),
+        started.elapsed(),
+    )
+}
+
+/// A request body with a `Content-Length`, or a chunked one, is read before the request takes
+/// an OMS slot, within `server.body_timeout`: a trickled body never reaches the OMS and is
+/// answered 408 with a JSON body; with `max_in_flight = 1` a whole request passes while two
+/// other clients trickle; bodies read ahead arrive intact, and a chunked body longer than the
+/// 64 KiB read ahead arrives whole too (its first part read ahead, the rest streamed). Counted
+/// in `omsgate_request_bodies_total`.
 #[tokio::test]
 async fn request_bodies_are_read_before_they_take_an_oms_slot() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let up = TestUpstream::start();
     let gw = one_thread_gateway(
         &up,
@@ -620,7 +649,8 @@ async fn request_bodies_are_read_before_they_take_an_oms_slot() {
         json["body_len"].as_u64().expect("body_len")
     };
 
-    // A client sends its header and 5 of 40 body bytes, then one byte every 200 ms.
+    // One client sends its header and 5 of 40 body bytes, another a chunked header and one
+    // 5-byte chunk; then each sends a byte (a one-byte chunk) every 200 ms.
     let mut slow = tokio::net::TcpStream::connect(gw.listen_addr())
         .await
         .unwrap();
@@ -629,9 +659,18 @@ async fn request_bodies_are_read_before_they_take_an_oms_slot() {
     )
     .await
     .unwrap();
+    let mut slow_chunked = tokio::net::TcpStream::connect(gw.listen_addr())
+        .await
+        .unwrap();
+    slow_chunked
+        .write_all(
+            b"POST /echo/slow-chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n12345\r\n",
+        )
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
 
-    // Meanwhile a whole request passes: the trickled one holds no OMS slot.
+    // Meanwhile a whole request passes: the trickled ones hold no OMS slot.
     let whole = client()
         .post(gw.url("/echo/whole"))
         .body("x".repeat(1000))
@@ -646,39 +685,31 @@ async fn request_bodies_are_read_before_they_take_an_oms_slot() {
     );
     assert!(
         started.elapsed() < Duration::from_millis(1000),
-        "waited for the trickler"
+        "waited for the tricklers"
     );
 
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 1024];
-    loop {
-        let _ = slow.write_all(b"6").await;
-        match tokio::time::timeout(Duration::from_millis(200), slow.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
-            Err(_) => {}
-        }
+    let (with_length, chunked) = tokio::join!(
+        trickle_until_answered(&mut slow, b"6", started),
+        trickle_until_answered(&mut slow_chunked, b"1\r\n6\r\n", started)
+    );
+    for (what, (answer, took)) in [("Content-Length", with_length), ("chunked", chunked)] {
+        assert!(answer.starts_with("HTTP/1.1 408"), "{what}: {answer}");
+        assert!(answer.contains("application/json"), "{what}: {answer}");
+        assert!(answer.contains("server.body_timeout"), "{what}: {answer}");
         assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "no answer to a trickled body"
+            took >= Duration::from_millis(1400) && took < Duration::from_millis(3500),
+            "{what}: answered after {took:?}, not at the 1.5 s body_timeout"
         );
     }
-    let took = started.elapsed();
-    let answer = String::from_utf8_lossy(&answer).to_string();
-    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(answer.contains("application/json"), "{answer}");
-    assert!(answer.contains("server.body_timeout"), "{answer}");
-    assert!(
-        took >= Duration::from_millis(1400) && took < Duration::from_millis(3500),
-        "answered after {took:?}, not at the 1.5 s body_timeout"
-    );
-    assert_eq!(
-        up.hits_for("/echo/slow"),
-        0,
-        "a trickled body reached the OMS"
-    );
+    for path in ["/echo/slow", "/echo/slow-chunked"] {
+        assert_eq!(
+            up.hits_for(path),
+            0,
+            "a trickled body reached the OMS: {path}"
+        );
+    }
 
-    // A chunked body streams to the OMS as before.
+    // Chunked bodies: a short one is read ahead and arrives whole...
     let mut conn = tokio::net::TcpStream::connect(gw.listen_addr())
         .await
         .unwrap();
@@ -693,12 +724,36 @@ async fn request_bodies_are_read_before_they_take_an_oms_slot() {
         up.last_seen("/echo/chunked").map(|r| r.method),
         Some("POST".into())
     );
+    // ...and one of 160 KiB, in 10 KiB chunks, arrives whole: its first 64 KiB and more from
+    // the read ahead, the rest streamed after them, nothing lost or repeated.
+    let sent: Vec<u8> = (0..16u8).flat_map(|i| vec![b'a' + i; 10 * 1024]).collect();
+    let fnv = sent.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = sent
+        .chunks(10 * 1024)
+        .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+        .collect();
+    let long = client()
+        .post(gw.url("/echo/long-chunked"))
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(long.status(), 200);
+    let echo: serde_json::Value = serde_json::from_str(&long.text().await.unwrap()).unwrap();
+    assert_eq!(echo["body_len"], 160 * 1024);
+    assert_eq!(
+        echo["body_fnv"],
+        format!("{fnv:016x}"),
+        "the body arrived altered"
+    );
 
     let count = |outcome: &str| {
         gw.metric_value("omsgate_request_bodies_total", &[("outcome", outcome)])
             .unwrap_or(0.0)
     };
-    assert_eq!(count("timed_out"), 1.0);
-    assert!(count("read_ahead") >= 1.0);
-    assert!(count("streamed") >= 1.0);
+    assert_eq!(count("timed_out"), 2.0);
+    assert!(count("read_ahead") >= 2.0);
+    assert_eq!(count("read_ahead_then_streamed"), 1.0);
 }

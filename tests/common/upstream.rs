@@ -7,7 +7,7 @@
 //!
 //! | path | response |
 //! |---|---|
-//! | `/echo` (and any unknown path) | 200 JSON: `method`, `path`, `query`, `headers` (lowercased names), `body_len`, `seq`, `upstream` |
+//! | `/echo` (and any unknown path) | 200 JSON: `method`, `path`, `query`, `headers` (lowercased names), `body_len`, `body_fnv` (FNV-1a 64 of the body, hex), `seq`, `upstream` |
 //! | `/status/{code}` | that status, JSON body `{"status":code}` (empty for 1xx/204/304) |
 //! | `/bytes/{n}?type=T&encoding=E` | `n` bytes of deterministic JSON-like text, `Content-Type: T` (default `application/json`); with `encoding=gzip` or `br` those bytes encoded, with `Content-Encoding: E` |
 //! | `/slow/{ms}` | waits `ms` milliseconds, then 200 `slow` |
@@ -470,16 +470,21 @@ async fn route(
             response
         }
         _ => {
-            let body_len = match req.into_body().collect().await {
-                Ok(body) => body.to_bytes().len(),
+            let body = match req.into_body().collect().await {
+                Ok(body) => body.to_bytes(),
                 Err(_) => return text(StatusCode::BAD_REQUEST, "unreadable body"),
             };
+            // FNV-1a 64 of the body, so a test can tell a body arrived byte for byte.
+            let body_fnv = body.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+            });
             let echo = serde_json::json!({
                 "method": seen.method,
                 "path": seen.path,
                 "query": seen.query,
                 "headers": seen.headers,
-                "body_len": body_len,
+                "body_len": body.len(),
+                "body_fnv": format!("{body_fnv:016x}"),
                 "seq": seq,
                 "upstream": addr.to_string(),
             });

@@ -20,6 +20,7 @@ pub struct FixedBuffer {
     buffer: BytesMut,
     capacity: usize,
     truncated: bool,
+    keep_overflow: bool,
 }
 
 impl FixedBuffer {
@@ -28,7 +29,24 @@ impl FixedBuffer {
             buffer: BytesMut::new(),
             capacity,
             truncated: false,
+            keep_overflow: false,
         }
+    }
+
+    /// A buffer for a body read ahead of proxying it: when a write overflows `capacity`, the
+    /// buffer keeps what it holds plus that write (and ignores later writes) instead of
+    /// releasing it, so the body read so far can still be sent before the rest streams. It is
+    /// truncated all the same: unusable for a retry once the rest has started streaming.
+    pub fn new_keeping_overflow(capacity: usize) -> Self {
+        FixedBuffer {
+            keep_overflow: true,
+            ..FixedBuffer::new(capacity)
+        }
+    }
+
+    /// Whether this buffer keeps the write that overflowed it (see [`Self::new_keeping_overflow`]).
+    pub fn keeps_overflow(&self) -> bool {
+        self.keep_overflow
     }
 
     // TODO: maybe store a Vec of Bytes for zero-copy
@@ -39,6 +57,9 @@ impl FixedBuffer {
 
         if self.buffer.len() + data.len() <= self.capacity {
             self.buffer.extend_from_slice(data);
+        } else if self.keep_overflow {
+            self.buffer.extend_from_slice(data);
+            self.truncated = true;
         } else {
             // Buffered data is no longer usable for a retry, so release its allocation.
             self.buffer = BytesMut::new();
@@ -81,5 +102,18 @@ mod tests {
         assert!(buffer.is_truncated());
         assert_eq!(buffer.buffer.capacity(), 0);
         assert!(buffer.get_buffer().is_none());
+    }
+
+    #[test]
+    fn keeps_what_it_read_past_the_limit_when_asked() {
+        let mut buffer = FixedBuffer::new_keeping_overflow(4);
+        buffer.write_to_buffer(&Bytes::from_static(b"123"));
+        assert!(!buffer.is_truncated());
+        buffer.write_to_buffer(&Bytes::from_static(b"456"));
+        assert!(buffer.is_truncated());
+        buffer.write_to_buffer(&Bytes::from_static(b"789"));
+        assert_eq!(buffer.get_buffer().as_deref(), Some(&b"123456"[..]));
+        buffer.clear();
+        assert!(!buffer.is_truncated() && buffer.keeps_overflow());
     }
 }

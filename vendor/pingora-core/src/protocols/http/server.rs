@@ -697,6 +697,19 @@ impl Session {
         }
     }
 
+    /// HTTP/1.x: [`HttpSession::enable_read_ahead_buffering`](super::v1::server::HttpSession::enable_read_ahead_buffering)
+    /// (a body read ahead past the buffer's limit is kept up to that point, to be sent before
+    /// the rest streams); returns false, changing nothing, for other sessions.
+    pub fn enable_read_ahead_buffering(&mut self) -> bool {
+        match self {
+            Self::H1(s) => {
+                s.enable_read_ahead_buffering();
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub fn get_retry_buffer(&self) -> Option<Bytes> {
         match self {
             Self::H1(s) => s.get_retry_buffer(),

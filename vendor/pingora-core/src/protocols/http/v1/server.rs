@@ -1226,9 +1226,19 @@ impl HttpSession {
         }
     }
 
+    /// Like [`Self::enable_retry_buffering`], for a body about to be read ahead of proxying
+    /// it: a body longer than the buffer's limit is kept up to the read that passed the limit,
+    /// and [`Self::get_retry_buffer`] returns that part, so a proxy sends it and streams the
+    /// rest. ([`Self::retry_buffer_truncated`] is then true: no retry after the rest streamed.)
+    pub fn enable_read_ahead_buffering(&mut self) {
+        if self.retry_buffer.is_none() {
+            self.retry_buffer = Some(FixedBuffer::new_keeping_overflow(BODY_BUF_LIMIT))
+        }
+    }
+
     pub fn get_retry_buffer(&self) -> Option<Bytes> {
         self.retry_buffer.as_ref().and_then(|b| {
-            if b.is_truncated() {
+            if b.is_truncated() && !b.keeps_overflow() {
                 None
             } else {
                 b.get_buffer()
