@@ -27,7 +27,8 @@
 //! test`) and the reference OMS's Python (`OMSGATE_TEST_LEGACY_PYTHON`, else `.venv-legacy-oms`;
 //! `scripts/test` creates it). Environment: `OMSGATE_BENCH_SECS` (default 20),
 //! `OMSGATE_BENCH_USERS` (default `5,10,20,100,200,500`), `OMSGATE_BENCH_AUDIT_MS` (the OMS's extra
-//! audit time per request, default 50: about 20 requests/s on its one connection).
+//! audit time per request, default 50: about 20 requests/s on its one connection),
+//! `OMSGATE_BENCH_WRITE_PCT` (the share of `PATCH` requests, default 10).
 //! Target (issue 14): through omsgate, zero errors at every level and at least 10× the users
 //! the OMS alone sustains within the seed's objective (mean ≤ 200 ms, p99 ≤ 1 s).
 
@@ -80,6 +81,9 @@ struct Row {
     oms_rps: f64,
     /// Gateway rows: `oms_rps` of the OMS direct row at the same level.
     oms_alone_rps: Option<f64>,
+    /// Share of the OMS's own requests (its audit rows) that were `PATCH`es, in percent:
+    /// through omsgate the cache absorbs reads, so writes are a larger share of the OMS's work.
+    oms_write_percent: f64,
     /// Gateway rows with sheds (the OMS's queue full): HIT p99 ≤ 50 ms (issue 14).
     hit_p99_met: Option<bool>,
     /// Gateway rows with sheds: `oms_rps` ≥ `oms_alone_rps` (issue 14).
@@ -315,6 +319,11 @@ fn scrape_metrics(
     })
 }
 
+/// `OMSGATE_BENCH_WRITE_PCT`: the share of `PATCH` requests, in percent (default 10).
+fn write_percent() -> u64 {
+    env_or("OMSGATE_BENCH_WRITE_PCT", 10).min(100)
+}
+
 fn run_users(
     rt: &tokio::runtime::Runtime,
     addr: SocketAddr,
@@ -324,6 +333,7 @@ fn run_users(
     tokens: Arc<std::collections::HashMap<String, String>>,
 ) -> (Vec<Sample>, f64) {
     let cdf = Arc::new(common::zipf_cdf(invoices.len()));
+    let write_share = write_percent() as f64 / 100.0;
     let started = Instant::now();
     let end = started + Duration::from_secs(secs);
     let samples = rt.block_on(async {
@@ -347,7 +357,7 @@ fn run_users(
                         .min(invoices.len() - 1);
                     let (tenant, id) = &invoices[rank];
                     let url = format!("http://{addr}/api/v1/invoices/{id}");
-                    let write = rng.random_bool(0.1);
+                    let write = rng.random_bool(write_share);
                     let req = if write {
                         http.patch(&url).json(&serde_json::json!({
                             "customer": format!("Customer {}", rng.random_range(0..1000))
@@ -458,6 +468,7 @@ fn row(target: &str, users: usize, samples: &[Sample], seconds: f64, backend: i6
             .count() as u64,
         oms_rps: backend as f64 / seconds.max(1e-9),
         oms_alone_rps: None,
+        oms_write_percent: 0.0,
         hit_p99_met: None,
         oms_throughput_met: None,
         load_average: common::loadgen::load_average(),
@@ -504,6 +515,8 @@ fn main() {
     let dataset = omsgate::sim::data::generate(42, TENANTS, INVOICES);
     let (invoices, tokens) = common::invoices_and_tokens(&dataset);
     let audit_rows = format!("SELECT count(*) FROM {schema}.audit_events");
+    let audit_writes =
+        format!("SELECT count(*) FROM {schema}.audit_events WHERE payload->>'method' = 'PATCH'");
 
     let mut rows = Vec::new();
     for &users in &levels {
@@ -526,6 +539,7 @@ fn main() {
                 ("OMS direct", oms_addr, None)
             };
             let before = psql(&rt, &audit_rows);
+            let writes_before = psql(&rt, &audit_writes);
             let scraping = Arc::new(std::sync::atomic::AtomicBool::new(true));
             let scraper = _gateway.as_ref().map(|(_, admin)| {
                 scrape_metrics(
@@ -543,7 +557,9 @@ fn main() {
             // The OMS may still be working through its queue: let it drain before counting.
             std::thread::sleep(Duration::from_secs(1));
             let backend = psql(&rt, &audit_rows) - before;
+            let backend_writes = psql(&rt, &audit_writes) - writes_before;
             let mut r = row(target, users, &samples, seconds, backend);
+            r.oms_write_percent = 100.0 * backend_writes as f64 / backend.max(1) as f64;
             if through_gateway {
                 // The OMS direct row of this level ran just before.
                 r.oms_alone_rps = rows
@@ -558,12 +574,12 @@ fn main() {
             }
             eprintln!(
                 "{} {} users: {:.1} req/s mean {:.1} p99 {:.1} errors {} sheds {} stale {} OMS/client {:.2} \
-                 HIT n={} p50 {:.1} p99 {:.1} collapsed n={} p99 {:.1} OMS {:.1} req/s (alone {}) load {:?}",
+                 HIT n={} p50 {:.1} p99 {:.1} collapsed n={} p99 {:.1} OMS {:.1} req/s (alone {}, PATCH {:.0} %) load {:?}",
                 r.target, r.users, r.rps, r.mean_ms, r.p99_ms, r.errors, r.sheds, r.stale,
                 r.backend_per_client_request, r.hits.requests, r.hits.p50_ms, r.hits.p99_ms,
                 r.collapsed.requests, r.collapsed.p99_ms,
                 r.oms_rps, r.oms_alone_rps.map_or("-".into(), |a| format!("{a:.1}")),
-                r.load_average
+                r.oms_write_percent, r.load_average
             );
             for line in &r.breakdown {
                 eprintln!("    {line}");
@@ -634,9 +650,9 @@ fn main() {
          (the OMS's queue full)"
     );
     println!(
-        "| target | users | sheds | HIT answers | HIT p50 ms | HIT p99 ms | HITs > {HIT_P99_TARGET_MS:.0} ms | HIT p99 ≤ {HIT_P99_TARGET_MS:.0} ms | collapsed answers | collapsed p50 ms | collapsed p99 ms | OMS req/s | OMS alone req/s | OMS via omsgate ≥ alone | load avg (1 min) at end |"
+        "| target | users | sheds | HIT answers | HIT p50 ms | HIT p99 ms | HITs > {HIT_P99_TARGET_MS:.0} ms | HIT p99 ≤ {HIT_P99_TARGET_MS:.0} ms | collapsed answers | collapsed p50 ms | collapsed p99 ms | OMS req/s | OMS PATCH % | OMS alone req/s | OMS via omsgate ≥ alone | load avg (1 min) at end |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|");
     let verdict = |v: Option<bool>, r: &Row| match v {
         Some(true) => "met".to_string(),
         Some(false) => "not met".to_string(),
@@ -645,7 +661,7 @@ fn main() {
     };
     for r in &rows {
         println!(
-            "| {} | {} | {} | {} | {:.1} | {:.1} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {} | {} |",
             r.target,
             r.users,
             r.sheds,
@@ -658,6 +674,7 @@ fn main() {
             r.collapsed.p50_ms,
             r.collapsed.p99_ms,
             r.oms_rps,
+            r.oms_write_percent,
             r.oms_alone_rps
                 .map_or("—".to_string(), |a| format!("{a:.1}")),
             verdict(r.oms_throughput_met, r),
