@@ -278,12 +278,16 @@ async fn the_legacy_oms_and_the_sink_share_audit_events_after_migrate() {
         .await
         .unwrap();
     tokio::spawn(conn);
+    // A query stuck behind a lock request (as the OMS's would be) fails instead of hanging.
+    db.batch_execute("SET statement_timeout = '5s'")
+        .await
+        .unwrap();
     let count = |sql: String| {
         let db = &db;
         async move {
             db.query_one(&sql, &[])
                 .await
-                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
                 .get::<_, i64>(0)
         }
     };
@@ -355,7 +359,29 @@ async fn the_legacy_oms_and_the_sink_share_audit_events_after_migrate() {
         ),
     )
     .unwrap();
-    let mut sink = sink(&config_path);
+    // A long OMS transaction holds the table's ROW EXCLUSIVE lock (as any open transaction that
+    // inserted an audit row does) while the sink starts: on a migrated table the sink must not
+    // ask for a stronger lock (ALTER TABLE, CREATE INDEX), which would queue behind it and stall
+    // every OMS insert behind itself.
+    let (holder, holder_conn) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(holder_conn);
+    holder
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE {schema}.audit_events IN ROW EXCLUSIVE MODE"
+        ))
+        .await
+        .unwrap();
+    // Killed when the test ends, failed or not (an orphan would keep the test's output open).
+    struct KillOnDrop(Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let sink = KillOnDrop(sink(&config_path));
     let sunk = format!(
         "SELECT count(*) FROM {schema}.audit_events
          WHERE client_request_id = 'cover' AND request_id IS NULL AND event_id IS NOT NULL"
@@ -368,11 +394,12 @@ async fn the_legacy_oms_and_the_sink_share_audit_events_after_migrate() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = sink.kill();
-    let _ = sink.wait();
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    drop(sink);
     assert_eq!(
         landed, 4,
-        "every sink record, one request id reused and one without a tenant"
+        "every sink record, one request id reused and one without a tenant, while an OMS \
+         transaction held the table"
     );
     assert_eq!(
         count(format!(

@@ -337,35 +337,61 @@ impl Db {
         let table = &sink.table;
         // Index names as migrations 0007 and 0008 give them on the OMS's `audit_events`, so that
         // the sink finds them there instead of building a second copy.
-        let bare = table
-            .rsplit_once('.')
-            .map_or(table.as_str(), |(_, bare)| bare);
+        let (schema, bare) = match table.rsplit_once('.') {
+            Some((schema, bare)) => (format!("{schema}."), bare),
+            None => (String::new(), table.as_str()),
+        };
         // The table name is validated as [a-z_][a-z0-9_]* (optionally schema-qualified).
         // The table has the OMS's shape (`request_id text UNIQUE`, which the OMS's own
         // `ON CONFLICT (request_id)` needs, so it is never touched) plus `event_id` (the
         // deduplication key) and `client_request_id` (the client's request id, not unique).
         // A table an earlier version created has `request_id NOT NULL`: the sink now leaves it
-        // NULL. One transaction under an advisory lock per table: members of a consumer group
-        // start together, and concurrent `CREATE TABLE IF NOT EXISTS` of one table fails in all
-        // but one of them (duplicate key in pg_type).
+        // NULL.
+        // Only what is missing is changed: `ALTER TABLE` and `CREATE INDEX` lock the table
+        // (against the OMS's own audit inserts) even when there is nothing to do, and a lock
+        // request queued behind a long transaction would stall every OMS request behind it. On
+        // a table `omsgate migrate` prepared, the sink takes no lock but its inserts'; when it
+        // must change something it waits at most 5 s for the lock and fails setup otherwise.
+        // One transaction under an advisory lock per table: members of a consumer group start
+        // together, and concurrent `CREATE TABLE IF NOT EXISTS` of one table fails in all but
+        // one of them (duplicate key in pg_type).
         client
             .batch_execute(&format!(
                 "BEGIN;
+                 SET LOCAL lock_timeout = '5s';
                  SELECT pg_advisory_xact_lock(hashtext('omsgate audit-sink {table}'));
-                 CREATE TABLE IF NOT EXISTS {table} (
-                    id bigserial PRIMARY KEY,
-                    tenant_id text,
-                    request_id text UNIQUE,
-                    event_id uuid,
-                    client_request_id text,
-                    created_at timestamptz NOT NULL DEFAULT now(),
-                    payload jsonb NOT NULL);
-                 ALTER TABLE {table} ADD COLUMN IF NOT EXISTS event_id uuid;
-                 ALTER TABLE {table} ADD COLUMN IF NOT EXISTS client_request_id text;
-                 ALTER TABLE {table} ALTER COLUMN request_id DROP NOT NULL;
-                 CREATE UNIQUE INDEX IF NOT EXISTS {bare}_event_id_key ON {table} (event_id);
-                 CREATE INDEX IF NOT EXISTS idx_{bare}_client_request_id
-                    ON {table} (client_request_id);
+                 DO $setup$
+                 BEGIN
+                    IF to_regclass('{table}') IS NULL THEN
+                        CREATE TABLE {table} (
+                            id bigserial PRIMARY KEY,
+                            tenant_id text,
+                            request_id text UNIQUE,
+                            event_id uuid,
+                            client_request_id text,
+                            created_at timestamptz NOT NULL DEFAULT now(),
+                            payload jsonb NOT NULL);
+                    END IF;
+                    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '{table}'::regclass
+                                   AND attname = 'event_id' AND NOT attisdropped) THEN
+                        ALTER TABLE {table} ADD COLUMN event_id uuid;
+                    END IF;
+                    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '{table}'::regclass
+                                   AND attname = 'client_request_id' AND NOT attisdropped) THEN
+                        ALTER TABLE {table} ADD COLUMN client_request_id text;
+                    END IF;
+                    IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '{table}'::regclass
+                               AND attname = 'request_id' AND attnotnull) THEN
+                        ALTER TABLE {table} ALTER COLUMN request_id DROP NOT NULL;
+                    END IF;
+                    IF to_regclass('{schema}{bare}_event_id_key') IS NULL THEN
+                        CREATE UNIQUE INDEX {bare}_event_id_key ON {table} (event_id);
+                    END IF;
+                    IF to_regclass('{schema}idx_{bare}_client_request_id') IS NULL THEN
+                        CREATE INDEX idx_{bare}_client_request_id ON {table} (client_request_id);
+                    END IF;
+                 END
+                 $setup$;
                  COMMIT;"
             ))
             .await
