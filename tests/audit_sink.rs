@@ -24,6 +24,42 @@ fn sink(config: &std::path::Path) -> Child {
         .expect("omsgate runs")
 }
 
+/// Writes the sink's config into `dir`: `topic` on `brokers` into `{schema}.audit_events`, a
+/// group of its own, `batch_size` records per transaction, `extra` appended; returns its path.
+fn sink_config(
+    dir: &TempDir,
+    brokers: &str,
+    topic: &str,
+    schema: &str,
+    batch_size: usize,
+    extra: &str,
+) -> std::path::PathBuf {
+    let path = dir.0.join("sink.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+            [audit]
+            brokers = "{brokers}"
+            topic = "{topic}"
+            spool_dir = "{}"
+            [audit.sink]
+            database_url = "{}"
+            group_id = "{}"
+            batch_size = {batch_size}
+            batch_timeout = "100ms"
+            table = "{schema}.audit_events"
+            {extra}
+            "#,
+            dir.0.join("sink-spool").display(),
+            database_url(),
+            unique("sink_group"),
+        ),
+    )
+    .unwrap();
+    path
+}
+
 fn produce(
     audit: &Audit,
     cfg: &omsgate::audit::AuditConfig,
@@ -78,32 +114,16 @@ async fn sink_writes_every_record_once_across_a_kill_mid_batch() {
         .await
         .unwrap();
 
-    let config_path = dir.0.join("sink.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            r#"
-            [audit]
-            brokers = "{brokers}"
-            topic = "{topic}"
-            spool_dir = "{}"
-            [audit.sink]
-            database_url = "{}"
-            group_id = "{}"
-            batch_size = 50
-            batch_timeout = "100ms"
-            table = "{schema}.audit_events"
-            # The killed sink stays in the group until its session times out; the restarted
-            # one is assigned the partitions only then (librdkafka's default is 45 s).
-            [audit.kafka_options]
-            "session.timeout.ms" = "6000"
-            "#,
-            dir.0.join("sink-spool").display(),
-            database_url(),
-            unique("sink_group"),
-        ),
-    )
-    .unwrap();
+    // The killed sink stays in the group until its session times out; the restarted one is
+    // assigned the partitions only then (librdkafka's default is 45 s).
+    let config_path = sink_config(
+        &dir,
+        &brokers,
+        &topic,
+        &schema,
+        50,
+        "[audit.kafka_options]\n\"session.timeout.ms\" = \"6000\"",
+    );
     let count = |sql: String| {
         let db = &db;
         async move {
@@ -337,28 +357,7 @@ async fn the_legacy_oms_and_the_sink_share_audit_events_after_migrate() {
         .await
         .unwrap();
 
-    let config_path = dir.0.join("sink.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            r#"
-            [audit]
-            brokers = "{brokers}"
-            topic = "{topic}"
-            spool_dir = "{}"
-            [audit.sink]
-            database_url = "{}"
-            group_id = "{}"
-            batch_size = 10
-            batch_timeout = "100ms"
-            table = "{schema}.audit_events"
-            "#,
-            dir.0.join("sink-spool").display(),
-            database_url(),
-            unique("sink_group"),
-        ),
-    )
-    .unwrap();
+    let config_path = sink_config(&dir, &brokers, &topic, &schema, 10, "");
     // A long OMS transaction holds the table's ROW EXCLUSIVE lock (as any open transaction that
     // inserted an audit row does) while the sink starts: on a migrated table the sink must not
     // ask for a stronger lock (ALTER TABLE, CREATE INDEX), which would queue behind it and stall
