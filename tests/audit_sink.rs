@@ -438,6 +438,101 @@ async fn the_legacy_oms_and_the_sink_share_audit_events_after_migrate() {
     );
 }
 
+/// The sink must add its columns to an OMS table that `omsgate migrate` has not prepared, while
+/// an OMS transaction holds the table: it waits for the lock at most 5 s at a time, logs, and
+/// tries again (it used to exit), then loads the records once the transaction ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_retries_its_setup_while_the_table_is_locked() {
+    let brokers = kafka_brokers();
+    let topic = unique("audit_sink_lock");
+    create_topic(&brokers, &topic, 1);
+    let schema = unique("audit_sink_lock");
+    let (db, conn) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // The OMS's table as the OMS created it: no event_id, no client_request_id.
+    db.batch_execute(&format!(
+        "CREATE SCHEMA {schema};
+         CREATE TABLE {schema}.audit_events (id bigserial PRIMARY KEY, tenant_id text NOT NULL,
+            request_id text UNIQUE, created_at timestamptz NOT NULL DEFAULT now(),
+            payload jsonb NOT NULL DEFAULT '{{}}'::jsonb)"
+    ))
+    .await
+    .unwrap();
+    let dir = TempDir::new("sink_lock");
+    let cfg = config(Some(&brokers), &topic, &dir.0.join("spool"), "");
+    let audit = Audit::new(&cfg).unwrap();
+    let running = tokio::task::spawn_blocking({
+        let audit = audit.clone();
+        move || Running::start(&audit)
+    })
+    .await
+    .unwrap();
+    let (a, c, t) = (audit.clone(), cfg.clone(), topic.clone());
+    tokio::task::spawn_blocking(move || produce(&a, &c, &t, 0..3))
+        .await
+        .unwrap();
+    tokio::task::spawn_blocking(move || running.shutdown())
+        .await
+        .unwrap();
+
+    let (holder, holder_conn) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(holder_conn);
+    holder
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE {schema}.audit_events IN ROW EXCLUSIVE MODE"
+        ))
+        .await
+        .unwrap();
+    let log = dir.0.join("sink.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_omsgate"))
+        .args(["audit-sink", "--config"])
+        .arg(sink_config(&dir, &brokers, &topic, &schema, 10, ""))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("omsgate runs");
+    // Past one 5 s lock_timeout: the sink is still there, and says why it waits.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let exited = child.try_wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    if exited.is_some() {
+        panic!("the sink gave up while the table was locked ({exited:?}):\n{text}");
+    }
+    assert!(
+        text.contains("Audit sink cannot prepare the database yet; retrying.")
+            && text.contains("lock"),
+        "{text}"
+    );
+    let rows =
+        format!("SELECT count(*) FROM {schema}.audit_events WHERE client_request_id IS NOT NULL");
+    let mut landed = 0;
+    for _ in 0..200 {
+        landed = db.query_one(&rows, &[]).await.unwrap().get::<_, i64>(0);
+        if landed >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        landed,
+        3,
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}
+
 #[test]
 fn sink_refuses_a_config_without_brokers_or_database() {
     let dir = TempDir::new("sink_cfg");

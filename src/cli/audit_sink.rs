@@ -174,7 +174,9 @@ pub async fn run(
     let sink = &config.sink;
     let consumer = consumer(config)?;
     consumer.subscribe(&[&config.topic])?;
-    let mut db = Db::connect(sink).await?;
+    let Some(mut db) = Db::connect_retrying(sink, &mut shutdown).await? else {
+        return Ok(SinkStats::default());
+    };
     info!(topic = %config.topic, group = %sink.group_id, table = %sink.table, "Audit sink started.");
     let mut stats = SinkStats::default();
     let mut rows: Vec<Row> = Vec::with_capacity(sink.batch_size);
@@ -332,6 +334,36 @@ struct Db {
 }
 
 impl Db {
+    /// [`Db::connect`], again and again (backoff up to 5 s, each failure logged) while the
+    /// database is unreachable or the table's lock is not granted within its 5 s, until it
+    /// succeeds (`Some`) or `shutdown` (`None`). Other errors (a refused login, a table that
+    /// cannot be created) are returned at once: no retry mends a configuration.
+    async fn connect_retrying(
+        sink: &SinkConfig,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Option<Db>, SinkError> {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match Db::connect(sink).await {
+                Ok(db) => return Ok(Some(db)),
+                Err(SinkError::Database { what, source }) if is_transient(&source) => {
+                    warn!(
+                        error = %crate::db::with_causes(&source),
+                        what,
+                        retry_in = ?backoff,
+                        "Audit sink cannot prepare the database yet; retrying."
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => return Ok(None),
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
     async fn connect(sink: &SinkConfig) -> Result<Db, SinkError> {
         let client = connect(sink).await?;
         let table = &sink.table;
@@ -475,6 +507,20 @@ impl Db {
             .await?;
         tx.commit().await?;
         Ok(n)
+    }
+}
+
+/// An error a later attempt may not meet: no SQLSTATE (the connection failed or broke),
+/// class 08 (connection exception), 53 (insufficient resources, e.g. too many connections),
+/// 57P01–57P03 (shutdown, cannot connect now), 55P03 (lock not available: `lock_timeout`).
+fn is_transient(e: &tokio_postgres::Error) -> bool {
+    match e.code().map(|c| c.code()) {
+        None => true,
+        Some(code) => {
+            code.starts_with("08")
+                || code.starts_with("53")
+                || matches!(code, "57P01" | "57P02" | "57P03" | "55P03")
+        }
     }
 }
 
