@@ -383,7 +383,8 @@ impl Db {
         // (against the OMS's own audit inserts) even when there is nothing to do, and a lock
         // request queued behind a long transaction would stall every OMS request behind it. On
         // a table `omsgate migrate` prepared, the sink takes no lock but its inserts'; when it
-        // must change something it waits at most 5 s for the lock and fails setup otherwise.
+        // must change something it waits at most 5 s for the lock (then `connect_retrying`
+        // tries again on a new connection).
         // One transaction under an advisory lock per table: members of a consumer group start
         // together, and concurrent `CREATE TABLE IF NOT EXISTS` of one table fails in all but
         // one of them (duplicate key in pg_type).
