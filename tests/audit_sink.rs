@@ -533,6 +533,50 @@ async fn the_sink_retries_its_setup_while_the_table_is_locked() {
         .unwrap();
 }
 
+/// A database that is not there yet (connection refused) is waited for, not a reason to exit;
+/// an untrusted certificate is (tests/tls.rs checks that the sink exits on one).
+#[test]
+fn the_sink_waits_for_an_unreachable_database() {
+    let dir = TempDir::new("sink_no_db");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let path = dir.0.join("c.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[audit]\nbrokers = \"{}\"\ntopic = \"{}\"\nspool_dir = \"{}\"\n\
+             [audit.sink]\ndatabase_url = \"postgres://postgres@127.0.0.1:{port}/test\"\n",
+            kafka_brokers(),
+            unique("sink_no_db"),
+            dir.0.join("spool").display()
+        ),
+    )
+    .unwrap();
+    let log = dir.0.join("sink.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_omsgate"))
+        .args(["audit-sink", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("omsgate runs");
+    std::thread::sleep(Duration::from_secs(2));
+    let exited = child.try_wait().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(exited.is_none(), "the sink exited ({exited:?}):\n{text}");
+    assert!(
+        text.contains("Audit sink cannot prepare the database yet; retrying."),
+        "{text}"
+    );
+}
+
 #[test]
 fn sink_refuses_a_config_without_brokers_or_database() {
     let dir = TempDir::new("sink_cfg");

@@ -511,18 +511,38 @@ impl Db {
     }
 }
 
-/// An error a later attempt may not meet: no SQLSTATE (the connection failed or broke),
-/// class 08 (connection exception), 53 (insufficient resources, e.g. too many connections),
-/// 57P01–57P03 (shutdown, cannot connect now), 55P03 (lock not available: `lock_timeout`).
+/// An error a later attempt may not meet: the server unreachable or gone (connection refused,
+/// reset, timed out; no SQLSTATE), class 08 (connection exception), 53 (insufficient
+/// resources, e.g. too many connections), 57P01–57P03 (shutdown, cannot connect now), 55P03
+/// (lock not available: `lock_timeout`). A TLS or authentication failure is not: no retry
+/// mends a certificate or a password.
 fn is_transient(e: &tokio_postgres::Error) -> bool {
-    match e.code().map(|c| c.code()) {
-        None => true,
-        Some(code) => {
-            code.starts_with("08")
-                || code.starts_with("53")
-                || matches!(code, "57P01" | "57P02" | "57P03" | "55P03")
-        }
+    if let Some(code) = e.code().map(|c| c.code()) {
+        return code.starts_with("08")
+            || code.starts_with("53")
+            || matches!(code, "57P01" | "57P02" | "57P03" | "55P03");
     }
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            // A TLS failure comes as InvalidData (or Other), with the TLS error inside.
+            return matches!(
+                io.kind(),
+                ConnectionRefused
+                    | ConnectionReset
+                    | ConnectionAborted
+                    | NotConnected
+                    | TimedOut
+                    | BrokenPipe
+                    | AddrNotAvailable
+                    | HostUnreachable
+                    | NetworkUnreachable
+            );
+        }
+        source = cause.source();
+    }
+    e.is_closed()
 }
 
 /// SQLSTATE class 22 (data exception), e.g. an unsupported `\u0000` in JSON.
