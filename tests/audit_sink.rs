@@ -66,15 +66,36 @@ fn produce(
     topic: &str,
     range: std::ops::Range<usize>,
 ) {
+    let records = range
+        .map(|i| record(&format!("{topic}-{i}"), i, cfg))
+        .collect();
+    produce_records(audit, records);
+}
+
+/// Records `records` and waits until the broker has them all.
+fn produce_records(audit: &Audit, records: Vec<omsgate::audit::AuditRecord>) {
     let before = audit.state().stats;
-    let n = range.len() as u64;
-    for i in range {
-        audit.record(record(&format!("{topic}-{i}"), i, cfg));
+    let n = records.len() as u64;
+    for r in records {
+        audit.record(r);
     }
     assert!(wait_until(Duration::from_secs(60), || {
         let s = audit.state().stats;
         s.delivered + s.replayed >= before.delivered + before.replayed + n
     }));
+}
+
+/// Ships `records` to the topic of `cfg` through a gateway's audit pipeline (its background
+/// service on a thread of its own, as Pingora runs it), then stops the pipeline.
+async fn ship(cfg: &omsgate::audit::AuditConfig, records: Vec<omsgate::audit::AuditRecord>) {
+    let audit = Audit::new(cfg).unwrap();
+    tokio::task::spawn_blocking(move || {
+        let running = Running::start(&audit);
+        produce_records(&audit, records);
+        running.shutdown();
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,32 +351,18 @@ async fn the_legacy_oms_and_the_sink_share_audit_events_after_migrate() {
     create_topic(&brokers, &topic, 1);
     let dir = TempDir::new("sink_oms");
     let cfg = config(Some(&brokers), &topic, &dir.0.join("spool"), "");
-    let audit = Audit::new(&cfg).unwrap();
-    let running = tokio::task::spawn_blocking({
-        let audit = audit.clone();
-        move || Running::start(&audit)
-    })
-    .await
-    .unwrap();
-    let (a, c, t) = (audit.clone(), cfg.clone(), topic.clone());
-    tokio::task::spawn_blocking(move || {
-        for i in 0..4 {
-            let mut r = record(&format!("{t}-{i}"), i, &c);
+    // One request id for all four, and one record without a tenant.
+    let records = (0..4)
+        .map(|i| {
+            let mut r = record(&format!("{topic}-{i}"), i, &cfg);
             r.request_id = "cover".into();
             if i == 3 {
                 r.tenant = None;
             }
-            a.record(r);
-        }
-        assert!(wait_until(Duration::from_secs(60), || {
-            a.state().stats.delivered >= 4
-        }));
-    })
-    .await
-    .unwrap();
-    tokio::task::spawn_blocking(move || running.shutdown())
-        .await
-        .unwrap();
+            r
+        })
+        .collect();
+    ship(&cfg, records).await;
 
     let config_path = sink_config(&dir, &brokers, &topic, &schema, 10, "");
     // A long OMS transaction holds the table's ROW EXCLUSIVE lock (as any open transaction that
@@ -462,20 +469,10 @@ async fn the_sink_retries_its_setup_while_the_table_is_locked() {
     .unwrap();
     let dir = TempDir::new("sink_lock");
     let cfg = config(Some(&brokers), &topic, &dir.0.join("spool"), "");
-    let audit = Audit::new(&cfg).unwrap();
-    let running = tokio::task::spawn_blocking({
-        let audit = audit.clone();
-        move || Running::start(&audit)
-    })
-    .await
-    .unwrap();
-    let (a, c, t) = (audit.clone(), cfg.clone(), topic.clone());
-    tokio::task::spawn_blocking(move || produce(&a, &c, &t, 0..3))
-        .await
-        .unwrap();
-    tokio::task::spawn_blocking(move || running.shutdown())
-        .await
-        .unwrap();
+    let records = (0..3)
+        .map(|i| record(&format!("{topic}-{i}"), i, &cfg))
+        .collect();
+    ship(&cfg, records).await;
 
     let (holder, holder_conn) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
         .await
